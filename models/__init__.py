@@ -1,0 +1,8 @@
+"""The generative side of the VAE, installed as ``ppl_vae.models``: priors p(z), decoders and
+likelihoods p(x | z). Nothing here imports from ``ppl_vae.guides``."""
+
+from ppl_vae.models.decoders import MLPDecoder
+from ppl_vae.models.likelihoods import LIKELIHOODS, Bernoulli, Gaussian
+from ppl_vae.models.priors import PRIORS, StandardNormal
+
+__all__ = ["LIKELIHOODS", "PRIORS", "Bernoulli", "Gaussian", "MLPDecoder", "StandardNormal"]

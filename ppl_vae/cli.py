@@ -1,0 +1,143 @@
+"""``ppl-vae``: a thin command-line layer over the Python API in :mod:`ppl_vae.run`.
+
+Errors caused by input print one line to standard error and exit with code 2 (``--debug`` shows the
+traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ppl_vae.config import Config
+from ppl_vae.errors import PplVaeError
+
+EXIT_USAGE = 2
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a VAE and write a run folder",
+                       description="Train a VAE by SVI (Trace_ELBO) and write a run folder with config, checkpoint, "
+                                   "metrics and figures. With no arguments: the embedded digits data.")
+    # Defaults are None so that a --config file's values survive unless a flag overrides them.
+    p.add_argument("--dataset", help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH")
+    p.add_argument("--data-root", help="folder with MNIST-family files in torchvision's layout (default: data)")
+    p.add_argument("--download", action="store_true", default=None, help="download MNIST-family files if missing")
+    p.add_argument("--image-size", type=int, help="resize images to this square size (e.g. 28)")
+    p.add_argument("--binarize", choices=["dynamic", "threshold", "none"], help="binarization for the Bernoulli "
+                   "likelihood (default: dynamic)")
+    p.add_argument("--latent-dim", type=int, help="dimension of z (default: 8)")
+    p.add_argument("--hidden-dims", type=int, nargs="*", help="encoder hidden widths, decoder reversed (default: 256 128)")
+    p.add_argument("--prior", help="prior name (default: normal)")
+    p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
+    p.add_argument("--guide", help="guide family name (default: normal)")
+    p.add_argument("--epochs", type=int, help="passes over the training data (default: 200)")
+    p.add_argument("--batch-size", type=int, help="examples per SVI step (default: 128)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--device", help="cpu (default) | cuda | cuda:N")
+    p.add_argument("--config", type=Path, help="JSON or TOML file of config fields; flags override it")
+    p.add_argument("--out", type=Path, help="run folder to create (default: runs/<dataset>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="held-out ELBO and importance-sampled log p(x) of a run",
+                       description="Evaluate a run folder on its held-out data; prints a table and writes eval.json.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--num-particles", "-k", type=int, help="importance samples per example (default: the config's, 1000)")
+    p.add_argument("--batch-size", type=int, help="examples per chunk (default: by memory)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw from a trained model into an image grid")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("-n", "--num-samples", type=int, default=64)
+    p.add_argument("--out", type=Path, help="image file to write (default: RUN_DIR/figures/samples-<seed>.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ppl-vae", description="The VAE as a Pyro model and guide.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_sample(sub)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    config = Config.from_file(args.config) if args.config is not None else Config()
+    values = config.to_dict()
+    for name in values:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    return Config.from_dict(values).validate()
+
+
+def _train(args) -> None:
+    from ppl_vae.run import train_run
+
+    config = config_from_args(args)
+    run = train_run(config, args.out, overwrite=args.overwrite, progress=False if args.quiet else None,
+                    command=["ppl-vae", *args.argv])
+    final = run.result.history[-1]
+    print(f"trained on {run.data.name}: {run.data.train.shape[0]} train / {run.data.heldout.shape[0]} held-out "
+          f"examples of shape {tuple(run.data.data_shape)}, {config.epochs} epochs")
+    print(f"held-out ELBO {final['heldout_elbo']:.2f} nats per example (train {final['train_elbo']:.2f})")
+    print(f"run folder: {run.run_dir}  (next: ppl-vae evaluate {run.run_dir})")
+
+
+def _evaluate(args) -> None:
+    from ppl_vae.run import evaluate_run
+
+    result = evaluate_run(args.run_dir, num_particles=args.num_particles, batch_size=args.batch_size, seed=args.seed,
+                          device=args.device, progress=not args.quiet)
+    rows = [("ELBO", result.elbo, result.elbo_se, result.elbo_data_se),
+            (f"log p(x), IWAE K={result.num_particles}", result.log_likelihood, result.log_likelihood_se,
+             result.log_likelihood_data_se),
+            ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
+            ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None)]
+    print(f"{result.num_examples} held-out examples, per example in nats")
+    print(f"{'quantity':<34}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}")
+    for name, mean, se, data_se in rows:
+        print(f"{name:<34}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
+    print(f"wrote {args.run_dir / 'eval.json'}")
+
+
+def _sample(args) -> None:
+    from ppl_vae.run import sample_run
+
+    out = args.out or args.run_dir / "figures" / f"samples-{args.seed}.png"
+    sample_run(args.run_dir, args.num_samples, out, seed=args.seed, device=args.device)
+    print(f"wrote {args.num_samples} samples to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
+    except PplVaeError as error:
+        if args.debug:
+            raise
+        print(f"ppl-vae {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ppl-vae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

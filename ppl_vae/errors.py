@@ -1,0 +1,22 @@
+"""Errors that carry a message meant for the user.
+
+Every error a user can cause by bad input derives from :class:`PplVaeError`. Its message is a single
+line that names the problem and the fix; the CLI prints it without a traceback and exits with code 2.
+Anything else that escapes is a bug in ppl_vae.
+"""
+
+
+class PplVaeError(Exception):
+    """Base class of the errors caused by input: bad data, bad arguments, bad files."""
+
+
+class DataError(PplVaeError, ValueError):
+    """A data set could not be found, read or used as it is."""
+
+
+class ConfigError(PplVaeError, ValueError):
+    """A configuration value or a combination of values is invalid."""
+
+
+class CheckpointError(PplVaeError):
+    """A checkpoint or run folder is missing, damaged, or does not match its configuration."""

@@ -1,0 +1,202 @@
+"""Run folders: what ``ppl-vae train`` writes and what ``load``, ``evaluate`` and ``sample`` read.
+
+A run folder holds
+``config.json`` (the resolved :class:`Config`), ``checkpoint.pt``, ``metrics.json`` (per-epoch train
+and held-out ELBO), ``run.json`` (command, package versions, timing) and ``figures/``
+(``reconstructions.png``, ``samples.png``, ``elbo.png``); ``ppl-vae evaluate`` adds ``eval.json``.
+Every function here is the Python form of a CLI command.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pyro
+import torch
+
+from ppl_vae import plots
+from ppl_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_json, save_checkpoint, write_json
+from ppl_vae.config import Config
+from ppl_vae.data import DataSplit, load_dataset
+from ppl_vae.errors import CheckpointError, ConfigError
+from ppl_vae.evaluate import EvalResult, evaluate
+from ppl_vae.train import FitResult, fit, fixed_binarization
+from ppl_vae.vae import VAE
+
+_MODEL_FIELDS = ("latent_dim", "hidden_dims", "prior", "likelihood", "guide")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against what this machine has."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was requested but CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
+def load_data(config: Config) -> DataSplit:
+    return load_dataset(config.dataset, root=config.data_root, download=config.download, image_size=config.image_size,
+                        heldout_fraction=config.heldout_fraction, split_seed=config.split_seed)
+
+
+def build_vae(config: Config, data_shape) -> VAE:
+    """The VAE a config describes (parameters initialised from the current RNG state)."""
+    return VAE(data_shape, config.latent_dim, config.hidden_dims, prior=config.prior,
+               likelihood=config.likelihood, guide=config.guide)
+
+
+def default_run_dir(config: Config) -> Path:
+    name = config.dataset.split(":", 1)[0]
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("ppl-vae", "torch", "pyro-ppl", "arviz", "numpy", "scikit-learn", "torchvision"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What :func:`train_run` produced: the run folder, the data it used and the fit result."""
+
+    run_dir: Path
+    data: DataSplit
+    result: FitResult
+
+
+def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool = False,
+              progress: bool | None = None, command: list[str] | None = None) -> TrainRun:
+    """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``)."""
+    config.validate()
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"run folder {run_dir} already exists and is not empty; choose another --out or pass --overwrite")
+    device = resolve_device(config.device)
+    data = load_data(config)
+    started = time.time()
+    pyro.set_rng_seed(config.seed)
+    vae = build_vae(config, data.data_shape).to(device)
+    result = fit(vae, data.train, data.heldout, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                 seed=config.seed, binarize=config.binarize, heldout_seed=config.split_seed, progress=progress)
+    finished = time.time()
+
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run_dir / CHECKPOINT_NAME, model_spec=vae.spec, state_dict=vae.state_dict(),
+                    optimizer_state=result.optimizer_state, epoch=config.epochs, step=len(result.losses))
+    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / "metrics.json", {
+        "units": "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization",
+        "history": result.history,
+        "final": result.history[-1],
+    })
+    write_json(run_dir / "run.json", {
+        "command": command if command is not None else sys.argv,
+        "versions": _versions(),
+        "device": str(device),
+        "data": {"name": data.name, "data_shape": list(data.data_shape), "num_train": int(data.train.shape[0]),
+                 "num_heldout": int(data.heldout.shape[0])},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "train_seconds": round(finished - started, 3),
+    })
+    write_figures(vae, data, result.history, run_dir / "figures", seed=config.seed, binarize=config.binarize,
+                  heldout_seed=config.split_seed)
+    return TrainRun(run_dir=run_dir, data=data, result=result)
+
+
+def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, *, seed: int = 0,
+                  binarize: str = "dynamic", heldout_seed: int = 0) -> list[Path]:
+    """Reconstructions, prior samples and the ELBO curve, when the data are images."""
+    if plots._as_images(data.heldout[:1]) is None:
+        return []
+    device = vae.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inputs = fixed_binarization(data.heldout[:32].to(device), binarize, heldout_seed)
+        recon = vae.reconstruct(inputs)
+        samples = vae.sample(64)
+    paths = [folder / "reconstructions.png", folder / "samples.png", folder / "elbo.png"]
+    for fig, path in zip((plots.reconstructions_figure(inputs, recon), plots.samples_figure(samples),
+                          plots.elbo_figure(history)), paths):
+        plots.save_figure(fig, path)
+    return paths
+
+
+def _read_config(run_dir: Path) -> Config:
+    return Config.from_dict(read_json(run_dir / "config.json", "config"), source=f"{run_dir / 'config.json'}")
+
+
+def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
+    """The trained VAE of a run folder, checked against its config; loading executes no code."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; pass the folder `ppl-vae train` printed")
+    config = _read_config(run_dir)
+    payload = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    spec = payload.get("model_spec") or {}
+    for name in _MODEL_FIELDS:
+        if spec.get(name) != getattr(config, name):
+            raise CheckpointError(
+                f"checkpoint {run_dir / CHECKPOINT_NAME} does not match {run_dir / 'config.json'}: {name} is "
+                f"{spec.get(name)!r} in the checkpoint but {getattr(config, name)!r} in the config; restore the config")
+    if spec.get("decoder") != "mlp" or not spec.get("data_shape"):
+        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT_NAME} holds a VAE built from custom objects; "
+                              "rebuild it in Python and call vae.load_state_dict(...)")
+    vae = VAE(spec["data_shape"], spec["latent_dim"], spec["hidden_dims"], prior=spec["prior"],
+              likelihood=spec["likelihood"], guide=spec["guide"])
+    try:
+        vae.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT_NAME} does not fit the architecture in its config "
+                              f"({first}); train again") from None
+    vae.eval()
+    return vae.to(resolve_device(device))
+
+
+def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch_size: int | None = None,
+                 seed: int = 0, device: str = "cpu", progress: bool = False) -> EvalResult:
+    """Evaluate a run folder on its held-out data and write ``eval.json`` (``ppl-vae evaluate``)."""
+    run_dir = Path(run_dir)
+    vae = load(run_dir, device=device)
+    config = _read_config(run_dir)
+    data = load_data(config)
+    heldout = fixed_binarization(data.heldout.to(vae.device), config.binarize, config.split_seed)
+    result = evaluate(vae, heldout, num_particles=num_particles or config.num_particles, batch_size=batch_size,
+                      seed=seed, progress=progress)
+    write_json(run_dir / "eval.json", {**result.to_dict(), "seed": seed, "dataset": data.name,
+                                       "units": "per example, nats; *_se: Monte Carlo standard error; "
+                                                "*_data_se: standard error over examples"})
+    return result
+
+
+def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | None = None, *, seed: int = 0,
+               device: str = "cpu") -> torch.Tensor:
+    """Draw from a trained model; with ``out``, also write an image grid (``ppl-vae sample``)."""
+    if num_samples < 1:
+        raise ConfigError(f"the number of samples must be positive, got {num_samples}")
+    vae = load(run_dir, device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        samples = vae.sample(num_samples).cpu()
+    if out is not None:
+        plots.save_figure(plots.samples_figure(samples), out)
+    return samples

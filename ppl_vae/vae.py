@@ -1,0 +1,196 @@
+"""The VAE: a Pyro model p(z) p(x | z) and a Pyro guide q(z | x) that share the site names.
+
+Both programs follow one contract (see the README):
+
+* latent site ``"z"`` with event shape ``(latent_dim,)``; observed site ``"x"`` with event shape
+  ``data_shape``; one ``pyro.plate("data", ...)`` around both;
+* ``model(x)`` scores data; ``model(None, num_samples=n)`` generates ``n`` examples;
+* ``num_data`` (the size of the whole data set) makes a mini-batch an unbiased estimate of the full
+  data set's ELBO through the plate's subsampling scale, which matters once the prior has global latents.
+
+Nothing here computes a KL or a loss: ``pyro.infer.SVI`` with any ELBO does that from the two programs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.guides import GUIDES
+from ppl_vae.models import LIKELIHOODS, PRIORS, MLPDecoder
+
+
+def _build(kind: str, registry: dict, spec, *args):
+    """Resolve a component given by registry name, or pass through an object the user built."""
+    if isinstance(spec, str):
+        if spec not in registry:
+            raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
+        return registry[spec](*args)
+    return spec
+
+
+class VAE(nn.Module):
+    """A variational autoencoder written as a Pyro model and guide.
+
+    Args:
+        data_shape: shape of one example, e.g. ``(1, 8, 8)`` for the digits.
+        latent_dim: dimension of ``z``.
+        hidden_dims: widths of the encoder's hidden layers; the decoder uses them reversed.
+        prior: a registry name (``ppl_vae.models.PRIORS``), a Pyro distribution with event shape
+            ``(latent_dim,)``, or an ``nn.Module`` whose ``forward()`` returns one.
+        likelihood: a registry name (``ppl_vae.models.LIKELIHOODS``) or a likelihood module
+            (``params -> distribution over x``, with a ``params_per_feature`` attribute).
+        guide: a registry name (``ppl_vae.guides.GUIDES``) or a module ``x -> q(z | x)``.
+        decoder: a module ``z (..., latent_dim) -> params (..., params_per_feature * D)``; by default an
+            MLP.
+        name: prefix of this VAE's parameters in Pyro's param store.
+
+    Attributes ``prior``, ``likelihood``, ``decoder`` and ``encoder`` (the guide's network and family)
+    are ordinary submodules, so ``state_dict()``, ``to(device)`` and ``parameters()`` cover all of them.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        latent_dim: int = 8,
+        hidden_dims: Sequence[int] = (256, 128),
+        *,
+        prior="normal",
+        likelihood="bernoulli",
+        guide="normal",
+        decoder: nn.Module | None = None,
+        name: str = "vae",
+    ):
+        super().__init__()
+        if int(latent_dim) < 1:
+            raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim}")
+        if any(int(h) < 1 for h in hidden_dims):
+            raise ConfigError(f"hidden_dims must be positive integers, got {list(hidden_dims)}")
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.latent_dim = int(latent_dim)
+        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        self.name = name
+        self.prior = _build("prior", PRIORS, prior, self.latent_dim)
+        self.likelihood = _build("likelihood", LIKELIHOODS, likelihood, self.data_shape)
+        out_features = self.likelihood.params_per_feature * math.prod(self.data_shape)
+        self.decoder = decoder if decoder is not None else MLPDecoder(self.latent_dim, self.hidden_dims[::-1], out_features)
+        self.encoder = _build("guide", GUIDES, guide, self.data_shape, self.latent_dim, self.hidden_dims)
+        # What `ppl_vae.load` needs to rebuild this VAE; None where the user passed an object.
+        self.spec = {
+            "data_shape": list(self.data_shape),
+            "latent_dim": self.latent_dim,
+            "hidden_dims": list(self.hidden_dims),
+            "prior": prior if isinstance(prior, str) else None,
+            "likelihood": likelihood if isinstance(likelihood, str) else None,
+            "guide": guide if isinstance(guide, str) else None,
+            "decoder": "mlp" if decoder is None else None,
+        }
+
+    # -- the two Pyro programs -------------------------------------------------------------------
+
+    def model(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None):
+        """p(z) p(x | z). Scores ``x (N, *data_shape)``, or generates ``num_samples`` examples.
+
+        Returns the value at ``"x"``: the data when observed, a draw ``(num_samples, *data_shape)``
+        otherwise.
+        """
+        self._register("decoder", self.decoder)
+        self._register("prior", self.prior)
+        self._register("likelihood", self.likelihood)
+        batch = self._batch_size(x, num_samples)
+        with self._data_plate(batch, num_data, x):
+            z = pyro.sample("z", self.prior_distribution())
+            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None):
+        """q(z | x), amortized: one encoder pass for the whole batch ``x (N, *data_shape)``.
+
+        Takes the same arguments as :meth:`model` so that both run under one SVI call; it needs ``x``.
+        Returns the draw of ``"z"``, ``(N, latent_dim)``.
+        """
+        if x is None:
+            raise ValueError("the guide q(z | x) needs data x; to generate, run the model alone")
+        self._register("encoder", self.encoder)
+        with self._data_plate(x.shape[0], num_data, x):
+            return pyro.sample("z", self.encoder(x))
+
+    # -- conveniences built on the programs ------------------------------------------------------
+
+    def prior_distribution(self) -> dist.Distribution:
+        """p(z) as a distribution with event shape ``(latent_dim,)``."""
+        return self.prior() if isinstance(self.prior, nn.Module) else self.prior
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z | x) for ``x (N, *data_shape)``: batch shape ``(N,)``, event shape ``(latent_dim,)``."""
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and standard deviation of z, each ``(N, latent_dim)``."""
+        q = self.posterior(x)
+        return q.mean, q.stddev
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x | z) for ``z (..., latent_dim)``: ``(..., *data_shape)`` (pixel probabilities for
+        the Bernoulli likelihood)."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean: ``(N, *data_shape)``."""
+        return self.decode(self.encode(x)[0])
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, *, mean: bool = True) -> torch.Tensor:
+        """Generate ``num_samples`` examples from p(z) p(x | z): ``(num_samples, *data_shape)``.
+
+        With ``mean=True`` returns the mean of p(x | z) at the drawn z (what figures show), otherwise
+        a draw of x.
+        """
+        z = self.prior_distribution().expand([num_samples]).sample()
+        params = self.decoder(z)
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.state_dict().values():
+            return tensor.device
+        return torch.device("cpu")
+
+    def _register(self, part: str, module) -> None:
+        if isinstance(module, nn.Module) and any(p.requires_grad for p in module.parameters()):
+            pyro.module(f"{self.name}.{part}", module)
+
+    def param_store_names(self) -> list[str]:
+        """The names under which this VAE's parameters appear in Pyro's param store."""
+        names = []
+        for part in ("decoder", "prior", "likelihood", "encoder"):
+            module = getattr(self, part)
+            if isinstance(module, nn.Module):
+                names += [f"{self.name}.{part}$$${n}" for n, p in module.named_parameters() if p.requires_grad]
+        return names
+
+    @staticmethod
+    def _batch_size(x, num_samples) -> int:
+        if x is not None:
+            if num_samples is not None and num_samples != x.shape[0]:
+                raise ValueError(f"num_samples={num_samples} does not match the {x.shape[0]} examples in x")
+            return x.shape[0]
+        return 1 if num_samples is None else int(num_samples)
+
+    def _data_plate(self, batch: int, num_data: int | None, x) -> pyro.plate:
+        if num_data is None or num_data == batch:
+            return pyro.plate("data", batch)
+        device = x.device if x is not None else self.device
+        # A mini-batch of `batch` examples out of `num_data`: the plate scales local log-densities by
+        # num_data / batch. Explicit indices, so that no random numbers are drawn for subsampling.
+        return pyro.plate("data", num_data, subsample=torch.arange(batch, device=device))

@@ -1,0 +1,124 @@
+"""Checkpoints: atomic, checked against their config, and never executing code on load."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import ppl_vae
+from ppl_vae import CheckpointError, Config, load, train_run
+from ppl_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train_run(Config.tiny(epochs=1), out, progress=False)
+    return out
+
+
+def _copy_run(run_dir, tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    for name in ("config.json", CHECKPOINT_NAME):
+        (target / name).write_bytes((run_dir / name).read_bytes())
+    return target
+
+
+def test_round_trip_restores_the_same_parameters(run_dir):
+    vae = load(run_dir)
+    payload = torch.load(run_dir / CHECKPOINT_NAME, weights_only=True)
+    for name, tensor in vae.state_dict().items():
+        torch.testing.assert_close(tensor, payload["state_dict"][name], rtol=0, atol=0)
+    assert vae.latent_dim == 2 and vae.hidden_dims == (32,)
+
+
+def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model_spec={"a": 1}, state_dict={"w": torch.ones(2)})
+    save_checkpoint(path, model_spec={"a": 2}, state_dict={"w": torch.zeros(2)})
+    assert os.listdir(tmp_path) == ["c.pt"]
+    assert load_checkpoint(path)["model_spec"] == {"a": 2}
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model_spec={"a": 1}, state_dict={"w": torch.ones(2)})
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, model_spec={"a": 2}, state_dict={"w": torch.zeros(2)})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["model_spec"] == {"a": 1}
+    assert os.listdir(tmp_path) == ["c.pt"]
+
+
+class _Exploit:
+    """Unpickling this object would create a file: the test checks that it never does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_crafted_checkpoint_does_not_execute_code(tmp_path, run_dir):
+    marker = tmp_path / "pwned"
+    target = _copy_run(run_dir, tmp_path)
+    payload = torch.load(target / CHECKPOINT_NAME, weights_only=True)
+    payload["extra"] = _Exploit(marker)
+    torch.save(payload, target / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="refused"):
+        load(target)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
+def test_damaged_checkpoint_is_a_clear_error(tmp_path, run_dir, damage):
+    target = _copy_run(run_dir, tmp_path)
+    path = target / CHECKPOINT_NAME
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(4096))
+    else:
+        path.unlink()
+    with pytest.raises(CheckpointError, match=str(path)):
+        load(target)
+
+
+def test_config_that_disagrees_with_the_checkpoint_is_named(tmp_path, run_dir):
+    target = _copy_run(run_dir, tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    config["latent_dim"] = 5
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="latent_dim is 2 in the checkpoint but 5 in the config"):
+        load(target)
+
+
+def test_checkpoint_from_an_incompatible_version_is_refused(tmp_path, run_dir):
+    target = _copy_run(run_dir, tmp_path)
+    payload = torch.load(target / CHECKPOINT_NAME, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, target / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load(target)
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path, run_dir):
+    target = _copy_run(run_dir, tmp_path)
+    payload = torch.load(target / CHECKPOINT_NAME, weights_only=True)
+    payload["state_dict"] = {k: v[..., :1] if v.dim() else v for k, v in payload["state_dict"].items()}
+    torch.save(payload, target / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="does not fit the architecture"):
+        load(target)
+
+
+def test_load_is_exported():
+    assert ppl_vae.load is load

@@ -1,0 +1,69 @@
+"""fit: SVI with Trace_ELBO on real data."""
+
+import pyro
+import pytest
+import torch
+
+from ppl_vae import VAE, ConfigError, DataError, fit, load_dataset
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _vae(data, seed=0):
+    pyro.set_rng_seed(seed)
+    return VAE(data.data_shape, latent_dim=4, hidden_dims=(64,))
+
+
+def test_training_on_digits_raises_the_heldout_elbo(digits):
+    result = fit(_vae(digits), digits.train, digits.heldout, epochs=25, batch_size=64, lr=3e-3, progress=False)
+    first, last = result.history[0], result.history[-1]
+    # Both numbers are on the same fixed held-out binarization; demand a gain far beyond their MC error.
+    se = (first["heldout_elbo_se"] ** 2 + last["heldout_elbo_se"] ** 2) ** 0.5
+    assert last["heldout_elbo"] - first["heldout_elbo"] > max(2.0, 5 * se)
+    assert last["heldout_elbo"] < 0
+
+
+def test_fit_result_is_complete_and_per_example(digits):
+    x = digits.train[:200]
+    result = fit(_vae(digits), x, digits.heldout[:50], epochs=3, batch_size=64, progress=False)
+    assert len(result.losses) == 3 * 4               # ceil(200 / 64) steps per epoch
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert set(result.history[0]) == {"epoch", "step", "train_elbo", "heldout_elbo", "heldout_elbo_se", "seconds"}
+    # losses are per example: an 8x8 binary image costs at most 64 log 2 nats + KL early in training
+    assert 0 < result.losses[-1] < 200
+    assert result.history[-1]["train_elbo"] == pytest.approx(-sum(result.losses[-4:]) / 4)
+    assert result.optimizer_state
+
+
+def test_same_seed_same_run(digits):
+    x = digits.train[:128]
+    a = fit(_vae(digits, seed=1), x, epochs=2, batch_size=32, seed=4, progress=False)
+    b = fit(_vae(digits, seed=1), x, epochs=2, batch_size=32, seed=4, progress=False)
+    c = fit(_vae(digits, seed=1), x, epochs=2, batch_size=32, seed=5, progress=False)
+    assert a.losses == b.losses
+    assert a.losses != c.losses
+
+
+def test_batch_larger_than_the_data_is_one_full_batch(digits):
+    result = fit(_vae(digits), digits.train[:10], epochs=2, batch_size=512, progress=False)
+    assert len(result.losses) == 2
+
+
+def test_grey_levels_with_bernoulli_and_no_binarization_is_refused(digits):
+    with pytest.raises(DataError, match="binarize"):
+        fit(_vae(digits), digits.train[:50], epochs=1, binarize="none", progress=False)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"),
+                                          ({"batch_size": 0}, "batch_size"), ({"lr": float("nan")}, "lr")])
+def test_invalid_budget_is_refused(digits, kwargs, name):
+    with pytest.raises(ConfigError, match=name):
+        fit(_vae(digits), digits.train[:50], progress=False, **kwargs)
+
+
+def test_threshold_binarization_trains(digits):
+    result = fit(_vae(digits), digits.train[:64], epochs=1, binarize="threshold", progress=False)
+    assert torch.isfinite(torch.tensor(result.losses)).all()
