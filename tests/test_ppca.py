@@ -103,19 +103,29 @@ def test_pyro_elbo_estimates_agree_with_closed_form_elbo(ppca, x, elbo):
     assert abs(mean - exact) < Z * se
 
 
+def _kl_to_exact_posterior(ppca, x):
+    loc_q, scale_q = ppca.vae.encode(x)
+    loc_p, scale_p = ppca.posterior(x)
+    q = torch.distributions.Normal(loc_q, scale_q)
+    p = torch.distributions.Normal(loc_p, scale_p.expand_as(loc_p))
+    return torch.distributions.kl_divergence(q, p).sum(-1).mean().item()
+
+
 def test_svi_recovers_the_exact_posterior_with_the_decoder_fixed(ppca):
-    """Convergence on a conjugate model: training only the encoder drives the ELBO to log p(x)."""
+    """Convergence on a conjugate model: training only the encoder drives KL(q || p(z|x)) to ~0."""
     x = ppca.data(512, torch.Generator().manual_seed(3))
     for p in ppca.vae.decoder.parameters():
         p.requires_grad_(False)
-    pyro.set_rng_seed(0)
-    fit(ppca.vae, x, epochs=150, batch_size=128, lr=2e-2, binarize="none", progress=False)
-    loc_q, scale_q = ppca.vae.encode(x)
-    loc_p, scale_p = ppca.posterior(x)
-    # Tolerances: SVI noise at lr 2e-2 leaves a few percent of the posterior sd; a wrong fixed point
-    # (e.g. the prior, or a guide ignoring x) is off by O(1) sd.
-    assert (loc_q - loc_p).abs().max() / scale_p.min() < 0.1
-    torch.testing.assert_close(scale_q, scale_p.expand_as(scale_q), rtol=0.05, atol=0)
-    result = evaluate(ppca.vae, x, num_particles=200, seed=0)
+    before = _kl_to_exact_posterior(ppca, x)
+    # A fast phase, then a slow one to shrink the stochastic-gradient noise around the optimum.
+    fit(ppca.vae, x, epochs=100, batch_size=128, lr=2e-2, binarize="none", progress=False)
+    fit(ppca.vae, x, epochs=100, batch_size=128, lr=2e-3, seed=1, binarize="none", progress=False)
+    after = _kl_to_exact_posterior(ppca, x)
+    # The untrained encoder is tens of nats away, q = p(z) would be 17 nats away. What remains
+    # after training is SGD noise in the encoder's weights (measured 0.04 nats).
+    assert before > 5.0
+    assert after < 0.1
+    # log p(x) - ELBO is exactly that KL: the evaluator must see the same gap, within its MC error.
+    result = evaluate(ppca.vae, x, num_particles=1000, seed=0)
     gap = ppca.log_marginal(x).mean().item() - result.elbo
-    assert gap < 0.01
+    assert abs(gap - after) < Z * result.elbo_se
