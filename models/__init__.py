@@ -3,6 +3,22 @@ likelihoods p(x | z). Nothing here imports from ``ppl_vae.guides``."""
 
 from ppl_vae.models.decoders import MLPDecoder
 from ppl_vae.models.likelihoods import LIKELIHOODS, Bernoulli, Gaussian
-from ppl_vae.models.priors import PRIORS, StandardNormal
+from ppl_vae.models.priors import (
+    PRIOR_DESCRIPTIONS,
+    PRIORS,
+    FlowPrior,
+    Hierarchical,
+    LearnedNormal,
+    MixtureOfGaussians,
+    StandardLaplace,
+    StandardNormal,
+    StudentT,
+    VampPrior,
+    support_name,
+)
 
-__all__ = ["LIKELIHOODS", "PRIORS", "Bernoulli", "Gaussian", "MLPDecoder", "StandardNormal"]
+__all__ = [
+    "LIKELIHOODS", "PRIORS", "PRIOR_DESCRIPTIONS", "Bernoulli", "Gaussian", "MLPDecoder", "StandardNormal",
+    "LearnedNormal", "StandardLaplace", "StudentT", "MixtureOfGaussians", "VampPrior", "Hierarchical", "FlowPrior",
+    "support_name",
+]

@@ -25,13 +25,16 @@ def _add_train(sub) -> None:
     p.add_argument("--data-root", help="folder with MNIST-family files in torchvision's layout (default: data)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST-family files if missing")
     p.add_argument("--image-size", type=int, help="resize images to this square size (e.g. 28)")
-    p.add_argument("--binarize", choices=["dynamic", "threshold", "none"], help="binarization for the Bernoulli "
-                   "likelihood (default: dynamic)")
+    p.add_argument("--binarize", choices=["auto", "dynamic", "threshold", "none"], help="binarization of grey "
+                   "images (default: auto = dynamic for binary likelihoods such as bernoulli, none otherwise)")
     p.add_argument("--latent-dim", type=int, help="dimension of z (default: 8)")
     p.add_argument("--hidden-dims", type=int, nargs="*", help="encoder hidden widths, decoder reversed (default: 256 128)")
-    p.add_argument("--prior", help="prior name (default: normal)")
+    p.add_argument("--prior", help="prior name (default: normal; see `ppl-vae list`)")
     p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
-    p.add_argument("--guide", help="guide family name (default: normal)")
+    p.add_argument("--guide", help="guide family name (default: auto, the family matching the prior's space)")
+    p.add_argument("--elbo", help="objective: trace (default) | meanfield | iwae")
+    p.add_argument("--particles", type=int, help="draws of z per example and step; K of the iwae bound (default: 1)")
+    p.add_argument("--beta", type=float, help="weight of the KL part of the ELBO (default: 1)")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: 200)")
     p.add_argument("--batch-size", type=int, help="examples per SVI step (default: 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-3)")
@@ -63,6 +66,30 @@ def _add_sample(sub) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def _add_list(sub) -> None:
+    sub.add_parser("list", help="every prior, guide, likelihood and objective, one line each")
+
+
+def _list(args) -> None:
+    from ppl_vae.compat import OBJECTIVES
+    from ppl_vae.guides import GUIDES
+    from ppl_vae.models import LIKELIHOODS, PRIOR_DESCRIPTIONS, PRIORS
+
+    def first_line(obj):
+        return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+    sections = [
+        ("priors (--prior)", {name: PRIOR_DESCRIPTIONS.get(name, "") for name in PRIORS}),
+        ("guides (--guide)", {name: first_line(getattr(f, "__self__", f)) for name, f in GUIDES.items()}),
+        ("likelihoods (--likelihood)", {name: first_line(f) for name, f in LIKELIHOODS.items()}),
+        ("objectives (--elbo)", OBJECTIVES),
+    ]
+    for title, rows in sections:
+        print(title)
+        for name, text in rows.items():
+            print(f"  {name:<22}{text}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppl-vae", description="The VAE as a Pyro model and guide.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -70,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_sample(sub)
+    _add_list(sub)
     return parser
 
 
@@ -127,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
-        {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
+        {"train": _train, "evaluate": _evaluate, "sample": _sample, "list": _list}[args.command](args)
     except PplVaeError as error:
         if args.debug:
             raise

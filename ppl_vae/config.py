@@ -23,7 +23,7 @@ class Config:
     data_root: str = "data"          # folder holding MNIST-family files in torchvision's layout
     download: bool = False           # let torchvision download MNIST-family files into data_root
     image_size: int | None = None    # resize images to image_size x image_size (e.g. 28 for digits)
-    binarize: str = "dynamic"        # dynamic (resampled every epoch) | threshold (x > 0.5) | none
+    binarize: str = "auto"           # auto (dynamic for binary likelihoods, else none) | dynamic | threshold | none
     heldout_fraction: float = 0.2    # share held out where the data set has no official test split
     split_seed: int = 0              # fixes the train/held-out split and the held-out binarization
     # -- model and guide
@@ -31,7 +31,11 @@ class Config:
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; decoder reversed
     prior: str = "normal"            # name in ppl_vae.models.PRIORS
     likelihood: str = "bernoulli"    # name in ppl_vae.models.LIKELIHOODS
-    guide: str = "normal"            # name in ppl_vae.guides.GUIDES
+    guide: str = "auto"              # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
+    # -- objective
+    elbo: str = "trace"              # trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)
+    particles: int = 1               # draws of z per example and SVI step (the iwae bound's K)
+    beta: float = 1.0                # weight of the KL part (poutine.scale on "z"); 1 is the ELBO
     # -- training
     epochs: int = 200                # passes over the training set
     batch_size: int = 128            # examples per SVI step
@@ -52,7 +56,7 @@ class Config:
 
     def validate(self) -> Config:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        positive_ints = ("latent_dim", "epochs", "batch_size", "num_particles")
+        positive_ints = ("latent_dim", "epochs", "batch_size", "num_particles", "particles")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -65,8 +69,10 @@ class Config:
             raise ConfigError(f"heldout_fraction must be between 0 and 1, got {self.heldout_fraction!r}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
             raise ConfigError(f"image_size must be a positive integer, got {self.image_size!r}")
-        if self.binarize not in ("dynamic", "threshold", "none"):
-            raise ConfigError(f"binarize must be one of dynamic, threshold, none; got {self.binarize!r}")
+        if self.binarize not in ("auto", "dynamic", "threshold", "none"):
+            raise ConfigError(f"binarize must be one of auto, dynamic, threshold, none; got {self.binarize!r}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigError(f"beta must be a non-negative number, got {self.beta!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -100,10 +106,3 @@ class Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field names to values")
         return cls.from_dict(values, source=f"config file {path}")
-
-    def model_spec(self, data_shape) -> dict:
-        """The fields that fix the architecture (what a checkpoint must agree with)."""
-        return {
-            "data_shape": list(data_shape), "latent_dim": self.latent_dim, "hidden_dims": list(self.hidden_dims),
-            "prior": self.prior, "likelihood": self.likelihood, "guide": self.guide, "decoder": "mlp",
-        }

@@ -38,8 +38,8 @@ def _per_example(log_prob: torch.Tensor, site, num_particles: int, num_examples:
     frames = {f.name: f.dim for f in site["cond_indep_stack"]}
     if plate_name not in frames:
         raise ConfigError(
-            f"sample site {site['name']!r} is outside the {plate_name!r} plate; per-example evaluation of "
-            "models with global latent variables is not supported yet"
+            f"sample site {site['name']!r} is outside the {plate_name!r} plate and not drawn by the guide; "
+            f"put every observed site inside pyro.plate({plate_name!r}) and give every global latent a guide"
         )
     ndim = -plate_dim  # the particle plate sits at plate_dim, the leftmost batch dimension
     while log_prob.dim() < ndim:
@@ -74,6 +74,10 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
     Returns a dict of ``(K, N)`` tensors: ``log_likelihood`` (observed sites, log p(x | z)),
     ``log_prior`` (latent sites of the model, log p(z)), ``log_guide`` (log q(z | x)) and
     ``log_weight = log_likelihood + log_prior - log_guide``.
+
+    Global latent sites (drawn by the guide outside the data plate, e.g. the scale of a hierarchical
+    prior) are sampled once per draw k from their guide and not scored, so the weights of example n
+    estimate the posterior predictive log-density of x_n under q(globals), separately for every n.
     """
     if nesting is None:
         nesting = max_plate_nesting(model, guide, x, **kwargs)
@@ -91,9 +95,15 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
         model_trace = poutine.trace(poutine.replay(vectorized(model), trace=guide_trace)).get_trace(x, **kwargs)
 
     parts = dict.fromkeys(("log_likelihood", "log_prior", "log_guide"), 0.0)
+    # Global latents (sites the guide draws outside the data plate) are not scored: each draw k shares
+    # one value of them across examples, so every example's weights estimate the posterior predictive
+    # p(x_n | globals ~ q) = E_q(globals)[p(x_n | globals)], one bound per example.
+    global_sites = {name for name, site in guide_trace.nodes.items()
+                    if site["type"] == "sample" and not site_is_subsample(site)
+                    and plate_name not in {f.name for f in site["cond_indep_stack"]}}
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for site in trace.nodes.values():
-            if site["type"] != "sample" or site_is_subsample(site):
+            if site["type"] != "sample" or site_is_subsample(site) or site["name"] in global_sites:
                 continue
             lp = _per_example(_site_log_prob(site), site, num_particles, num_examples, plate_dim, plate_name)
             if sign < 0:

@@ -13,7 +13,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 
 from ppl_vae import plots
 from ppl_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_json, save_checkpoint, write_json
+from ppl_vae.compat import resolve_binarize
 from ppl_vae.config import Config
 from ppl_vae.data import DataSplit, load_dataset
 from ppl_vae.errors import CheckpointError, ConfigError
@@ -93,8 +94,12 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     started = time.time()
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, data.data_shape).to(device)
+    # Record what "auto" resolved to, so that config.json says exactly what ran.
+    config = replace(config, guide=vae.spec["guide"] or config.guide,
+                     binarize=resolve_binarize(config.binarize, vae.likelihood))
     result = fit(vae, data.train, data.heldout, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                 seed=config.seed, binarize=config.binarize, heldout_seed=config.split_seed, progress=progress)
+                 seed=config.seed, binarize=config.binarize, elbo=config.elbo, num_particles=config.particles,
+                 beta=config.beta, heldout_seed=config.split_seed, progress=progress)
     finished = time.time()
 
     if overwrite and run_dir.exists():
@@ -123,11 +128,12 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
 
 
 def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, *, seed: int = 0,
-                  binarize: str = "dynamic", heldout_seed: int = 0) -> list[Path]:
+                  binarize: str = "auto", heldout_seed: int = 0) -> list[Path]:
     """Reconstructions, prior samples and the ELBO curve, when the data are images."""
     if plots._as_images(data.heldout[:1]) is None:
         return []
     device = vae.device
+    binarize = resolve_binarize(binarize, vae.likelihood)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inputs = fixed_binarization(data.heldout[:32].to(device), binarize, heldout_seed)
@@ -179,7 +185,8 @@ def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch
     vae = load(run_dir, device=device)
     config = _read_config(run_dir)
     data = load_data(config)
-    heldout = fixed_binarization(data.heldout.to(vae.device), config.binarize, config.split_seed)
+    binarize = resolve_binarize(config.binarize, vae.likelihood)
+    heldout = fixed_binarization(data.heldout.to(vae.device), binarize, config.split_seed)
     result = evaluate(vae, heldout, num_particles=num_particles or config.num_particles, batch_size=batch_size,
                       seed=seed, progress=progress)
     write_json(run_dir / "eval.json", {**result.to_dict(), "seed": seed, "dataset": data.name,

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from ppl_vae.compat import check_compatible, resolve_binarize
 from ppl_vae.data import binarize as binarize_data
 from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.evaluate import evaluate
@@ -34,6 +35,18 @@ def fixed_binarization(x: torch.Tensor, mode: str, seed: int = 0) -> torch.Tenso
     ``mode="dynamic"``), so that held-out numbers are comparable across epochs and runs."""
     generator = torch.Generator(device=x.device).manual_seed(_HELDOUT_STREAM + seed)
     return binarize_data(x, mode, generator=generator)
+
+
+def make_elbo(name: str, num_particles: int = 1):
+    """The Pyro loss for an objective name (see ``ppl_vae.compat.OBJECTIVES``)."""
+    vectorize = num_particles > 1
+    if name == "trace":
+        return Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
+    if name == "meanfield":
+        return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
+    if name == "iwae":
+        return RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=vectorize)
+    raise ConfigError(f"unknown objective {name!r}; choose one of: trace, meanfield, iwae")
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,10 @@ def fit(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
-    binarize: str = "dynamic",
+    binarize: str = "auto",
+    elbo: str = "trace",
+    num_particles: int = 1,
+    beta: float = 1.0,
     heldout_particles: int = 8,
     heldout_seed: int = 0,
     progress: bool | None = None,
@@ -89,7 +105,12 @@ def fit(
         epochs, batch_size, lr: the optimisation budget. A batch larger than the data is one full batch.
         seed: seeds shuffling, binarization and the draws of z.
         binarize: ``"dynamic"`` (a fresh Bernoulli draw of every training image every epoch, held-out
-            binarized once), ``"threshold"`` (x > 0.5) or ``"none"``.
+            binarized once), ``"threshold"`` (x > 0.5), ``"none"``, or ``"auto"`` (dynamic for binary
+            likelihoods such as Bernoulli, none for the others).
+        elbo: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``, analytic KL) or
+            ``"iwae"`` (``RenyiELBO(alpha=0)``, the importance-weighted bound).
+        num_particles: draws of z per example and step (vectorized); the iwae bound's K.
+        beta: weight of the KL part (``poutine.scale`` on the latent site in model and guide).
         heldout_particles: draws of z per held-out example for the per-epoch held-out ELBO.
         heldout_seed: seeds the held-out binarization (the CLI passes the split seed).
         progress: show a progress bar; by default when standard error is a terminal.
@@ -105,11 +126,13 @@ def fit(
         raise ConfigError("the training set is empty")
     device = vae.device if hasattr(vae, "device") else train.device
     train = train.to(device)
+    binarize = resolve_binarize(binarize, getattr(vae, "likelihood", None))
     pyro.set_rng_seed(seed)
     shuffle = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed + 1)
-    _check_support(vae, binarize_data(train[:256], binarize, generator=torch.Generator(device=device).manual_seed(0)),
-                   "training data")
+    probe = binarize_data(train[:256], binarize, generator=torch.Generator(device=device).manual_seed(0))
+    _check_support(vae, probe, "training data")
+    check_compatible(vae, probe[:2], elbo=elbo, num_particles=num_particles, beta=beta)
     if heldout is not None:
         heldout = fixed_binarization(heldout.to(device), binarize, heldout_seed)
         _check_support(vae, heldout, "held-out data")
@@ -121,7 +144,7 @@ def fit(
         if name in store:
             del store[name]
     optimizer = pyro.optim.Adam({"lr": lr})
-    svi = SVI(vae.model, vae.guide, optimizer, loss=Trace_ELBO())
+    svi = SVI(vae.model, vae.guide, optimizer, loss=make_elbo(elbo, num_particles))
 
     batch_size = min(batch_size, num_data)
     steps_per_epoch = math.ceil(num_data / batch_size)
@@ -143,7 +166,7 @@ def fit(
             epoch_losses = []
             for first in range(0, num_data, batch_size):
                 x = data[order[first:first + batch_size]]
-                loss = svi.step(x, num_data=num_data) / num_data
+                loss = svi.step(x, num_data=num_data, beta=beta) / num_data
                 step += 1
                 if not math.isfinite(loss):
                     raise TrainingDiverged(

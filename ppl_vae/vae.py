@@ -19,20 +19,36 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import LIKELIHOODS, PRIORS, MLPDecoder
+from ppl_vae.models.priors import support_name
 
 
-def _build(kind: str, registry: dict, spec, *args):
+def _build(kind: str, registry: dict, spec, *args, **kwargs):
     """Resolve a component given by registry name, or pass through an object the user built."""
     if isinstance(spec, str):
         if spec not in registry:
             raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
-        return registry[spec](*args)
+        return registry[spec](*args, **kwargs)
     return spec
+
+
+#: The guide family that matches each latent space, for ``guide="auto"``.
+GUIDE_FOR_SUPPORT = {"real": "normal", "sphere": "power-spherical", "simplex": "dirichlet"}
+_PRIOR_SUPPORT = {"sphere": "sphere", "dirichlet": "simplex"}
+
+
+def default_guide(prior) -> str:
+    """The guide family matching a prior's support: normal, power-spherical or dirichlet."""
+    if isinstance(prior, str):
+        return GUIDE_FOR_SUPPORT[_PRIOR_SUPPORT.get(prior, "real")]
+    with poutine.block():
+        p = prior() if isinstance(prior, nn.Module) else prior
+    return GUIDE_FOR_SUPPORT.get(support_name(p.support), "normal")
 
 
 class VAE(nn.Module):
@@ -46,7 +62,8 @@ class VAE(nn.Module):
             ``(latent_dim,)``, or an ``nn.Module`` whose ``forward()`` returns one.
         likelihood: a registry name (``ppl_vae.models.LIKELIHOODS``) or a likelihood module
             (``params -> distribution over x``, with a ``params_per_feature`` attribute).
-        guide: a registry name (``ppl_vae.guides.GUIDES``) or a module ``x -> q(z | x)``.
+        guide: a registry name (``ppl_vae.guides.GUIDES``), a module ``x -> q(z | x)``, or ``"auto"``:
+            the family matching the prior's support (normal, power-spherical, dirichlet).
         decoder: a module ``z (..., latent_dim) -> params (..., params_per_feature * D)``; by default an
             MLP.
         name: prefix of this VAE's parameters in Pyro's param store.
@@ -63,7 +80,7 @@ class VAE(nn.Module):
         *,
         prior="normal",
         likelihood="bernoulli",
-        guide="normal",
+        guide="auto",
         decoder: nn.Module | None = None,
         name: str = "vae",
     ):
@@ -76,11 +93,14 @@ class VAE(nn.Module):
         self.latent_dim = int(latent_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         self.name = name
-        self.prior = _build("prior", PRIORS, prior, self.latent_dim)
         self.likelihood = _build("likelihood", LIKELIHOODS, likelihood, self.data_shape)
         out_features = self.likelihood.params_per_feature * math.prod(self.data_shape)
         self.decoder = decoder if decoder is not None else MLPDecoder(self.latent_dim, self.hidden_dims[::-1], out_features)
+        if guide == "auto":
+            guide = default_guide(prior)
         self.encoder = _build("guide", GUIDES, guide, self.data_shape, self.latent_dim, self.hidden_dims)
+        # The prior comes last: the VampPrior needs the guide.
+        self.prior = _build("prior", PRIORS, prior, self.latent_dim, data_shape=self.data_shape, guide=self.encoder)
         # What `ppl_vae.load` needs to rebuild this VAE; None where the user passed an object.
         self.spec = {
             "data_shape": list(self.data_shape),
@@ -94,9 +114,12 @@ class VAE(nn.Module):
 
     # -- the two Pyro programs -------------------------------------------------------------------
 
-    def model(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None):
+    def model(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None,
+              beta: float = 1.0):
         """p(z) p(x | z). Scores ``x (N, *data_shape)``, or generates ``num_samples`` examples.
 
+        ``beta`` scales the log-density of ``"z"`` here and in the guide, hence the KL part of the ELBO
+        (beta-VAE; KL schedules). Global latents of the prior are drawn before the data plate.
         Returns the value at ``"x"``: the data when observed, a draw ``(num_samples, *data_shape)``
         otherwise.
         """
@@ -104,21 +127,34 @@ class VAE(nn.Module):
         self._register("prior", self.prior)
         self._register("likelihood", self.likelihood)
         batch = self._batch_size(x, num_samples)
+        prior = self.prior_distribution()       # may draw global latents (outside the plate)
         with self._data_plate(batch, num_data, x):
-            z = pyro.sample("z", self.prior_distribution())
+            with poutine.scale(scale=beta):
+                z = pyro.sample("z", prior)
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
-    def guide(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None):
+    def guide(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None,
+              beta: float = 1.0):
         """q(z | x), amortized: one encoder pass for the whole batch ``x (N, *data_shape)``.
 
         Takes the same arguments as :meth:`model` so that both run under one SVI call; it needs ``x``.
+        A prior with global latents contributes their (non-amortized) guide first.
         Returns the draw of ``"z"``, ``(N, latent_dim)``.
         """
         if x is None:
             raise ValueError("the guide q(z | x) needs data x; to generate, run the model alone")
         self._register("encoder", self.encoder)
+        if self.has_global_latents:
+            self._register("prior", self.prior)
+            self.prior.global_guide()
         with self._data_plate(x.shape[0], num_data, x):
-            return pyro.sample("z", self.encoder(x))
+            with poutine.scale(scale=beta):
+                return pyro.sample("z", self.encoder(x))
+
+    @property
+    def has_global_latents(self) -> bool:
+        """True when the prior has latent variables shared by all examples (e.g. ``hierarchical``)."""
+        return hasattr(self.prior, "global_guide")
 
     # -- conveniences built on the programs ------------------------------------------------------
 
@@ -154,7 +190,13 @@ class VAE(nn.Module):
         With ``mean=True`` returns the mean of p(x | z) at the drawn z (what figures show), otherwise
         a draw of x.
         """
-        z = self.prior_distribution().expand([num_samples]).sample()
+        with poutine.block():
+            if self.has_global_latents:       # generate with the globals drawn from their posterior
+                globals_trace = poutine.trace(self.prior.global_guide).get_trace()
+                prior = poutine.replay(self.prior_distribution, trace=globals_trace)()
+            else:
+                prior = self.prior_distribution()
+        z = prior.expand(torch.Size([num_samples]) + prior.batch_shape).sample()
         params = self.decoder(z)
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 

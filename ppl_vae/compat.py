@@ -1,0 +1,78 @@
+"""Which priors, guides, likelihoods and objectives work together — checked before training.
+
+Each check raises :class:`ConfigError` with one line saying why the combination cannot work and what
+to use instead. They look at the actual programs (one trace of the model and guide on one example),
+so they apply to user-built components too.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.models.priors import support_contains, support_name
+
+#: Objectives by CLI name, one line each for ``ppl-vae list``.
+OBJECTIVES = {
+    "trace": "Trace_ELBO: Monte Carlo KL, works for every prior and guide (default)",
+    "meanfield": "TraceMeanField_ELBO: analytic KL where torch registers one, refused otherwise",
+    "iwae": "importance-weighted bound (RenyiELBO, alpha=0) with --particles K draws, vectorized",
+}
+_SUPPORT_GUIDE = {"real": "normal", "sphere": "power-spherical", "simplex": "dirichlet"}
+
+
+def resolve_binarize(binarize: str, likelihood) -> str:
+    """``"auto"`` -> ``"dynamic"`` for binary likelihoods, ``"none"`` for the others; check the rest."""
+    kind = getattr(likelihood, "data_kind", "binary")
+    if binarize == "auto":
+        return "dynamic" if kind == "binary" else "none"
+    if kind != "binary" and binarize != "none":
+        name = type(likelihood).__name__
+        raise ConfigError(f"the {name} likelihood models {kind} data, so binarizing ({binarize}) would discard what "
+                          "it models; use --binarize none (or auto)")
+    return binarize
+
+
+def _traces(vae, x):
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    return model_trace, guide_trace
+
+
+def check_compatible(vae, x: torch.Tensor, *, elbo: str = "trace", num_particles: int = 1, beta: float = 1.0) -> None:
+    """Refuse combinations that cannot work, on a trace of ``vae`` at the examples ``x`` (one is enough)."""
+    if elbo not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {elbo!r}; choose one of: {', '.join(OBJECTIVES)}")
+    if num_particles < 1:
+        raise ConfigError(f"the number of particles must be at least 1, got {num_particles}")
+    if not (beta >= 0 and beta == beta):
+        raise ConfigError(f"beta must be a non-negative number, got {beta}")
+    model_trace, guide_trace = _traces(vae, x)
+    for name, guide_site in guide_trace.nodes.items():
+        if guide_site["type"] != "sample" or site_is_subsample(guide_site) or name not in model_trace.nodes:
+            continue
+        model_site = model_trace.nodes[name]
+        p_space, q_space = support_name(model_site["fn"].support), support_name(guide_site["fn"].support)
+        if not support_contains(p_space, q_space):
+            better = _SUPPORT_GUIDE.get(p_space, "a guide on the same space")
+            raise ConfigError(f"the prior of {name!r} lives on the {p_space} but the guide draws {q_space} values, so "
+                              f"log p(z) is undefined at the guide's draws; use --guide {better}")
+        if elbo == "meanfield":
+            try:
+                kl_divergence(guide_site["fn"], model_site["fn"])
+            except NotImplementedError:
+                raise ConfigError(
+                    f"meanfield needs an analytic KL between {type(guide_site['fn']).__name__} (guide) and "
+                    f"{type(model_site['fn']).__name__} (prior) at site {name!r}, and none is registered; "
+                    "use --elbo trace (Monte Carlo KL)") from None
+    if elbo == "iwae":
+        if getattr(vae, "has_global_latents", False):
+            raise ConfigError("the iwae objective needs every latent inside the data plate, but this prior has global "
+                              "latents (Pyro's RenyiELBO would give one bound for the whole batch); use --elbo trace")
+        if beta != 1.0:
+            raise ConfigError("beta scales the KL of an ELBO; the iwae bound has no separate KL term; use --beta 1 "
+                              "with iwae, or --elbo trace with beta")
