@@ -220,7 +220,7 @@ PRIOR_DESCRIPTIONS = {
 def support_name(support) -> str:
     """The space a latent lives in: ``"real"``, ``"positive"``, ``"unit_interval"``, ``"sphere"``,
     ``"simplex"``, or the constraint's class name for anything else."""
-    while isinstance(support, constraints.independent):
+    while hasattr(support, "base_constraint"):        # independent(...), mixtures of one family
         support = support.base_constraint
     if support is constraints.real:
         return "real"

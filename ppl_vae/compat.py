@@ -61,6 +61,11 @@ def check_compatible(vae, x: torch.Tensor, *, elbo: str = "trace", num_particles
             better = _SUPPORT_GUIDE.get(p_space, "a guide on the same space")
             raise ConfigError(f"the prior of {name!r} lives on the {p_space} but the guide draws {q_space} values, so "
                               f"log p(z) is undefined at the guide's draws; use --guide {better}")
+        log_p = model_site["fn"].log_prob(guide_site["value"])
+        if not bool(torch.isfinite(log_p).all()):
+            raise ConfigError(f"the prior's log-density at {name!r} is not finite at the guide's draws "
+                              f"({type(guide_site['fn']).__name__} guide); a prior built from the guide (vamp) needs a "
+                              "guide with a density: use --guide normal")
         if elbo == "meanfield":
             try:
                 kl_divergence(guide_site["fn"], model_site["fn"])

@@ -13,6 +13,7 @@ Nothing here computes a KL or a loss: ``pyro.infer.SVI`` with any ELBO does that
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -49,6 +50,16 @@ def default_guide(prior) -> str:
     with poutine.block():
         p = prior() if isinstance(prior, nn.Module) else prior
     return GUIDE_FOR_SUPPORT.get(support_name(p.support), "normal")
+
+
+def _kl_weight(beta: float):
+    """Scale the log-densities of the latent site by beta (``poutine.scale``); beta = 0 drops them
+    (``poutine.mask``), which leaves the reconstruction term alone: a plain autoencoder objective."""
+    if beta == 1.0:
+        return contextlib.nullcontext()
+    if beta == 0.0:
+        return poutine.mask(mask=False)
+    return poutine.scale(scale=beta)
 
 
 class VAE(nn.Module):
@@ -129,7 +140,7 @@ class VAE(nn.Module):
         batch = self._batch_size(x, num_samples)
         prior = self.prior_distribution()       # may draw global latents (outside the plate)
         with self._data_plate(batch, num_data, x):
-            with poutine.scale(scale=beta):
+            with _kl_weight(beta):
                 z = pyro.sample("z", prior)
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
@@ -148,7 +159,7 @@ class VAE(nn.Module):
             self._register("prior", self.prior)
             self.prior.global_guide()
         with self._data_plate(x.shape[0], num_data, x):
-            with poutine.scale(scale=beta):
+            with _kl_weight(beta):
                 return pyro.sample("z", self.encoder(x))
 
     @property
