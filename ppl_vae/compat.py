@@ -30,10 +30,18 @@ def resolve_binarize(binarize: str, likelihood) -> str:
     if binarize == "auto":
         return "dynamic" if kind == "binary" else "none"
     if kind != "binary" and binarize != "none":
-        name = type(likelihood).__name__
+        name = getattr(likelihood, "name", type(likelihood).__name__)
         raise ConfigError(f"the {name} likelihood models {kind} data, so binarizing ({binarize}) would discard what "
                           "it models; use --binarize none (or auto)")
     return binarize
+
+
+def to_likelihood_space(x: torch.Tensor, likelihood) -> torch.Tensor:
+    """Data in the form a likelihood scores: 8-bit likelihoods get grey levels rounded to k/255
+    (after any resizing); everything else passes unchanged (binarization is separate)."""
+    if getattr(likelihood, "data_kind", None) == "8bit":
+        return torch.round(x * 255) / 255
+    return x
 
 
 def _traces(vae, x):

@@ -61,7 +61,7 @@ from ppl_vae.errors import DataError
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist")
 """Named data sets; ``load_dataset`` also accepts the prefixes in :data:`SPEC_PREFIXES`."""
 
-SPEC_PREFIXES = ("npz:", "folder:")
+SPEC_PREFIXES = ("npz:", "folder:", "table:")
 """Prefixes of data set specs that name a file (``npz:PATH``) or a folder (``folder:PATH``)."""
 
 BINARIZE_MODES = ("dynamic", "threshold", "none")
@@ -98,6 +98,8 @@ class DataSplit:
         heldout: ``(N_heldout, *data_shape)`` float32 in [0, 1].
         train_labels: ``(N_train,)`` int64 class labels, or None.
         heldout_labels: ``(N_heldout,)`` int64 class labels, or None.
+        kind: ``"image"`` (values in [0, 1]) or ``"table"`` (``(N, D)`` finite real or count features,
+            from ``table:PATH``; see :mod:`ppl_vae.tabular`).
 
     Construction checks these invariants and raises :class:`DataError` when one is broken, so a
     ``DataSplit`` built by hand (e.g. in a notebook) is as safe to use as a loaded one.
@@ -108,10 +110,13 @@ class DataSplit:
     heldout: torch.Tensor
     train_labels: Optional[torch.Tensor] = None
     heldout_labels: Optional[torch.Tensor] = None
+    kind: str = "image"
 
     def __post_init__(self) -> None:
+        if self.kind not in ("image", "table"):
+            raise DataError(f"data set {self.name!r}: kind must be 'image' or 'table', got {self.kind!r}")
         for part in ("train", "heldout"):
-            _check_part(self.name, part, getattr(self, part))
+            _check_part(self.name, part, getattr(self, part), unit_interval=self.kind == "image")
         if self.train.shape[1:] != self.heldout.shape[1:]:
             raise DataError(
                 f"data set {self.name!r}: training examples have shape {tuple(self.train.shape[1:])} "
@@ -136,13 +141,18 @@ class DataSplit:
         return tuple(self.train.shape[1:])
 
 
-def _check_part(name: str, part: str, x: torch.Tensor) -> None:
-    """Raise DataError unless ``x`` is a float32 tensor ``(N, ...)`` with values in [0, 1]."""
+def _check_part(name: str, part: str, x: torch.Tensor, unit_interval: bool = True) -> None:
+    """Raise DataError unless ``x`` is a float32 tensor ``(N, ...)`` with values in [0, 1] (images) or
+    finite values (tables)."""
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.dim() < 2:
         raise DataError(
             f"data set {name!r}: {part} must be a float32 tensor of shape (N, ...) with at least 2 dims, "
             f"got {_describe(x)}; convert it with torch.as_tensor(x, dtype=torch.float32)"
         )
+    if not unit_interval:
+        if x.numel() > 0 and not bool(torch.isfinite(x).all()):
+            raise DataError(f"data set {name!r}: {part} has NaN or infinite values; remove or impute them")
+        return
     if x.numel() > 0 and not _in_unit_interval(x):
         raise DataError(
             f"data set {name!r}: {part} has values outside [0, 1] (or NaN); scale the data into [0, 1]"
@@ -219,6 +229,12 @@ def load_dataset(
         return _load_npz(spec, path, image_size)
     if kind == "folder" and path:
         return _load_folder(spec, path, image_size, heldout_fraction, split_seed)
+    if kind == "table" and path:
+        if image_size is not None:
+            raise DataError(f"data set {spec!r} is a table; --image-size applies to images only, drop it")
+        from ppl_vae.tabular import load_table
+
+        return load_table(spec, path, heldout_fraction, split_seed)
     if kind == "digits" and not path:
         split = _load_digits(heldout_fraction, split_seed)
     elif kind in _TORCHVISION_CLASSES and not path:
@@ -283,7 +299,7 @@ def _is_int(value: object) -> bool:
 
 
 def _valid_specs() -> str:
-    return f"use one of: {', '.join(DATASETS)}, npz:PATH, folder:PATH"
+    return f"use one of: {', '.join(DATASETS)}, npz:PATH, folder:PATH, table:PATH"
 
 
 def _unknown_spec_message(spec: str) -> str:
@@ -307,6 +323,7 @@ def _split(
     y: Optional[torch.Tensor],
     heldout_fraction: float,
     split_seed: int,
+    kind: str = "image",
 ) -> DataSplit:
     """Split ``x`` ``(N, ...)`` and labels ``y`` ``(N,)`` by a seeded random permutation.
 
@@ -330,6 +347,7 @@ def _split(
         heldout=x[heldout_idx],
         train_labels=None if y is None else y[train_idx],
         heldout_labels=None if y is None else y[heldout_idx],
+        kind=kind,
     )
 
 

@@ -21,15 +21,17 @@ import pyro
 import torch
 
 from ppl_vae import plots
-from ppl_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_json, save_checkpoint, write_json
-from ppl_vae.compat import resolve_binarize
+from ppl_vae.checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, read_json, save_checkpoint, write_json
+from ppl_vae.compat import resolve_binarize, to_likelihood_space
 from ppl_vae.config import Config
 from ppl_vae.data import DataSplit, load_dataset
 from ppl_vae.errors import CheckpointError, ConfigError
 from ppl_vae.evaluate import EvalResult, evaluate
+from ppl_vae.tabular import Scaling
 from ppl_vae.train import FitResult, fit, fixed_binarization
 from ppl_vae.vae import VAE
 
+SCALING_NAME = "scaling.json"
 _MODEL_FIELDS = ("latent_dim", "hidden_dims", "prior", "likelihood", "guide")
 
 
@@ -97,6 +99,7 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     # Record what "auto" resolved to, so that config.json says exactly what ran.
     config = replace(config, guide=vae.spec["guide"] or config.guide,
                      binarize=resolve_binarize(config.binarize, vae.likelihood))
+    data, scaling = prepare_table(data, vae.likelihood)
     result = fit(vae, data.train, data.heldout, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                  seed=config.seed, binarize=config.binarize, elbo=config.elbo, num_particles=config.particles,
                  beta=config.beta, heldout_seed=config.split_seed, progress=progress)
@@ -108,6 +111,8 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     save_checkpoint(run_dir / CHECKPOINT_NAME, model_spec=vae.spec, state_dict=vae.state_dict(),
                     optimizer_state=result.optimizer_state, epoch=config.epochs, step=len(result.losses))
     write_json(run_dir / "config.json", config.to_dict())
+    if scaling is not None:
+        write_json(run_dir / SCALING_NAME, scaling.to_dict())
     write_json(run_dir / "metrics.json", {
         "units": "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization",
         "history": result.history,
@@ -127,16 +132,38 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     return TrainRun(run_dir=run_dir, data=data, result=result)
 
 
+def prepare_table(data: DataSplit, likelihood, scaling: Scaling | None = None) -> tuple[DataSplit, Scaling | None]:
+    """Tables: refuse image-only likelihoods, standardize real features (fitted on the training part
+    unless ``scaling`` is given). Images pass through unchanged."""
+    if data.kind != "table":
+        return data, None
+    kind = getattr(likelihood, "data_kind", "binary")
+    if kind == "binary":
+        raise ConfigError(f"{data.name} is a table of numbers; use --likelihood gaussian (real features), poisson or "
+                          "negative-binomial (counts)")
+    if kind != "real":
+        return data, None
+    scaling = scaling or Scaling.fit(data.train)
+    return replace(data, train=scaling.apply(data.train), heldout=scaling.apply(data.heldout)), scaling
+
+
+def _read_scaling(run_dir: Path) -> Scaling | None:
+    path = run_dir / SCALING_NAME
+    return Scaling.from_dict(read_json(path, "scaling")) if path.exists() else None
+
+
 def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, *, seed: int = 0,
                   binarize: str = "auto", heldout_seed: int = 0) -> list[Path]:
-    """Reconstructions, prior samples and the ELBO curve, when the data are images."""
-    if plots._as_images(data.heldout[:1]) is None:
-        return []
+    """Reconstructions, prior samples and the ELBO curve (only the curve when the data are not images)."""
+    if data.kind == "table" or plots._as_images(data.heldout[:1]) is None:
+        plots.save_figure(plots.elbo_figure(history), folder / "elbo.png")
+        return [folder / "elbo.png"]
     device = vae.device
     binarize = resolve_binarize(binarize, vae.likelihood)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        inputs = fixed_binarization(data.heldout[:32].to(device), binarize, heldout_seed)
+        inputs = fixed_binarization(to_likelihood_space(data.heldout[:32].to(device), vae.likelihood), binarize,
+                                    heldout_seed)
         recon = vae.reconstruct(inputs)
         samples = vae.sample(64)
     paths = [folder / "reconstructions.png", folder / "samples.png", folder / "elbo.png"]
@@ -185,10 +212,18 @@ def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch
     vae = load(run_dir, device=device)
     config = _read_config(run_dir)
     data = load_data(config)
+    scaling = _read_scaling(run_dir)
+    data, _ = prepare_table(data, vae.likelihood, scaling)
     binarize = resolve_binarize(config.binarize, vae.likelihood)
-    heldout = fixed_binarization(data.heldout.to(vae.device), binarize, config.split_seed)
+    heldout = fixed_binarization(to_likelihood_space(data.heldout.to(vae.device), vae.likelihood), binarize,
+                                 config.split_seed)
     result = evaluate(vae, heldout, num_particles=num_particles or config.num_particles, batch_size=batch_size,
                       seed=seed, progress=progress)
+    if scaling is not None:       # report log-densities of the original, unscaled features
+        shift = scaling.log_abs_det
+        result = replace(result, elbo=result.elbo + shift, log_likelihood=result.log_likelihood + shift,
+                         reconstruction=result.reconstruction + shift,
+                         per_example={k: v + shift for k, v in result.per_example.items()})
     write_json(run_dir / "eval.json", {**result.to_dict(), "seed": seed, "dataset": data.name,
                                        "units": "per example, nats; *_se: Monte Carlo standard error; "
                                                 "*_data_se: standard error over examples"})
@@ -204,6 +239,16 @@ def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         samples = vae.sample(num_samples).cpu()
+    scaling = _read_scaling(Path(run_dir))
+    if scaling is not None:
+        samples = scaling.invert(samples)                 # back to the original units
     if out is not None:
-        plots.save_figure(plots.samples_figure(samples), out)
+        out = Path(out)
+        if out.suffix.lower() == ".csv":
+            rows = "\n".join(",".join(f"{v:.6g}" for v in row) for row in samples.reshape(num_samples, -1).tolist())
+            atomic_write(out, lambda handle: handle.write((rows + "\n").encode()))
+        elif plots._as_images(samples[:1]) is None or scaling is not None:
+            raise ConfigError(f"the samples are rows of a table, not images; write them with --out {out.with_suffix('.csv')}")
+        else:
+            plots.save_figure(plots.samples_figure(samples), out)
     return samples

@@ -17,7 +17,7 @@ import pyro.optim
 import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from ppl_vae.compat import check_compatible, resolve_binarize
+from ppl_vae.compat import check_compatible, resolve_binarize, to_likelihood_space
 from ppl_vae.data import binarize as binarize_data
 from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.evaluate import evaluate
@@ -126,7 +126,9 @@ def fit(
         raise ConfigError("the training set is empty")
     device = vae.device if hasattr(vae, "device") else train.device
     train = train.to(device)
-    binarize = resolve_binarize(binarize, getattr(vae, "likelihood", None))
+    likelihood = getattr(vae, "likelihood", None)
+    binarize = resolve_binarize(binarize, likelihood)
+    train = to_likelihood_space(train, likelihood)
     pyro.set_rng_seed(seed)
     shuffle = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed + 1)
@@ -134,7 +136,7 @@ def fit(
     _check_support(vae, probe, "training data")
     check_compatible(vae, probe[:2], elbo=elbo, num_particles=num_particles, beta=beta)
     if heldout is not None:
-        heldout = fixed_binarization(heldout.to(device), binarize, heldout_seed)
+        heldout = fixed_binarization(to_likelihood_space(heldout.to(device), likelihood), binarize, heldout_seed)
         _check_support(vae, heldout, "held-out data")
 
     # SVI updates the tensors in Pyro's param store: make sure the entries under this VAE's names are
