@@ -21,7 +21,8 @@ def _add_train(sub) -> None:
                        description="Train a VAE by SVI (Trace_ELBO) and write a run folder with config, checkpoint, "
                                    "metrics and figures. With no arguments: the embedded digits data.")
     # Defaults are None so that a --config file's values survive unless a flag overrides them.
-    p.add_argument("--dataset", help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH")
+    p.add_argument("--dataset", help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | "
+                   "table:PATH (.csv or .npz of real or count features)")
     p.add_argument("--data-root", help="folder with MNIST-family files in torchvision's layout (default: data)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST-family files if missing")
     p.add_argument("--image-size", type=int, help="resize images to this square size (e.g. 28)")
@@ -61,7 +62,8 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw from a trained model into an image grid")
     p.add_argument("run_dir", type=Path)
     p.add_argument("-n", "--num-samples", type=int, default=64)
-    p.add_argument("--out", type=Path, help="image file to write (default: RUN_DIR/figures/samples-<seed>.png)")
+    p.add_argument("--out", type=Path, help="file to write: .png image grid, or .csv rows (default: "
+                   "RUN_DIR/figures/samples-<seed>.png; RUN_DIR/samples/samples-<seed>.csv for tables)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -144,7 +146,12 @@ def _evaluate(args) -> None:
 def _sample(args) -> None:
     from ppl_vae.run import sample_run
 
-    out = args.out or args.run_dir / "figures" / f"samples-{args.seed}.png"
+    if args.out is None:
+        from ppl_vae.checkpoint import read_json
+
+        table = str(read_json(args.run_dir / "config.json", "config").get("dataset", "")).startswith("table:")
+        args.out = args.run_dir / ("samples" if table else "figures") / f"samples-{args.seed}.{'csv' if table else 'png'}"
+    out = args.out
     sample_run(args.run_dir, args.num_samples, out, seed=args.seed, device=args.device)
     print(f"wrote {args.num_samples} samples to {out}")
 

@@ -1,6 +1,8 @@
 """The VAE's model and guide are ordinary Pyro programs: sites, plates, generation, and every Pyro
 tool that takes a model and a guide."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -8,7 +10,7 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, Predictive, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
-from ppl_vae import VAE, ConfigError, fit
+from ppl_vae import VAE, ConfigError, evaluate, fit
 
 SHAPE = (1, 4, 4)
 
@@ -92,6 +94,24 @@ def test_user_distribution_as_prior_trains_and_samples(x):
     result = fit(vae, x.repeat(4, 1, 1, 1), epochs=2, batch_size=10, progress=False)
     assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
     assert vae.sample(3).shape == (3, *SHAPE)
+    report = evaluate(vae, x, num_particles=50, seed=0)
+    assert math.isfinite(report.log_likelihood) and report.log_likelihood >= report.elbo
+
+
+def test_user_module_prior_with_learnable_parameters_trains(x):
+    class ScaledLaplace(torch.nn.Module):          # the README's example of a prior of one's own
+        def __init__(self, latent_dim):
+            super().__init__()
+            self.log_scale = torch.nn.Parameter(torch.zeros(latent_dim))
+
+        def forward(self):
+            return dist.Laplace(torch.zeros_like(self.log_scale), self.log_scale.exp()).to_event(1)
+
+    vae = VAE(SHAPE, latent_dim=3, hidden_dims=(16,), prior=ScaledLaplace(3))
+    before = vae.prior.log_scale.detach().clone()
+    fit(vae, x.repeat(4, 1, 1, 1), epochs=3, batch_size=10, lr=1e-2, progress=False)
+    assert not torch.equal(before, vae.prior.log_scale)
+    assert math.isfinite(evaluate(vae, x, num_particles=20, seed=0).log_likelihood)
 
 
 def test_unknown_component_names_are_clear_errors():
