@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from torch import nn
 
 from ppl_vae.guides.encoders import MLPEncoder
@@ -18,6 +19,8 @@ class DiagonalNormal(nn.Module):
     the log-scale log σ(x) of the seed conversation. ``forward(x)`` returns q(z | x) with batch shape
     ``(N,)`` and event shape ``(latent_dim,)``; ``z = loc + scale * eps`` is its reparameterized sample.
     """
+
+    support = constraints.real_vector
 
     def __init__(self, encoder: nn.Module, latent_dim: int):
         super().__init__()
@@ -37,9 +40,3 @@ class DiagonalNormal(nn.Module):
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         loc, scale = self.loc_scale(x)
         return dist.Normal(loc, scale).to_event(1)
-
-
-#: Guide families by CLI name; each factory takes ``(data_shape, latent_dim, hidden_dims)``.
-GUIDES = {
-    "normal": DiagonalNormal.mlp,
-}

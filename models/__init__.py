@@ -3,6 +3,7 @@ likelihoods p(x | z). Nothing here imports from ``ppl_vae.guides``."""
 
 from ppl_vae.models.decoders import MLPDecoder
 from ppl_vae.models.likelihoods import LIKELIHOODS, Bernoulli, Gaussian
+from ppl_vae.models.manifold import DirichletPrior, HypersphericalUniform, PowerSpherical, SphereUniform
 from ppl_vae.models.priors import (
     PRIOR_DESCRIPTIONS,
     PRIORS,
@@ -20,5 +21,5 @@ from ppl_vae.models.priors import (
 __all__ = [
     "LIKELIHOODS", "PRIORS", "PRIOR_DESCRIPTIONS", "Bernoulli", "Gaussian", "MLPDecoder", "StandardNormal",
     "LearnedNormal", "StandardLaplace", "StudentT", "MixtureOfGaussians", "VampPrior", "Hierarchical", "FlowPrior",
-    "support_name",
+    "support_name", "DirichletPrior", "HypersphericalUniform", "PowerSpherical", "SphereUniform",
 ]

@@ -34,7 +34,10 @@ def _build(kind: str, registry: dict, spec, *args, **kwargs):
     if isinstance(spec, str):
         if spec not in registry:
             raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
-        return registry[spec](*args, **kwargs)
+        try:
+            return registry[spec](*args, **kwargs)
+        except ValueError as error:                # e.g. a sphere latent needs latent_dim >= 2
+            raise ConfigError(f"{kind} {spec!r}: {error}") from None
     return spec
 
 

@@ -85,16 +85,17 @@ def test_seeded_evaluation_is_reproducible_and_leaves_global_rng_alone():
     assert a.to_dict() == b.to_dict()
 
 
-def test_global_latent_outside_the_data_plate_is_refused_clearly(x):
+def test_observed_site_outside_the_data_plate_is_refused_clearly(x):
     def model(x):
-        tau = pyro.sample("tau", dist.LogNormal(0.0, 1.0))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", dist.Normal(torch.zeros(3), tau[..., None]).to_event(1), obs=x)
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("total", dist.Normal(z.sum(), 1.0), obs=x.sum())
 
     def guide(x):
-        pyro.sample("tau", dist.LogNormal(0.0, 0.5))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
 
-    with pytest.raises(ConfigError, match="'tau' is outside the 'data' plate"):
+    with pytest.raises(ConfigError, match="'total' is outside the 'data' plate"):
         evaluate(SimpleNamespace(model=model, guide=guide), x, num_particles=4)
 
 

@@ -17,9 +17,11 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_subpackages_import_and_generic_names_do_not(tmp_path):
-    done = _python("import ppl_vae.models, ppl_vae.guides; print(ppl_vae.models.PRIORS['normal'].__name__)", tmp_path)
+    done = _python("import ppl_vae.models, ppl_vae.guides; "
+                   "print(type(ppl_vae.models.PRIORS['normal'](2)).__name__, type(ppl_vae.guides.GUIDES['normal']((4,), 2, ())).__name__)",
+                   tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "StandardNormal"
+    assert done.stdout.split() == ["StandardNormal", "DiagonalNormal"]
     for name in ("models", "guides"):
         done = _python(f"import {name}", tmp_path)
         assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr
