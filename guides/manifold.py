@@ -9,7 +9,6 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import nn
-from torch.nn.functional import softplus
 
 from ppl_vae.guides.encoders import MLPEncoder
 from ppl_vae.models.manifold import PowerSpherical
@@ -59,7 +58,7 @@ class DirichletGuide(nn.Module):
     """Amortized Dirichlet posterior on the probability simplex in ``R^latent_dim``.
 
     The encoder maps ``x (N, *data_shape)`` to ``latent_dim`` numbers, the concentrations
-    α = softplus(encoder(x)) + ``min_concentration``. ``forward(x)`` returns ``Dirichlet(α)``: batch shape
+    α = exp(clamp(encoder(x) + 2, -10, 10)) + ``min_concentration``. ``forward(x)`` returns ``Dirichlet(α)``: batch shape
     ``(N,)``, event shape ``(d,)``; torch's draws are reparameterized implicitly (gradients of the Gamma
     draws w.r.t. α through the CDF), so ``rsample`` carries gradients to the encoder. The floor keeps
     draws away from float underflow at tiny α. Needs ``latent_dim >= 2``; pair with a simplex prior
@@ -82,8 +81,11 @@ class DirichletGuide(nn.Module):
         return cls(MLPEncoder(data_shape, hidden_dims, latent_dim), latent_dim)
 
     def concentration(self, x: torch.Tensor) -> torch.Tensor:
-        """α(x) ``(N, d)``, each >= ``min_concentration``."""
-        return softplus(self.encoder(x)) + self.min_concentration
+        """α(x) ``(N, d)``, each >= ``min_concentration``: exp(clamp(c + 2, -10, 10)) + floor. The shift
+        starts training from concentrated posteriors (α near 7): with softplus(c) + 0.01 the digits
+        VAE collapsed (KL 0.01 after 100 epochs); with this map it learns slowly (KL 0.7, held-out
+        ELBO -26.5 after 60 epochs at latent_dim 3, still rising)."""
+        return (self.encoder(x) + 2.0).clamp(-10.0, 10.0).exp() + self.min_concentration
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         return dist.Dirichlet(self.concentration(x))
