@@ -45,7 +45,9 @@ def to_likelihood_space(x: torch.Tensor, likelihood) -> torch.Tensor:
 
 
 def _traces(vae, x):
-    with torch.no_grad(), poutine.block():
+    # Own random stream: checking a combination must not change what training draws afterwards.
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=x.device.type), torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(vae.guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
     return model_trace, guide_trace

@@ -126,6 +126,12 @@ class EvalResult:
     deviation across examples / sqrt(N)): the spread you would see on another held-out set.
     ``log_likelihood`` is the importance-sampled estimate of log p(x) with K draws (the IWAE bound,
     a lower bound in expectation); ``elbo = reconstruction - kl``.
+
+    Caveat on ``log_likelihood_se``: it is the delta-method error Var(w) / (K mean(w)^2) with the
+    variance of the importance weights w estimated from the same K draws. When the weights are
+    heavy-tailed (a guide much narrower than the posterior) that sample variance is too small: on a
+    784-400-50 VAE trained on 28x28 digits, repeated evaluations spread 1.6-1.8 times more than the
+    reported error. Treat it as a lower bound there; per-example Pareto k-hat diagnostics say when.
     """
 
     elbo: float

@@ -1,5 +1,7 @@
 """fit: SVI with Trace_ELBO on real data."""
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -45,6 +47,21 @@ def test_same_seed_same_run(digits):
     c = fit(_vae(digits, seed=1), x, epochs=2, batch_size=32, seed=5, progress=False)
     assert a.losses == b.losses
     assert a.losses != c.losses
+
+
+def test_fit_draws_the_same_random_numbers_as_plain_svi(digits):
+    """The checks before training run on their own random stream: fit's first step is exactly the
+    first step of SVI(Trace_ELBO) on the same batch after the same seed."""
+    from pyro.infer import SVI, Trace_ELBO
+
+    x = digits.train[:64]
+    ours = fit(_vae(digits, seed=2), x, epochs=1, batch_size=64, seed=3, binarize="threshold", progress=False)
+    vae = _vae(digits, seed=2)
+    pyro.set_rng_seed(3)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(3))
+    data = (x > 0.5).float()[order]
+    assert math.isclose(ours.losses[0], svi.step(data, num_data=64) / 64, rel_tol=1e-6)
 
 
 def test_batch_larger_than_the_data_is_one_full_batch(digits):

@@ -60,6 +60,7 @@ def test_predictive_gives_posterior_predictive_and_prior_predictive(vae, x):
     assert prior["x"].shape == (4, 5, *SHAPE)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace.*:FutureWarning")
 @pytest.mark.parametrize("elbo", [Trace_ELBO(), TraceMeanField_ELBO(), TraceGraph_ELBO(), RenyiELBO(alpha=0.5),
                                   Trace_ELBO(num_particles=3, vectorize_particles=True),
                                   JitTrace_ELBO(ignore_jit_warnings=True)],
