@@ -94,6 +94,11 @@ def main(argv=None) -> int:
             continue
         lines.append(f"| {r['prior']} | {r['guide']} | {r['log_likelihood']:.3f} | {r['log_likelihood_se']:.3f} | "
                      f"{r['elbo']:.3f} | {r['kl']:.2f} | {r['data_se']:.3f} | {r['seconds']:.1f} |")
+    collapsed = [f"{r['prior']} / {r['guide']}" for r in rows if r["guide"] != "delta" and r["kl"] < 0.1]
+    lines += ["", "Train seconds are wall time on a shared 2-core machine (other jobs may have been running): "
+              "compare them only roughly."]
+    if collapsed:
+        lines.append(f"Posterior collapse (KL below 0.1 nats: the decoder ignores z) at this budget: {', '.join(collapsed)}.")
     if skipped:
         lines += ["", "Refused combinations:", ""] + [f"- {s}" for s in skipped]
     from pathlib import Path

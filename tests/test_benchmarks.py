@@ -107,3 +107,16 @@ def test_reference_log_likelihood_agrees_with_ppl_vae_evaluate(same_weights):
     assert 0.5 < theirs["log_likelihood_se"] / ours.log_likelihood_se < 2
     assert theirs["log_likelihood_data_se"] == pytest.approx(ours.log_likelihood_data_se, rel=0.05)
     assert theirs["per_example"]["log_likelihood"].shape == (20,)
+
+
+def test_compare_priors_smoke(tmp_path):
+    """The comparison table's command runs end to end (tiny budget) and lists every prior."""
+    from benchmarks.compare_priors import main as compare_main
+    from ppl_vae.models import PRIORS
+
+    out = tmp_path / "priors.md"
+    assert compare_main(["--smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    for prior in PRIORS:
+        assert f"| {prior} |" in text, prior
+    assert "Refused combinations" in text and "--guide normal" in text
