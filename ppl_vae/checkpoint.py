@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -79,11 +78,15 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights only" not in str(error).lower():        # not a refusal: unreadable bytes
+            raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(error).__name__}); "
+                                  "restore it from a copy or train again") from None
+        first = str(error).strip().splitlines()[0]
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data ({first}); "
             "only load checkpoints written by ppl_vae") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - torch's readers raise many types on damaged bytes
+        # (RuntimeError, EOFError, BadZipFile, and from the weights-only unpickler IndexError, KeyError...)
         raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(error).__name__}); "
                               "restore it from a copy or train again") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -86,11 +87,22 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, run_dir, damage):
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "garbage":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(random.Random(0).randbytes(4096))
     else:
         path.unlink()
     with pytest.raises(CheckpointError, match=str(path)):
         load(target)
+
+
+def test_any_garbage_is_a_checkpoint_error(tmp_path):
+    """Random bytes (some of them parse as a legacy pickle header) always give our error, never a raw
+    IndexError or KeyError from torch's unpickler."""
+    path = tmp_path / CHECKPOINT_NAME
+    generator = random.Random(1)
+    for size in (1, 7, 64, 4096) * 25:
+        path.write_bytes(generator.randbytes(size))
+        with pytest.raises(CheckpointError, match="damaged or truncated"):
+            load_checkpoint(path)
 
 
 def test_config_that_disagrees_with_the_checkpoint_is_named(tmp_path, run_dir):
