@@ -78,7 +78,7 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():        # not a refusal: unreadable bytes
+        if "unsupported global" not in str(error).lower():    # not a refused object: unreadable bytes
             raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(error).__name__}); "
                                   "restore it from a copy or train again") from None
         first = str(error).strip().splitlines()[0]
