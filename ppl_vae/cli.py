@@ -36,6 +36,7 @@ def _add_train(sub) -> None:
     p.add_argument("--elbo", help="objective: trace (default) | meanfield | iwae")
     p.add_argument("--particles", type=int, help="draws of z per example and step; K of the iwae bound (default: 1)")
     p.add_argument("--beta", type=float, help="weight of the KL part of the ELBO (default: 1)")
+    p.add_argument("--kl-schedule", help="constant (default) | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; rises to --beta")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: 200)")
     p.add_argument("--batch-size", type=int, help="examples per SVI step (default: 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-3)")

@@ -36,6 +36,7 @@ class Config:
     elbo: str = "trace"              # trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)
     particles: int = 1               # draws of z per example and SVI step (the iwae bound's K)
     beta: float = 1.0                # weight of the KL part (poutine.scale on "z"); 1 is the ELBO
+    kl_schedule: str = "constant"    # constant | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; schedules rise to beta
     # -- training
     epochs: int = 200                # passes over the training set
     batch_size: int = 128            # examples per SVI step
@@ -73,6 +74,9 @@ class Config:
             raise ConfigError(f"binarize must be one of auto, dynamic, threshold, none; got {self.binarize!r}")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
             raise ConfigError(f"beta must be a non-negative number, got {self.beta!r}")
+        from ppl_vae.schedules import parse_schedule
+
+        parse_schedule(self.kl_schedule, self.beta)
         return self
 
     def to_dict(self) -> dict:

@@ -102,7 +102,7 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     data, scaling = prepare_table(data, vae.likelihood)
     result = fit(vae, data.train, data.heldout, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                  seed=config.seed, binarize=config.binarize, elbo=config.elbo, num_particles=config.particles,
-                 beta=config.beta, heldout_seed=config.split_seed, progress=progress)
+                 beta=config.beta, kl_schedule=config.kl_schedule, heldout_seed=config.split_seed, progress=progress)
     finished = time.time()
 
     if overwrite and run_dir.exists():

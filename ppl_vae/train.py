@@ -21,6 +21,7 @@ from ppl_vae.compat import check_compatible, resolve_binarize, to_likelihood_spa
 from ppl_vae.data import binarize as binarize_data
 from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.evaluate import evaluate
+from ppl_vae.schedules import Constant, parse_schedule
 
 #: Offset that separates the held-out binarization stream from every other seeded stream.
 _HELDOUT_STREAM = 7919
@@ -57,7 +58,8 @@ class FitResult:
         vae: the trained VAE (the same object that was passed in).
         losses: per SVI step, the loss per example: -ELBO / num_data of that mini-batch, in nats.
         history: per epoch, a dict with ``epoch``, ``step``, ``train_elbo`` (mean over the epoch's
-            steps), ``heldout_elbo`` and ``heldout_elbo_se`` (when held-out data was given) and
+            steps of the training objective: the beta-weighted bound while beta != 1), ``beta`` (at the
+            epoch's last step), ``heldout_elbo`` and ``heldout_elbo_se`` (when held-out data was given) and
             ``seconds`` (wall time of the epoch's training steps).
         optimizer_state: the state of Pyro's Adam (``pyro.optim.Adam.get_state()``).
     """
@@ -90,6 +92,7 @@ def fit(
     elbo: str = "trace",
     num_particles: int = 1,
     beta: float = 1.0,
+    kl_schedule=None,
     heldout_particles: int = 8,
     heldout_seed: int = 0,
     progress: bool | None = None,
@@ -111,6 +114,9 @@ def fit(
             ``"iwae"`` (``RenyiELBO(alpha=0)``, the importance-weighted bound).
         num_particles: draws of z per example and step (vectorized); the iwae bound's K.
         beta: weight of the KL part (``poutine.scale`` on the latent site in model and guide).
+        kl_schedule: ``None`` (constant ``beta``), a spec string (``"warmup:10"``, ``"cyclical:10:0.5"``,
+            see :func:`ppl_vae.schedules.parse_schedule`; they reach ``beta``) or any callable
+            ``epoch_progress -> beta``. The beta in force at the end of each epoch is in the history.
         heldout_particles: draws of z per held-out example for the per-epoch held-out ELBO.
         heldout_seed: seeds the held-out binarization (the CLI passes the split seed).
         progress: show a progress bar; by default when standard error is a terminal.
@@ -134,7 +140,10 @@ def fit(
     noise = torch.Generator(device=device).manual_seed(seed + 1)
     probe = binarize_data(train[:256], binarize, generator=torch.Generator(device=device).manual_seed(0))
     _check_support(vae, probe, "training data")
-    check_compatible(vae, probe[:2], elbo=elbo, num_particles=num_particles, beta=beta)
+    schedule = parse_schedule(kl_schedule or "constant", beta) if kl_schedule is None or isinstance(kl_schedule, str) \
+        else kl_schedule
+    varies = not isinstance(schedule, Constant)
+    check_compatible(vae, probe[:2], elbo=elbo, num_particles=num_particles, beta=0.5 if varies else schedule(0.0))
     if heldout is not None:
         heldout = fixed_binarization(to_likelihood_space(heldout.to(device), likelihood), binarize, heldout_seed)
         _check_support(vae, heldout, "held-out data")
@@ -168,7 +177,8 @@ def fit(
             epoch_losses = []
             for first in range(0, num_data, batch_size):
                 x = data[order[first:first + batch_size]]
-                loss = svi.step(x, num_data=num_data, beta=beta) / num_data
+                step_beta = float(schedule(step / steps_per_epoch))     # epochs completed, as a float
+                loss = svi.step(x, num_data=num_data, beta=step_beta) / num_data
                 step += 1
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
@@ -179,7 +189,7 @@ def fit(
                     bar.update(1)
             seconds = time.perf_counter() - start
             losses += epoch_losses
-            record = {"epoch": epoch, "step": step, "train_elbo": -sum(epoch_losses) / len(epoch_losses)}
+            record = {"epoch": epoch, "step": step, "train_elbo": -sum(epoch_losses) / len(epoch_losses), "beta": step_beta}
             if heldout is not None:
                 result = evaluate(vae, heldout, num_particles=heldout_particles, seed=seed + epoch)
                 record["heldout_elbo"] = result.elbo

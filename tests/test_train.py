@@ -33,7 +33,8 @@ def test_fit_result_is_complete_and_per_example(digits):
     result = fit(_vae(digits), x, digits.heldout[:50], epochs=3, batch_size=64, progress=False)
     assert len(result.losses) == 3 * 4               # ceil(200 / 64) steps per epoch
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
-    assert set(result.history[0]) == {"epoch", "step", "train_elbo", "heldout_elbo", "heldout_elbo_se", "seconds"}
+    assert set(result.history[0]) == {"epoch", "step", "train_elbo", "beta", "heldout_elbo", "heldout_elbo_se",
+                                      "seconds"}
     # losses are per example: an 8x8 binary image costs at most 64 log 2 nats + KL early in training
     assert 0 < result.losses[-1] < 200
     assert result.history[-1]["train_elbo"] == pytest.approx(-sum(result.losses[-4:]) / 4)
