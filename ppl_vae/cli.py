@@ -7,6 +7,7 @@ traceback instead).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -93,7 +94,12 @@ def _list(args) -> None:
             print(f"  {name:<22}{text}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Modules that contribute subcommands through ``register(subparsers) -> {name: handler}``.
+COMMAND_MODULES = ("ppl_vae.gradvar",)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The parser and the handler of every subcommand."""
     parser = argparse.ArgumentParser(prog="ppl-vae", description="The VAE as a Pyro model and guide.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -101,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_sample(sub)
     _add_list(sub)
-    return parser
+    handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "list": _list}
+    for name in COMMAND_MODULES:
+        handlers.update(importlib.import_module(name).register(sub))
+    return parser, handlers
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -159,11 +168,11 @@ def _sample(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser, handlers = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
     try:
-        {"train": _train, "evaluate": _evaluate, "sample": _sample, "list": _list}[args.command](args)
+        handlers[args.command](args)
     except PplVaeError as error:
         if args.debug:
             raise

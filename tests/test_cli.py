@@ -128,3 +128,9 @@ def test_console_script_and_module_entry_points():
     for command in ([exe, "--help"], [sys.executable, "-m", "ppl_vae", "train", "--help"]):
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and "usage:" in done.stdout
+
+
+def test_grad_variance_command_is_wired(run_dir, capsys):
+    assert main(["grad-variance", str(run_dir), "--examples", "4", "--repeats", "5"]) == 0
+    assert "reparam" in capsys.readouterr().out
+    assert (run_dir / "grad_variance.json").is_file() and (run_dir / "figures" / "grad_variance.png").is_file()
