@@ -134,3 +134,11 @@ def test_grad_variance_command_is_wired(run_dir, capsys):
     assert main(["grad-variance", str(run_dir), "--examples", "4", "--repeats", "5"]) == 0
     assert "reparam" in capsys.readouterr().out
     assert (run_dir / "grad_variance.json").is_file() and (run_dir / "figures" / "grad_variance.png").is_file()
+
+
+def test_compare_ae_command_is_wired(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare-ae", "--epochs", "1", "--betas", "0", "1", "--out", str(out), "--quiet"]) == 0
+    assert (out / "comparison.json").is_file() and (out / "comparison.md").is_file()
+    assert "| AE |" in (out / "comparison.md").read_text()
+    assert main(["compare-ae", "--epochs", "1", "--out", str(out), "--quiet"]) == 2     # never overwrite
