@@ -14,6 +14,7 @@ from torch.distributions import kl_divergence
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.models.priors import support_contains, support_name
+from ppl_vae.vae import GUIDE_FOR_SUPPORT
 
 #: Objectives by CLI name, one line each for ``ppl-vae list``.
 OBJECTIVES = {
@@ -21,7 +22,6 @@ OBJECTIVES = {
     "meanfield": "TraceMeanField_ELBO: analytic KL where torch registers one, refused otherwise",
     "iwae": "importance-weighted bound (RenyiELBO, alpha=0) with --particles K draws, vectorized",
 }
-_SUPPORT_GUIDE = {"real": "normal", "sphere": "power-spherical", "simplex": "dirichlet"}
 
 
 def resolve_binarize(binarize: str, likelihood) -> str:
@@ -68,7 +68,7 @@ def check_compatible(vae, x: torch.Tensor, *, elbo: str = "trace", num_particles
         model_site = model_trace.nodes[name]
         p_space, q_space = support_name(model_site["fn"].support), support_name(guide_site["fn"].support)
         if not support_contains(p_space, q_space):
-            better = _SUPPORT_GUIDE.get(p_space, "a guide on the same space")
+            better = GUIDE_FOR_SUPPORT.get(p_space, "a guide on the same space")
             raise ConfigError(f"the prior of {name!r} lives on the {p_space} but the guide draws {q_space} values, so "
                               f"log p(z) is undefined at the guide's draws; use --guide {better}")
         log_p = model_site["fn"].log_prob(guide_site["value"])
