@@ -142,3 +142,12 @@ def test_compare_ae_command_is_wired(tmp_path, capsys):
     assert (out / "comparison.json").is_file() and (out / "comparison.md").is_file()
     assert "| AE |" in (out / "comparison.md").read_text()
     assert main(["compare-ae", "--epochs", "1", "--out", str(out), "--quiet"]) == 2     # never overwrite
+
+
+def test_latent_commands_are_wired(run_dir, tmp_path, capsys):
+    assert main(["interpolate", str(run_dir), "--pairs", "2", "--steps", "4", "--out", str(tmp_path / "i.png")]) == 0
+    assert main(["traverse", str(run_dir), "--steps", "3", "--out", str(tmp_path / "t.png")]) == 0
+    assert main(["latent-map", str(run_dir), "--grid", "3", "--out-dir", str(tmp_path / "maps")]) == 0
+    assert (tmp_path / "i.png").is_file() and (tmp_path / "t.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["latent-manifold.png", "latent-scatter.png"]
+    assert main(["interpolate", str(run_dir), "--steps", "1"]) == 2

@@ -1,0 +1,171 @@
+"""``ppl-vae interpolate | traverse | latent-map``: latent-space figures of a trained run.
+
+``register(sub)`` adds the three subcommands to an ``argparse`` subparsers object and returns their
+handlers, ``{"interpolate": fn, "traverse": fn, "latent-map": fn}``; each ``fn(args)`` loads the run
+folder, writes PNG figures (by default into ``RUN_DIR/figures/``) and prints what it wrote. Bad input
+raises :class:`ppl_vae.errors.ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ppl_vae.errors import ConfigError
+
+
+def _add_interpolate(sub) -> None:
+    p = sub.add_parser("interpolate", help="decoded paths between the latent codes of held-out pairs",
+                       description="Pick random pairs of held-out examples, interpolate between their posterior "
+                                   "means and draw the decoded paths, one row per pair.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--pairs", type=int, default=8, help="pairs of held-out examples, one row each (default: 8)")
+    p.add_argument("--steps", type=int, default=10, help="points on each path, ends included (default: 10)")
+    p.add_argument("--method", choices=["linear", "slerp"], default="linear",
+                   help="linear, or slerp (spherical; keeps the norm, suits Gaussian priors) (default: linear)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of pairs (default: 0)")
+    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/figures/interpolate-<method>-<seed>.png)")
+
+
+def _add_traverse(sub) -> None:
+    p = sub.add_parser("traverse", help="decode z with one latent coordinate swept, one row per dimension",
+                       description="Latent traversals: start from z = 0 (or the posterior mean of one held-out "
+                                   "example with --index) and sweep one coordinate over [-F, F].")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--dims", type=int, nargs="+", help="latent dimensions to sweep (default: all, at most 16)")
+    p.add_argument("--range", type=float, default=3.0, dest="range",
+                   help="sweep each coordinate over [-F, F] (default: 3)")
+    p.add_argument("--steps", type=int, default=9, help="values per dimension (default: 9)")
+    p.add_argument("--index", type=int, help="start from the posterior mean of this held-out example "
+                   "(default: z = 0)")
+    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/figures/traverse.png)")
+
+
+def _add_latent_map(sub) -> None:
+    p = sub.add_parser("latent-map", help="scatter of held-out latent codes and the decoded latent manifold",
+                       description="Write a scatter of the held-out posterior means coloured by label (projected "
+                                   "to 2-D when latent_dim > 2) and, when latent_dim >= 2, the decoded grid over "
+                                   "latent dimensions 0 and 1.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--method", choices=["pca", "tsne"], default="pca",
+                   help="projection when latent_dim > 2 (default: pca)")
+    p.add_argument("--grid", type=int, default=15, help="images per side of the manifold grid (default: 15)")
+    p.add_argument("--extent", type=float, default=2.0,
+                   help="the manifold grid spans [-F, F] in both dimensions (default: 2)")
+    p.add_argument("--out-dir", type=Path, help="folder to write into (default: RUN_DIR/figures)")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _load_images_run(run_dir: Path):
+    """The trained VAE, its held-out inputs as the model sees them (``(N, *data_shape)``) and the
+    held-out labels (or None); refuses runs whose data are not images."""
+    from ppl_vae import plots
+    from ppl_vae.compat import resolve_binarize, to_likelihood_space
+    from ppl_vae.run import _read_config, load, load_data
+    from ppl_vae.train import fixed_binarization
+
+    run_dir = Path(run_dir)
+    vae = load(run_dir)
+    config = _read_config(run_dir)
+    if str(config.dataset).startswith("table:"):
+        raise ConfigError(f"run {run_dir} was trained on a table of numbers ({config.dataset}), not images; "
+                          "latent figures need a run trained on image data")
+    data = load_data(config)
+    if data.kind == "table" or plots._as_images(data.heldout[:1]) is None:
+        raise ConfigError(f"run {run_dir} holds examples of shape {tuple(data.data_shape)}, not images; latent "
+                          "figures need a run trained on image data")
+    binarize = resolve_binarize(config.binarize, vae.likelihood)
+    heldout = fixed_binarization(to_likelihood_space(data.heldout.to(vae.device), vae.likelihood), binarize,
+                                 config.split_seed)
+    return vae, heldout, data.heldout_labels
+
+
+def _positive(value: int, name: str, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _interpolate(args) -> list[Path]:
+    from ppl_vae import latent, plots
+
+    _positive(args.steps, "--steps", 2)
+    _positive(args.pairs, "--pairs")
+    vae, heldout, _ = _load_images_run(args.run_dir)
+    n = heldout.shape[0]
+    if 2 * args.pairs > n:
+        raise ConfigError(f"--pairs {args.pairs} needs {2 * args.pairs} held-out examples but the run has {n}; "
+                          f"use --pairs {n // 2} or fewer")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[:2 * args.pairs]
+    pairs = order.reshape(args.pairs, 2)
+    paths = torch.stack([latent.interpolate_inputs(vae, heldout[i], heldout[j], args.steps, args.method)
+                         for i, j in pairs.tolist()])
+    inputs = heldout[pairs]                                           # (P, 2, *data_shape)
+    out = args.out or Path(args.run_dir) / "figures" / f"interpolate-{args.method}-{args.seed}.png"
+    plots.save_figure(latent.interpolation_figure(paths.cpu(), inputs.cpu(), args.method), out)
+    print(f"wrote {args.pairs} {args.method} interpolations of {args.steps} steps to {out}")
+    return [out]
+
+
+def _traverse(args) -> list[Path]:
+    from ppl_vae import latent, plots
+
+    _positive(args.steps, "--steps", 2)
+    if not (math.isfinite(args.range) and args.range > 0):
+        raise ConfigError(f"--range must be a positive number, got {args.range}")
+    vae, heldout, _ = _load_images_run(args.run_dir)
+    d = vae.latent_dim
+    dims = args.dims if args.dims is not None else list(range(min(d, 16)))
+    for dim in dims:
+        if not 0 <= dim < d:
+            raise ConfigError(f"--dims {dim} is out of range; this run's latent space has dimensions 0 to {d - 1}")
+    if args.index is None:
+        base = torch.zeros(d)
+    else:
+        if not 0 <= args.index < heldout.shape[0]:
+            raise ConfigError(f"--index {args.index} is out of range; the run has held-out examples 0 to "
+                              f"{heldout.shape[0] - 1}")
+        base = vae.encode(heldout[args.index:args.index + 1])[0][0].cpu()
+    values = latent._symmetric_values(args.range, args.steps)
+    images = torch.stack([latent.traverse(vae, base, dim, values) for dim in dims]).cpu()
+    out = args.out or Path(args.run_dir) / "figures" / "traverse.png"
+    plots.save_figure(latent.traversal_figure(images, dims, values), out)
+    print(f"wrote traversals of latent dimensions {', '.join(map(str, dims))} over [{-args.range:g}, "
+          f"{args.range:g}] to {out}")
+    return [out]
+
+
+def _latent_map(args) -> list[Path]:
+    from ppl_vae import latent, plots
+
+    _positive(args.grid, "--grid", 2)
+    if not (math.isfinite(args.extent) and args.extent > 0):
+        raise ConfigError(f"--extent must be a positive number, got {args.extent}")
+    vae, heldout, labels = _load_images_run(args.run_dir)
+    out_dir = args.out_dir or Path(args.run_dir) / "figures"
+    d = vae.latent_dim
+    means = torch.cat([vae.encode(chunk)[0] for chunk in heldout.split(1024)]).cpu()
+    points = latent.project_2d(means, args.method)
+    scatter = out_dir / ("latent-scatter.png" if d <= 2 else f"latent-scatter-{args.method}.png")
+    plots.save_figure(latent.scatter_figure(points, labels, latent_dim=d, method=args.method), scatter)
+    written = [scatter]
+    print(f"wrote the posterior means of {means.shape[0]} held-out examples to {scatter}")
+    if d >= 2:
+        images = latent.latent_grid(vae, args.grid, args.extent).cpu()
+        manifold = out_dir / "latent-manifold.png"
+        plots.save_figure(latent.manifold_figure(images, args.grid, args.extent), manifold)
+        written.append(manifold)
+        print(f"wrote the decoded {args.grid}x{args.grid} latent grid over z[0], z[1] in [{-args.extent:g}, "
+              f"{args.extent:g}] to {manifold}")
+    return written
+
+
+def register(sub) -> dict:
+    """Add ``interpolate``, ``traverse`` and ``latent-map`` to ``sub`` (from ``add_subparsers``) and
+    return their handlers by command name."""
+    _add_interpolate(sub)
+    _add_traverse(sub)
+    _add_latent_map(sub)
+    return {"interpolate": _interpolate, "traverse": _traverse, "latent-map": _latent_map}
