@@ -200,7 +200,6 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
     fork = contextlib.nullcontext() if seed is None else torch.random.fork_rng(
         devices=[device] if device.type == "cuda" else [], device_type=device.type)
     batch, particles = _chunk_sizes(data, num_particles, batch_size, max_elements)
-    keys = ("log_weight", "log_likelihood", "kl")
     sums = {k: [] for k in ("elbo", "elbo_var", "iwae", "iwae_var", "rec", "rec_var", "kl", "kl_var")}
     starts = range(0, data.shape[0], batch)
     if progress:
@@ -212,16 +211,8 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
             torch.manual_seed(seed)
         nesting = max_plate_nesting(vae.model, vae.guide, data[:1])
         for start in starts:
-            x = data[start:start + batch]
-            tables = {k: [] for k in keys}
-            for k0 in range(0, num_particles, particles):
-                k = min(particles, num_particles - k0)
-                parts = log_weights(vae.model, vae.guide, x, k, nesting=nesting)
-                tables["log_weight"].append(parts["log_weight"])
-                tables["log_likelihood"].append(parts["log_likelihood"])
-                tables["kl"].append(parts["log_guide"] - parts["log_prior"])
-            log_w, rec, kl = (torch.cat(tables[k]) for k in keys)  # each (K, n)
-            _accumulate(sums, log_w, rec, kl)
+            parts = log_weight_chunk(vae.model, vae.guide, data[start:start + batch], num_particles, particles, nesting)
+            _accumulate(sums, parts["log_weight"], parts["log_likelihood"], parts["log_guide"] - parts["log_prior"])
     cat = {k: torch.cat(v).double() for k, v in sums.items()}
     elbo = _mean_and_se(cat["elbo"], cat["elbo_var"])
     ll = _mean_and_se(cat["iwae"], cat["iwae_var"])
@@ -234,6 +225,24 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
         num_particles=num_particles, num_examples=int(data.shape[0]),
         per_example={"elbo": cat["elbo"].float().cpu(), "log_likelihood": cat["iwae"].float().cpu()},
     )
+
+
+def log_weight_chunk(model, guide, x: torch.Tensor, num_particles: int, particles_per_pass: int,
+                     nesting: int) -> dict[str, torch.Tensor]:
+    """:func:`log_weights` for ``num_particles`` draws, taken ``particles_per_pass`` at a time and
+    concatenated: the same ``(K, n)`` tables with bounded memory."""
+    tables: dict[str, list] = {}
+    for k0 in range(0, num_particles, particles_per_pass):
+        parts = log_weights(model, guide, x, min(particles_per_pass, num_particles - k0), nesting=nesting)
+        for key, value in parts.items():
+            tables.setdefault(key, []).append(value)
+    return {key: torch.cat(values) for key, values in tables.items()}
+
+
+def chunk_sizes(x: torch.Tensor, num_particles: int, batch_size: int | None = None,
+                max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, int]:
+    """Examples per chunk and draws per pass so that draws x examples x features <= max_elements."""
+    return _chunk_sizes(x, num_particles, batch_size, max_elements)
 
 
 def _accumulate(sums: dict, log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor) -> None:
