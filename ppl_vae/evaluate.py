@@ -164,7 +164,9 @@ def _mean_and_se(values: torch.Tensor, mc_var: torch.Tensor) -> tuple[float, flo
     return mean, mc_se, data_se
 
 
-def _chunk_sizes(x: torch.Tensor, num_particles: int, batch_size: int | None, max_elements: int) -> tuple[int, int]:
+def chunk_sizes(x: torch.Tensor, num_particles: int, batch_size: int | None = None,
+                max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, int]:
+    """Examples per chunk and draws per pass so that draws x examples x features <= max_elements."""
     features = max(1, x[0].numel())
     batch = min(x.shape[0], batch_size or max(1, max_elements // features))
     particles = max(1, min(num_particles, max_elements // (batch * features)))
@@ -199,7 +201,7 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
     device = data.device
     fork = contextlib.nullcontext() if seed is None else torch.random.fork_rng(
         devices=[device] if device.type == "cuda" else [], device_type=device.type)
-    batch, particles = _chunk_sizes(data, num_particles, batch_size, max_elements)
+    batch, particles = chunk_sizes(data, num_particles, batch_size, max_elements)
     sums = {k: [] for k in ("elbo", "elbo_var", "iwae", "iwae_var", "rec", "rec_var", "kl", "kl_var")}
     starts = range(0, data.shape[0], batch)
     if progress:
@@ -237,12 +239,6 @@ def log_weight_chunk(model, guide, x: torch.Tensor, num_particles: int, particle
         for key, value in parts.items():
             tables.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in tables.items()}
-
-
-def chunk_sizes(x: torch.Tensor, num_particles: int, batch_size: int | None = None,
-                max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, int]:
-    """Examples per chunk and draws per pass so that draws x examples x features <= max_elements."""
-    return _chunk_sizes(x, num_particles, batch_size, max_elements)
 
 
 def _accumulate(sums: dict, log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor) -> None:
