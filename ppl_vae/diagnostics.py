@@ -177,3 +177,42 @@ def _pointwise_log_likelihood(model, data, z, latent_site, observed_site) -> tor
         site = trace.nodes[observed_site]
         out.append(site["fn"].log_prob(site["value"]))
     return torch.stack(out)                                                            # (S, N)
+
+
+@torch.no_grad()
+def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10, seed: int | None = None) -> tuple[float, float]:
+    """I(x; z) under the aggregate posterior q(z) = (1/N) sum_m q(z | x_m), with its Monte Carlo s.e.
+
+    I = E_n E_{z ~ q(z|x_n)}[log q(z | x_n) - log q(z)], estimated with ``num_samples`` draws per
+    example. ``posterior(x)`` returns q(z | x) with batch shape ``(N,)``. 0 means the encodings carry no
+    information about x (posterior collapse); the estimate can never exceed log N.
+    """
+    with _seeded(seed, data.device):
+        q = posterior(data)
+        z = q.sample(torch.Size([num_samples]))                                        # (S, N, d)
+        own = q.log_prob(z)                                                            # (S, N)
+        n = data.shape[0]
+        # log q(z_sn) = logsumexp_m log q(z_sn | x_m) - log N, one example's draws against every x_m.
+        cross = torch.stack([q.log_prob(z[:, i:i + 1, :].expand(-1, n, -1)) for i in range(n)], dim=1)  # (S, N, M)
+        aggregate = torch.logsumexp(cross, dim=-1) - math.log(n)
+        terms = (own - aggregate).double()                                             # (S, N)
+    per_example = terms.mean(0)
+    return per_example.mean().item(), (terms.std() / math.sqrt(terms.numel())).item()
+
+
+def collapse_report(vae, data: torch.Tensor, *, num_samples: int = 10, threshold: float = 0.01,
+                    seed: int | None = 0) -> dict:
+    """Posterior-collapse monitors for an amortized model (anything with ``encode`` and ``posterior``):
+    KL per latent dimension (diagonal Normal guide and N(0, I) prior; None otherwise), activity and
+    the number of active units (Burda et al. 2016), and I(x; z) with its s.e. (nats)."""
+    from ppl_vae.compare import activity, kl_per_dimension
+
+    try:
+        kl = kl_per_dimension(vae, data)
+    except ConfigError:
+        kl = None
+    act = activity(vae, data)
+    mi, mi_se = mutual_information(vae.posterior, data, num_samples=num_samples, seed=seed)
+    return {"kl_per_dimension": None if kl is None else kl.tolist(), "activity": act.tolist(),
+            "active_units": int((act > threshold).sum()), "latent_dim": int(act.numel()),
+            "mutual_information": mi, "mutual_information_se": mi_se, "log_num_examples": math.log(data.shape[0])}

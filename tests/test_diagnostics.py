@@ -80,3 +80,20 @@ def test_inference_data_groups_dims_and_netcdf_round_trip(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_collapse_report_on_an_informative_and_a_collapsed_encoder(ppca, x):
+    from ppl_vae.diagnostics import collapse_report
+
+    ppca.set_guide()                                   # the exact posterior: informative
+    informative = collapse_report(ppca.vae, x, num_samples=50, seed=0)
+    with torch.no_grad():                              # an encoder that ignores x: q(z|x) = N(0, 1)
+        ppca.vae.encoder.encoder.net[0].weight.zero_()
+        ppca.vae.encoder.encoder.net[0].bias.zero_()
+    collapsed = collapse_report(ppca.vae, x, num_samples=50, seed=0)
+    assert informative["active_units"] == 2 and collapsed["active_units"] == 0
+    assert collapsed["mutual_information"] == pytest.approx(0.0, abs=1e-9)
+    assert collapsed["kl_per_dimension"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    mi, se = informative["mutual_information"], informative["mutual_information_se"]
+    assert 1.0 < mi <= informative["log_num_examples"] + Z * se
+    assert sum(informative["kl_per_dimension"]) > mi - Z * se    # rate >= I(x; z) (KL to the prior bounds it)
