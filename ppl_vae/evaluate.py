@@ -211,7 +211,7 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
     with fork:
         if seed is not None:
             torch.manual_seed(seed)
-        nesting = max_plate_nesting(vae.model, vae.guide, data[:1])
+        nesting = max_plate_nesting(vae.model, vae.guide, data[:batch])
         for start in starts:
             parts = log_weight_chunk(vae.model, vae.guide, data[start:start + batch], num_particles, particles, nesting)
             _accumulate(sums, parts["log_weight"], parts["log_likelihood"], parts["log_guide"] - parts["log_prior"])

@@ -48,14 +48,17 @@ def brute_force_log_likelihood(vae, x, num_particles, generator):
 
 
 def test_per_example_bound_matches_brute_force(vae, x):
-    K = 4000
-    result = evaluate(vae, x, num_particles=K, seed=0)
-    ours = result.per_example["log_likelihood"].double()
-    # per-example MC s.e. of ours, from an independent replicate's spread is not available: recompute
-    reference, reference_se = brute_force_log_likelihood(vae, x, K, torch.Generator().manual_seed(1))
-    ours_se = brute_force_log_likelihood(vae, x, K, torch.Generator().manual_seed(2))[1]
-    z = (ours - reference).abs() / (reference_se**2 + ours_se**2).sqrt()
-    assert ours.shape == (6,)
+    """Ours vs a plain-torch computation of the same per-example estimator, each repeated with
+    independent seeds; the tolerance comes from the repeats' spread (the delta-method s.e. of a
+    single run is too optimistic for these heavy-tailed weights)."""
+    K, R = 2000, 8
+    ours = torch.stack([evaluate(vae, x, num_particles=K, seed=r).per_example["log_likelihood"].double()
+                        for r in range(R)])                                             # (R, N)
+    reference = torch.stack([brute_force_log_likelihood(vae, x, K, torch.Generator().manual_seed(100 + r))[0]
+                             for r in range(R)])
+    assert ours.shape == (R, 6)
+    se = (ours.var(0) / R + reference.var(0) / R).sqrt()
+    z = (ours.mean(0) - reference.mean(0)).abs() / se
     assert (z < 4.0).all(), z
 
 
