@@ -348,23 +348,18 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
     ``figures/grad_variance.png`` into ``out_dir`` (default: the run folder) and returns the
     :func:`summary` with ``paths`` added."""
     from ppl_vae.checkpoint import write_json
-    from ppl_vae.compat import resolve_binarize, to_likelihood_space
     from ppl_vae.plots import save_figure
-    from ppl_vae.run import _read_config, _read_scaling, load, load_data, prepare_table
-    from ppl_vae.train import fixed_binarization
+    from ppl_vae.run import load_run, model_input
 
     _positive_int(num_examples, "the number of examples")
     _positive_int(num_repeats, "the number of repeats", 2)
     run_dir = Path(run_dir)
-    vae = load(run_dir)
-    config = _read_config(run_dir)
-    data, _ = prepare_table(load_data(config), vae.likelihood, _read_scaling(run_dir))
+    run = load_run(run_dir)
+    vae, data = run.vae, run.data
     if num_examples > data.train.shape[0]:
         raise ConfigError(f"the run's training set has {data.train.shape[0]} examples; use --examples "
                           f"{data.train.shape[0]} or fewer")
-    binarize = resolve_binarize(config.binarize, vae.likelihood)
-    x = fixed_binarization(to_likelihood_space(data.train[:num_examples], vae.likelihood), binarize,
-                           config.split_seed)
+    x = model_input(data.train[:num_examples], vae, run.config)
     params = list(vae.encoder.parameters())
     result = gradient_variance(vae.model, vae.guide, x, params, num_repeats=num_repeats, seed=seed)
     out = Path(out_dir) if out_dir is not None else run_dir

@@ -63,23 +63,19 @@ def _load_images_run(run_dir: Path):
     """The trained VAE, its held-out inputs as the model sees them (``(N, *data_shape)``) and the
     held-out labels (or None); refuses runs whose data are not images."""
     from ppl_vae import plots
-    from ppl_vae.compat import resolve_binarize, to_likelihood_space
-    from ppl_vae.run import _read_config, load, load_data
-    from ppl_vae.train import fixed_binarization
+    from ppl_vae.run import load_run, model_input, read_config
 
     run_dir = Path(run_dir)
-    vae = load(run_dir)
-    config = _read_config(run_dir)
+    config = read_config(run_dir)
     if str(config.dataset).startswith("table:"):
         raise ConfigError(f"run {run_dir} was trained on a table of numbers ({config.dataset}), not images; "
                           "latent figures need a run trained on image data")
-    data = load_data(config)
+    run = load_run(run_dir)
+    vae, data = run.vae, run.data
     if data.kind == "table" or plots._as_images(data.heldout[:1]) is None:
         raise ConfigError(f"run {run_dir} holds examples of shape {tuple(data.data_shape)}, not images; latent "
                           "figures need a run trained on image data")
-    binarize = resolve_binarize(config.binarize, vae.likelihood)
-    heldout = fixed_binarization(to_likelihood_space(data.heldout.to(vae.device), vae.likelihood), binarize,
-                                 config.split_seed)
+    heldout = model_input(data.heldout, vae, run.config)
     return vae, heldout, data.heldout_labels
 
 

@@ -147,6 +147,34 @@ def prepare_table(data: DataSplit, likelihood, scaling: Scaling | None = None) -
     return replace(data, train=scaling.apply(data.train), heldout=scaling.apply(data.heldout)), scaling
 
 
+def model_input(x: torch.Tensor, vae: VAE, config: Config) -> torch.Tensor:
+    """Examples as the run's likelihood scores them: on the VAE's device, quantized for 8-bit
+    likelihoods and binarized the fixed, seeded way used for held-out data."""
+    binarize = resolve_binarize(config.binarize, vae.likelihood)
+    return fixed_binarization(to_likelihood_space(x.to(vae.device), vae.likelihood), binarize, config.split_seed)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run folder read back: the trained VAE, its config, its data (tables standardized as in
+    training) and the recorded scaling (None for images and count tables)."""
+
+    vae: VAE
+    config: Config
+    data: DataSplit
+    scaling: Scaling | None
+
+
+def load_run(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
+    """Everything the commands that read a run folder need (``evaluate``, ``interpolate``, ...)."""
+    run_dir = Path(run_dir)
+    vae = load(run_dir, device=device)
+    config = read_config(run_dir)
+    scaling = _read_scaling(run_dir)
+    data, _ = prepare_table(load_data(config), vae.likelihood, scaling)
+    return LoadedRun(vae=vae, config=config, data=data, scaling=scaling)
+
+
 def _read_scaling(run_dir: Path) -> Scaling | None:
     path = run_dir / SCALING_NAME
     return Scaling.from_dict(read_json(path, "scaling")) if path.exists() else None
@@ -173,7 +201,7 @@ def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, 
     return paths
 
 
-def _read_config(run_dir: Path) -> Config:
+def read_config(run_dir: Path) -> Config:
     return Config.from_dict(read_json(run_dir / "config.json", "config"), source=f"{run_dir / 'config.json'}")
 
 
@@ -182,7 +210,7 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; pass the folder `ppl-vae train` printed")
-    config = _read_config(run_dir)
+    config = read_config(run_dir)
     payload = load_checkpoint(run_dir / CHECKPOINT_NAME)
     spec = payload.get("model_spec") or {}
     for name in _MODEL_FIELDS:
@@ -209,14 +237,9 @@ def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch
                  seed: int = 0, device: str = "cpu", progress: bool = False) -> EvalResult:
     """Evaluate a run folder on its held-out data and write ``eval.json`` (``ppl-vae evaluate``)."""
     run_dir = Path(run_dir)
-    vae = load(run_dir, device=device)
-    config = _read_config(run_dir)
-    data = load_data(config)
-    scaling = _read_scaling(run_dir)
-    data, _ = prepare_table(data, vae.likelihood, scaling)
-    binarize = resolve_binarize(config.binarize, vae.likelihood)
-    heldout = fixed_binarization(to_likelihood_space(data.heldout.to(vae.device), vae.likelihood), binarize,
-                                 config.split_seed)
+    run = load_run(run_dir, device=device)
+    vae, config, data, scaling = run.vae, run.config, run.data, run.scaling
+    heldout = model_input(data.heldout, vae, config)
     result = evaluate(vae, heldout, num_particles=num_particles or config.num_particles, batch_size=batch_size,
                       seed=seed, progress=progress)
     if scaling is not None:       # report log-densities of the original, unscaled features

@@ -6,7 +6,6 @@ about once in 16,000 runs for a Gaussian estimate; runs are seeded, so the outco
 
 import math
 
-import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
