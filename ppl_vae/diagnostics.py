@@ -4,8 +4,16 @@ Every ArviZ call of the project lives in this module, so that a move from ArviZ 
 to 1.x touches one file. Functions take ``(model, guide, data)`` and return numbers and arrays;
 files and figures are for the caller.
 
-So far: :func:`to_inference_data` (ArviZ export) and :func:`psis` (per-observation Pareto k-hat of
-the guide as an importance proposal, and the importance-sampled log p(x) with its Monte Carlo error).
+* :func:`to_inference_data`: the amortized posterior, predictions and pointwise log-likelihood as ArviZ
+  InferenceData;
+* :func:`psis`: per-observation Pareto k-hat of the guide as an importance proposal, and the
+  importance-sampled log p(x) with its Monte Carlo error;
+* :func:`nuts_reference`: NUTS on p(z | x) with the decoder fixed, against the guide (R-hat, ESS,
+  standardized mean error, sd ratio);
+* :func:`sbc`: simulation-based calibration of the guide, a uniformity test and dispersion flags;
+* :func:`amortization_gap` and :func:`collapse_report`.
+
+``ppl-vae diagnose`` (:mod:`ppl_vae.diagnose`) runs them all on a run folder.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ class PSISResult:
         log_ratios: ``(S, N)`` log p(x_n, z_s) - log q(z_s | x_n); recompute anything from these.
         khat: ``(N,)`` Pareto shape estimate per observation (ArviZ ``psislw``). Below 0.5 the
             importance estimate is reliable; above 0.7 (or the sample-size threshold) it is not.
+            ``-inf`` where all S weights are equal (to 1e-6 relative): the guide is the exact posterior.
         log_likelihood: mean over observations of the importance-sampled log p(x_n), nats.
         log_likelihood_se: its Monte Carlo standard error (delta method; optimistic where k-hat is high).
         per_example: ``(N,)`` arrays ``log_likelihood`` and ``log_likelihood_se``.
@@ -98,8 +107,13 @@ def psis(model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_siz
         num_samples: S draws from the guide per observation.
     """
     log_ratios = importance_log_ratios(model, guide, data, num_samples, batch_size=batch_size, seed=seed)
-    _, khat = _arviz().psislw(log_ratios.T.numpy().copy())                    # (N, S) -> (N,)
+    with np.errstate(invalid="ignore", divide="ignore"):     # degenerate fits: handled below
+        _, khat = _arviz().psislw(log_ratios.T.numpy().copy())                # (N, S) -> (N,)
     khat = np.asarray(khat, dtype=float)
+    # Equal weights (the exact posterior as proposal) leave the Pareto fit undefined and ArviZ returns
+    # inf or nan; the proposal is perfect there, so report -inf.
+    spread = (log_ratios.max(0).values - log_ratios.min(0).values).numpy()
+    khat = np.where(spread < 1e-6 * np.maximum(1.0, np.abs(log_ratios.mean(0).numpy())), -np.inf, khat)
     s = log_ratios.shape[0]
     per_example = torch.logsumexp(log_ratios, 0) - math.log(s)
     w = (log_ratios - log_ratios.max(0).values).exp()
@@ -293,3 +307,249 @@ def amortization_gap(model, guide, data: torch.Tensor, *, posterior=None, num_st
         "approximation_gap_se": math.hypot(refined.log_likelihood_se, refined.elbo_se),
         "num_steps": num_steps, "num_examples": int(data.shape[0]),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# NUTS reference posteriors
+
+
+def _split_global_sites(guide, x, plate_name: str = "data") -> dict:
+    """One draw of every latent site the guide samples outside the data plate (global latents)."""
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide).get_trace(x)
+    return {name: site["value"].detach() for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and plate_name not in {f.name for f in site["cond_indep_stack"]}}
+
+
+@dataclass(frozen=True)
+class NUTSResult:
+    """NUTS on p(z | x) (decoder fixed) for chosen observations, against the guide's q(z | x).
+
+    Attributes:
+        samples: ``(chains, draws, obs, latent_dim)`` NUTS draws of z.
+        guide_samples: ``(draws, obs, latent_dim)`` draws of z from the guide.
+        nuts_mean, nuts_sd, guide_mean, guide_sd: ``(obs, latent_dim)``.
+        standardized_mean_error: ``(guide_mean - nuts_mean) / nuts_sd``; |values| above ~0.5 mean the
+            guide is off-centre by a sizeable fraction of the posterior's width.
+        sd_ratio: ``guide_sd / nuts_sd``: below 1 an under-dispersed (over-confident) guide.
+        rhat, ess_bulk, ess_tail: ``(obs, latent_dim)`` from ArviZ (rank-normalized R-hat, ESS).
+        max_rhat, min_ess_bulk: the worst of each; trust the comparison when R-hat < 1.01 and ESS > 400.
+        global_values: values of global latents held fixed (one guide draw), if the model has any.
+        inference_data: ArviZ InferenceData of the NUTS draws (``posterior``) and the sampler's stats.
+    """
+
+    samples: np.ndarray = field(repr=False)
+    guide_samples: np.ndarray = field(repr=False)
+    nuts_mean: np.ndarray = field(repr=False)
+    nuts_sd: np.ndarray = field(repr=False)
+    guide_mean: np.ndarray = field(repr=False)
+    guide_sd: np.ndarray = field(repr=False)
+    standardized_mean_error: np.ndarray = field(repr=False)
+    sd_ratio: np.ndarray = field(repr=False)
+    rhat: np.ndarray = field(repr=False)
+    ess_bulk: np.ndarray = field(repr=False)
+    ess_tail: np.ndarray = field(repr=False)
+    max_rhat: float
+    min_ess_bulk: float
+    divergences: int
+    global_values: dict = field(repr=False, default_factory=dict)
+    inference_data: object = field(repr=False, default=None)
+
+    def summary(self) -> dict:
+        """JSON-ready numbers: per observation and overall."""
+        return {
+            "max_rhat": self.max_rhat, "min_ess_bulk": self.min_ess_bulk, "divergences": self.divergences,
+            "max_abs_standardized_mean_error": float(np.abs(self.standardized_mean_error).max()),
+            "median_sd_ratio": float(np.median(self.sd_ratio)),
+            "sd_ratio_range": [float(self.sd_ratio.min()), float(self.sd_ratio.max())],
+            "per_observation": [
+                {"standardized_mean_error": self.standardized_mean_error[i].tolist(),
+                 "sd_ratio": self.sd_ratio[i].tolist(), "rhat": self.rhat[i].tolist(),
+                 "ess_bulk": self.ess_bulk[i].tolist()}
+                for i in range(self.sd_ratio.shape[0])],
+        }
+
+
+def nuts_reference(model, guide, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
+                   num_samples: int = 500, guide_samples: int = 2000, latent_site: str = "z",
+                   seed: int = 0, progress: bool = False) -> NUTSResult:
+    """A gold-standard posterior for chosen observations: NUTS on p(z | x) with the model's parameters
+    (decoder, likelihood scale, learned prior) fixed at their current values, compared with the guide.
+
+    Args:
+        model, guide: Pyro programs taking ``(x)``; per-example sites inside ``pyro.plate("data")``.
+        x: ``(N, ...)`` the observations (tens at most: all are sampled jointly, one block of z each).
+        num_chains: independent chains (run one after another, each started from a prior draw, so the
+            starts are over-dispersed and R-hat means something). At least 4 is the usual advice.
+        num_warmup, num_samples: per chain.
+        guide_samples: draws from the guide for its mean and sd.
+
+    Global latents (a sample site the guide draws outside the data plate, such as the scale of a
+    hierarchical prior) are held at one draw from their guide, so NUTS targets p(z | x, globals).
+    """
+    import pyro
+    from pyro import poutine
+    from pyro.infer import MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_sample
+
+    if num_chains < 2:
+        raise ConfigError(f"num_chains must be at least 2 for R-hat, got {num_chains}")
+    if num_samples < 10 or num_warmup < 0:
+        raise ConfigError(f"need num_samples >= 10 and num_warmup >= 0, got {num_samples} and {num_warmup}")
+    with _seeded(seed, x.device):
+        globals_ = _split_global_sites(guide, x)
+        # Parameters are read from the param store as constants; no gradient flows into them.
+        target = poutine.condition(model, data=globals_) if globals_ else model
+        chains, divergences = [], 0
+        for chain in range(num_chains):
+            pyro.set_rng_seed(seed * 1000 + chain)
+            kernel = NUTS(target, init_strategy=init_to_sample, max_plate_nesting=max_plate_nesting(model, guide, x[:1]))
+            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
+                        disable_progbar=not progress)
+            mcmc.run(x)
+            chains.append(mcmc.get_samples()[latent_site].detach())
+            divergences += int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values()))
+        samples = torch.stack(chains).double().cpu()                               # (C, S, N, d)
+        with torch.no_grad():
+            draws = Predictive(guide, num_samples=guide_samples, return_sites=[latent_site])(x)[latent_site]
+    draws = draws.double().cpu().reshape(guide_samples, *samples.shape[2:])          # (S, N, d)
+    nuts_mean, nuts_sd = samples.mean((0, 1)), samples.std((0, 1))
+    guide_mean, guide_sd = draws.mean(0), draws.std(0)
+    az = _arviz()
+    n, d = samples.shape[2], samples.shape[3]
+    idata = az.from_dict(posterior={latent_site: samples.numpy()}, dims={latent_site: ["obs", "latent_dim"]},
+                         coords={"obs": np.arange(n), "latent_dim": np.arange(d)})
+    rhat = az.rhat(idata)[latent_site].values
+    ess_bulk = az.ess(idata, method="bulk")[latent_site].values
+    ess_tail = az.ess(idata, method="tail")[latent_site].values
+    return NUTSResult(
+        samples=samples.numpy(), guide_samples=draws.numpy(),
+        nuts_mean=nuts_mean.numpy(), nuts_sd=nuts_sd.numpy(), guide_mean=guide_mean.numpy(), guide_sd=guide_sd.numpy(),
+        standardized_mean_error=((guide_mean - nuts_mean) / nuts_sd).numpy(), sd_ratio=(guide_sd / nuts_sd).numpy(),
+        rhat=rhat, ess_bulk=ess_bulk, ess_tail=ess_tail, max_rhat=float(np.max(rhat)),
+        min_ess_bulk=float(np.min(ess_bulk)), divergences=divergences,
+        global_values={k: v.cpu().tolist() for k, v in globals_.items()}, inference_data=idata)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Simulation-based calibration
+
+
+@dataclass(frozen=True)
+class SBCResult:
+    """Simulation-based calibration of an amortized guide (Talts et al. 2018).
+
+    For each simulation z* ~ p(z), x ~ p(x | z*), the rank of z*_j among L draws from q(z | x) is
+    uniform on {0, ..., L} for every latent dimension j when q is the exact posterior.
+
+    Attributes:
+        ranks: ``(num_simulations, latent_dim)`` integer ranks in 0..L.
+        num_draws: L.
+        p_values: ``(latent_dim,)`` chi-square uniformity test of the binned ranks per dimension.
+        p_value: the smallest, Bonferroni-corrected over dimensions (capped at 1).
+        num_bins: bins of the chi-square test (and of the histograms).
+        dispersion_z: ``(latent_dim,)`` z-score of the variance of the normalized ranks u = rank / L
+            against its uniform value 1/12. Positive (ranks pile up at both ends, a U-shape): the guide
+            is under-dispersed (over-confident). Negative (a hump in the middle): over-dispersed.
+        bias_z: ``(latent_dim,)`` z-score of the mean of u against 1/2: the guide is shifted.
+        verdict: ``"calibrated"``, or a list of findings such as ``"under-dispersed"`` per dimension.
+    """
+
+    ranks: np.ndarray = field(repr=False)
+    num_draws: int
+    p_values: np.ndarray = field(repr=False)
+    p_value: float
+    num_bins: int
+    dispersion_z: np.ndarray = field(repr=False)
+    bias_z: np.ndarray = field(repr=False)
+    flags: list
+    verdict: str
+
+    def summary(self) -> dict:
+        return {"num_simulations": int(self.ranks.shape[0]), "num_draws": self.num_draws, "num_bins": self.num_bins,
+                "p_value": self.p_value, "p_values": self.p_values.tolist(),
+                "dispersion_z": self.dispersion_z.tolist(), "bias_z": self.bias_z.tolist(),
+                "flags": self.flags, "verdict": self.verdict}
+
+
+def sbc_ranks(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, latent_site: str = "z",
+              observed_site: str = "x", seed: int = 0) -> np.ndarray:
+    """``(num_simulations, latent_dim)`` ranks of the simulated z among ``num_draws`` guide draws.
+
+    Simulations come from the model run generatively, ``model(None, num_samples=num_simulations)``;
+    the guide is then run on the simulated x."""
+    if num_simulations < 2 or num_draws < 1:
+        raise ConfigError(f"need num_simulations >= 2 and num_draws >= 1, got {num_simulations} and {num_draws}")
+    from pyro import poutine
+
+    device = _device_of(model, guide)
+    with torch.no_grad(), _seeded(seed, device):
+        trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(None, num_samples=num_simulations)
+        if latent_site not in trace.nodes or observed_site not in trace.nodes:
+            raise ConfigError(f"the model run as model(None, num_samples=N) must sample sites {latent_site!r} "
+                              f"and {observed_site!r}")
+        z_true = trace.nodes[latent_site]["value"]                                  # (N, d)
+        x = trace.nodes[observed_site]["value"]
+        draws = Predictive(guide, num_samples=num_draws, return_sites=[latent_site])(x)[latent_site]
+    draws = draws.reshape(num_draws, *z_true.shape)
+    return (draws < z_true).sum(0).reshape(num_simulations, -1).cpu().numpy()
+
+
+def _device_of(*programs) -> torch.device:
+    for program in programs:
+        owner = getattr(program, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            for p in owner.parameters():
+                return p.device
+    return torch.device("cpu")
+
+
+def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_bins: int | None = None,
+        alpha: float = 0.01, latent_site: str = "z", observed_site: str = "x", seed: int = 0) -> SBCResult:
+    """Simulation-based calibration of the guide, with a uniformity test and dispersion flags.
+
+    The test is a chi-square test of the ranks binned into ``num_bins`` equal bins (default: about
+    num_simulations / 20 bins, at most 20, so every bin expects at least 20 ranks), per latent dimension.
+    A dimension is flagged when its p-value, Bonferroni-corrected, is below ``alpha``; the flag says how
+    (under-dispersed, over-dispersed or biased) from the larger of the two z-scores.
+    """
+    from scipy import stats
+
+    ranks = sbc_ranks(model, guide, num_simulations=num_simulations, num_draws=num_draws, latent_site=latent_site,
+                      observed_site=observed_site, seed=seed)
+    n, d = ranks.shape
+    num_bins = num_bins or int(max(2, min(20, n // 20, num_draws + 1)))
+    # Equal-width bins over the L + 1 rank values; exact expected counts when L + 1 is not a multiple.
+    edges = np.linspace(0, num_draws + 1, num_bins + 1)
+    values = np.arange(num_draws + 1)
+    expected = np.histogram(values, bins=edges)[0] / (num_draws + 1) * n
+    p_values = np.empty(d)
+    for j in range(d):
+        observed = np.histogram(ranks[:, j], bins=edges)[0]
+        statistic = ((observed - expected) ** 2 / expected).sum()
+        p_values[j] = stats.chi2.sf(statistic, num_bins - 1)
+    u = ranks / num_draws
+    # Under uniformity: E[u] = 1/2, Var[u] = 1/12 (discrete: (L + 2) / (12 L)); sd of the sample mean and
+    # of the sample mean of (u - 1/2)^2 from the fourth central moment of the discrete uniform.
+    m2 = ((values / num_draws - 0.5) ** 2).mean()
+    m4 = ((values / num_draws - 0.5) ** 4).mean()
+    dispersion_z = (((u - 0.5) ** 2).mean(0) - m2) / math.sqrt((m4 - m2**2) / n)
+    bias_z = (u.mean(0) - 0.5) / math.sqrt(m2 / n)
+    corrected = np.minimum(p_values * d, 1.0)
+    flags = []
+    for j in range(d):
+        if corrected[j] >= alpha:
+            continue
+        if abs(dispersion_z[j]) >= abs(bias_z[j]):
+            kind = "under-dispersed" if dispersion_z[j] > 0 else "over-dispersed"
+        else:
+            kind = "biased high" if bias_z[j] < 0 else "biased low"   # true z below most guide draws: guide too high
+        flags.append({"latent_dim": j, "finding": kind, "p_value": float(corrected[j])})
+    kinds = sorted({f["finding"] for f in flags})
+    verdict = "calibrated" if not flags else f"{', '.join(kinds)} ({len(flags)} of {d} dimensions)"
+    return SBCResult(ranks=ranks, num_draws=num_draws, p_values=p_values, p_value=float(corrected.min()),
+                     num_bins=num_bins, dispersion_z=dispersion_z, bias_z=bias_z, flags=flags, verdict=verdict)

@@ -68,3 +68,26 @@ def make_ppca(D: int = 6, d: int = 2, sigma: float = 0.5, seed: int = 0) -> PPCA
         vae.decoder.net[0].weight.copy_(W)
         vae.decoder.net[0].bias.copy_(b)
     return PPCA(vae=vae, W=W, b=b, sigma=sigma)
+
+
+def plain_pyro_pair(ppca: PPCA, loc_shift: float = 0.0, scale_factor: float = 1.0):
+    """The same PPCA written as two plain Pyro functions, no ``ppl_vae.VAE`` and no nn.Module: a model
+    ``model(x, num_samples=None)`` and an exact-posterior guide (optionally shifted / rescaled)."""
+    import pyro
+    import pyro.distributions as dist
+
+    W, b, sigma = ppca.W, ppca.b, ppca.sigma
+    d = W.shape[1]
+
+    def model(x, num_samples=None):
+        n = x.shape[0] if x is not None else num_samples
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(d, dtype=W.dtype), 1.0).to_event(1))
+            return pyro.sample("x", dist.Normal(z @ W.T + b, sigma).to_event(1), obs=x)
+
+    def guide(x, num_samples=None):
+        loc, scale = ppca.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", dist.Normal(loc + loc_shift, scale * scale_factor).to_event(1))
+
+    return model, guide
