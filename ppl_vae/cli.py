@@ -95,7 +95,7 @@ def _list(args) -> None:
 
 
 #: Modules that contribute subcommands through ``register(subparsers) -> {name: handler}``.
-COMMAND_MODULES = ("ppl_vae.latent_cli", "ppl_vae.compare", "ppl_vae.gradvar")
+COMMAND_MODULES = ("ppl_vae.latent_cli", "ppl_vae.compare", "ppl_vae.gradvar", "ppl_vae.diagnose")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

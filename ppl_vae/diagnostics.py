@@ -287,7 +287,9 @@ def amortization_gap(model, guide, data: torch.Tensor, *, posterior=None, num_st
     store = pyro.get_param_store()
     with _seeded(seed, data.device):
         # Several vectorized draws per step: less gradient noise, so the refinement gets close to the optimum.
-        svi = SVI(fixed_model, local, pyro.optim.Adam({"lr": lr}), Trace_ELBO(num_particles=16, vectorize_particles=True))
+        nesting = max_plate_nesting(model, guide, data[:1])
+        svi = SVI(fixed_model, local, pyro.optim.Adam({"lr": lr}),
+                  Trace_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=nesting))
         for _ in range(num_steps):
             svi.step(data)
     for key in (f"{local.name}.loc", f"{local.name}.log_scale"):
@@ -453,10 +455,14 @@ class SBCResult:
         p_value: the smallest, Bonferroni-corrected over dimensions (capped at 1).
         num_bins: bins of the chi-square test (and of the histograms).
         dispersion_z: ``(latent_dim,)`` z-score of the variance of the normalized ranks u = rank / L
-            against its uniform value 1/12. Positive (ranks pile up at both ends, a U-shape): the guide
-            is under-dispersed (over-confident). Negative (a hump in the middle): over-dispersed.
-        bias_z: ``(latent_dim,)`` z-score of the mean of u against 1/2: the guide is shifted.
-        verdict: ``"calibrated"``, or a list of findings such as ``"under-dispersed"`` per dimension.
+            against its uniform value (about 1/12). Positive (ranks pile up at both ends, a U-shape):
+            the guide is under-dispersed (over-confident). Negative (a hump in the middle): over-dispersed.
+        bias_z: ``(latent_dim,)`` z-score of the mean of u against 1/2. Negative (the true z falls below
+            most guide draws): the guide is biased high; positive: biased low.
+        flags: per flagged dimension, ``{"latent_dim", "finding", "p_value"}``; the finding names each
+            z-score beyond the Bonferroni critical value (e.g. ``"under-dispersed and biased high"``),
+            or ``"non-uniform"`` when the test rejects but neither does.
+        verdict: ``"calibrated"``, or the findings and how many dimensions have them.
     """
 
     ranks: np.ndarray = field(repr=False)
@@ -515,7 +521,7 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
     The test is a chi-square test of the ranks binned into ``num_bins`` equal bins (default: about
     num_simulations / 20 bins, at most 20, so every bin expects at least 20 ranks), per latent dimension.
     A dimension is flagged when its p-value, Bonferroni-corrected, is below ``alpha``; the flag says how
-    (under-dispersed, over-dispersed or biased) from the larger of the two z-scores.
+    (under-dispersed, over-dispersed, biased high or low) from the z-scores of the ranks' variance and mean.
     """
     from scipy import stats
 
@@ -533,23 +539,26 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
         statistic = ((observed - expected) ** 2 / expected).sum()
         p_values[j] = stats.chi2.sf(statistic, num_bins - 1)
     u = ranks / num_draws
-    # Under uniformity: E[u] = 1/2, Var[u] = 1/12 (discrete: (L + 2) / (12 L)); sd of the sample mean and
-    # of the sample mean of (u - 1/2)^2 from the fourth central moment of the discrete uniform.
+    # Under uniformity: E[u] = 1/2 and Var[u] = m2 (1/12 in the limit). The variance about the sample mean
+    # (so that a shift does not read as a change of width) has sd sqrt((m4 - m2^2) / n), m4 the fourth
+    # central moment of the discrete uniform.
     m2 = ((values / num_draws - 0.5) ** 2).mean()
     m4 = ((values / num_draws - 0.5) ** 4).mean()
-    dispersion_z = (((u - 0.5) ** 2).mean(0) - m2) / math.sqrt((m4 - m2**2) / n)
+    dispersion_z = (u.var(0) - m2) / math.sqrt((m4 - m2**2) / n)
     bias_z = (u.mean(0) - 0.5) / math.sqrt(m2 / n)
     corrected = np.minimum(p_values * d, 1.0)
+    critical = stats.norm.isf(alpha / (2 * d))          # two-sided, Bonferroni over dimensions
     flags = []
     for j in range(d):
         if corrected[j] >= alpha:
             continue
-        if abs(dispersion_z[j]) >= abs(bias_z[j]):
-            kind = "under-dispersed" if dispersion_z[j] > 0 else "over-dispersed"
-        else:
-            kind = "biased high" if bias_z[j] < 0 else "biased low"   # true z below most guide draws: guide too high
-        flags.append({"latent_dim": j, "finding": kind, "p_value": float(corrected[j])})
+        found = []
+        if abs(dispersion_z[j]) > critical:
+            found.append("under-dispersed" if dispersion_z[j] > 0 else "over-dispersed")
+        if abs(bias_z[j]) > critical:
+            found.append("biased high" if bias_z[j] < 0 else "biased low")   # truth below most draws: q too high
+        flags.append({"latent_dim": j, "finding": " and ".join(found) or "non-uniform", "p_value": float(corrected[j])})
     kinds = sorted({f["finding"] for f in flags})
-    verdict = "calibrated" if not flags else f"{', '.join(kinds)} ({len(flags)} of {d} dimensions)"
+    verdict = "calibrated" if not flags else f"{'; '.join(kinds)} ({len(flags)} of {d} dimensions)"
     return SBCResult(ranks=ranks, num_draws=num_draws, p_values=p_values, p_value=float(corrected.min()),
                      num_bins=num_bins, dispersion_z=dispersion_z, bias_z=bias_z, flags=flags, verdict=verdict)

@@ -94,3 +94,83 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def khat_figure(khat, thresholds: dict[str, float]) -> Figure:
+    """Pareto k-hat per observation (sorted) and its histogram, with the usual thresholds."""
+    import numpy as np
+
+    khat = np.asarray(khat, dtype=float)
+    finite = khat[np.isfinite(khat)]
+    fig = Figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax1.plot(np.arange(len(khat)), khat, ".", ms=3, color="C0")
+    ax1.set_xlabel("observation")
+    ax1.set_ylabel("Pareto k-hat")
+    ax1.set_title("k-hat of q(z | x) as a proposal for p(z | x)", fontsize=10)
+    ax2.hist(finite, bins=40, color="C0", alpha=0.8)
+    ax2.set_xlabel("Pareto k-hat")
+    ax2.set_ylabel("observations")
+    for (label, value), color in zip(thresholds.items(), ("C2", "C1", "C3")):
+        for ax, line in ((ax1, ax1.axhline), (ax2, ax2.axvline)):
+            line(value, color=color, ls="--", lw=1, label=label)
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) -> Figure:
+    """SBC rank histograms, one panel per latent dimension, with the 99% band of a uniform histogram."""
+    import numpy as np
+    from scipy import stats
+
+    ranks = np.asarray(ranks)
+    n, d = ranks.shape
+    ncol = min(d, 4)
+    nrow = math.ceil(d / ncol)
+    fig = Figure(figsize=(3 * ncol, 2.4 * nrow + 0.5))
+    edges = np.linspace(0, num_draws + 1, num_bins + 1)
+    expected = n / num_bins
+    low, high = stats.binom.ppf([0.005, 0.995], n, 1 / num_bins)
+    for j in range(d):
+        ax = fig.add_subplot(nrow, ncol, j + 1)
+        ax.axhspan(low, high, color="0.85", lw=0)
+        ax.axhline(expected, color="0.5", lw=1)
+        ax.hist(ranks[:, j], bins=edges, color="C0", alpha=0.85)
+        title = f"z[{j}]" + ("" if p_values is None else f"  p = {p_values[j]:.2g}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([0, num_draws])
+        ax.tick_params(labelsize=7)
+    fig.suptitle("SBC ranks of the true z among guide draws (grey: 99% band if calibrated)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def pair_figure(nuts, guide, title: str, dims=None, max_dims: int = 4) -> Figure:
+    """Corner plot of NUTS draws and guide draws of one observation's z: ``(S, d)`` arrays; ``dims``
+    picks the latent dimensions to show (default: the first ``max_dims``)."""
+    import numpy as np
+
+    dims = list(range(min(np.shape(nuts)[-1], max_dims))) if dims is None else list(dims)[:max_dims]
+    nuts, guide = np.asarray(nuts)[:, dims], np.asarray(guide)[:, dims]
+    d = len(dims)
+    fig = Figure(figsize=(2.2 * d + 0.4, 2.2 * d + 0.6))
+    for i in range(d):
+        for j in range(i + 1):
+            ax = fig.add_subplot(d, d, i * d + j + 1)
+            if i == j:
+                bins = np.histogram_bin_edges(np.concatenate([nuts[:, i], guide[:, i]]), bins=30)
+                ax.hist(nuts[:, i], bins=bins, density=True, alpha=0.6, color="C0", label="NUTS")
+                ax.hist(guide[:, i], bins=bins, density=True, alpha=0.6, color="C1", label="guide q(z|x)")
+            else:
+                ax.plot(nuts[:, j], nuts[:, i], ".", ms=1.5, alpha=0.3, color="C0")
+                ax.plot(guide[:, j], guide[:, i], ".", ms=1.5, alpha=0.3, color="C1")
+            if i == d - 1:
+                ax.set_xlabel(f"z[{dims[j]}]", fontsize=8)
+            if j == 0 and i > 0:
+                ax.set_ylabel(f"z[{dims[i]}]", fontsize=8)
+            ax.tick_params(labelsize=6)
+    fig.axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

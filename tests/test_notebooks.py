@@ -8,7 +8,7 @@ import pytest
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # Register each notebook here; test_every_notebook_is_registered fails when one is missing.
 NOTEBOOKS = ["01_vae_as_a_pyro_program.ipynb", "02_swapping_priors.ipynb", "03_autoencoder_vs_vae.ipynb",
-             "04_reparameterization_trick.ipynb"]
+             "04_reparameterization_trick.ipynb", "05_posterior_diagnostics.ipynb"]
 
 
 def test_every_notebook_is_registered():
