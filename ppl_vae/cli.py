@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from ppl_vae.config import Config
-from ppl_vae.errors import PplVaeError
+from ppl_vae.errors import ConfigError, PplVaeError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130          # 128 + SIGINT, the shell's convention
+EXIT_SIGTERM = 143              # 128 + SIGTERM
 
 
 def _add_train(sub) -> None:
@@ -46,6 +48,14 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, help="JSON or TOML file of config fields; flags override it")
     p.add_argument("--out", type=Path, help="run folder to create (default: runs/<dataset>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run exactly where it stopped (with --epochs N: train up to N epochs)")
+    p.add_argument("--checkpoint-every", type=int, help="write a resumable checkpoint every N epochs (default: 10; "
+                   "SIGINT/SIGTERM and the end of training always write one)")
+    p.add_argument("--keep-best", action="store_true", default=None,
+                   help="also keep best.pt, the weights with the best held-out ELBO")
+    p.add_argument("--on-divergence", choices=["stop", "restore"],
+                   help="on a NaN/inf gradient: stop (default) or skip the step and divide the learning rate by 10")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -124,11 +134,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _train(args) -> None:
-    from ppl_vae.run import train_run
+    from ppl_vae.run import read_config, resume_run, train_run
 
-    config = config_from_args(args)
-    run = train_run(config, args.out, overwrite=args.overwrite, progress=False if args.quiet else None,
-                    command=["ppl-vae", *args.argv])
+    progress = False if args.quiet else None
+    command = ["ppl-vae", *args.argv]
+    if args.resume is not None:
+        given = [name for name in Config().to_dict() if name != "epochs" and getattr(args, name, None) is not None]
+        if given or args.config is not None or args.out is not None or args.overwrite:
+            extra = [f"--{n.replace('_', '-')}" for n in given] + (["--config"] if args.config else []) + \
+                (["--out"] if args.out else []) + (["--overwrite"] if args.overwrite else [])
+            raise ConfigError(f"--resume continues {args.resume} as configured in its config.json; drop "
+                              f"{' '.join(extra)} (only --epochs may change, to train longer)")
+        run = resume_run(args.resume, epochs=args.epochs, progress=progress, command=command, handle_signals=True)
+        config = read_config(run.run_dir)
+    else:
+        config = config_from_args(args)
+        run = train_run(config, args.out, overwrite=args.overwrite, progress=progress, command=command,
+                        handle_signals=True)
     final = run.result.history[-1]
     print(f"trained on {run.data.name}: {run.data.train.shape[0]} train / {run.data.heldout.shape[0]} held-out "
           f"examples of shape {tuple(run.data.data_shape)}, {config.epochs} epochs")
@@ -171,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    from ppl_vae.train import TrainingInterrupted
+
     try:
         handlers[args.command](args)
+    except TrainingInterrupted as stopped:
+        print(f"ppl-vae {args.command}: {stopped}", file=sys.stderr)
+        return EXIT_SIGTERM if stopped.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     except PplVaeError as error:
         if args.debug:
             raise
@@ -180,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"ppl-vae {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -43,6 +43,9 @@ class Config:
     lr: float = 1e-3                 # Adam learning rate
     seed: int = 0                    # seeds parameter initialisation, batching, binarization and SVI
     device: str = "cpu"              # cpu | cuda | cuda:N
+    checkpoint_every: int = 10       # write a resumable checkpoint every N epochs (and on SIGINT/SIGTERM, at the end)
+    keep_best: bool = False          # also keep best.pt, the weights with the best held-out ELBO so far
+    on_divergence: str = "stop"      # stop | restore (skip the step, learning rate / 10, at most 3 times)
     # -- evaluation
     num_particles: int = 1000        # K, importance samples per example for log p(x)
 
@@ -57,7 +60,7 @@ class Config:
 
     def validate(self) -> Config:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        positive_ints = ("latent_dim", "epochs", "batch_size", "num_particles", "particles")
+        positive_ints = ("latent_dim", "epochs", "batch_size", "num_particles", "particles", "checkpoint_every")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -74,6 +77,10 @@ class Config:
             raise ConfigError(f"binarize must be one of auto, dynamic, threshold, none; got {self.binarize!r}")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
             raise ConfigError(f"beta must be a non-negative number, got {self.beta!r}")
+        if self.on_divergence not in ("stop", "restore"):
+            raise ConfigError(f"on_divergence must be stop or restore, got {self.on_divergence!r}")
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(f"keep_best must be true or false, got {self.keep_best!r}")
         from ppl_vae.schedules import parse_schedule
 
         parse_schedule(self.kl_schedule, self.beta)

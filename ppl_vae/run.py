@@ -32,6 +32,7 @@ from ppl_vae.train import FitResult, fit, fixed_binarization
 from ppl_vae.vae import VAE
 
 SCALING_NAME = "scaling.json"
+BEST_NAME = "best.pt"
 _MODEL_FIELDS = ("latent_dim", "hidden_dims", "prior", "likelihood", "guide")
 
 
@@ -84,52 +85,157 @@ class TrainRun:
 
 
 def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool = False,
-              progress: bool | None = None, command: list[str] | None = None) -> TrainRun:
-    """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``)."""
+              progress: bool | None = None, command: list[str] | None = None,
+              handle_signals: bool = False) -> TrainRun:
+    """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``).
+
+    The folder is created when the first epoch ends (nothing is written if the data or the
+    configuration is refused). From then on ``checkpoint.pt`` (weights and the full training state)
+    and ``metrics.json`` are rewritten atomically every ``config.checkpoint_every`` epochs, and
+    ``best.pt`` whenever the held-out ELBO improves if ``config.keep_best``. With ``overwrite`` an
+    existing folder is replaced at that moment. ``handle_signals``: SIGINT/SIGTERM save a resumable
+    checkpoint and raise :class:`ppl_vae.train.TrainingInterrupted`; continue with :func:`resume_run`.
+    """
     config.validate()
     run_dir = Path(out) if out is not None else default_run_dir(config)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         if not overwrite:
-            raise ConfigError(f"run folder {run_dir} already exists and is not empty; choose another --out or pass --overwrite")
+            raise ConfigError(f"run folder {run_dir} already exists and is not empty; choose another --out, pass "
+                              f"--overwrite, or continue it with `ppl-vae train --resume {run_dir}`")
     device = resolve_device(config.device)
     data = load_data(config)
-    started = time.time()
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, data.data_shape).to(device)
     # Record what "auto" resolved to, so that config.json says exactly what ran.
     config = replace(config, guide=vae.spec["guide"] or config.guide,
                      binarize=resolve_binarize(config.binarize, vae.likelihood))
     data, scaling = prepare_table(data, vae.likelihood)
-    result = fit(vae, data.train, data.heldout, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                 seed=config.seed, binarize=config.binarize, elbo=config.elbo, num_particles=config.particles,
-                 beta=config.beta, kl_schedule=config.kl_schedule, heldout_seed=config.split_seed, progress=progress)
-    finished = time.time()
+    writer = _RunWriter(run_dir, config, vae, data, scaling, command, replace_existing=overwrite)
+    return writer.train(progress=progress, handle_signals=handle_signals)
 
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(run_dir / CHECKPOINT_NAME, model_spec=vae.spec, state_dict=vae.state_dict(),
-                    optimizer_state=result.optimizer_state, epoch=config.epochs, step=len(result.losses))
-    write_json(run_dir / "config.json", config.to_dict())
-    if scaling is not None:
-        write_json(run_dir / SCALING_NAME, scaling.to_dict())
-    write_json(run_dir / "metrics.json", {
-        "units": "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization",
-        "history": result.history,
-        "final": result.history[-1],
-    })
-    write_json(run_dir / "run.json", {
-        "command": command if command is not None else sys.argv,
-        "versions": _versions(),
-        "device": str(device),
-        "data": {"name": data.name, "data_shape": list(data.data_shape), "num_train": int(data.train.shape[0]),
-                 "num_heldout": int(data.heldout.shape[0])},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "train_seconds": round(finished - started, 3),
-    })
-    write_figures(vae, data, result.history, run_dir / "figures", seed=config.seed, binarize=config.binarize,
-                  heldout_seed=config.split_seed)
-    return TrainRun(run_dir=run_dir, data=data, result=result)
+
+def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool | None = None,
+               command: list[str] | None = None, handle_signals: bool = False, device: str | None = None) -> TrainRun:
+    """Continue an interrupted run (``ppl-vae train --resume RUN_DIR``) from its checkpoint, exactly as if
+    it had not stopped, up to ``epochs`` in total (default: the configured number; more trains longer)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; pass the folder of an interrupted `ppl-vae train`")
+    payload = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    training = payload.get("training")
+    if not isinstance(training, dict):
+        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT_NAME} holds no training state (written by an older "
+                              "ppl_vae); it can be evaluated and sampled but not resumed")
+    run = load_run(run_dir, device=device or read_config(run_dir).device)
+    config = run.config
+    if epochs is not None:
+        config = replace(config, epochs=epochs).validate()
+    writer = _RunWriter(run_dir, config, run.vae, run.data, run.scaling, command, resume=training)
+    return writer.train(progress=progress, handle_signals=handle_signals)
+
+
+class _RunWriter:
+    """Trains and keeps the run folder in step with training: config, checkpoints, metrics, status."""
+
+    def __init__(self, run_dir: Path, config: Config, vae: VAE, data: DataSplit, scaling, command,
+                 *, replace_existing: bool = False, resume: dict | None = None):
+        self.run_dir, self.config, self.vae, self.data, self.scaling = run_dir, config, vae, data, scaling
+        self.command = command if command is not None else sys.argv
+        self.replace_existing = replace_existing
+        self.resume = resume
+        self.created = resume is not None          # a resumed run's folder exists already
+        self.best = max((r["heldout_elbo"] for r in resume["history"] if "heldout_elbo" in r), default=None) \
+            if resume is not None else None
+        self.started = time.time()
+        self.history: list[dict] = list(resume["history"]) if resume is not None else []
+        self.saved_epoch = resume["epoch"] if resume is not None else 0   # epoch of the checkpoint on disk
+
+    def train(self, *, progress, handle_signals) -> TrainRun:
+        from ppl_vae.train import TrainingDiverged, TrainingInterrupted
+
+        config = self.config
+        try:
+            result = fit(self.vae, self.data.train, self.data.heldout, epochs=config.epochs,
+                         batch_size=config.batch_size, lr=config.lr, seed=config.seed, binarize=config.binarize,
+                         elbo=config.elbo, num_particles=config.particles, beta=config.beta,
+                         kl_schedule=config.kl_schedule, heldout_seed=config.split_seed, progress=progress,
+                         on_epoch_end=self.epoch_end, resume=self.resume, on_divergence=config.on_divergence,
+                         handle_signals=handle_signals)
+        except TrainingInterrupted as stopped:
+            self.save(stopped.state, status="interrupted")
+            raise TrainingInterrupted(f"{stopped}; saved {self.run_dir / CHECKPOINT_NAME}; continue with "
+                                      f"`ppl-vae train --resume {self.run_dir}`", stopped.state,
+                                      stopped.signal_name) from None
+        except TrainingDiverged as error:
+            if self.created:
+                self.write_run_json("diverged", message=str(error))
+                raise TrainingDiverged(f"{error}; the last good checkpoint is {self.run_dir / CHECKPOINT_NAME} "
+                                       f"(epoch {self.saved_epoch})") from None
+            raise
+        self.save(result.state, status="complete")
+        write_figures(self.vae, self.data, result.history, self.run_dir / "figures", seed=config.seed,
+                      binarize=config.binarize, heldout_seed=config.split_seed)
+        return TrainRun(run_dir=self.run_dir, data=self.data, result=result)
+
+    def epoch_end(self, state: dict) -> None:
+        self.history = state["history"]
+        record = self.history[-1]
+        if self.config.keep_best and "heldout_elbo" in record and (self.best is None or record["heldout_elbo"] > self.best):
+            self.best = record["heldout_elbo"]
+            self.create()
+            save_checkpoint(self.run_dir / BEST_NAME, model_spec=self.vae.spec, state_dict=self.vae.state_dict(),
+                            epoch=record["epoch"], heldout_elbo=record["heldout_elbo"])
+        if state["epoch"] % self.config.checkpoint_every == 0 and state["epoch"] < self.config.epochs:
+            self.save(state, status="training")
+
+    def create(self) -> None:
+        """Make the run folder with its config (once; replacing an old folder if asked)."""
+        if self.created:
+            return
+        if self.replace_existing and self.run_dir.exists():
+            shutil.rmtree(self.run_dir) if self.run_dir.is_dir() else self.run_dir.unlink()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", self.config.to_dict())
+        if self.scaling is not None:
+            write_json(self.run_dir / SCALING_NAME, self.scaling.to_dict())
+        self.created = True
+
+    def save(self, state: dict, status: str) -> None:
+        """Checkpoint (weights + training state), metrics and run.json, each written atomically; the
+        checkpoint first, so that metrics never describe a state that is not on disk."""
+        self.create()
+        if self.resume is not None:               # the epoch count may have been raised on resume
+            write_json(self.run_dir / "config.json", self.config.to_dict())
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, model_spec=self.vae.spec, state_dict=self.vae.state_dict(),
+                        optimizer_state=state["optimizer"], epoch=state["epoch"], step=state["step"], training=state)
+        self.saved_epoch = state["epoch"]
+        history = state["history"]
+        write_json(self.run_dir / "metrics.json", {
+            "units": "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization",
+            "history": history,
+            "final": history[-1] if history else None,
+        })
+        self.write_run_json(status, epoch=state["epoch"], step=state["step"])
+
+    def write_run_json(self, status: str, **extra) -> None:
+        path = self.run_dir / "run.json"
+        previous = read_json(path, "run.json") if path.exists() else {}
+        commands = previous.get("commands", [])
+        if not commands or commands[-1] != list(self.command):
+            commands = commands + [list(self.command)]
+        write_json(path, {
+            "status": status,
+            **extra,
+            "command": list(self.command),
+            "commands": commands,
+            "versions": _versions(),
+            "device": str(self.vae.device),
+            "threads": torch.get_num_threads(),
+            "data": {"name": self.data.name, "data_shape": list(self.data.data_shape),
+                     "num_train": int(self.data.train.shape[0]), "num_heldout": int(self.data.heldout.shape[0])},
+            "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started))),
+            "train_seconds": round(sum(r.get("seconds", 0.0) for r in self.history), 3),   # the SVI steps
+        })
 
 
 def prepare_table(data: DataSplit, likelihood, scaling: Scaling | None = None) -> tuple[DataSplit, Scaling | None]:

@@ -6,21 +6,25 @@ VAE's model and guide; nothing here knows what a KL is.
 
 from __future__ import annotations
 
+import copy
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
-import pyro.optim
 import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.compat import check_compatible, resolve_binarize, to_likelihood_space
 from ppl_vae.data import binarize as binarize_data
 from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.evaluate import evaluate
+from ppl_vae.optim import GuardedAdam
 from ppl_vae.schedules import Constant, parse_schedule
 
 #: Offset that separates the held-out binarization stream from every other seeded stream.
@@ -28,7 +32,43 @@ _HELDOUT_STREAM = 7919
 
 
 class TrainingDiverged(PplVaeError):
-    """The ELBO became NaN or infinite."""
+    """The ELBO or a gradient became NaN or infinite."""
+
+
+class TrainingInterrupted(PplVaeError):
+    """SIGINT or SIGTERM (or ``stop``) ended training at a step boundary; ``state`` continues it exactly."""
+
+    def __init__(self, message: str, state: dict, signal_name: str):
+        super().__init__(message)
+        self.state = state
+        self.signal_name = signal_name
+
+
+class _Signals:
+    """While active, SIGINT and SIGTERM set a flag that the training loop reads after every step; a
+    second SIGINT raises KeyboardInterrupt at once. Only the main thread can install handlers: elsewhere
+    this does nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def fixed_binarization(x: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
@@ -61,13 +101,16 @@ class FitResult:
             steps of the training objective: the beta-weighted bound while beta != 1), ``beta`` (at the
             epoch's last step), ``heldout_elbo`` and ``heldout_elbo_se`` (when held-out data was given) and
             ``seconds`` (wall time of the epoch's training steps).
-        optimizer_state: the state of Pyro's Adam (``pyro.optim.Adam.get_state()``).
+        optimizer_state: the state of the Adam optimizer (:meth:`ppl_vae.optim.GuardedAdam.get_state`).
+        state: the training state at the end (see :func:`fit`'s ``resume``): pass it back with more
+            epochs to train on exactly as if the run had been longer.
     """
 
     vae: torch.nn.Module
     losses: list[float] = field(repr=False)
     history: list[dict]
     optimizer_state: dict = field(repr=False)
+    state: dict = field(repr=False, default_factory=dict)
 
 
 def _check_support(vae, x: torch.Tensor, what: str) -> None:
@@ -77,6 +120,10 @@ def _check_support(vae, x: torch.Tensor, what: str) -> None:
             check(x)
         except PplVaeError as error:
             raise type(error)(f"{what}: {error}") from None
+
+
+#: Settings that must not change when a run is resumed (epochs may grow).
+_RESUME_SETTINGS = ("batch_size", "seed", "binarize", "elbo", "num_particles", "beta", "kl_schedule", "num_data")
 
 
 def fit(
@@ -97,6 +144,11 @@ def fit(
     heldout_seed: int = 0,
     progress: bool | None = None,
     callback: Callable[[dict], None] | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    on_divergence: str = "stop",
+    handle_signals: bool = False,
+    stop: Callable[[int], bool] | None = None,
 ) -> FitResult:
     """Train ``vae`` by SVI with ``Trace_ELBO`` and Adam.
 
@@ -121,12 +173,28 @@ def fit(
         heldout_seed: seeds the held-out binarization (the CLI passes the split seed).
         progress: show a progress bar; by default when standard error is a terminal.
         callback: called with each epoch's history record.
+        on_epoch_end: called after every epoch with the training state (a dict of tensors, numbers and
+            lists, safe for ``torch.save``/``torch.load(weights_only=True)``); the VAE's parameters are
+            not in it. :func:`ppl_vae.run.train_run` writes checkpoints from here.
+        resume: a state from ``on_epoch_end``, :class:`TrainingInterrupted` or ``FitResult.state``, with
+            the VAE's parameters restored to the same moment: training continues exactly where it
+            stopped (same batches, binarizations and draws of z), up to ``epochs`` in total.
+        on_divergence: what to do when a gradient is NaN/inf (the update is never applied, so the
+            parameters stay at their last good values): ``"stop"`` raises :class:`TrainingDiverged`
+            naming the sample sites whose log-density is non-finite and the parameters concerned;
+            ``"restore"`` skips the step, divides the learning rate by 10 and goes on (at most 3 times,
+            then stops the same way).
+        handle_signals: turn SIGINT/SIGTERM into a clean stop after the current step: raises
+            :class:`TrainingInterrupted` carrying the state (main thread only).
+        stop: called after every step with the number of steps done; True stops as a signal would.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("heldout_particles", heldout_particles)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    if on_divergence not in ("stop", "restore"):
+        raise ConfigError(f"on_divergence must be 'stop' or 'restore', got {on_divergence!r}")
     num_data = train.shape[0]
     if num_data < 1:
         raise ConfigError("the training set is empty")
@@ -140,6 +208,7 @@ def fit(
     noise = torch.Generator(device=device).manual_seed(seed + 1)
     probe = binarize_data(train[:256], binarize, generator=torch.Generator(device=device).manual_seed(0))
     _check_support(vae, probe, "training data")
+    schedule_spec = kl_schedule if kl_schedule is None or isinstance(kl_schedule, str) else repr(kl_schedule)
     schedule = parse_schedule(kl_schedule or "constant", beta) if kl_schedule is None or isinstance(kl_schedule, str) \
         else kl_schedule
     varies = not isinstance(schedule, Constant)
@@ -147,6 +216,8 @@ def fit(
     if heldout is not None:
         heldout = fixed_binarization(to_likelihood_space(heldout.to(device), likelihood), binarize, heldout_seed)
         _check_support(vae, heldout, "held-out data")
+    settings = {"batch_size": batch_size, "seed": seed, "binarize": binarize, "elbo": elbo,
+                "num_particles": num_particles, "beta": float(beta), "kl_schedule": schedule_spec, "num_data": num_data}
 
     # SVI updates the tensors in Pyro's param store: make sure the entries under this VAE's names are
     # this VAE's own parameters (not those of another VAE trained earlier in the same process).
@@ -154,54 +225,177 @@ def fit(
     for name in vae.param_store_names():
         if name in store:
             del store[name]
-    optimizer = pyro.optim.Adam({"lr": lr})
+    optimizer = GuardedAdam(lr)
     svi = SVI(vae.model, vae.guide, optimizer, loss=make_elbo(elbo, num_particles))
 
     batch_size = min(batch_size, num_data)
     steps_per_epoch = math.ceil(num_data / batch_size)
+    losses: list[float] = []
+    history: list[dict] = []
+    step, done_epochs, skip = 0, 0, 0
+    epoch_losses: list[float] = []
+    if resume is not None:
+        _check_resume(resume, settings, epochs)
+        losses = resume["losses"].tolist()
+        history = [dict(r) for r in resume["history"]]
+        step, done_epochs, skip = resume["step"], resume["epoch"], resume["step_in_epoch"]
+        epoch_losses = resume["epoch_losses"].tolist()
+        lr = resume["lr"]
+        optimizer.set_lr(lr)
+        optimizer.set_state(resume["optimizer"])
+        shuffle.set_state(resume["rng"]["shuffle"])
+        noise.set_state(resume["rng"]["noise"])
+
+    def state(step_in_epoch: int, epoch_start: tuple) -> dict:
+        rng = {"torch": torch.get_rng_state(), "shuffle": epoch_start[0], "noise": epoch_start[1]}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        return {"epoch": done_epochs, "step": step, "step_in_epoch": step_in_epoch,
+                "losses": torch.tensor(losses, dtype=torch.float64),
+                "epoch_losses": torch.tensor(epoch_losses, dtype=torch.float64),
+                "history": [dict(r) for r in history], "lr": lr, "optimizer": copy.deepcopy(optimizer.get_state()),
+                "rng": rng, "settings": dict(settings)}
+
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs * steps_per_epoch, desc="train", unit="step", dynamic_ncols=True)
-    losses: list[float] = []
-    history: list[dict] = []
-    step = 0
+        bar = tqdm(total=epochs * steps_per_epoch, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    restores = 0
     try:
-        for epoch in range(1, epochs + 1):
-            vae.train()
-            start = time.perf_counter()
-            order = torch.randperm(num_data, generator=shuffle).to(device)
-            data = binarize_data(train, binarize, generator=noise)  # dynamic: fresh draws every epoch
-            epoch_losses = []
-            for first in range(0, num_data, batch_size):
-                x = data[order[first:first + batch_size]]
-                step_beta = float(schedule(step / steps_per_epoch))     # epochs completed, as a float
-                loss = svi.step(x, num_data=num_data, beta=step_beta) / num_data
-                step += 1
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"training diverged at epoch {epoch}, step {step}: the ELBO is {loss}; "
-                        "lower the learning rate (--lr) or check the data")
-                epoch_losses.append(loss)
+        with _Signals(handle_signals) as signals:
+            for epoch in range(done_epochs + 1, epochs + 1):
+                vae.train()
+                start = time.perf_counter()
+                epoch_start = (shuffle.get_state(), noise.get_state())
+                order = torch.randperm(num_data, generator=shuffle).to(device)
+                data = binarize_data(train, binarize, generator=noise)  # dynamic: fresh draws every epoch
+                if resume is not None and step == resume["step"]:   # the global RNG as it was when stopped
+                    torch.set_rng_state(resume["rng"]["torch"])
+                    if device.type == "cuda" and "cuda" in resume["rng"]:
+                        torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+                if not skip:
+                    epoch_losses = []
+                for index, first in enumerate(range(0, num_data, batch_size)):
+                    if index < skip:
+                        continue
+                    x = data[order[first:first + batch_size]]
+                    step_beta = float(schedule(step / steps_per_epoch))     # epochs completed, as a float
+                    loss = svi.step(x, num_data=num_data, beta=step_beta) / num_data
+                    if optimizer.nonfinite or not math.isfinite(loss):
+                        # The update was not applied when a gradient was non-finite: the parameters are
+                        # still the last good ones, and the sites can be named at those values.
+                        message = _divergence_message(vae, loss, optimizer.nonfinite, x, step_beta, epoch=epoch,
+                                                      step=step + 1, num_data=num_data)
+                        if on_divergence == "restore" and restores < 3 and optimizer.nonfinite:
+                            restores += 1
+                            lr = lr / 10
+                            optimizer.set_lr(lr)
+                            message += f"; skipped this step and lowered the learning rate to {lr:g} ({restores} of 3)"
+                            if bar is not None:
+                                bar.write(message)
+                            else:
+                                print(f"warning: {message}", file=sys.stderr)
+                            continue
+                        raise TrainingDiverged(message + "; lower the learning rate (--lr), or pass "
+                                               "--on-divergence restore")
+                    step += 1
+                    epoch_losses.append(loss)
+                    if bar is not None:
+                        bar.update(1)
+                    last = index == steps_per_epoch - 1
+                    if not last and (signals.received or (stop is not None and stop(step))):
+                        raise _interrupted(signals.received, state(index + 1, epoch_start), done_epochs, step)
+                skip = 0
+                if not epoch_losses:
+                    raise TrainingDiverged(f"training diverged: every step of epoch {epoch} had non-finite gradients")
+                seconds = time.perf_counter() - start
+                losses += epoch_losses
+                record = {"epoch": epoch, "step": step, "train_elbo": -sum(epoch_losses) / len(epoch_losses),
+                          "beta": step_beta}
+                if heldout is not None:
+                    result = evaluate(vae, heldout, num_particles=heldout_particles, seed=seed + epoch)
+                    record["heldout_elbo"] = result.elbo
+                    record["heldout_elbo_se"] = result.elbo_se
+                record["seconds"] = seconds
+                if restores:
+                    record["lr"] = lr                 # lowered after a divergence
+                history.append(record)
+                done_epochs = epoch
+                epoch_losses = []
                 if bar is not None:
-                    bar.update(1)
-            seconds = time.perf_counter() - start
-            losses += epoch_losses
-            record = {"epoch": epoch, "step": step, "train_elbo": -sum(epoch_losses) / len(epoch_losses), "beta": step_beta}
-            if heldout is not None:
-                result = evaluate(vae, heldout, num_particles=heldout_particles, seed=seed + epoch)
-                record["heldout_elbo"] = result.elbo
-                record["heldout_elbo_se"] = result.elbo_se
-            record["seconds"] = seconds
-            history.append(record)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
-            if callback is not None:
-                callback(record)
+                    bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
+                if callback is not None:
+                    callback(record)
+                end_state = state(0, (shuffle.get_state(), noise.get_state()))
+                if on_epoch_end is not None:
+                    on_epoch_end(end_state)
+                if epoch < epochs and (signals.received or (stop is not None and stop(step))):
+                    raise _interrupted(signals.received, end_state, done_epochs, step)
     finally:
         if bar is not None:
             bar.close()
     vae.eval()
-    return FitResult(vae=vae, losses=losses, history=history, optimizer_state=optimizer.get_state())
+    final = state(0, (shuffle.get_state(), noise.get_state()))
+    return FitResult(vae=vae, losses=losses, history=history, optimizer_state=optimizer.get_state(), state=final)
+
+
+def _check_resume(resume: dict, settings: dict, epochs: int) -> None:
+    required = ("epoch", "step", "step_in_epoch", "losses", "epoch_losses", "history", "lr", "optimizer", "rng",
+                "settings")
+    missing = [k for k in required if k not in resume]
+    if missing:
+        raise ConfigError(f"the training state to resume is incomplete (missing {', '.join(missing)}); "
+                          "it was not written by ppl_vae's fit")
+    for name in _RESUME_SETTINGS:
+        if resume["settings"].get(name) != settings[name]:
+            raise ConfigError(f"cannot resume: {name} was {resume['settings'].get(name)!r} when training started "
+                              f"and is {settings[name]!r} now; resume with the original settings")
+    if epochs < resume["epoch"] or (epochs == resume["epoch"] and resume["step_in_epoch"] == 0):
+        raise ConfigError(f"nothing to resume: {resume['epoch']} epochs are already done and epochs is {epochs}; "
+                          "ask for more epochs to train longer")
+
+
+def _interrupted(received, state: dict, done_epochs: int, step: int) -> TrainingInterrupted:
+    name = received or "stop"
+    where = f"after epoch {done_epochs}" if state["step_in_epoch"] == 0 else \
+        f"in epoch {done_epochs + 1} after step {state['step_in_epoch']}"
+    return TrainingInterrupted(f"training stopped by {name} {where} ({step} steps in all)", state, name)
+
+
+def _parameters_finite(vae) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in vae.parameters())
+
+
+def _divergence_message(vae, loss: float, nonfinite: list[str], x: torch.Tensor, beta: float, *, epoch: int,
+                        step: int, num_data: int) -> str:
+    """Name what went non-finite: the sample sites whose value or log-density is NaN/inf on this batch
+    (at the current parameters) and the parameters whose gradient is NaN/inf."""
+    from pyro import poutine
+
+    parts = [f"training diverged at epoch {epoch}, step {step}: the loss is {loss:.6g}"]
+    if nonfinite:
+        shown = ", ".join(nonfinite[:4]) + (f" and {len(nonfinite) - 4} more" if len(nonfinite) > 4 else "")
+        parts.append(f"non-finite gradients of {shown}")
+    try:
+        with torch.no_grad(), poutine.block():
+            guide_trace = poutine.trace(vae.guide).get_trace(x, num_data=num_data, beta=beta)
+            model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
+                x, num_data=num_data, beta=beta)
+        bad_sites = []
+        for where, trace in (("model", model_trace), ("guide", guide_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or site_is_subsample(site):
+                    continue
+                values_ok = bool(torch.isfinite(torch.as_tensor(site["value"])).all())
+                log_prob_ok = bool(torch.isfinite(site["fn"].log_prob(site["value"])).all())
+                if not (values_ok and log_prob_ok):
+                    what = "value and log-density" if not values_ok else "log-density"
+                    bad_sites.append(f"{name!r} in the {where} (non-finite {what})")
+        if bad_sites:
+            parts.append("sample sites: " + ", ".join(bad_sites))
+    except Exception as error:  # noqa: BLE001 - the programs themselves may fail on non-finite parameters
+        parts.append(f"the model/guide cannot even be traced on this batch ({type(error).__name__}: "
+                     f"{str(error).splitlines()[0] if str(error) else ''})")
+    return "; ".join(parts)

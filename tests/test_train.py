@@ -85,3 +85,24 @@ def test_invalid_budget_is_refused(digits, kwargs, name):
 def test_threshold_binarization_trains(digits):
     result = fit(_vae(digits), digits.train[:64], epochs=1, binarize="threshold", progress=False)
     assert torch.isfinite(torch.tensor(result.losses)).all()
+
+
+def test_fit_trains_exactly_like_plain_svi_with_pyro_adam(digits):
+    """GuardedAdam (one torch Adam over all parameters) makes the same updates as pyro.optim.Adam (one
+    per parameter): after 12 steps the parameters agree to float32 rounding."""
+    from pyro.infer import SVI, Trace_ELBO
+
+    x = (digits.train[:96] > 0.5).float()
+    ours = fit(_vae(digits, seed=2), x, epochs=4, batch_size=32, seed=3, binarize="none", progress=False)
+    pyro.clear_param_store()         # the plain SVI below must not find the first VAE's tensors there
+    vae = _vae(digits, seed=2)
+    pyro.set_rng_seed(3)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    shuffle = torch.Generator().manual_seed(3)
+    losses = []
+    for _ in range(4):
+        order = torch.randperm(96, generator=shuffle)
+        losses += [svi.step(x[order[i:i + 32]], num_data=96) / 96 for i in range(0, 96, 32)]
+    assert ours.losses == pytest.approx(losses, rel=1e-5)
+    for (name, a), b in zip(ours.vae.state_dict().items(), vae.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -1,0 +1,83 @@
+"""The optimizer ``fit`` hands to ``pyro.infer.SVI``: Adam over every parameter at once, guarded.
+
+``pyro.optim.Adam`` builds one ``torch.optim.Adam`` per parameter tensor and steps them one by one.
+:class:`GuardedAdam` is a :class:`pyro.optim.PyroOptim` that SVI calls the same way, but
+
+* keeps one ``torch.optim.Adam`` for all parameters (in the param store's name order, so its state
+  is the same from run to run) — the same arithmetic per element, one call per step;
+* looks at the gradients before stepping: if any is NaN or infinite it does not step, and records the
+  names of the parameters concerned in :attr:`GuardedAdam.nonfinite`, so that the parameters stay at
+  their last good values and training can name what diverged.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro.optim import PyroOptim
+
+
+class GuardedAdam(PyroOptim):
+    """Adam (``torch.optim.Adam``) for SVI that refuses non-finite gradients.
+
+    Args:
+        lr, betas, eps: Adam's settings.
+    """
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(torch.optim.Adam, {"lr": lr, "betas": betas, "eps": eps})
+        self.lr = lr
+        self._optimizer: torch.optim.Adam | None = None
+        self._names: list[str] = []
+        self._waiting: dict | None = None
+        #: names of the parameters whose gradient was NaN/inf at the last call (then no step was taken)
+        self.nonfinite: list[str] = []
+
+    def __call__(self, params, *args, **kwargs) -> None:
+        store = pyro.get_param_store()
+        named = sorted(((store.param_name(p), p) for p in params), key=lambda item: item[0])
+        self.nonfinite = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        if self.nonfinite:
+            return
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam([p for _, p in named], **self.pt_optim_args)
+            self._names = [name for name, _ in named]
+            if self._waiting is not None:
+                self._load(self._waiting)
+                self._waiting = None
+        else:
+            new = [(name, p) for name, p in named if name not in set(self._names)]
+            if new:
+                self._optimizer.add_param_group({"params": [p for _, p in new]})
+                self._names += [name for name, _ in new]
+        self._optimizer.step()
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        self.pt_optim_args["lr"] = lr
+        if self._optimizer is not None:
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
+
+    def get_state(self) -> dict:
+        """``{"names": [...], "adam": torch state_dict}``; plain data, safe for weights-only loading."""
+        if self._optimizer is None:
+            return dict(self._waiting) if self._waiting is not None else {"names": [], "adam": None}
+        return {"names": list(self._names), "adam": self._optimizer.state_dict()}
+
+    def set_state(self, state: dict) -> None:
+        """Restore a :meth:`get_state`; applied when the parameters are first seen."""
+        if self._optimizer is None:
+            self._waiting = state
+        else:
+            self._load(state)
+
+    def _load(self, state: dict) -> None:
+        if state.get("adam") is None:
+            return
+        if list(state["names"]) != self._names:
+            raise ValueError(f"optimizer state is for parameters {state['names'][:3]}..., these are "
+                             f"{self._names[:3]}...; it belongs to another model")
+        self._optimizer.load_state_dict(state["adam"])
+        for group in self._optimizer.param_groups:       # the current learning rate wins
+            group["lr"] = self.lr
