@@ -179,6 +179,7 @@ class _RunWriter:
 
     def epoch_end(self, state: dict) -> None:
         self.history = state["history"]
+        self.create()
         record = self.history[-1]
         if self.config.keep_best and "heldout_elbo" in record and (self.best is None or record["heldout_elbo"] > self.best):
             self.best = record["heldout_elbo"]

@@ -376,6 +376,7 @@ def _divergence_message(vae, loss: float, nonfinite: list[str], x: torch.Tensor,
 
     parts = [f"training diverged at epoch {epoch}, step {step}: the loss is {loss:.6g}"]
     if nonfinite:
+        nonfinite = [n.split(".", 1)[-1].replace("$$$", ".") for n in nonfinite]   # "vae.decoder$$$net.0.bias"
         shown = ", ".join(nonfinite[:4]) + (f" and {len(nonfinite) - 4} more" if len(nonfinite) > 4 else "")
         parts.append(f"non-finite gradients of {shown}")
     try:
