@@ -503,9 +503,9 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     try:
         npz = np.load(path, allow_pickle=False)
     except (*_NPZ_READ_ERRORS, zipfile.LargeZipFile) as error:
-        raise DataError(
-            f"{path} is not a valid .npz file ({_one_line(error)}); save it with numpy.savez"
-        ) from error
+        # numpy's own text for non-zip files suggests unpickling them: never do that with a data file.
+        reason = "not a zip archive of .npy arrays" if "pickle" in str(error) else _one_line(error)
+        raise DataError(f"{path} is not a valid .npz file ({reason}); save it with numpy.savez") from error
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DataError(f"{path} holds a single .npy array, not an .npz archive; save it with numpy.savez")
     with npz:

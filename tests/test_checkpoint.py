@@ -134,3 +134,27 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path, run_dir):
 
 def test_load_is_exported():
     assert ppl_vae.load is load
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_crafted_config_files_do_not_execute_code(tmp_path, suffix, capsys):
+    """A config file is read as JSON or TOML text, never unpickled or evaluated."""
+    import pickle
+
+    from ppl_vae.cli import main
+
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    pickled = tmp_path / f"pickled{suffix}"
+    pickled.write_bytes(pickle.dumps(Payload()))
+    code = tmp_path / f"code{suffix}"
+    code.write_text(f'epochs = __import__("os").system("touch {marker}")\n')
+    for path in (pickled, code):
+        assert main(["train", "--config", str(path), "--quiet", "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert "config file" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "run").exists()

@@ -529,6 +529,7 @@ def test_npz_not_a_zip_file(tmp_path):
     with raises_data_error("not a valid .npz") as info:
         load_dataset(f"npz:{path}")
     assert str(path) in assert_one_line(info)
+    assert "pickle" not in str(info.value)          # never suggest unpickling an untrusted file
     np.save(tmp_path / "single.npy", np.zeros((3, 4, 4)))
     with raises_data_error("holds a single .npy array"):
         load_dataset(f"npz:{tmp_path / 'single.npy'}")

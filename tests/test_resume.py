@@ -143,3 +143,16 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, sig, cod
     ma = json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
     mb = json.loads((tmp_path / "stopped" / "metrics.json").read_text())["history"]
     assert _without_seconds(ma) == _without_seconds(mb)
+
+
+def test_same_seed_and_config_give_the_same_run(tmp_path):
+    config = Config.tiny(epochs=2)
+    a = train_run(config, tmp_path / "a", progress=False, command=["test"])
+    b = train_run(config, tmp_path / "b", progress=False, command=["test"])
+    assert _without_seconds(a.result.history) == _without_seconds(b.result.history)
+    for name, value in load_checkpoint(a.run_dir / "checkpoint.pt")["state_dict"].items():
+        assert torch.equal(value, load_checkpoint(b.run_dir / "checkpoint.pt")["state_dict"][name])
+    c = train_run(Config.tiny(epochs=2, seed=1), tmp_path / "c", progress=False)
+    assert _without_seconds(c.result.history) != _without_seconds(a.result.history)
+    info = json.loads((a.run_dir / "run.json").read_text())
+    assert info["command"] == ["test"] and set(info["versions"]) >= {"torch", "pyro-ppl", "ppl-vae", "python"}
