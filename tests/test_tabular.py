@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
 from ppl_vae import DataError, load_dataset
 from ppl_vae.cli import main
 from ppl_vae.run import evaluate_run, sample_run
@@ -93,3 +96,38 @@ def test_table_with_an_image_likelihood_is_refused(tmp_path, capsys):
     assert main(["train", "--dataset", f"table:{path}", *TINY, "--out", str(tmp_path / "r")]) == 2
     assert "--likelihood gaussian" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# property: any CSV text either loads as a finite (N, D) table or raises DataError, never anything else
+
+_CELL = (st.integers(-10**6, 10**6).map(str) | st.floats(allow_nan=True, allow_infinity=True).map(repr)
+         | st.sampled_from(["", "nan", "inf", "-", "abc", "1e400", " 3 ", "0x10", "1,5", '"2"', "\t"]))
+
+
+@st.composite
+def _csv_text(draw):
+    """CSV text, about half of it a valid table: well-formed rows of numbers, or rows broken some way."""
+    width = draw(st.integers(1, 4))
+    tame = draw(st.booleans())
+    cell = st.integers(-50, 50).map(str) | st.floats(-1e3, 1e3).map(repr) if tame else _CELL
+    sizes = dict(min_size=width, max_size=width) if tame or draw(st.booleans()) else dict(min_size=1, max_size=width + 2)
+    rows = draw(st.lists(st.lists(cell, **sizes), min_size=3 if tame else 0, max_size=12))
+    header = [",".join(f"c{j}" for j in range(width))] if draw(st.booleans()) else []
+    return "\n".join(header + [",".join(r) for r in rows]) + draw(st.sampled_from(["", "\n", "\n\n"]))
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_csv_text())
+def test_any_csv_loads_as_a_finite_table_or_raises_data_error(tmp_path, text):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    try:
+        split = load_dataset(f"table:{path}")
+    except DataError as error:
+        assert str(error) and "\n" not in str(error)
+        event("DataError")
+        return
+    event("loaded")
+    for x in (split.train, split.heldout):
+        assert x.dtype == torch.float32 and x.dim() == 2 and bool(torch.isfinite(x).all())
+    assert split.train.shape[1] == split.heldout.shape[1] and len(split.train) >= 2 and len(split.heldout) >= 1
