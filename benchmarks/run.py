@@ -44,6 +44,7 @@ from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 import ppl_vae
+from ppl_vae.train import TrainStep
 from benchmarks import parity
 from benchmarks.reference_vae import ReferenceVAE, reference_log_likelihood
 
@@ -134,10 +135,29 @@ def random_binary(n, shape, seed):
 
 
 class OursStep:
-    """One ppl_vae SVI step, exactly as ppl_vae.fit runs it (SVI + pyro.optim.Adam + Trace_ELBO)."""
+    """One ppl_vae training step exactly as ppl_vae.fit runs it: ``ppl_vae.train.TrainStep`` (Pyro's
+    Trace_ELBO on the VAE's model and guide, GuardedAdam; Pyro validation on the first step only)."""
 
     def __init__(self, vae, num_data):
         for name in vae.param_store_names():          # as fit: this VAE's own tensors in the param store
+            if name in pyro.get_param_store():
+                del pyro.get_param_store()[name]
+        self.step = TrainStep(vae, LR)
+        self.num_data = num_data
+
+    def __call__(self, x):
+        loss = self.step(x, num_data=self.num_data, beta=1.0) / self.num_data
+        if not math.isfinite(loss):
+            raise RuntimeError("ppl_vae loss is not finite")
+        return loss
+
+
+class PlainSVIStep:
+    """A textbook Pyro step, for comparison: ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step``
+    (what fit ran before it used TrainStep; Pyro's per-parameter optimizers, validation as set)."""
+
+    def __init__(self, vae, num_data):
+        for name in vae.param_store_names():
             if name in pyro.get_param_store():
                 del pyro.get_param_store()[name]
         self.svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}), loss=Trace_ELBO())
@@ -224,21 +244,21 @@ def ratio_stats(num, den):
 
 
 def bench_train(cfg, log):
-    fit_validation = is_validation_enabled()   # what fit runs with: the global state, untouched by fit
+    fit_validation = is_validation_enabled()   # the global state; TrainStep validates only its first step
     rows = []
     for arch, batch in TRAIN_CONFIGS:
         pyro.clear_param_store()
         vae, ref = build_pair(arch)
-        vae_off, _ = build_pair(arch, name="vae_noval")  # its own copy and param-store names, own Adam state
+        vae_svi, _ = build_pair(arch, name="vae_svi")  # its own copy and param-store names, own Adam state
         batches = [random_binary(batch, arch.data_shape, seed) for seed in range(8)]
         variants = [Variant("fit", OursStep(vae, arch.num_data), fit_validation),
-                    Variant("noval", OursStep(vae_off, arch.num_data), False),
+                    Variant("svi", PlainSVIStep(vae_svi, arch.num_data), fit_validation),
                     Variant("ref", RefStep(ref, arch.num_data))]
         times = interleaved(variants, batches, cfg["steps"], cfg["rounds"])
         pyro.enable_validation(fit_validation)
         ref_ms = statistics.median(times["ref"]) * 1e3
-        for key, label in (("fit", f"as fit runs it (validation {'on' if fit_validation else 'off'})"),
-                           ("noval", "validation off")):
+        for key, label in (("fit", "as fit runs it (TrainStep)"),
+                           ("svi", f"plain SVI + pyro.optim.Adam (validation {'on' if fit_validation else 'off'})")):
             st = ratio_stats(times[key], times["ref"])
             rows.append({"arch": arch.label, "batch": batch, "variant": label, "key": key,
                          "ours_ms": statistics.median(times[key]) * 1e3, "ref_ms": ref_ms, **st})
@@ -396,14 +416,15 @@ def render(args, argv, cfg, res, info, wall, load):
                 "(`DeepReferenceVAE` in benchmarks/run.py for several hidden layers). Random binary images; "
                 f"N = {MNIST.num_data} for 784-dim, {DIGITS.num_data} for the digits. "
                 f"{cfg['rounds']} rounds; each round runs a block of {cfg['steps']} steps of every variant "
-                "(ppl_vae as fit runs it, ppl_vae with validation off, reference) in a rotating order, after one "
+                "(ppl_vae as fit runs it, a plain Pyro SVI step, reference) in a rotating order, after one "
                 "discarded warm-up block each. ms/step = median over rounds; ratio = median over rounds of the "
                 "per-round ratio ours/reference, with its interquartile range (IQR).",
                 "",
-                f"`ppl_vae.fit` does not set Pyro's validation flag; it runs with the global state, which is "
-                f"**{'on' if t['fit_validation'] else 'off'}** in this process (pyro {pyro.__version__} turns it "
-                "on by default: `pyro.infer.util.is_validation_enabled()`). 'validation off' is "
-                "`pyro.enable_validation(False)` around the same step.", "",
+                f"`ppl_vae.fit` runs `ppl_vae.train.TrainStep`: Pyro's `Trace_ELBO` on the model and guide, one "
+                f"guarded `torch.optim.Adam`, Pyro validation on the first step only (it is "
+                f"**{'on' if t['fit_validation'] else 'off'}** globally in this process; pyro {pyro.__version__} "
+                "turns it on by default). 'plain SVI' is the textbook `SVI(...).step` with `pyro.optim.Adam` and "
+                "validation as set globally, for comparison.", "",
                 "| model | batch | ppl_vae variant | ppl_vae ms/step | reference ms/step | ratio ours/ref | "
                 "IQR of ratio | target | status |",
                 "|---|---|---|---|---|---|---|---|---|"]
@@ -558,19 +579,22 @@ def top_functions(stats, key, limit):
 
 
 def profile(steps, log):
-    """cProfile of ppl_vae's SVI step at 784-400-50 batch 128 (validation on and off) and of the reference
+    """cProfile of ppl_vae's step (TrainStep, and a plain SVI step with validation on and off) at 784-400-50
+    batch 128 and of the reference
     step, plus an interleaved ablation timing of steps with parts of Pyro's machinery swapped out."""
     arch, batch = MNIST, 128
     batches = [random_binary(batch, arch.data_shape, seed) for seed in range(8)]
     lines = []
     validation = is_validation_enabled()
-    for label, validate in (("validation on (as fit runs it)", True), ("validation off", False)):
+    for label, validate, kind in (("TrainStep, as fit runs it", True, OursStep),
+                                  ("plain SVI + pyro.optim.Adam, validation on", True, PlainSVIStep),
+                                  ("plain SVI + pyro.optim.Adam, validation off", False, PlainSVIStep)):
         pyro.clear_param_store()
         vae, _ = build_pair(arch)
         pyro.enable_validation(validate)
-        stats = profile_stats(OursStep(vae, arch.num_data), batches, steps)
+        stats = profile_stats(kind(vae, arch.num_data), batches, steps)
         total = stats.total_tt
-        lines += [f"## ppl_vae SVI step, {arch.label}, batch {batch}, {label}: {steps} steps, "
+        lines += [f"## ppl_vae step, {arch.label}, batch {batch}, {label}: {steps} steps, "
                   f"{total / steps * 1e3:.2f} ms/step under cProfile", "",
                   "Self time by category:", "", "| category | ms/step | share |", "|---|---|---|"]
         lines += [f"| {cat} | {t / steps * 1e3:.3f} | {t / total:.1%} |" for cat, t in self_time_by_category(stats)]
@@ -596,8 +620,9 @@ def profile(steps, log):
     pyro.clear_param_store()
     variants = []
     v1, ref = fresh("a1")
-    variants.append(Variant("SVI step, validation on (as fit)", OursStep(v1, arch.num_data), True))
-    variants.append(Variant("SVI step, validation off", OursStep(fresh("a2")[0], arch.num_data), False))
+    variants.append(Variant("TrainStep (as fit runs it)", OursStep(v1, arch.num_data), True))
+    variants.append(Variant("plain SVI step, validation on", PlainSVIStep(fresh("a0")[0], arch.num_data), True))
+    variants.append(Variant("plain SVI step, validation off", PlainSVIStep(fresh("a2")[0], arch.num_data), False))
     variants.append(Variant("Trace_ELBO.loss_and_grads + torch.optim.Adam, validation off",
                             ElboTorchAdamStep(fresh("a3")[0], arch.num_data), False))
     variants.append(Variant("Trace_ELBO.loss_and_grads + torch.optim.Adam(foreach=True), validation off",

@@ -34,19 +34,29 @@ class GuardedAdam(PyroOptim):
         self.nonfinite: list[str] = []
 
     def __call__(self, params, *args, **kwargs) -> None:
+        """What ``SVI.step`` calls: step the given parameters (unconstrained tensors of the param store)."""
         store = pyro.get_param_store()
-        named = sorted(((store.param_name(p), p) for p in params), key=lambda item: item[0])
-        self.nonfinite = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-        if self.nonfinite:
+        self.step(sorted(((store.param_name(p), p) for p in params), key=lambda item: item[0]))
+
+    def step(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """One Adam step of ``(name, parameter)`` pairs (always in the same order), unless a gradient
+        is NaN/inf: then nothing changes and :attr:`nonfinite` names the culprits."""
+        grads = [p.grad for _, p in named if p.grad is not None]
+        # The sum of a tensor is NaN/inf when any element is (or when the finite sum overflows float32,
+        # which is divergence too): one reduction per tensor, no boolean copies.
+        if grads and not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
+            self.nonfinite = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             return
+        self.nonfinite = []
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam([p for _, p in named], **self.pt_optim_args)
             self._names = [name for name, _ in named]
             if self._waiting is not None:
                 self._load(self._waiting)
                 self._waiting = None
-        else:
-            new = [(name, p) for name, p in named if name not in set(self._names)]
+        elif len(named) != len(self._names):
+            known = set(self._names)
+            new = [(name, p) for name, p in named if name not in known]
             if new:
                 self._optimizer.add_param_group({"params": [p for _, p in new]})
                 self._names += [name for name, _ in new]

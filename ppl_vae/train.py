@@ -6,6 +6,7 @@ VAE's model and guide; nothing here knows what a KL is.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.compat import check_compatible, resolve_binarize, to_likelihood_space
@@ -88,6 +90,55 @@ def make_elbo(name: str, num_particles: int = 1):
     if name == "iwae":
         return RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=vectorize)
     raise ConfigError(f"unknown objective {name!r}; choose one of: trace, meanfield, iwae")
+
+
+class TrainStep:
+    """One optimisation step of :func:`fit`: the loss and its gradients from Pyro's ELBO
+    (``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``RenyiELBO``) on the VAE's model and guide, then
+    :class:`ppl_vae.optim.GuardedAdam`. Numerically the step of ``SVI(model, guide, Adam, elbo)``.
+
+    What it leaves out of ``SVI.step`` is bookkeeping only: with a :class:`ppl_vae.VAE` it
+    differentiates ``elbo.differentiable_loss`` itself (no ``pyro.module`` registration and no
+    param-only trace per step) and steps the VAE's parameters, in a fixed order, with one Adam.
+    Pyro's validation checks run on the first ``validate_steps`` steps (when validation is enabled)
+    and are off after that: the same programs on batches of the same data, checked once. Anything else
+    with ``model`` and ``guide`` is trained through ``SVI`` with the same optimizer.
+
+    Calling it with ``(x, num_data=N, beta=b)`` returns the loss of the batch (the -ELBO estimate of
+    the whole data set, like ``SVI.step``); :attr:`optimizer` ``.nonfinite`` is non-empty when the
+    gradient was not finite and the step was not taken.
+    """
+
+    def __init__(self, vae, lr: float, elbo: str = "trace", num_particles: int = 1, validate_steps: int = 1):
+        self.vae = vae
+        self.loss = make_elbo(elbo, num_particles)
+        self.optimizer = GuardedAdam(lr)
+        self.validate_steps = validate_steps
+        self.steps = 0
+        named = getattr(vae, "named_trainable_parameters", None)
+        self.named = named() if named is not None else None
+        # RenyiELBO has no differentiable_loss: it runs backward itself and needs the param sites.
+        self.direct = self.named is not None and elbo != "iwae"
+        self.svi = None if self.direct else SVI(vae.model, vae.guide, self.optimizer, loss=self.loss)
+
+    def __call__(self, x: torch.Tensor, **kwargs) -> float:
+        validate = self.steps < self.validate_steps or not is_validation_enabled()
+        with contextlib.nullcontext() if validate else pyro.validation_enabled(False):
+            if self.svi is not None:
+                loss = self.svi.step(x, **kwargs)
+            else:
+                self.vae._pyro_registration = False
+                try:
+                    value = self.loss.differentiable_loss(self.vae.model, self.vae.guide, x, **kwargs)
+                finally:
+                    self.vae._pyro_registration = True
+                loss = value.item()
+                value.backward()
+                self.optimizer.step(self.named)
+                for _, p in self.named:
+                    p.grad = None
+        self.steps += 1
+        return loss
 
 
 @dataclass(frozen=True)
@@ -225,8 +276,8 @@ def fit(
     for name in vae.param_store_names():
         if name in store:
             del store[name]
-    optimizer = GuardedAdam(lr)
-    svi = SVI(vae.model, vae.guide, optimizer, loss=make_elbo(elbo, num_particles))
+    stepper = TrainStep(vae, lr, elbo, num_particles)
+    optimizer = stepper.optimizer
 
     batch_size = min(batch_size, num_data)
     steps_per_epoch = math.ceil(num_data / batch_size)
@@ -282,7 +333,7 @@ def fit(
                         continue
                     x = data[order[first:first + batch_size]]
                     step_beta = float(schedule(step / steps_per_epoch))     # epochs completed, as a float
-                    loss = svi.step(x, num_data=num_data, beta=step_beta) / num_data
+                    loss = stepper(x, num_data=num_data, beta=step_beta) / num_data
                     if optimizer.nonfinite or not math.isfinite(loss):
                         # The update was not applied when a gradient was non-finite: the parameters are
                         # still the last good ones, and the sites can be named at those values.

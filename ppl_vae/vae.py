@@ -222,9 +222,23 @@ class VAE(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
+    #: ``pyro.module`` registration of the networks on every call of model and guide. ``fit`` turns it
+    #: off while it computes the loss itself (it differentiates the ELBO and steps the parameters
+    #: directly, so the param store is not needed there).
+    _pyro_registration = True
+
     def _register(self, part: str, module) -> None:
-        if isinstance(module, nn.Module) and any(p.requires_grad for p in module.parameters()):
+        if self._pyro_registration and isinstance(module, nn.Module) and any(p.requires_grad for p in module.parameters()):
             pyro.module(f"{self.name}.{part}", module)
+
+    def named_trainable_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """``(param store name, parameter)`` of every trainable parameter, sorted by name."""
+        out = []
+        for part in ("decoder", "prior", "likelihood", "encoder"):
+            module = getattr(self, part)
+            if isinstance(module, nn.Module):
+                out += [(f"{self.name}.{part}$$${n}", p) for n, p in module.named_parameters() if p.requires_grad]
+        return sorted(out, key=lambda item: item[0])
 
     def param_store_names(self) -> list[str]:
         """The names under which this VAE's parameters appear in Pyro's param store."""
