@@ -134,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _train(args) -> None:
+    from ppl_vae import distributed
     from ppl_vae.run import read_config, resume_run, train_run
 
     progress = False if args.quiet else None
@@ -145,15 +146,30 @@ def _train(args) -> None:
                 (["--out"] if args.out else []) + (["--overwrite"] if args.overwrite else [])
             raise ConfigError(f"--resume continues {args.resume} as configured in its config.json; drop "
                               f"{' '.join(extra)} (only --epochs may change, to train longer)")
-        run = resume_run(args.resume, epochs=args.epochs, progress=progress, command=command, handle_signals=True)
-        config = read_config(run.run_dir)
+        config = read_config(args.resume)
     else:
         config = config_from_args(args)
-        run = train_run(config, args.out, overwrite=args.overwrite, progress=progress, command=command,
-                        handle_signals=True)
+    context = distributed.init_from_environment(config.device)     # torchrun: join the process group
+    failed = True
+    try:
+        if args.resume is not None:
+            run = resume_run(args.resume, epochs=args.epochs, progress=progress, command=command,
+                             handle_signals=True, distributed=context)
+            config = read_config(run.run_dir)
+        else:
+            if context is not None and args.out is None:
+                raise ConfigError("distributed training needs --out RUN_DIR, the same for every process")
+            run = train_run(config, args.out, overwrite=args.overwrite, progress=progress, command=command,
+                            handle_signals=True, distributed=context)
+        failed = False
+    finally:
+        distributed.shutdown(context, wait=not failed)
+    if context is not None and not context.is_main:
+        return
     final = run.result.history[-1]
+    processes = f", {context.world_size} processes" if context is not None else ""
     print(f"trained on {run.data.name}: {run.data.train.shape[0]} train / {run.data.heldout.shape[0]} held-out "
-          f"examples of shape {tuple(run.data.data_shape)}, {config.epochs} epochs")
+          f"examples of shape {tuple(run.data.data_shape)}, {config.epochs} epochs{processes}")
     print(f"held-out ELBO {final['heldout_elbo']:.2f} nats per example (train {final['train_elbo']:.2f})")
     print(f"run folder: {run.run_dir}  (next: ppl-vae evaluate {run.run_dir})")
 

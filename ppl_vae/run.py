@@ -86,7 +86,7 @@ class TrainRun:
 
 def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool = False,
               progress: bool | None = None, command: list[str] | None = None,
-              handle_signals: bool = False) -> TrainRun:
+              handle_signals: bool = False, distributed=None) -> TrainRun:
     """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``).
 
     The folder is created when the first epoch ends (nothing is written if the data or the
@@ -95,6 +95,7 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     ``best.pt`` whenever the held-out ELBO improves if ``config.keep_best``. With ``overwrite`` an
     existing folder is replaced at that moment. ``handle_signals``: SIGINT/SIGTERM save a resumable
     checkpoint and raise :class:`ppl_vae.train.TrainingInterrupted`; continue with :func:`resume_run`.
+    ``distributed``: a :class:`ppl_vae.distributed.Context`; every process trains, rank 0 writes.
     """
     config.validate()
     run_dir = Path(out) if out is not None else default_run_dir(config)
@@ -102,7 +103,7 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
         if not overwrite:
             raise ConfigError(f"run folder {run_dir} already exists and is not empty; choose another --out, pass "
                               f"--overwrite, or continue it with `ppl-vae train --resume {run_dir}`")
-    device = resolve_device(config.device)
+    device = distributed.device if distributed is not None else resolve_device(config.device)
     data = load_data(config)
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, data.data_shape).to(device)
@@ -110,12 +111,14 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     config = replace(config, guide=vae.spec["guide"] or config.guide,
                      binarize=resolve_binarize(config.binarize, vae.likelihood))
     data, scaling = prepare_table(data, vae.likelihood)
-    writer = _RunWriter(run_dir, config, vae, data, scaling, command, replace_existing=overwrite)
+    writer = _RunWriter(run_dir, config, vae, data, scaling, command, replace_existing=overwrite,
+                        distributed=distributed)
     return writer.train(progress=progress, handle_signals=handle_signals)
 
 
 def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool | None = None,
-               command: list[str] | None = None, handle_signals: bool = False, device: str | None = None) -> TrainRun:
+               command: list[str] | None = None, handle_signals: bool = False, device: str | None = None,
+               distributed=None) -> TrainRun:
     """Continue an interrupted run (``ppl-vae train --resume RUN_DIR``) from its checkpoint, exactly as if
     it had not stopped, up to ``epochs`` in total (default: the configured number; more trains longer)."""
     run_dir = Path(run_dir)
@@ -126,11 +129,14 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
     if not isinstance(training, dict):
         raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT_NAME} holds no training state (written by an older "
                               "ppl_vae); it can be evaluated and sampled but not resumed")
+    if distributed is not None:
+        device = str(distributed.device)
     run = load_run(run_dir, device=device or read_config(run_dir).device)
     config = run.config
     if epochs is not None:
         config = replace(config, epochs=epochs).validate()
-    writer = _RunWriter(run_dir, config, run.vae, run.data, run.scaling, command, resume=training)
+    writer = _RunWriter(run_dir, config, run.vae, run.data, run.scaling, command, resume=training,
+                        distributed=distributed)
     return writer.train(progress=progress, handle_signals=handle_signals)
 
 
@@ -138,8 +144,10 @@ class _RunWriter:
     """Trains and keeps the run folder in step with training: config, checkpoints, metrics, status."""
 
     def __init__(self, run_dir: Path, config: Config, vae: VAE, data: DataSplit, scaling, command,
-                 *, replace_existing: bool = False, resume: dict | None = None):
+                 *, replace_existing: bool = False, resume: dict | None = None, distributed=None):
         self.run_dir, self.config, self.vae, self.data, self.scaling = run_dir, config, vae, data, scaling
+        self.distributed = distributed
+        self.main = distributed is None or distributed.is_main      # only rank 0 writes
         self.command = command if command is not None else sys.argv
         self.replace_existing = replace_existing
         self.resume = resume
@@ -160,25 +168,28 @@ class _RunWriter:
                          elbo=config.elbo, num_particles=config.particles, beta=config.beta,
                          kl_schedule=config.kl_schedule, heldout_seed=config.split_seed, progress=progress,
                          on_epoch_end=self.epoch_end, resume=self.resume, on_divergence=config.on_divergence,
-                         handle_signals=handle_signals)
+                         handle_signals=handle_signals, distributed=self.distributed)
         except TrainingInterrupted as stopped:
             self.save(stopped.state, status="interrupted")
             raise TrainingInterrupted(f"{stopped}; saved {self.run_dir / CHECKPOINT_NAME}; continue with "
                                       f"`ppl-vae train --resume {self.run_dir}`", stopped.state,
                                       stopped.signal_name) from None
         except TrainingDiverged as error:
-            if self.created:
+            if self.created and self.main:
                 self.write_run_json("diverged", message=str(error))
                 raise TrainingDiverged(f"{error}; the last good checkpoint is {self.run_dir / CHECKPOINT_NAME} "
                                        f"(epoch {self.saved_epoch})") from None
             raise
         self.save(result.state, status="complete")
-        write_figures(self.vae, self.data, result.history, self.run_dir / "figures", seed=config.seed,
-                      binarize=config.binarize, heldout_seed=config.split_seed)
+        if self.main:
+            write_figures(self.vae, self.data, result.history, self.run_dir / "figures", seed=config.seed,
+                          binarize=config.binarize, heldout_seed=config.split_seed)
         return TrainRun(run_dir=self.run_dir, data=self.data, result=result)
 
     def epoch_end(self, state: dict) -> None:
         self.history = state["history"]
+        if not self.main:
+            return
         self.create()
         record = self.history[-1]
         if self.config.keep_best and "heldout_elbo" in record and (self.best is None or record["heldout_elbo"] > self.best):
@@ -204,6 +215,8 @@ class _RunWriter:
     def save(self, state: dict, status: str) -> None:
         """Checkpoint (weights + training state), metrics and run.json, each written atomically; the
         checkpoint first, so that metrics never describe a state that is not on disk."""
+        if not self.main:
+            return
         self.create()
         if self.resume is not None:               # the epoch count may have been raised on resume
             write_json(self.run_dir / "config.json", self.config.to_dict())

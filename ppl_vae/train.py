@@ -109,7 +109,8 @@ class TrainStep:
     gradient was not finite and the step was not taken.
     """
 
-    def __init__(self, vae, lr: float, elbo: str = "trace", num_particles: int = 1, validate_steps: int = 1):
+    def __init__(self, vae, lr: float, elbo: str = "trace", num_particles: int = 1, validate_steps: int = 1,
+                 distributed=None):
         self.vae = vae
         self.loss = make_elbo(elbo, num_particles)
         self.optimizer = GuardedAdam(lr)
@@ -120,8 +121,17 @@ class TrainStep:
         # RenyiELBO has no differentiable_loss: it runs backward itself and needs the param sites.
         self.direct = self.named is not None and elbo != "iwae"
         self.svi = None if self.direct else SVI(vae.model, vae.guide, self.optimizer, loss=self.loss)
+        self.ddp = None
+        if distributed is not None:
+            if not self.direct:
+                raise ConfigError("distributed training needs a ppl_vae.VAE and --elbo trace or meanfield "
+                                  "(Pyro's RenyiELBO for iwae has no differentiable loss to wrap in DDP)")
+            from ppl_vae import distributed as dist_module
 
-    def __call__(self, x: torch.Tensor, **kwargs) -> float:
+            self.ddp = dist_module.wrap(vae, self.loss, distributed)
+
+    def __call__(self, x: torch.Tensor, weight: float = 1.0, **kwargs) -> float:
+        """One step on ``x``; ``weight`` multiplies this process's loss (distributed shards)."""
         validate = self.steps < self.validate_steps or not is_validation_enabled()
         with contextlib.nullcontext() if validate else pyro.validation_enabled(False):
             if self.svi is not None:
@@ -129,16 +139,36 @@ class TrainStep:
             else:
                 self.vae._pyro_registration = False
                 try:
-                    value = self.loss.differentiable_loss(self.vae.model, self.vae.guide, x, **kwargs)
+                    if self.ddp is not None:               # DDP averages the gradients in backward
+                        value = _distributed_call(self.ddp, x, weight, **kwargs)
+                    else:
+                        value = self.loss.differentiable_loss(self.vae.model, self.vae.guide, x, **kwargs)
                 finally:
                     self.vae._pyro_registration = True
                 loss = value.item()
-                value.backward()
+                if self.ddp is not None:
+                    _distributed_call(value.backward)
+                else:
+                    value.backward()
                 self.optimizer.step(self.named)
                 for _, p in self.named:
                     p.grad = None
         self.steps += 1
         return loss
+
+
+def _distributed_call(fn, *args, **kwargs):
+    """Run a step that exchanges data with the other processes (DDP's forward and backward); a failed
+    exchange becomes a one-line DistributedError instead of gloo's or NCCL's RuntimeError."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as error:
+        text = str(error).lower()
+        if any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer")):
+            from ppl_vae.distributed import _failure
+
+            raise _failure(error, "averaging gradients") from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -174,7 +204,8 @@ def _check_support(vae, x: torch.Tensor, what: str) -> None:
 
 
 #: Settings that must not change when a run is resumed (epochs may grow).
-_RESUME_SETTINGS = ("batch_size", "seed", "binarize", "elbo", "num_particles", "beta", "kl_schedule", "num_data")
+_RESUME_SETTINGS = ("batch_size", "seed", "binarize", "elbo", "num_particles", "beta", "kl_schedule", "num_data",
+                    "world_size")
 
 
 def fit(
@@ -200,6 +231,7 @@ def fit(
     on_divergence: str = "stop",
     handle_signals: bool = False,
     stop: Callable[[int], bool] | None = None,
+    distributed=None,
 ) -> FitResult:
     """Train ``vae`` by SVI with ``Trace_ELBO`` and Adam.
 
@@ -238,6 +270,9 @@ def fit(
         handle_signals: turn SIGINT/SIGTERM into a clean stop after the current step: raises
             :class:`TrainingInterrupted` carrying the state (main thread only).
         stop: called after every step with the number of steps done; True stops as a signal would.
+        distributed: a :class:`ppl_vae.distributed.Context` (from ``init_from_environment``): train
+            data-parallel with this process's share of every global batch of ``batch_size x world_size``
+            examples; see :mod:`ppl_vae.distributed`.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("heldout_particles", heldout_particles)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -254,7 +289,10 @@ def fit(
     likelihood = getattr(vae, "likelihood", None)
     binarize = resolve_binarize(binarize, likelihood)
     train = to_likelihood_space(train, likelihood)
-    pyro.set_rng_seed(seed)
+    ctx = distributed
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    # The draws of z: one stream per process. Shuffling and binarization: the same on every process.
+    pyro.set_rng_seed(seed if rank == 0 else seed + 1_000_003 * rank)
     shuffle = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed + 1)
     probe = binarize_data(train[:256], binarize, generator=torch.Generator(device=device).manual_seed(0))
@@ -268,7 +306,8 @@ def fit(
         heldout = fixed_binarization(to_likelihood_space(heldout.to(device), likelihood), binarize, heldout_seed)
         _check_support(vae, heldout, "held-out data")
     settings = {"batch_size": batch_size, "seed": seed, "binarize": binarize, "elbo": elbo,
-                "num_particles": num_particles, "beta": float(beta), "kl_schedule": schedule_spec, "num_data": num_data}
+                "num_particles": num_particles, "beta": float(beta), "kl_schedule": schedule_spec, "num_data": num_data,
+                "world_size": world}
 
     # SVI updates the tensors in Pyro's param store: make sure the entries under this VAE's names are
     # this VAE's own parameters (not those of another VAE trained earlier in the same process).
@@ -276,11 +315,12 @@ def fit(
     for name in vae.param_store_names():
         if name in store:
             del store[name]
-    stepper = TrainStep(vae, lr, elbo, num_particles)
+    stepper = TrainStep(vae, lr, elbo, num_particles, distributed=ctx)
     optimizer = stepper.optimizer
 
     batch_size = min(batch_size, num_data)
-    steps_per_epoch = math.ceil(num_data / batch_size)
+    global_batch = min(batch_size * world, num_data)        # the examples of one step over all processes
+    steps_per_epoch = math.ceil(num_data / global_batch)
     losses: list[float] = []
     history: list[dict] = []
     step, done_epochs, skip = 0, 0, 0
@@ -296,18 +336,25 @@ def fit(
         optimizer.set_state(resume["optimizer"])
         shuffle.set_state(resume["rng"]["shuffle"])
         noise.set_state(resume["rng"]["noise"])
+        own = resume["rng"]["ranks"][rank] if "ranks" in resume["rng"] else resume["rng"]
+        resume = {**resume, "rng": {**resume["rng"], "torch": own["torch"], **({"cuda": own["cuda"]} if "cuda" in own else {})}}
 
     def state(step_in_epoch: int, epoch_start: tuple) -> dict:
-        rng = {"torch": torch.get_rng_state(), "shuffle": epoch_start[0], "noise": epoch_start[1]}
+        mine = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
+            mine["cuda"] = torch.cuda.get_rng_state(device)
+        rng = {**mine, "shuffle": epoch_start[0], "noise": epoch_start[1]}
+        if ctx is not None:                       # every process's stream, for an exact resume
+            from ppl_vae.distributed import gather_objects
+
+            rng["ranks"] = gather_objects(mine, ctx)
         return {"epoch": done_epochs, "step": step, "step_in_epoch": step_in_epoch,
                 "losses": torch.tensor(losses, dtype=torch.float64),
                 "epoch_losses": torch.tensor(epoch_losses, dtype=torch.float64),
                 "history": [dict(r) for r in history], "lr": lr, "optimizer": copy.deepcopy(optimizer.get_state()),
                 "rng": rng, "settings": dict(settings)}
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     bar = None
     if show:
         from tqdm.auto import tqdm
@@ -328,13 +375,20 @@ def fit(
                         torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
                 if not skip:
                     epoch_losses = []
-                for index, first in enumerate(range(0, num_data, batch_size)):
+                for index, first in enumerate(range(0, num_data, global_batch)):
                     if index < skip:
                         continue
-                    x = data[order[first:first + batch_size]]
+                    x, weight = _share(data, order, first, global_batch, num_data, ctx)
                     step_beta = float(schedule(step / steps_per_epoch))     # epochs completed, as a float
-                    loss = stepper(x, num_data=num_data, beta=step_beta) / num_data
-                    if optimizer.nonfinite or not math.isfinite(loss):
+                    loss = stepper(x, weight, num_data=num_data, beta=step_beta) / num_data
+                    bad = bool(optimizer.nonfinite) or not math.isfinite(loss)
+                    stopping = bool(signals.received) or (stop is not None and stop(step + 1))
+                    if ctx is not None:                   # every process takes the same decisions
+                        from ppl_vae.distributed import all_reduce_sum
+
+                        flags = all_reduce_sum(torch.tensor([float(bad), float(stopping)], device=ctx.device))
+                        bad, stopping = bool(flags[0] > 0), bool(flags[1] > 0)
+                    if bad:
                         # The update was not applied when a gradient was non-finite: the parameters are
                         # still the last good ones, and the sites can be named at those values.
                         message = _divergence_message(vae, loss, optimizer.nonfinite, x, step_beta, epoch=epoch,
@@ -356,19 +410,23 @@ def fit(
                     if bar is not None:
                         bar.update(1)
                     last = index == steps_per_epoch - 1
-                    if not last and (signals.received or (stop is not None and stop(step))):
+                    if not last and stopping:
                         raise _interrupted(signals.received, state(index + 1, epoch_start), done_epochs, step)
                 skip = 0
                 if not epoch_losses:
                     raise TrainingDiverged(f"training diverged: every step of epoch {epoch} had non-finite gradients")
                 seconds = time.perf_counter() - start
+                if ctx is not None:                       # the loss of a step: the mean over processes
+                    from ppl_vae.distributed import all_reduce_sum
+
+                    epoch_losses = (all_reduce_sum(torch.tensor(epoch_losses, dtype=torch.float64, device=ctx.device))
+                                    / world).tolist()
                 losses += epoch_losses
                 record = {"epoch": epoch, "step": step, "train_elbo": -sum(epoch_losses) / len(epoch_losses),
                           "beta": step_beta}
                 if heldout is not None:
-                    result = evaluate(vae, heldout, num_particles=heldout_particles, seed=seed + epoch)
-                    record["heldout_elbo"] = result.elbo
-                    record["heldout_elbo_se"] = result.elbo_se
+                    record["heldout_elbo"], record["heldout_elbo_se"] = _heldout_elbo(
+                        vae, heldout, heldout_particles, seed + epoch, ctx)
                 record["seconds"] = seconds
                 if restores:
                     record["lr"] = lr                 # lowered after a divergence
@@ -382,7 +440,12 @@ def fit(
                 end_state = state(0, (shuffle.get_state(), noise.get_state()))
                 if on_epoch_end is not None:
                     on_epoch_end(end_state)
-                if epoch < epochs and (signals.received or (stop is not None and stop(step))):
+                stopping = bool(signals.received) or (stop is not None and stop(step))
+                if ctx is not None:
+                    from ppl_vae.distributed import any_true
+
+                    stopping = any_true(stopping, ctx)
+                if epoch < epochs and stopping:
                     raise _interrupted(signals.received, end_state, done_epochs, step)
     finally:
         if bar is not None:
@@ -390,6 +453,43 @@ def fit(
     vae.eval()
     final = state(0, (shuffle.get_state(), noise.get_state()))
     return FitResult(vae=vae, losses=losses, history=history, optimizer_state=optimizer.get_state(), state=final)
+
+
+def _share(data, order, first: int, global_batch: int, num_data: int, ctx):
+    """This process's examples of the global batch starting at ``first``, and the weight of its loss.
+
+    One process: the whole batch, weight 1. Several: a contiguous share; the weight
+    ``share x world / batch`` makes the average over processes of the weighted gradients (the plate
+    scales each share by num_data / share) equal the gradient of the whole batch in one process.
+    """
+    indices = order[first:first + global_batch]
+    if ctx is None:
+        return data[indices], 1.0
+    from ppl_vae.distributed import shard_bounds
+
+    m = indices.numel()
+    start, stop = shard_bounds(m, ctx)
+    if stop == start:              # fewer examples than processes: take part in the step with weight 0
+        return data[indices[:1]], 0.0
+    return data[indices[start:stop]], (stop - start) * ctx.world_size / m
+
+
+def _heldout_elbo(vae, heldout, particles: int, seed: int, ctx) -> tuple[float, float]:
+    """Held-out ELBO and its Monte Carlo s.e.; with several processes each evaluates its share."""
+    if ctx is None:
+        result = evaluate(vae, heldout, num_particles=particles, seed=seed)
+        return result.elbo, result.elbo_se
+    from ppl_vae.distributed import gather_objects, shard_bounds
+
+    start, stop = shard_bounds(heldout.shape[0], ctx)
+    part = (0.0, 0.0, 0)
+    if stop > start:
+        result = evaluate(vae, heldout[start:stop], num_particles=particles, seed=seed + 7919 * ctx.rank)
+        n = stop - start
+        part = (result.elbo * n, (result.elbo_se * n) ** 2, n)
+    parts = gather_objects(part, ctx)
+    total = sum(p[2] for p in parts)
+    return sum(p[0] for p in parts) / total, math.sqrt(sum(p[1] for p in parts)) / total
 
 
 def _check_resume(resume: dict, settings: dict, epochs: int) -> None:
@@ -400,9 +500,11 @@ def _check_resume(resume: dict, settings: dict, epochs: int) -> None:
         raise ConfigError(f"the training state to resume is incomplete (missing {', '.join(missing)}); "
                           "it was not written by ppl_vae's fit")
     for name in _RESUME_SETTINGS:
-        if resume["settings"].get(name) != settings[name]:
-            raise ConfigError(f"cannot resume: {name} was {resume['settings'].get(name)!r} when training started "
-                              f"and is {settings[name]!r} now; resume with the original settings")
+        before = resume["settings"].get(name, 1 if name == "world_size" else None)
+        if before != settings[name]:
+            what = "processes" if name == "world_size" else name
+            raise ConfigError(f"cannot resume: {what} was {before!r} when training started and is {settings[name]!r} "
+                              "now; resume with the original settings")
     if epochs < resume["epoch"] or (epochs == resume["epoch"] and resume["step_in_epoch"] == 0):
         raise ConfigError(f"nothing to resume: {resume['epoch']} epochs are already done and epochs is {epochs}; "
                           "ask for more epochs to train longer")
