@@ -245,7 +245,40 @@ def log_weight_chunk(model, guide, x: torch.Tensor, num_particles: int, particle
         parts = log_weights(model, guide, x, min(particles_per_pass, num_particles - k0), nesting=nesting)
         for key, value in parts.items():
             tables.setdefault(key, []).append(value)
+        _HEAP.passed()
     return {key: torch.cat(values) for key, values in tables.items()}
+
+
+class _HeapTrimmer:
+    """Hand freed memory back to the system every few evaluation passes (glibc's ``malloc_trim``).
+
+    Each pass allocates and frees tensors of up to ``max_elements``; glibc keeps the freed pages and
+    fragments its heap, so the resident memory of a long evaluation kept growing (K = 5000 draws of 150
+    28x28 examples: 1.2-1.5 GB peak; trimming every 8 passes: 0.74 GB, for about 8% more time).
+    Does nothing where glibc is not the allocator."""
+
+    EVERY = 8
+
+    def __init__(self):
+        self.count = 0
+        self._trim = None
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            libc = ctypes.CDLL(name) if name else None
+            self._trim = getattr(libc, "malloc_trim", None)
+        except OSError:
+            self._trim = None
+
+    def passed(self) -> None:
+        self.count += 1
+        if self._trim is not None and self.count % self.EVERY == 0:
+            self._trim(0)
+
+
+_HEAP = _HeapTrimmer()
 
 
 def _accumulate(sums: dict, log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor) -> None:
