@@ -121,6 +121,18 @@ def _collective(fn, *args, **kwargs):
         raise _failure(error, "exchanging results") from None
 
 
+def exchanging(fn, *args, **kwargs):
+    """Run a step that exchanges data with the other processes (DDP's forward and backward); a failed
+    exchange becomes a one-line DistributedError instead of gloo's or NCCL's RuntimeError."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as error:
+        text = str(error).lower()
+        if any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer")):
+            raise _failure(error, "averaging gradients") from None
+        raise
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
 
