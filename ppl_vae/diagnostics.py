@@ -407,9 +407,10 @@ def nuts_reference(model, guide, x: torch.Tensor, *, num_chains: int = 4, num_wa
         # Parameters are read from the param store as constants; no gradient flows into them.
         target = poutine.condition(model, data=globals_) if globals_ else model
         chains, divergences = [], 0
+        nesting = max_plate_nesting(model, guide, x[:1])
         for chain in range(num_chains):
             pyro.set_rng_seed(seed * 1000 + chain)
-            kernel = NUTS(target, init_strategy=init_to_sample, max_plate_nesting=max_plate_nesting(model, guide, x[:1]))
+            kernel = NUTS(target, init_strategy=init_to_sample, max_plate_nesting=nesting)
             mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
                         disable_progbar=not progress)
             mcmc.run(x)

@@ -298,8 +298,9 @@ def fit(
                 "num_particles": num_particles, "beta": float(beta), "kl_schedule": schedule_spec, "num_data": num_data,
                 "world_size": world}
 
-    # SVI updates the tensors in Pyro's param store: make sure the entries under this VAE's names are
-    # this VAE's own parameters (not those of another VAE trained earlier in the same process).
+    # Where training goes through SVI (objects other than a ppl_vae.VAE, and iwae), SVI updates the
+    # tensors in Pyro's param store: make sure the entries under this VAE's names are this VAE's own
+    # parameters (not those of another VAE trained earlier in the same process).
     store = pyro.get_param_store()
     for name in vae.param_store_names():
         if name in store:
