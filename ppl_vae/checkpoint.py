@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -43,6 +44,21 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
+
+
+#: A temporary file older than this was left by a writer that was killed before it could rename it.
+STALE_SECONDS = 60.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    now = time.time()
+    for old in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if now - old.stat().st_mtime > STALE_SECONDS:
+                old.unlink()
+        except OSError:
+            pass
 
 
 def write_json(path: str | Path, data) -> None:

@@ -89,8 +89,8 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
               handle_signals: bool = False, distributed=None) -> TrainRun:
     """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``).
 
-    The folder is created when the first epoch ends (nothing is written if the data or the
-    configuration is refused). From then on ``checkpoint.pt`` (weights and the full training state)
+    The folder is created, with a first checkpoint, when the first epoch ends (nothing is written if
+    the data or the configuration is refused). From then on ``checkpoint.pt`` (weights and the full training state)
     and ``metrics.json`` are rewritten atomically every ``config.checkpoint_every`` epochs, and
     ``best.pt`` whenever the held-out ELBO improves if ``config.keep_best``. With ``overwrite`` an
     existing folder is replaced at that moment. ``handle_signals``: SIGINT/SIGTERM save a resumable
@@ -197,7 +197,9 @@ class _RunWriter:
             self.create()
             save_checkpoint(self.run_dir / BEST_NAME, model_spec=self.vae.spec, state_dict=self.vae.state_dict(),
                             epoch=record["epoch"], heldout_elbo=record["heldout_elbo"])
-        if state["epoch"] % self.config.checkpoint_every == 0 and state["epoch"] < self.config.epochs:
+        # The first epoch always leaves a checkpoint, so a run folder on disk can always be resumed.
+        due = state["epoch"] % self.config.checkpoint_every == 0 or not (self.run_dir / CHECKPOINT_NAME).exists()
+        if due and state["epoch"] < self.config.epochs:
             self.save(state, status="training")
 
     def create(self) -> None:

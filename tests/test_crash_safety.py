@@ -48,5 +48,21 @@ def test_killed_during_saves_leaves_loadable_files(tmp_path):
         assert i > last
         last = i
     assert kills == 8
-    # temporary files of killed writers may remain (named .NAME.*.tmp); the real files are never partial
+    # temporary files of killed writers may remain until a later save removes them; the real files are whole
     assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")} == {"checkpoint.pt", "metrics.json"}
+
+
+def test_temporaries_of_killed_writers_are_cleaned_up_by_the_next_save(tmp_path):
+    import os
+
+    from ppl_vae.checkpoint import write_json
+
+    stale = tmp_path / ".metrics.json.abc123.tmp"
+    stale.write_text("half a file")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    fresh = tmp_path / ".metrics.json.def456.tmp"        # perhaps another writer's, still at work
+    fresh.write_text("in progress")
+    write_json(tmp_path / "metrics.json", {"ok": 1})
+    assert not stale.exists() and fresh.exists()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"ok": 1}

@@ -156,3 +156,28 @@ def test_same_seed_and_config_give_the_same_run(tmp_path):
     assert _without_seconds(c.result.history) != _without_seconds(a.result.history)
     info = json.loads((a.run_dir / "run.json").read_text())
     assert info["command"] == ["test"] and set(info["versions"]) >= {"torch", "pyro-ppl", "ppl-vae", "python"}
+
+
+def test_the_first_epoch_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    """A crash (no chance to save) right after epoch 1, with checkpoints due only every 10 epochs,
+    still leaves a folder that --resume can continue."""
+    from ppl_vae import run as run_module
+
+    original_fit = run_module.fit
+
+    def crashing_fit(*args, on_epoch_end, **kwargs):
+        def then_crash(state):
+            on_epoch_end(state)
+            raise RuntimeError("simulated crash")
+        return original_fit(*args, on_epoch_end=then_crash, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", crashing_fit)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(Config.tiny(epochs=3, checkpoint_every=10), tmp_path / "run", progress=False)
+    monkeypatch.setattr(run_module, "fit", original_fit)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["epoch"] == 1
+    pyro.clear_param_store()
+    resumed = resume_run(tmp_path / "run", progress=False)
+    pyro.clear_param_store()
+    direct = train_run(Config.tiny(epochs=3, checkpoint_every=10), tmp_path / "direct", progress=False)
+    assert _without_seconds(resumed.result.history) == _without_seconds(direct.result.history)
