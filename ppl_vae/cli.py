@@ -120,6 +120,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "list": _list}
     for name in COMMAND_MODULES:
         handlers.update(importlib.import_module(name).register(sub))
+    for command in sub.choices.values():
+        command.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice; 1 is "
+                             "often fastest for small models on a busy machine)")
     return parser, handlers
 
 
@@ -209,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"ppl-vae {args.command}: error: --threads must be a positive integer, got {args.threads}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        import torch
+
+        torch.set_num_threads(args.threads)
     from ppl_vae.train import TrainingInterrupted
 
     try:

@@ -151,3 +151,19 @@ def test_latent_commands_are_wired(run_dir, tmp_path, capsys):
     assert (tmp_path / "i.png").is_file() and (tmp_path / "t.png").is_file()
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["latent-manifold.png", "latent-scatter.png"]
     assert main(["interpolate", str(run_dir), "--steps", "1"]) == 2
+
+
+def test_threads_option_sets_torch_threads_on_every_command(capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["list", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        assert main(["list", "--threads", "0"]) == 2
+        assert "--threads must be a positive integer" in capsys.readouterr().err
+        from ppl_vae.cli import build_parser
+
+        parser, handlers = build_parser()
+        for command in handlers:
+            assert "--threads" in parser._subparsers._group_actions[0].choices[command].format_help(), command
+    finally:
+        torch.set_num_threads(before)
