@@ -41,12 +41,7 @@ import numpy as np
 
 from ppl_vae import diagnostics, plots
 from ppl_vae.checkpoint import atomic_write, write_json
-from ppl_vae.errors import ConfigError
-
-
-def _positive(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+from ppl_vae.errors import ConfigError, require_int
 
 
 def _choose_observations(khat: np.ndarray, count: int, seed: int) -> list[int]:
@@ -87,7 +82,7 @@ def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samp
                                  ("nuts_warmup", nuts_warmup, 0), ("sbc_simulations", sbc_simulations, 20),
                                  ("sbc_draws", sbc_draws, 1), ("gap_observations", gap_observations, 0),
                                  ("gap_steps", gap_steps, 1), ("idata_samples", idata_samples, 1)):
-        _positive(name, value, minimum)
+        require_int(value, name, minimum)
     out = Path(out) if out is not None else run_dir / "diagnostics"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out or pass --overwrite")

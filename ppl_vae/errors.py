@@ -20,3 +20,10 @@ class ConfigError(PplVaeError, ValueError):
 
 class CheckpointError(PplVaeError):
     """A checkpoint or run folder is missing, damaged, or does not match its configuration."""
+
+
+def require_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` when it is an integer (not a bool) of at least ``minimum``; ConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -45,7 +45,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 
-from ppl_vae.errors import ConfigError
+from ppl_vae.errors import ConfigError, require_int
 
 ESTIMATORS = ("reparam", "score", "score-baseline")
 DESCRIPTIONS = {
@@ -335,11 +335,6 @@ def spread_figure(draws: dict[str, torch.Tensor], exact: float, xlabel: str = "g
 
 # -- run folders and the command line -------------------------------------------------------------------
 
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
 
 def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeats: int = 200, seed: int = 0,
                       out_dir: str | Path | None = None) -> dict:
@@ -351,8 +346,8 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
     from ppl_vae.plots import save_figure
     from ppl_vae.run import load_run, model_input
 
-    _positive_int(num_examples, "the number of examples")
-    _positive_int(num_repeats, "the number of repeats", 2)
+    require_int(num_examples, "the number of examples")
+    require_int(num_repeats, "the number of repeats", 2)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     vae, data = run.vae, run.data
