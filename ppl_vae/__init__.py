@@ -1,21 +1,50 @@
 """ppl_vae: the variational autoencoder as a probabilistic program in Pyro.
 
 The decoder is a Pyro model p(z) p(x | z), the encoder a Pyro guide q(z | x), and training is
-``pyro.infer.SVI`` with ``Trace_ELBO``. The public API is what this module exports.
+stochastic variational inference with Pyro's ELBOs. The public API is what this module exports.
+
+Names are imported on first use (PEP 562), so that ``import ppl_vae`` and the command line start
+without loading torch, Pyro and ArviZ until something needs them.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from ppl_vae.config import Config
-from ppl_vae.data import DataSplit, load_dataset
-from ppl_vae.errors import CheckpointError, ConfigError, DataError, PplVaeError
-from ppl_vae.evaluate import EvalResult, evaluate, log_weights
-from ppl_vae.run import evaluate_run, load, sample_run, train_run
-from ppl_vae.train import FitResult, fit
-from ppl_vae.vae import VAE
+#: Public name -> module that defines it.
+_EXPORTS = {
+    "VAE": "ppl_vae.vae",
+    "fit": "ppl_vae.train",
+    "FitResult": "ppl_vae.train",
+    "evaluate": "ppl_vae.evaluate",
+    "EvalResult": "ppl_vae.evaluate",
+    "log_weights": "ppl_vae.evaluate",
+    "load": "ppl_vae.run",
+    "train_run": "ppl_vae.run",
+    "evaluate_run": "ppl_vae.run",
+    "sample_run": "ppl_vae.run",
+    "Config": "ppl_vae.config",
+    "load_dataset": "ppl_vae.data",
+    "DataSplit": "ppl_vae.data",
+    "PplVaeError": "ppl_vae.errors",
+    "DataError": "ppl_vae.errors",
+    "ConfigError": "ppl_vae.errors",
+    "CheckpointError": "ppl_vae.errors",
+}
 
-__all__ = [
-    "VAE", "fit", "FitResult", "evaluate", "EvalResult", "log_weights", "load", "Config", "load_dataset",
-    "DataSplit", "train_run", "evaluate_run", "sample_run", "PplVaeError", "DataError", "ConfigError",
-    "CheckpointError", "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ppl_vae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value          # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

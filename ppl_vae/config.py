@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.validation import check_bool, check_hidden_dims, check_number, check_string
+
+#: A config file holds a few dozen fields; anything larger is not one.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -59,28 +62,21 @@ class Config:
     # -- validation and (de)serialisation
 
     def validate(self) -> Config:
-        """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        positive_ints = ("latent_dim", "epochs", "batch_size", "num_particles", "particles", "checkpoint_every")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden_dims):
-            raise ConfigError(f"hidden_dims must be positive integers, got {self.hidden_dims!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise ConfigError(f"heldout_fraction must be between 0 and 1, got {self.heldout_fraction!r}")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
-            raise ConfigError(f"image_size must be a positive integer, got {self.image_size!r}")
-        if self.binarize not in ("auto", "dynamic", "threshold", "none"):
-            raise ConfigError(f"binarize must be one of auto, dynamic, threshold, none; got {self.binarize!r}")
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
-            raise ConfigError(f"beta must be a non-negative number, got {self.beta!r}")
-        if self.on_divergence not in ("stop", "restore"):
-            raise ConfigError(f"on_divergence must be stop or restore, got {self.on_divergence!r}")
-        if not isinstance(self.keep_best, bool):
-            raise ConfigError(f"keep_best must be true or false, got {self.keep_best!r}")
+        """Check every field's type and range (:mod:`ppl_vae.validation`); raise :class:`ConfigError`
+        naming the first bad one. Names of priors, guides and likelihoods are checked where they are
+        built, against their registries."""
+        for name in ("latent_dim", "epochs", "batch_size", "num_particles", "particles", "checkpoint_every", "lr",
+                     "beta", "heldout_fraction", "seed", "split_seed"):
+            check_number(getattr(self, name), name)
+        if self.image_size is not None:
+            check_number(self.image_size, "image_size")
+        self.hidden_dims = check_hidden_dims(self.hidden_dims)
+        for name in ("dataset", "data_root", "prior", "likelihood", "guide", "elbo", "kl_schedule", "device"):
+            check_string(getattr(self, name), name)
+        check_string(self.binarize, "binarize", choices=("auto", "dynamic", "threshold", "none"))
+        check_string(self.on_divergence, "on_divergence", choices=("stop", "restore"))
+        check_bool(self.download, "download")
+        check_bool(self.keep_best, "keep_best")
         from ppl_vae.schedules import parse_schedule
 
         parse_schedule(self.kl_schedule, self.beta)
@@ -90,18 +86,28 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, *, source: str = "config") -> Config:
+    def from_dict(cls, values: dict, *, source: str = "config", complete: bool = False) -> Config:
+        """A Config from ``values``; unknown keys are refused. ``complete``: every field must be present
+        (a run folder's ``config.json`` records all of them; a missing one would silently fall back to
+        its default, e.g. train on the digits)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{source} has unknown keys {unknown}; valid keys are: {', '.join(sorted(known))}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values] if complete else []
+        if missing:
+            raise ConfigError(f"{source} lacks {', '.join(missing)}; a run folder's config.json records every field "
+                              "(restore it from a copy, or train again)")
         try:
             config = cls(**values)
         except TypeError as error:
             raise ConfigError(f"{source} is invalid: {error}") from None
         if isinstance(config.hidden_dims, tuple):
             config.hidden_dims = list(config.hidden_dims)
-        return config
+        try:
+            return config.validate()
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
@@ -110,14 +116,28 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass the path of a .json or .toml file")
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as error:
+            raise ConfigError(f"config file {path} cannot be read ({error.strerror or error}); check its "
+                              "permissions") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; a config holds a "
+                              "few dozen fields, pass a .json or .toml file of config fields")
+        try:
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not text (binary data, e.g. a pickle or a checkpoint); "
                               "pass a .json or .toml file of config fields") from None
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
         try:
             values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}") from None
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"config file {path} is not valid {kind}: {first}") from None
+        except (RecursionError, ValueError) as error:      # absurd nesting, integers of thousands of digits
+            raise ConfigError(f"config file {path} is not a usable {kind} file of config fields "
+                              f"({type(error).__name__}); pass a flat mapping of field names to values") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field names to values")
         return cls.from_dict(values, source=f"config file {path}")

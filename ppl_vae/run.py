@@ -9,8 +9,9 @@ Every function here is the Python form of a CLI command.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -20,18 +21,25 @@ from pathlib import Path
 import pyro
 import torch
 
-from ppl_vae import plots
+from ppl_vae import plots, threads
 from ppl_vae.checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, read_json, save_checkpoint, write_json
 from ppl_vae.compat import resolve_binarize, to_likelihood_space
 from ppl_vae.config import Config
 from ppl_vae.data import DataSplit, load_dataset
 from ppl_vae.errors import CheckpointError, ConfigError
 from ppl_vae.evaluate import EvalResult, evaluate
+from ppl_vae.folders import check_output_dir, check_output_file, claimed_output_dir, locked
+from ppl_vae.limits import check_bytes
 from ppl_vae.tabular import Scaling
 from ppl_vae.train import FitResult, fit, fixed_binarization
+from ppl_vae.validation import BOUNDS, check_number
 from ppl_vae.vae import VAE
 
 SCALING_NAME = "scaling.json"
+#: The units in which log-densities are reported. Tables of real features are standardized for
+#: training; their densities are reported for the original features (a constant shift per example).
+UNITS_AS_SCORED = "for the data as the likelihood scores it"
+UNITS_ORIGINAL = "for the table's features in their original units"
 BEST_NAME = "best.pt"
 _MODEL_FIELDS = ("latent_dim", "hidden_dims", "prior", "likelihood", "guide")
 
@@ -82,6 +90,8 @@ class TrainRun:
     run_dir: Path
     data: DataSplit
     result: FitResult
+    units: str = UNITS_AS_SCORED           # what the ELBOs in ``result.history`` are densities of
+    units_shift: float = 0.0               # add to them for the units of the data files (tables)
 
 
 def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool = False,
@@ -89,31 +99,43 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
               handle_signals: bool = False, distributed=None) -> TrainRun:
     """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``).
 
-    The folder is created, with a first checkpoint, when the first epoch ends (nothing is written if
-    the data or the configuration is refused). From then on ``checkpoint.pt`` (weights and the full training state)
-    and ``metrics.json`` are rewritten atomically every ``config.checkpoint_every`` epochs, and
-    ``best.pt`` whenever the held-out ELBO improves if ``config.keep_best``. With ``overwrite`` an
-    existing folder is replaced at that moment. ``handle_signals``: SIGINT/SIGTERM save a resumable
-    checkpoint and raise :class:`ppl_vae.train.TrainingInterrupted`; continue with :func:`resume_run`.
+    Before any work the output is checked (:func:`ppl_vae.folders.check_output_dir`: never the current
+    directory, a link, a file, a folder ppl_vae did not make or one holding the data). Once the data and
+    the model are accepted, the folder is made with its marker and config and stays locked for the
+    whole training (a second process asking for the same folder is refused); nothing is written if the
+    data or the configuration is refused. The first epoch always ends with a checkpoint; from then on
+    ``checkpoint.pt`` (weights and the full training state) and ``metrics.json`` are rewritten
+    atomically every ``config.checkpoint_every`` epochs, and ``best.pt`` whenever the held-out ELBO
+    improves if ``config.keep_best``. With ``overwrite`` an existing run folder (and only a run folder)
+    is replaced when the new one is made. ``handle_signals``: SIGINT/SIGTERM save a resumable checkpoint
+    and raise :class:`ppl_vae.train.TrainingInterrupted`; continue with :func:`resume_run`.
     ``distributed``: a :class:`ppl_vae.distributed.Context`; every process trains, rank 0 writes.
     """
     config.validate()
     run_dir = Path(out) if out is not None else default_run_dir(config)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not overwrite:
-            raise ConfigError(f"run folder {run_dir} already exists and is not empty; choose another --out, pass "
-                              f"--overwrite, or continue it with `ppl-vae train --resume {run_dir}`")
+    main = distributed is None or distributed.is_main
+    if main:            # before any work: refuse an output that would destroy something or cannot be written
+        check_output_dir(run_dir, "run", overwrite=overwrite, inputs=data_paths(config))
     device = distributed.device if distributed is not None else resolve_device(config.device)
     data = load_data(config)
+    check_model_size(config, data.data_shape)
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, data.data_shape).to(device)
     # Record what "auto" resolved to, so that config.json says exactly what ran.
     config = replace(config, guide=vae.spec["guide"] or config.guide,
                      binarize=resolve_binarize(config.binarize, vae.likelihood))
     data, scaling = prepare_table(data, vae.likelihood)
-    writer = _RunWriter(run_dir, config, vae, data, scaling, command, replace_existing=overwrite,
-                        distributed=distributed)
-    return writer.train(progress=progress, handle_signals=handle_signals)
+    threads.adapt(step_work(vae, config.batch_size * config.particles))
+    writer = _RunWriter(run_dir, config, vae, data, scaling, command, distributed=distributed,
+                        fingerprint=data_fingerprint(config))
+    if not main:
+        return writer.train(progress=progress, handle_signals=handle_signals)
+    with contextlib.ExitStack() as claim:
+        def start() -> None:      # fit accepted the data and the model: make the folder, hold it to the end
+            claim.enter_context(claimed_output_dir(run_dir, "run", replace=overwrite, action="train"))
+            writer.create()
+
+        return writer.train(progress=progress, handle_signals=handle_signals, on_start=start)
 
 
 def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool | None = None,
@@ -134,22 +156,27 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
     run = load_run(run_dir, device=device or read_config(run_dir).device)
     config = run.config
     if epochs is not None:
-        config = replace(config, epochs=epochs).validate()
+        config = replace(config, epochs=check_number(epochs, "epochs")).validate()
+    fingerprint = check_same_data(run_dir, config)
+    threads.adapt(step_work(run.vae, config.batch_size * config.particles))
     writer = _RunWriter(run_dir, config, run.vae, run.data, run.scaling, command, resume=training,
-                        distributed=distributed)
-    return writer.train(progress=progress, handle_signals=handle_signals)
+                        distributed=distributed, fingerprint=fingerprint)
+    if distributed is not None and not distributed.is_main:
+        return writer.train(progress=progress, handle_signals=handle_signals)
+    with locked(run_dir, "train --resume"):
+        return writer.train(progress=progress, handle_signals=handle_signals)
 
 
 class _RunWriter:
     """Trains and keeps the run folder in step with training: config, checkpoints, metrics, status."""
 
     def __init__(self, run_dir: Path, config: Config, vae: VAE, data: DataSplit, scaling, command,
-                 *, replace_existing: bool = False, resume: dict | None = None, distributed=None):
+                 *, resume: dict | None = None, distributed=None, fingerprint: dict | None = None):
         self.run_dir, self.config, self.vae, self.data, self.scaling = run_dir, config, vae, data, scaling
         self.distributed = distributed
         self.main = distributed is None or distributed.is_main      # only rank 0 writes
         self.command = command if command is not None else sys.argv
-        self.replace_existing = replace_existing
+        self.fingerprint = fingerprint
         self.resume = resume
         self.created = resume is not None          # a resumed run's folder exists already
         self.best = max((r["heldout_elbo"] for r in resume["history"] if "heldout_elbo" in r), default=None) \
@@ -158,7 +185,7 @@ class _RunWriter:
         self.history: list[dict] = list(resume["history"]) if resume is not None else []
         self.saved_epoch = resume["epoch"] if resume is not None else 0   # epoch of the checkpoint on disk
 
-    def train(self, *, progress, handle_signals) -> TrainRun:
+    def train(self, *, progress, handle_signals, on_start=None) -> TrainRun:
         from ppl_vae.train import TrainingDiverged, TrainingInterrupted
 
         config = self.config
@@ -168,7 +195,7 @@ class _RunWriter:
                          elbo=config.elbo, num_particles=config.particles, beta=config.beta,
                          kl_schedule=config.kl_schedule, heldout_seed=config.split_seed, progress=progress,
                          on_epoch_end=self.epoch_end, resume=self.resume, on_divergence=config.on_divergence,
-                         handle_signals=handle_signals, distributed=self.distributed)
+                         handle_signals=handle_signals, distributed=self.distributed, on_start=on_start)
         except TrainingInterrupted as stopped:
             self.save(stopped.state, status="interrupted")
             raise TrainingInterrupted(f"{stopped}; saved {self.run_dir / CHECKPOINT_NAME}; continue with "
@@ -184,7 +211,8 @@ class _RunWriter:
         if self.main:
             write_figures(self.vae, self.data, result.history, self.run_dir / "figures", seed=config.seed,
                           binarize=config.binarize, heldout_seed=config.split_seed)
-        return TrainRun(run_dir=self.run_dir, data=self.data, result=result)
+        shift, units = units_of(self.scaling)
+        return TrainRun(run_dir=self.run_dir, data=self.data, result=result, units=units, units_shift=shift)
 
     def epoch_end(self, state: dict) -> None:
         self.history = state["history"]
@@ -203,12 +231,9 @@ class _RunWriter:
             self.save(state, status="training")
 
     def create(self) -> None:
-        """Make the run folder with its config (once; replacing an old folder if asked)."""
+        """Write the config into the run folder (claimed by :func:`train_run`), once."""
         if self.created:
             return
-        if self.replace_existing and self.run_dir.exists():
-            shutil.rmtree(self.run_dir) if self.run_dir.is_dir() else self.run_dir.unlink()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", self.config.to_dict())
         if self.scaling is not None:
             write_json(self.run_dir / SCALING_NAME, self.scaling.to_dict())
@@ -226,8 +251,15 @@ class _RunWriter:
                         optimizer_state=state["optimizer"], epoch=state["epoch"], step=state["step"], training=state)
         self.saved_epoch = state["epoch"]
         history = state["history"]
+        shift, _ = units_of(self.scaling)
+        units = "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization"
+        if self.scaling is not None:
+            units = (f"ELBO per example in nats (higher is better) of the STANDARDIZED features the model is "
+                     f"trained on; add units_shift = {shift:.6g} for the table's original units (as "
+                     "`ppl-vae evaluate` reports)")
         write_json(self.run_dir / "metrics.json", {
-            "units": "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization",
+            "units": units,
+            **({"units_shift": shift} if self.scaling is not None else {}),
             "history": history,
             "final": history[-1] if history else None,
         })
@@ -246,9 +278,10 @@ class _RunWriter:
             "commands": commands,
             "versions": _versions(),
             "device": str(self.vae.device),
-            "threads": torch.get_num_threads(),
+            "threads": threads.record(),
             "data": {"name": self.data.name, "data_shape": list(self.data.data_shape),
-                     "num_train": int(self.data.train.shape[0]), "num_heldout": int(self.data.heldout.shape[0])},
+                     "num_train": int(self.data.train.shape[0]), "num_heldout": int(self.data.heldout.shape[0]),
+                     "fingerprint": self.fingerprint},
             "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started))),
             "train_seconds": round(sum(r.get("seconds", 0.0) for r in self.history), 3),   # the SVI steps
         })
@@ -297,6 +330,19 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
     return LoadedRun(vae=vae, config=config, data=data, scaling=scaling)
 
 
+def units_of(scaling: Scaling | None) -> tuple[float, str]:
+    """``(shift, label)``: add ``shift`` to a log-density of the data as the model scores it to get the
+    one that ``label`` names (the original units of a standardized table)."""
+    if scaling is None:
+        return 0.0, UNITS_AS_SCORED
+    return float(scaling.log_abs_det), UNITS_ORIGINAL
+
+
+def load_units(run_dir: str | Path) -> tuple[float, str]:
+    """:func:`units_of` for a run folder."""
+    return units_of(_read_scaling(Path(run_dir)))
+
+
 def _read_scaling(run_dir: Path) -> Scaling | None:
     path = run_dir / SCALING_NAME
     return Scaling.from_dict(read_json(path, "scaling")) if path.exists() else None
@@ -324,7 +370,70 @@ def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, 
 
 
 def read_config(run_dir: Path) -> Config:
-    return Config.from_dict(read_json(run_dir / "config.json", "config"), source=f"{run_dir / 'config.json'}")
+    """A run folder's ``config.json``: every field present and valid (a missing ``dataset`` must not
+    quietly become the digits)."""
+    return Config.from_dict(read_json(Path(run_dir) / "config.json", "config"),
+                            source=f"{Path(run_dir) / 'config.json'}", complete=True)
+
+
+def data_paths(config: Config) -> list[Path]:
+    """The files or folders a config's data set is read from (what no output may replace)."""
+    kind, _, rest = config.dataset.partition(":")
+    if kind in ("npz", "folder", "table") and rest:
+        return [Path(rest)]
+    if kind in ("mnist", "fashion-mnist", "kmnist"):
+        return [Path(config.data_root)]
+    return []
+
+
+def data_fingerprint(config: Config) -> dict | None:
+    """A content hash of the files the config's data set is read from (see :func:`ppl_vae.data.data_fingerprint`)."""
+    from ppl_vae import data
+
+    fingerprint = getattr(data, "data_fingerprint", None)   # TODO(wire): provided by the data module
+    return fingerprint(config.dataset, root=config.data_root) if fingerprint else None
+
+
+def check_same_data(run_dir: Path, config: Config) -> dict | None:
+    """Refuse to resume a run whose data changed since it was trained; returns the fingerprint."""
+    path = Path(run_dir) / "run.json"
+    recorded = (read_json(path, "run.json").get("data") or {}).get("fingerprint") if path.exists() else None
+    now = data_fingerprint(config)
+    if recorded is not None and now is not None and recorded.get("sha256") != now.get("sha256"):
+        raise CheckpointError(f"the data of {run_dir} ({config.dataset}) changed since the run was trained (content "
+                              "hash differs); resuming would mix two data sets: restore the data, or train a new run")
+    return now
+
+
+#: Bytes per float32 parameter while training: the value, its gradient and Adam's two moments.
+_TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def _layer_sizes(config: Config, data_shape) -> tuple[list[int], list[int]]:
+    features = 1
+    for size in data_shape:
+        features *= int(size)
+    hidden = [int(h) for h in config.hidden_dims]
+    return [features, *hidden, 2 * config.latent_dim], [config.latent_dim, *reversed(hidden), 2 * features]
+
+
+def check_model_size(config: Config, data_shape) -> None:
+    """Refuse, before building anything, a network or a batch that would not fit the memory budget
+    (:mod:`ppl_vae.limits`): the parameters with their gradients and Adam moments, and one batch's
+    activations."""
+    encoder, decoder = _layer_sizes(config, data_shape)
+    params = sum(a * b + b for layers in (encoder, decoder) for a, b in zip(layers, layers[1:]))
+    check_bytes(params * _TRAINING_BYTES_PER_PARAMETER, f"a network of {params:,} parameters (latent_dim "
+                f"{config.latent_dim}, hidden_dims {config.hidden_dims}, data of shape {tuple(data_shape)})")
+    width = sum(encoder) + sum(decoder)
+    rows = config.batch_size * config.particles
+    check_bytes(rows * width * 4 * 3, f"a batch of {config.batch_size} examples x {config.particles} particles "
+                f"through layers of {width:,} units in all")
+
+
+def step_work(vae: VAE, rows: int) -> float:
+    """Multiply-adds of one training step, roughly: parameters x examples (for the thread choice)."""
+    return float(sum(p.numel() for p in vae.parameters())) * rows
 
 
 def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
@@ -369,31 +478,72 @@ def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch
         result = replace(result, elbo=result.elbo + shift, log_likelihood=result.log_likelihood + shift,
                          reconstruction=result.reconstruction + shift,
                          per_example={k: v + shift for k, v in result.per_example.items()})
+    _, label = units_of(scaling)
     write_json(run_dir / "eval.json", {**result.to_dict(), "seed": seed, "dataset": data.name,
-                                       "units": "per example, nats; *_se: Monte Carlo standard error; "
+                                       "units": f"per example, nats, {label}; *_se: Monte Carlo standard error; "
                                                 "*_data_se: standard error over examples"})
     return result
 
 
+def default_sample_path(run_dir: str | Path, seed: int = 0) -> Path:
+    """Where ``ppl-vae sample`` writes by default: an image grid, or a CSV table for table runs."""
+    table = str(read_config(Path(run_dir)).dataset).startswith("table:")
+    return Path(run_dir) / ("samples" if table else "figures") / f"samples-{seed}.{'csv' if table else 'png'}"
+
+
 def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | None = None, *, seed: int = 0,
-               device: str = "cpu") -> torch.Tensor:
-    """Draw from a trained model; with ``out``, also write an image grid (``ppl-vae sample``)."""
-    if num_samples < 1:
-        raise ConfigError(f"the number of samples must be positive, got {num_samples}")
+               device: str = "cpu", mean: bool | None = None) -> torch.Tensor:
+    """Draw ``num_samples`` examples from a trained model, ``(num_samples, *data_shape)``; with ``out``,
+    also write them (``ppl-vae sample``): a ``.png`` image grid or ``.csv`` rows with the table's header.
+
+    ``mean``: the mean of p(x | z) at each z ~ p(z) instead of a draw of x. Default: the mean for an image
+    grid (what figures show), a draw otherwise (a count table's samples are counts, not rates).
+    """
+    run_dir = Path(run_dir)
+    check_number(num_samples, "the number of samples", BOUNDS["num_samples"])
+    check_number(seed, "seed")
+    if out is not None:     # before any work: an output that cannot be written, or would replace an input
+        check_output_file(out, inputs=[run_dir / CHECKPOINT_NAME, run_dir / "config.json",
+                                       *data_paths(read_config(run_dir))], suffixes=(".png", ".csv"))
     vae = load(run_dir, device=device)
+    check_bytes(num_samples * math.prod(vae.data_shape) * 4 * 4, f"{num_samples} samples of shape {tuple(vae.data_shape)}")
+    scaling = _read_scaling(run_dir)
+    table = out is not None and Path(out).suffix.lower() == ".csv"
+    if out is not None and not table and (plots._as_images(torch.zeros(1, *vae.data_shape)) is None
+                                          or scaling is not None):
+        raise ConfigError(f"the samples are rows of a table, not images; write them with --out "
+                          f"{Path(out).with_suffix('.csv')}")
+    if mean is None:
+        mean = out is not None and not table
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        samples = vae.sample(num_samples).cpu()
-    scaling = _read_scaling(Path(run_dir))
+        samples = vae.sample(num_samples, mean=mean).cpu()
     if scaling is not None:
         samples = scaling.invert(samples)                 # back to the original units
     if out is not None:
-        out = Path(out)
-        if out.suffix.lower() == ".csv":
-            rows = "\n".join(",".join(f"{v:.6g}" for v in row) for row in samples.reshape(num_samples, -1).tolist())
-            atomic_write(out, lambda handle: handle.write((rows + "\n").encode()))
-        elif plots._as_images(samples[:1]) is None or scaling is not None:
-            raise ConfigError(f"the samples are rows of a table, not images; write them with --out {out.with_suffix('.csv')}")
+        if table:
+            _write_csv(Path(out), samples.reshape(num_samples, -1), _column_names(read_config(run_dir)))
         else:
-            plots.save_figure(plots.samples_figure(samples), out)
+            plots.save_figure(plots.samples_figure(samples), Path(out))
     return samples
+
+
+def _column_names(config: Config) -> list[str] | None:
+    from ppl_vae import tabular
+
+    names = getattr(tabular, "column_names", None)
+    spec = config.dataset
+    return names(spec.split(":", 1)[1]) if names is not None and spec.startswith("table:") else None
+
+
+def _write_csv(path: Path, rows: torch.Tensor, names: list[str] | None) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names if names and len(names) == rows.shape[1] else [f"x{j}" for j in range(rows.shape[1])])
+    integral = bool(torch.all(rows == rows.round()))
+    for row in rows.tolist():
+        writer.writerow([f"{v:.0f}" if integral else f"{v:.6g}" for v in row])
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))

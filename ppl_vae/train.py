@@ -221,6 +221,7 @@ def fit(
     handle_signals: bool = False,
     stop: Callable[[int], bool] | None = None,
     distributed=None,
+    on_start: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``vae`` by SVI with ``Trace_ELBO`` and Adam.
 
@@ -259,6 +260,8 @@ def fit(
         handle_signals: turn SIGINT/SIGTERM into a clean stop after the current step: raises
             :class:`TrainingInterrupted` carrying the state (main thread only).
         stop: called after every step with the number of steps done; True stops as a signal would.
+        on_start: called once every input has been checked, before the first step (where
+            :func:`ppl_vae.run.train_run` creates the run folder, so that a refused input writes nothing).
         distributed: a :class:`ppl_vae.distributed.Context` (from ``init_from_environment``): train
             data-parallel with this process's share of every global batch of ``batch_size x world_size``
             examples; see :mod:`ppl_vae.distributed`.
@@ -353,6 +356,8 @@ def fit(
     restores = 0
     try:
         with _Signals(handle_signals) as signals:
+            if on_start is not None:          # every input accepted: the caller may now create its outputs
+                on_start()
             for epoch in range(done_epochs + 1, epochs + 1):
                 vae.train()
                 start = time.perf_counter()

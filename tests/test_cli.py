@@ -73,9 +73,9 @@ def test_npz_28x28_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--prior", "cauchy"], "unknown prior 'cauchy'"),
-    (["train", "--epochs", "0"], "epochs must be a positive integer"),
-    (["train", "--lr", "-0.1"], "lr must be a positive number"),
-    (["train", "--latent-dim", "0"], "latent_dim must be a positive integer"),
+    (["train", "--epochs", "0"], "--epochs: must be an integer >= 1"),
+    (["train", "--lr", "-0.1"], "--lr: must be a number > 0"),
+    (["train", "--latent-dim", "0"], "--latent-dim: must be an integer >= 1"),
     (["train", "--dataset", "npz:/nonexistent/file.npz"], "/nonexistent/file.npz"),
     (["train", "--dataset", "imagenet"], "imagenet"),
     (["evaluate", "/nonexistent/run"], "run folder /nonexistent/run does not exist"),
@@ -156,10 +156,10 @@ def test_latent_commands_are_wired(run_dir, tmp_path, capsys):
 def test_threads_option_sets_torch_threads_on_every_command(capsys):
     before = torch.get_num_threads()
     try:
-        assert main(["list", "--threads", "2"]) == 0
+        assert main(["evaluate", "/nonexistent/run", "--threads", "2"]) == 2      # set before the run is read
         assert torch.get_num_threads() == 2
         assert main(["list", "--threads", "0"]) == 2
-        assert "--threads must be a positive integer" in capsys.readouterr().err
+        assert "--threads: must be an integer >= 1" in capsys.readouterr().err
         from ppl_vae.cli import build_parser
 
         parser, handlers = build_parser()

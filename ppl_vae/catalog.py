@@ -1,0 +1,54 @@
+"""What ``ppl-vae list`` prints: every registered name with one whole line of plain text.
+
+Kept here, without importing torch, so that ``ppl-vae list`` answers at once. A test holds these
+names equal to the registries (``ppl_vae.models.PRIORS``, ``LIKELIHOODS``, ``ppl_vae.guides.GUIDES``,
+``ppl_vae.compat.OBJECTIVES``), so an entry cannot be added to one without the other.
+"""
+
+PRIORS = {
+    "normal": "N(0, I), the standard VAE prior",
+    "learned-normal": "N(m, diag s^2) with learnable m and s",
+    "laplace": "independent Laplace(0, 1/sqrt 2): unit variance, heavier tails",
+    "student-t": "independent Student-t(nu, 0, 1) with learnable degrees of freedom",
+    "mog": "mixture of 10 diagonal Gaussians with learnable weights, locs and scales",
+    "vamp": "VampPrior: mixture of q(z|u_k) at 50 learned pseudo-inputs",
+    "hierarchical": "z ~ N(0, diag tau^2), tau ~ HalfCauchy(1), inferred by a LogNormal global guide",
+    "flow": "N(0, I) through two learnable affine coupling layers",
+    "sphere": "uniform on the unit hypersphere S^(d-1) (needs the power-spherical guide)",
+    "dirichlet": "Dirichlet(1), uniform on the simplex (needs the dirichlet guide)",
+}
+
+GUIDES = {
+    "normal": "amortized diagonal Normal posterior N(mu(x), diag sigma(x)^2)",
+    "full-rank": "amortized multivariate Normal posterior with a full covariance",
+    "iaf": "diagonal Normal pushed through affine autoregressive layers that also see h(x) (IAF)",
+    "delta": "amortized point mass at f(x): a plain autoencoder when beta = 0",
+    "power-spherical": "amortized power spherical posterior on the unit sphere (De Cao & Aziz 2020)",
+    "dirichlet": "amortized Dirichlet posterior on the probability simplex",
+}
+
+LIKELIHOODS = {
+    "bernoulli": "independent Bernoulli pixels, one logit per feature",
+    "continuous-bernoulli": "continuous Bernoulli grey levels in [0, 1], one logit per feature",
+    "gaussian": "independent Normal features around the decoder output, one shared learned scale",
+    "gaussian-per-feature": "independent Normal features around the decoder output, one learned scale per feature",
+    "beta": "Beta grey levels in [0, 1], two parameters per feature",
+    "laplace": "independent Laplace features around the decoder output, one shared learned scale (an L1 loss)",
+    "discretized-logistic": "8-bit grey levels: a logistic discretized to the 256 levels k/255",
+    "categorical-256": "8-bit grey levels: an unconstrained categorical over the 256 levels of every feature",
+    "poisson": "independent Poisson counts with log rate from the decoder",
+    "negative-binomial": "independent negative-binomial counts with log mean from the decoder, learned dispersion",
+}
+
+OBJECTIVES = {
+    "trace": "Trace_ELBO: Monte Carlo KL, works for every prior and guide (default)",
+    "meanfield": "TraceMeanField_ELBO: analytic KL where torch registers one, refused otherwise",
+    "iwae": "importance-weighted bound (RenyiELBO, alpha=0) with --particles K draws, vectorized",
+}
+
+CATALOG = {
+    "priors (--prior)": PRIORS,
+    "guides (--guide)": GUIDES,
+    "likelihoods (--likelihood)": LIKELIHOODS,
+    "objectives (--elbo)": OBJECTIVES,
+}

@@ -1,0 +1,185 @@
+"""``ppl-vae train | evaluate | sample | list``: the commands of a run folder's life.
+
+Flags are checked by :mod:`ppl_vae.validation` as argparse parses them (types and ranges); the work is
+done by :mod:`ppl_vae.run`, imported only when a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.validation import arg, count, path_arg
+
+#: Config fields a train flag may set (the flag is the field with - for _).
+TRAIN_FIELDS = ("dataset", "data_root", "download", "image_size", "binarize", "latent_dim", "hidden_dims", "prior",
+                "likelihood", "guide", "elbo", "particles", "beta", "kl_schedule", "epochs", "batch_size", "lr",
+                "seed", "device", "checkpoint_every", "keep_best", "on_divergence")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a VAE and write a run folder",
+                       description="Train a VAE by SVI (Trace_ELBO) and write a run folder with config, checkpoint, "
+                                   "metrics and figures. With no arguments: the embedded digits data.")
+    # Defaults are None so that a --config file's values survive unless a flag overrides them.
+    p.add_argument("--dataset", help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | "
+                   "table:PATH (.csv or .npz of real or count features)")
+    p.add_argument("--data-root", help="folder with MNIST-family files in torchvision's layout (default: data)")
+    p.add_argument("--download", action="store_true", default=None, help="download MNIST-family files if missing")
+    p.add_argument("--image-size", type=arg("image_size"), help="resize images to this square size (e.g. 28)")
+    p.add_argument("--binarize", choices=["auto", "dynamic", "threshold", "none"], help="binarization of grey "
+                   "images (default: auto = dynamic for binary likelihoods such as bernoulli, none otherwise)")
+    p.add_argument("--latent-dim", type=arg("latent_dim"), help="dimension of z (default: 8)")
+    p.add_argument("--hidden-dims", type=arg("hidden_dim"), nargs="*",
+                   help="encoder hidden widths, decoder reversed (default: 256 128)")
+    p.add_argument("--prior", help="prior name (default: normal; see `ppl-vae list`)")
+    p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
+    p.add_argument("--guide", help="guide family name (default: auto, the family matching the prior's space)")
+    p.add_argument("--elbo", help="objective: trace (default) | meanfield | iwae")
+    p.add_argument("--particles", type=arg("particles"),
+                   help="draws of z per example and step; K of the iwae bound (default: 1)")
+    p.add_argument("--beta", type=arg("beta"), help="weight of the KL part of the ELBO (default: 1)")
+    p.add_argument("--kl-schedule", help="constant (default) | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; rises to --beta")
+    p.add_argument("--epochs", type=arg("epochs"), help="passes over the training data (default: 200)")
+    p.add_argument("--batch-size", type=arg("batch_size"), help="examples per SVI step (default: 128)")
+    p.add_argument("--lr", type=arg("lr"), help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=arg("seed"), help="random seed (default: 0)")
+    p.add_argument("--device", help="cpu (default) | cuda | cuda:N")
+    p.add_argument("--config", type=path_arg, help="JSON or TOML file of config fields; flags override it")
+    p.add_argument("--out", type=path_arg, help="run folder to create (default: runs/<dataset>-<time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run folder (only a folder ppl_vae made for a run)")
+    p.add_argument("--resume", type=path_arg, metavar="RUN_DIR",
+                   help="continue an interrupted run exactly where it stopped (with --epochs N: train up to N epochs)")
+    p.add_argument("--checkpoint-every", type=arg("checkpoint_every"),
+                   help="write a resumable checkpoint every N epochs (default: 10; SIGINT/SIGTERM and the end of "
+                        "training always write one)")
+    p.add_argument("--keep-best", action="store_true", default=None,
+                   help="also keep best.pt, the weights with the best held-out ELBO")
+    p.add_argument("--on-divergence", choices=["stop", "restore"],
+                   help="on a NaN/inf gradient: stop (default) or skip the step and divide the learning rate by 10")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="held-out ELBO and importance-sampled log p(x) of a run",
+                       description="Evaluate a run folder on its held-out data; prints a table and writes eval.json.")
+    p.add_argument("run_dir", type=path_arg)
+    p.add_argument("--num-particles", "-k", type=arg("num_particles"),
+                   help="importance samples per example (default: the config's, 1000)")
+    p.add_argument("--batch-size", type=arg("batch_size"), help="examples per chunk (default: by memory)")
+    p.add_argument("--seed", type=arg("seed"), default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw from a trained model into an image grid or a CSV table")
+    p.add_argument("run_dir", type=path_arg)
+    p.add_argument("-n", "--num-samples", type=count("--num-samples", 1, 100_000), default=64)
+    p.add_argument("--out", type=path_arg, help="file to write: .png image grid, or .csv rows (default: "
+                   "RUN_DIR/figures/samples-<seed>.png; RUN_DIR/samples/samples-<seed>.csv for tables)")
+    p.add_argument("--mean", action="store_true",
+                   help="write the mean of p(x | z) at each z ~ p(z) instead of a draw of x (images always show "
+                        "the mean; tables and counts are draws unless --mean)")
+    p.add_argument("--seed", type=arg("seed"), default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def config_from_args(args: argparse.Namespace):
+    from ppl_vae.config import Config
+
+    config = Config.from_file(args.config) if args.config is not None else Config()
+    values = config.to_dict()
+    for name in values:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    return Config.from_dict(values, source="flags and config").validate()
+
+
+def _train(args) -> None:
+    from ppl_vae import distributed
+    from ppl_vae.run import read_config, resume_run, train_run
+
+    progress = False if args.quiet else None
+    command = ["ppl-vae", *args.argv]
+    if args.resume is not None:
+        given = [name for name in TRAIN_FIELDS if name != "epochs" and getattr(args, name, None) is not None]
+        if given or args.config is not None or args.out is not None or args.overwrite:
+            extra = [f"--{n.replace('_', '-')}" for n in given] + (["--config"] if args.config else []) + \
+                (["--out"] if args.out else []) + (["--overwrite"] if args.overwrite else [])
+            raise ConfigError(f"--resume continues {args.resume} as configured in its config.json; drop "
+                              f"{' '.join(extra)} (only --epochs may change, to train longer)")
+        config = read_config(args.resume)
+    else:
+        config = config_from_args(args)
+    context = distributed.init_from_environment(config.device)     # torchrun: join the process group
+    failed = True
+    try:
+        if args.resume is not None:
+            run = resume_run(args.resume, epochs=args.epochs, progress=progress, command=command,
+                             handle_signals=True, distributed=context)
+            config = read_config(run.run_dir)
+        else:
+            if context is not None and args.out is None:
+                raise ConfigError("distributed training needs --out RUN_DIR, the same for every process")
+            run = train_run(config, args.out, overwrite=args.overwrite, progress=progress, command=command,
+                            handle_signals=True, distributed=context)
+        failed = False
+    finally:
+        distributed.shutdown(context, wait=not failed)
+    if context is not None and not context.is_main:
+        return
+    final = run.result.history[-1]
+    processes = f", {context.world_size} processes" if context is not None else ""
+    print(f"trained on {run.data.name}: {run.data.train.shape[0]} train / {run.data.heldout.shape[0]} held-out "
+          f"examples of shape {tuple(run.data.data_shape)}, {config.epochs} epochs{processes}")
+    shift, units = run.units_shift, run.units
+    print(f"held-out ELBO {final['heldout_elbo'] + shift:.2f} nats per example, {units} (train "
+          f"{final['train_elbo'] + shift:.2f})")
+    print(f"run folder: {run.run_dir}  (next: ppl-vae evaluate {run.run_dir})")
+
+
+def _evaluate(args) -> None:
+    from ppl_vae.run import evaluate_run
+
+    result = evaluate_run(args.run_dir, num_particles=args.num_particles, batch_size=args.batch_size, seed=args.seed,
+                          device=args.device, progress=not args.quiet)
+    rows = [("ELBO", result.elbo, result.elbo_se, result.elbo_data_se),
+            (f"log p(x), IWAE K={result.num_particles}", result.log_likelihood, result.log_likelihood_se,
+             result.log_likelihood_data_se),
+            ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
+            ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None)]
+    from ppl_vae.run import load_units
+
+    print(f"{result.num_examples} held-out examples, per example in nats, {load_units(args.run_dir)[1]}")
+    print(f"{'quantity':<34}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}")
+    for name, mean, se, data_se in rows:
+        print(f"{name:<34}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
+    print(f"wrote {args.run_dir / 'eval.json'}")
+
+
+def _sample(args) -> None:
+    from ppl_vae.run import default_sample_path, sample_run
+
+    out = args.out if args.out is not None else default_sample_path(args.run_dir, args.seed)
+    sample_run(args.run_dir, args.num_samples, out, seed=args.seed, device=args.device, mean=args.mean)
+    print(f"wrote {args.num_samples} samples to {out}")
+
+
+def _list(args) -> None:
+    from ppl_vae.catalog import CATALOG
+
+    for title, rows in CATALOG.items():
+        print(title)
+        for name, text in rows.items():
+            print(f"  {name:<22}{text}")
+
+
+def register(sub) -> dict:
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_sample(sub)
+    sub.add_parser("list", help="every prior, guide, likelihood and objective, one line each")
+    return {"train": _train, "evaluate": _evaluate, "sample": _sample, "list": _list}

@@ -1,0 +1,75 @@
+"""Resource limits for everything read from outside: data files, checkpoints, sizes asked for on the CLI.
+
+A 64-byte npz member can declare terabytes, a few-kilobyte checkpoint can expand to gigabytes and a
+flag such as ``--latent-dim 10**9`` reaches the allocator before anything fails. Every reader and every
+size argument checks what it is about to allocate against one budget, *before* allocating, and refuses
+with a one-line error that names the limit and how to raise it.
+
+The budget is derived from the machine: a quarter of its physical memory (at most 64 GiB per single
+array or tensor, and the same for a whole file). ``PPL_VAE_MAX_MEMORY`` (bytes, or with a suffix K, M,
+G, T: ``PPL_VAE_MAX_MEMORY=16G``) replaces it explicitly; the CLI's ``--max-memory`` sets the same.
+This module imports nothing heavy, so the CLI can use it at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ppl_vae.errors import ConfigError, PplVaeError
+
+ENV_VAR = "PPL_VAE_MAX_MEMORY"
+_FRACTION_OF_RAM = 4                  # the default budget is physical memory / 4
+_FALLBACK_BYTES = 2 * 1024 ** 3       # when the machine does not say how much memory it has
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def parse_size(text: str, what: str = ENV_VAR) -> int:
+    """``"16G"`` -> 17179869184. Accepts an integer number of bytes or one with a K/M/G/T suffix."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), flags=re.IGNORECASE)
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f"{what} must be a positive size such as 8G, 512M or 1000000 (bytes), got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the machine does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_limit() -> int:
+    """The largest number of bytes one input (file, array, tensor, requested buffer) may need."""
+    given = os.environ.get(ENV_VAR)
+    if given:
+        return parse_size(given)
+    total = physical_memory()
+    return total // _FRACTION_OF_RAM if total else _FALLBACK_BYTES
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"   # pragma: no cover - loop always returns
+
+
+def check_bytes(nbytes: int | float, what: str, *, error: type[PplVaeError] = ConfigError) -> None:
+    """Refuse ``what`` when it would need more than :func:`memory_limit` bytes.
+
+    ``what`` names the thing, e.g. ``"npz member 'x_train' of data.npz (shape (10**9, 784), float64)"``.
+    """
+    limit = memory_limit()
+    if nbytes > limit:
+        raise error(f"{what} would need {format_bytes(nbytes)}, more than the limit of {format_bytes(limit)} "
+                    f"(a quarter of this machine's memory); raise it with --max-memory or {ENV_VAR}=SIZE if "
+                    "this is intended")
+
+
+def check_elements(count: int | float, what: str, *, bytes_per_element: int = 4,
+                   error: type[PplVaeError] = ConfigError) -> None:
+    """:func:`check_bytes` for ``count`` elements of ``bytes_per_element`` bytes (float32 by default)."""
+    check_bytes(count * bytes_per_element, what, error=error)

@@ -1,0 +1,74 @@
+"""How many intra-op threads torch uses, chosen by measurement rather than left to torch.
+
+Measured on the project's 2-core machine (``benchmarks/threads.py``, interleaved, one process):
+
+* the default digits model (64-256-128-8, batch 128) takes 2.1 ms per step on one thread and 4.2 ms on
+  two: for models this small the threads' hand-offs cost more than the matrix work, and when other work
+  holds the cores, spinning threads make it many times worse (the README's own ``ppl-vae train`` took
+  173 s with torch's default against 21 s with one thread);
+* larger models (784-400-50 at batch 128 and up) run 1.5-1.7x faster on two threads, *if* the second core
+  is idle; on a loaded machine the same setting was 4x slower (64x64 images: 16 s against 3.6 s per
+  epoch).
+
+So the CLI's default, ``auto``, is one thread, raised to the number of idle cores (from the load
+average) only when one step does enough work for threads to pay (:data:`WORK_PER_THREAD`) and those
+cores are really idle. ``--threads N`` fixes the count. ``run.json`` records the count and why. The
+Python API leaves torch's setting alone; call :func:`apply` yourself to get the same choice.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Multiply-adds per step (parameters x examples x particles) above which a second thread paid off in
+#: the measurements above: the digits default does ~1.3e7, 784-400-50 at batch 128 ~9e7.
+WORK_PER_THREAD = 5e7
+
+_state = {"mode": "torch", "threads": None, "reason": "torch's default (the Python API does not change it)"}
+
+
+def idle_cores() -> int:
+    """Cores not busy according to the 1-minute load average (at least 1)."""
+    count = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return 1
+    return max(1, min(count, int(count - load + 0.5)))
+
+
+def apply(threads: int | None) -> int:
+    """Set torch's intra-op threads: ``threads`` if given, else one (the ``auto`` default, which
+    :func:`adapt` may raise once the size of the work is known). Returns the count set."""
+    import torch
+
+    if threads is None:
+        _state.update(mode="auto", threads=1, reason="auto: one thread (small models are fastest on one)")
+    else:
+        _state.update(mode="fixed", threads=threads, reason="--threads")
+    torch.set_num_threads(_state["threads"])
+    return _state["threads"]
+
+
+def adapt(work: float) -> int:
+    """In ``auto`` mode, raise the thread count for large work (multiply-adds per step) when idle cores
+    exist; otherwise leave it. Returns the current count."""
+    import torch
+
+    if _state["mode"] == "auto" and work >= WORK_PER_THREAD:
+        idle = idle_cores()
+        if idle > 1:
+            count = min(idle, int(work // WORK_PER_THREAD) + 1)
+            _state.update(threads=count, reason=f"auto: {count} threads for {work:.2g} multiply-adds per step "
+                                                f"with {idle} idle cores")
+            torch.set_num_threads(count)
+        else:
+            _state["reason"] = f"auto: one thread ({work:.2g} multiply-adds per step, but no idle core)"
+    return torch.get_num_threads()
+
+
+def record() -> dict:
+    """What ``run.json`` stores: the count in use and why."""
+    import torch
+
+    return {"intra_op": torch.get_num_threads(), "choice": _state["reason"]}
