@@ -388,10 +388,9 @@ def data_paths(config: Config) -> list[Path]:
 
 def data_fingerprint(config: Config) -> dict | None:
     """A content hash of the files the config's data set is read from (see :func:`ppl_vae.data.data_fingerprint`)."""
-    from ppl_vae import data
+    from ppl_vae.data import data_fingerprint as fingerprint
 
-    fingerprint = getattr(data, "data_fingerprint", None)   # TODO(wire): provided by the data module
-    return fingerprint(config.dataset, root=config.data_root) if fingerprint else None
+    return fingerprint(config.dataset, root=config.data_root)
 
 
 def check_same_data(run_dir: Path, config: Config) -> dict | None:
@@ -529,11 +528,10 @@ def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | Non
 
 
 def _column_names(config: Config) -> list[str] | None:
-    from ppl_vae import tabular
+    from ppl_vae.tabular import column_names
 
-    names = getattr(tabular, "column_names", None)
     spec = config.dataset
-    return names(spec.split(":", 1)[1]) if names is not None and spec.startswith("table:") else None
+    return column_names(spec.split(":", 1)[1]) if spec.startswith("table:") else None
 
 
 def _write_csv(path: Path, rows: torch.Tensor, names: list[str] | None) -> None:

@@ -24,6 +24,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.compat import check_compatible, resolve_binarize, to_likelihood_space
 from ppl_vae.data import binarize as binarize_data
+from ppl_vae.data import check_data_support
 from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.evaluate import evaluate
 from ppl_vae.optim import GuardedAdam
@@ -287,13 +288,14 @@ def fit(
     pyro.set_rng_seed(seed if rank == 0 else seed + 1_000_003 * rank)
     shuffle = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed + 1)
-    probe = binarize_data(train[:256], binarize, generator=torch.Generator(device=device).manual_seed(0))
-    _check_support(vae, probe, "training data")
+    if likelihood is not None:            # every row, in chunks (a bad value may sit anywhere)
+        check_data_support(train, likelihood, "training data", binarize=binarize)
+    probe = binarize_data(train[:2], binarize, generator=torch.Generator(device=device).manual_seed(0))
     schedule_spec = kl_schedule if kl_schedule is None or isinstance(kl_schedule, str) else repr(kl_schedule)
     schedule = parse_schedule(kl_schedule or "constant", beta) if kl_schedule is None or isinstance(kl_schedule, str) \
         else kl_schedule
     varies = not isinstance(schedule, Constant)
-    check_compatible(vae, probe[:2], elbo=elbo, num_particles=num_particles, beta=0.5 if varies else schedule(0.0))
+    check_compatible(vae, probe, elbo=elbo, num_particles=num_particles, beta=0.5 if varies else schedule(0.0))
     if heldout is not None:
         heldout = fixed_binarization(to_likelihood_space(heldout.to(device), likelihood), binarize, heldout_seed)
         _check_support(vae, heldout, "held-out data")
