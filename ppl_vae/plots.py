@@ -1,5 +1,10 @@
 """Figures. Every function takes tensors or numbers and returns a matplotlib ``Figure``; nothing here
-computes model quantities. Figures are built without pyplot, so no display or backend is needed."""
+computes model quantities. Figures are built without pyplot, so no display or backend is needed.
+
+Conventions every figure keeps: every axis that shows a quantity has a label with its unit (ELBOs in
+nats per example), counts and epochs have integer ticks, image figures are sized to their grid, and
+:func:`save_figure` crops the saved file to its content (a thin even margin, no blank bands).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ppl_vae.checkpoint import atomic_write
 
@@ -27,18 +33,38 @@ def _as_images(x: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def image_grid(x: torch.Tensor, ncol: int | None = None, pad: int = 1) -> torch.Tensor:
-    """Tile ``(N, *data_shape)`` images into one ``(H', W', C)`` array for ``imshow``."""
+#: Value of the grey lines between tiles (drawn with ``gray_r``: 0 is white, 1 black).
+FRAME = 0.35
+
+
+def background_value(channels: int) -> float:
+    """The value that shows as white: 0 for one channel (drawn with ``gray_r``), 1 for RGB."""
+    return 0.0 if channels == 1 else 1.0
+
+
+def image_grid(x: torch.Tensor, ncol: int | None = None, pad: int = 1, spacers=()) -> torch.Tensor:
+    """Tile ``(N, *data_shape)`` images into one ``(H', W', C)`` array for ``imshow``.
+
+    Tile ``i`` is at row ``i // ncol``, column ``i % ncol``, its top-left pixel at
+    ``(pad + row * (h + pad), pad + col * (w + pad))``. Each image gets a ``pad``-pixel grey frame.
+    Indices in ``spacers`` (gaps in a layout: their images are ignored) and the cells after the last
+    image are background (:func:`background_value`, white) with no frame, so gaps do not look like tiles.
+    """
     images = _as_images(x)
     if images is None:
         raise ValueError(f"cannot draw examples of shape {tuple(x.shape[1:])} as images")
     n, c, h, w = images.shape
-    ncol = ncol or math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    grid = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.35)  # grey frame
+    ncol = ncol or max(1, math.ceil(math.sqrt(n)))
+    nrow = max(1, math.ceil(n / ncol))
+    gaps = {int(i) % n for i in spacers} if n else set()
+    grid = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), background_value(c))
     for i in range(n):
+        if i in gaps:
+            continue
         r, col = divmod(i, ncol)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+        top, left = r * (h + pad), col * (w + pad)
+        grid[:, top:top + h + 2 * pad, left:left + w + 2 * pad] = FRAME      # the frame around this tile
+        grid[:, top + pad:top + pad + h, left + pad:left + pad + w] = images[i]
     return grid.permute(1, 2, 0)
 
 
@@ -51,25 +77,34 @@ def _show(ax, grid: torch.Tensor, title: str) -> None:
     ax.axis("off")
 
 
-def samples_figure(samples: torch.Tensor, title: str = "samples from the prior: mean of p(x | z), z ~ p(z)") -> Figure:
-    fig = Figure(figsize=(6, 6.4))
-    _show(fig.add_subplot(1, 1, 1), image_grid(samples), title)
-    fig.tight_layout()
+def _grid_figure(grid: torch.Tensor, title: str, width: float) -> Figure:
+    """One image grid under a title, in a figure of the grid's aspect ratio (no blank bands)."""
+    title_lines = title.count("\n") + 1
+    fig = Figure(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.25 * title_lines + 0.15))
+    _show(fig.add_subplot(1, 1, 1), grid, title)
+    fig.tight_layout(pad=0.3)
     return fig
+
+
+def samples_figure(samples: torch.Tensor, title: str = "samples from the prior: mean of p(x | z), z ~ p(z)") -> Figure:
+    return _grid_figure(image_grid(samples), title, width=6)
 
 
 def reconstructions_figure(inputs: torch.Tensor, reconstructions: torch.Tensor) -> Figure:
-    """Inputs in the top row of each pair, reconstructions (decoded posterior means) below."""
+    """Inputs in the top row of each pair, reconstructions (decoded posterior means) below; a short last
+    group is padded with blank (spacer) cells so that each reconstruction stays under its input."""
     n = inputs.shape[0]
     ncol = min(n, 16)
-    pairs = []
+    rows, spacers, count = [], [], 0
     for first in range(0, n, ncol):
-        pairs += [inputs[first:first + ncol], reconstructions[first:first + ncol]]
-    fig = Figure(figsize=(8, 1.1 * len(pairs) + 0.6))
-    _show(fig.add_subplot(1, 1, 1), image_grid(torch.cat(pairs), ncol=ncol),
-          "held-out inputs (odd rows) and reconstructions, mean of p(x | z = E[z | x]) (even rows)")
-    fig.tight_layout()
-    return fig
+        for part in (inputs[first:first + ncol], reconstructions[first:first + ncol]):
+            missing = ncol - part.shape[0]
+            rows.append(torch.cat([part, part[:1].expand(missing, *part.shape[1:])]) if missing else part)
+            spacers += range(count + part.shape[0], count + ncol)
+            count += ncol
+    return _grid_figure(image_grid(torch.cat(rows), ncol=ncol, spacers=spacers),
+                        "held-out inputs (odd rows) and reconstructions,\nmean of p(x | z = E[z | x]) (even rows)",
+                        width=8)
 
 
 def elbo_figure(history: list[dict]) -> Figure:
@@ -77,11 +112,19 @@ def elbo_figure(history: list[dict]) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
     epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_elbo"] for r in history], label="train (running, during the epoch)")
+    marker = "o" if len(epochs) <= 20 else None       # a run of one epoch is a point, not a line
+    ax.plot(epochs, [r["train_elbo"] for r in history], marker=marker, ms=3,
+            label="train (running, during the epoch)")
     if history and "heldout_elbo" in history[0]:
-        ax.plot(epochs, [r["heldout_elbo"] for r in history], label="held-out (end of epoch)")
+        ax.plot(epochs, [r["heldout_elbo"] for r in history], marker=marker, ms=3, label="held-out (end of epoch)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO per example (nats)")
+    ax.set_ylabel("ELBO (nats per example, higher is better)")
+    if 0 < len(set(epochs)) <= 10:
+        ax.set_xticks(sorted(set(epochs)))             # every epoch, and only whole epochs
+        if len(set(epochs)) == 1:
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -89,10 +132,10 @@ def elbo_figure(history: list[dict]) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
-    """Write a figure (format from the suffix), atomically."""
+    """Write a figure (format from the suffix), atomically, cropped to its content with a thin margin."""
     path = Path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight", pad_inches=0.06)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
@@ -105,12 +148,14 @@ def khat_figure(khat, thresholds: dict[str, float]) -> Figure:
     fig = Figure(figsize=(9, 3.6))
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax1.plot(np.arange(len(khat)), khat, ".", ms=3, color="C0")
-    ax1.set_xlabel("observation")
-    ax1.set_ylabel("Pareto k-hat")
+    ax1.set_xlabel("held-out observation (index)")
+    ax1.set_ylabel("Pareto k-hat (dimensionless)")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_title("k-hat of q(z | x) as a proposal for p(z | x)", fontsize=10)
     ax2.hist(finite, bins=40, color="C0", alpha=0.8)
-    ax2.set_xlabel("Pareto k-hat")
+    ax2.set_xlabel("Pareto k-hat (dimensionless)")
     ax2.set_ylabel("observations")
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     for (label, value), color in zip(thresholds.items(), ("C2", "C1", "C3")):
         for ax, line in ((ax1, ax1.axhline), (ax2, ax2.axvline)):
             line(value, color=color, ls="--", lw=1, label=label)
@@ -126,9 +171,9 @@ def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) 
 
     ranks = np.asarray(ranks)
     n, d = ranks.shape
-    ncol = min(d, 4)
-    nrow = math.ceil(d / ncol)
-    fig = Figure(figsize=(3 * ncol, 2.4 * nrow + 0.5))
+    nrow = math.ceil(d / 4)
+    ncol = math.ceil(d / nrow)                   # rows as full as possible: no empty band of missing panels
+    fig = Figure(figsize=(3.3 * ncol, 2.7 * nrow + 0.5))
     edges = np.linspace(0, num_draws + 1, num_bins + 1)
     expected = n / num_bins
     low, high = stats.binom.ppf([0.005, 0.995], n, 1 / num_bins)
@@ -140,8 +185,12 @@ def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) 
         title = f"z[{j}]" + ("" if p_values is None else f"  p = {p_values[j]:.2g}")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([0, num_draws])
+        ax.set_xlim(0, num_draws + 1)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(f"rank of the true value among the {num_draws} guide draws", fontsize=7)
+        ax.set_ylabel("simulations", fontsize=7)
         ax.tick_params(labelsize=7)
-    fig.suptitle("SBC ranks of the true z among guide draws (grey: 99% band if calibrated)", fontsize=10)
+    fig.suptitle(f"SBC rank histograms of the true z, {n} simulations (grey: 99% band if calibrated)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -167,7 +216,9 @@ def pair_figure(nuts, guide, title: str, dims=None, max_dims: int = 4) -> Figure
                 ax.plot(guide[:, j], guide[:, i], ".", ms=1.5, alpha=0.3, color="C1")
             if i == d - 1:
                 ax.set_xlabel(f"z[{dims[j]}]", fontsize=8)
-            if j == 0 and i > 0:
+            if i == j:
+                ax.set_ylabel("density", fontsize=7)
+            elif j == 0:
                 ax.set_ylabel(f"z[{dims[i]}]", fontsize=8)
             ax.tick_params(labelsize=6)
     fig.axes[0].legend(fontsize=7, loc="upper left")

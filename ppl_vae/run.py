@@ -22,7 +22,8 @@ import pyro
 import torch
 
 from ppl_vae import plots, threads
-from ppl_vae.checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, read_json, save_checkpoint, write_json
+from ppl_vae.checkpoint import (CHECKPOINT_NAME, atomic_write, load_checkpoint, read_json, save_checkpoint,
+                                validate_state_dict, write_json)
 from ppl_vae.compat import resolve_binarize, to_likelihood_space
 from ppl_vae.config import Config
 from ppl_vae.data import DataSplit, load_dataset
@@ -453,6 +454,7 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
                               "rebuild it in Python and call vae.load_state_dict(...)")
     vae = VAE(spec["data_shape"], spec["latent_dim"], spec["hidden_dims"], prior=spec["prior"],
               likelihood=spec["likelihood"], guide=spec["guide"])
+    validate_state_dict(payload["state_dict"], vae.state_dict(), run_dir / CHECKPOINT_NAME)
     try:
         vae.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as error:
