@@ -31,8 +31,11 @@ Data sources (the ``spec`` argument of :func:`load_dataset`):
     >= 0 (integer dtype, or floats holding whole numbers), shaped ``(N,)`` or ``(N, 1)``.
 ``"folder:PATH"``
     A folder of image files (.png .jpg .jpeg .bmp .gif .tif .tiff, any case), read with Pillow and
-    converted to grey (Pillow mode ``"L"``; alpha is dropped, only the first frame of animated
-    files is used). Either all images lie directly in PATH (no labels) or PATH holds one subfolder
+    converted to grey values in [0, 1] by the image's own depth: 8-bit, palette (through the palette)
+    and colour images become Pillow mode ``"L"`` (ITU-R 601-2 luma) / 255; 16-bit images are divided
+    by 65535; 32-bit integer images by the largest value of their bit depth (negative values are an
+    error); 32-bit float images must already lie in [0, 1]. Alpha is dropped and only the first frame
+    of animated files is used. Either all images lie directly in PATH (no labels) or PATH holds one subfolder
     per class (labels = index of the class folder in the sorted list of subfolder names). Having
     both loose images and class subfolders is an error, as is a class subfolder without images;
     hidden entries (names starting with ".") and files with other extensions are ignored, and
@@ -40,23 +43,37 @@ Data sources (the ``spec`` argument of :func:`load_dataset`):
 
 ``image_size`` resizes every image to ``image_size x image_size`` (bilinear, antialiased) after
 loading; it is an error for flat vector data.
+
+Reading is bounded (:mod:`ppl_vae.limits`): every size is checked against the memory budget from the
+file's own headers *before* anything is decoded or allocated -- the zip directory and the ``.npy``
+headers of an npz, the dimensions in an image header, the IDX header of MNIST files, and the size
+asked for by ``image_size``. A file that is damaged, of the wrong type or too big is refused with a
+one-line :class:`DataError` that names the file and the fix.
+
+:func:`data_fingerprint` hashes the bytes a spec reads (recorded in run folders so that a resumed run
+can refuse changed data) and :func:`check_data_support` checks, in chunks over all rows, that data lie
+in a likelihood's support.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import os
+import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ppl_vae.errors import DataError
+from ppl_vae.errors import DataError, PplVaeError
+from ppl_vae.limits import check_bytes
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist")
 """Named data sets; ``load_dataset`` also accepts the prefixes in :data:`SPEC_PREFIXES`."""
@@ -223,6 +240,24 @@ def load_dataset(
     _check_arguments(spec, image_size, heldout_fraction, split_seed)
     image_size = None if image_size is None else int(image_size)
     heldout_fraction, split_seed = float(heldout_fraction), int(split_seed)
+    try:
+        return _load(spec, root, download, image_size, heldout_fraction, split_seed)
+    except MemoryError:
+        # The budget checks come first, so this is a machine with less free memory than its budget.
+        raise DataError(
+            f"data set {spec!r} did not fit in the free memory while loading; free some memory, or use a "
+            "smaller data set or --image-size"
+        ) from None
+
+
+def _load(
+    spec: str,
+    root: Optional[PathLike],
+    download: bool,
+    image_size: Optional[int],
+    heldout_fraction: float,
+    split_seed: int,
+) -> DataSplit:
     kind, _, path = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "npz" and path:
@@ -351,10 +386,20 @@ def _split(
     )
 
 
-def _resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+def _check_resize(what: str, n: int, channels: int, size: int) -> None:
+    """Refuse resizing ``n`` images of ``channels`` channels to ``size x size`` float32 over the budget."""
+    check_bytes(
+        n * channels * size * size * 4,
+        f"resizing {what} to {size}x{size} (--image-size {size}: {n} image(s) of {channels} channel(s), float32)",
+        error=DataError,
+    )
+
+
+def _resize_images(x: torch.Tensor, size: int, what: str = "images") -> torch.Tensor:
     """Resize images ``(N, C, H, W)`` to ``(N, C, size, size)`` (bilinear, antialiased), in [0, 1]."""
     if tuple(x.shape[-2:]) == (size, size):
         return x
+    _check_resize(what, x.shape[0], x.shape[1], size)
     resized = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.clamp_(0.0, 1.0)
 
@@ -366,10 +411,12 @@ def _resize_split(split: DataSplit, size: int) -> DataSplit:
             f"image_size only applies to images, but data set {split.name!r} holds flat vectors of shape "
             f"{split.data_shape}; drop image_size (--image-size) or store the data as images"
         )
+    what = f"data set {split.name!r}"
+    _check_resize(what, len(split.train) + len(split.heldout), split.data_shape[0], size)
     return DataSplit(
         name=split.name,
-        train=_resize_images(split.train, size),
-        heldout=_resize_images(split.heldout, size),
+        train=_resize_images(split.train, size, what),
+        heldout=_resize_images(split.heldout, size, what),
         train_labels=split.train_labels,
         heldout_labels=split.heldout_labels,
     )
@@ -403,13 +450,17 @@ def _load_torchvision(kind: str, root: Optional[PathLike], download: bool) -> Da
 
     Images become ``(N, 1, 28, 28)`` float32 (uint8 / 255), labels ``(N,)`` int64.
     """
-    import torchvision.datasets as tv_datasets
-
     root = os.path.abspath(os.path.expanduser(os.fspath(DEFAULT_ROOT if root is None else root)))
     class_name = _TORCHVISION_CLASSES[kind]
     raw_folder = os.path.join(root, class_name, "raw")
     if not download:
         _check_idx_files(kind, raw_folder)
+    for name in _IDX_FILES:  # bounded reading: torchvision reads each file whole, then converts it
+        file = os.path.join(raw_folder, name)
+        if os.path.isfile(file):
+            _check_idx_header(kind, file, ndim=1 if "labels" in name else 3)
+    import torchvision.datasets as tv_datasets
+
     dataset_class = getattr(tv_datasets, class_name)
     parts = []
     for train in (True, False):
@@ -437,6 +488,48 @@ def _check_idx_files(kind: str, raw_folder: str) -> None:
         f"{kind} files not found in {raw_folder}: missing {', '.join(missing)}{expected}{gz_hint}; "
         "pass --download (download=True) to fetch them, or copy the uncompressed files there"
     )
+
+
+# IDX element types: type code -> (bytes per element, name).
+_IDX_TYPES = {0x08: (1, "uint8"), 0x09: (1, "int8"), 0x0B: (2, "int16"), 0x0C: (4, "int32"),
+              0x0D: (4, "float32"), 0x0E: (8, "float64")}
+
+
+def _check_idx_header(kind: str, file: str, ndim: int) -> None:
+    """Check an IDX file's header against its size and the memory budget, reading 16 bytes at most."""
+    fix = "delete it and pass --download, or copy the intact uncompressed file there"
+    try:
+        size = os.path.getsize(file)
+        with open(file, "rb") as handle:
+            head = handle.read(4 + 4 * ndim)
+    except OSError as error:
+        raise DataError(f"cannot read the {kind} file {file} ({_one_line(error)}); check its permissions") from error
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
+        raise DataError(f"the {kind} file {file} is damaged (it does not start with an IDX header); {fix}")
+    if head[3] != ndim:
+        raise DataError(
+            f"the {kind} file {file} is damaged (its header declares {head[3]} dimension(s), the file type has "
+            f"{ndim}); {fix}"
+        )
+    if len(head) < 4 + 4 * ndim:
+        raise DataError(f"the {kind} file {file} is damaged (it ends inside its header); {fix}")
+    itemsize, type_name = _IDX_TYPES[head[2]]
+    if type_name != "uint8":
+        raise DataError(
+            f"the {kind} file {file} holds {type_name} values, but MNIST-family files hold uint8 (0..255); "
+            f"{fix}"
+        )
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    count = math.prod(dims)
+    if dims[0] == 0:
+        raise DataError(f"the {kind} file {file} holds no examples (its header declares 0); {fix}")
+    if 4 + 4 * ndim + count * itemsize != size:
+        raise DataError(
+            f"the {kind} file {file} is damaged: its header declares {' x '.join(map(str, dims))} {type_name} "
+            f"values but it holds {size - 4 - 4 * ndim} bytes of data; {fix}"
+        )
+    check_bytes(count * max(itemsize, 4), f"the {kind} file {file} ({' x '.join(map(str, dims))} values, "
+                f"read whole and converted to float32)", error=DataError)
 
 
 def _torchvision_failure(kind: str, raw_folder: str, download: bool, error: Exception) -> str:
@@ -469,8 +562,13 @@ def _torchvision_tensors(
 # npz files
 # --------------------------------------------------------------------------------------------------
 
-# What reading a member of a damaged .npz can raise.
-_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+# What opening or reading a damaged or unusual zip archive can raise (encrypted members: RuntimeError;
+# unknown compression methods: NotImplementedError).
+_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, KeyError,
+                    RuntimeError, NotImplementedError, struct.error, SyntaxError)
+
+_READ_CHUNK = 1 << 20
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def _load_npz(name: str, path: str, image_size: Optional[int]) -> DataSplit:
@@ -478,8 +576,8 @@ def _load_npz(name: str, path: str, image_size: Optional[int]) -> DataSplit:
     path = os.path.expanduser(path)
     arrays = _read_npz(path)
     where = f"npz file {path}"
-    x_train = _npz_images(where, "x_train", arrays["x_train"], image_size)
-    x_test = _npz_images(where, "x_test", arrays["x_test"], image_size)
+    x_train = _npz_images(where, "x_train", arrays.pop("x_train"), image_size)
+    x_test = _npz_images(where, "x_test", arrays.pop("x_test"), image_size)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
             f"{where}: x_train examples have shape {tuple(x_train.shape[1:])} but x_test examples "
@@ -498,41 +596,147 @@ def _load_npz(name: str, path: str, image_size: Optional[int]) -> DataSplit:
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """Read ``x_train``, ``x_test`` and, if present, ``y_train``, ``y_test`` from an .npz file."""
-    if not os.path.isfile(path):
-        raise DataError(f"npz file {path} does not exist; check the path after 'npz:'")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (*_NPZ_READ_ERRORS, zipfile.LargeZipFile) as error:
-        # numpy's own text for non-zip files suggests unpickling them: never do that with a data file.
-        reason = "not a zip archive of .npy arrays" if "pickle" in str(error) else _one_line(error)
-        raise DataError(f"{path} is not a valid .npz file ({reason}); save it with numpy.savez") from error
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(f"{path} holds a single .npy array, not an .npz archive; save it with numpy.savez")
-    with npz:
-        keys = list(npz.files)
+    with open_npz(path, "npz file", "check the path after 'npz:'") as (archive, members):
         for key in ("x_train", "x_test"):
-            if key not in keys:
+            if key not in members:
                 raise DataError(
-                    f"npz file {path} has no array {key!r} (found: {', '.join(keys) or 'nothing'}); "
+                    f"npz file {path} has no array {key!r} (found: {', '.join(members) or 'nothing'}); "
                     f"save the {'training' if key == 'x_train' else 'held-out'} images under the key {key!r}"
                 )
-        wanted = [key for key in ("x_train", "x_test", "y_train", "y_test") if key in keys]
-        return {key: _read_npz_member(path, npz, key) for key in wanted}
+        wanted = [key for key in ("x_train", "x_test", "y_train", "y_test") if key in members]
+        check_npz_members(path, members, wanted)
+        fix = "save images as uint8 0..255 or floats in [0, 1]"
+        # Labels of any plain dtype are read (within the budget) so that _npz_labels can say what is wrong.
+        return {key: read_npz_member(path, archive, members[key], key, fix, "biuf" if key[0] == "x" else "biufcSU")
+                for key in wanted}
 
 
-def _read_npz_member(path: str, npz: "np.lib.npyio.NpzFile", key: str) -> np.ndarray:
-    """One array of an open .npz file; DataError for object (ragged) or damaged arrays."""
-    try:
-        return npz[key]
-    except ValueError as error:
-        if "allow_pickle" in str(error) or "pickled" in str(error):
+class open_npz:
+    """``with open_npz(path, what) as (archive, members):`` an .npz archive and its members by key.
+
+    ``members`` maps each array name (the member name without ``.npy``, as numpy names them) to its
+    ``ZipInfo`` from the zip directory; nothing is decompressed. ``what`` names the file in errors
+    (``"npz file"``, ``"table file"``). DataError for a missing path, a folder, a plain .npy file or
+    anything that is not a zip archive.
+    """
+
+    def __init__(self, path: str, what: str, fix: str = "check the path"):
+        self.path, self.what = path, what
+        _require_file(path, what, fix)
+        try:
+            with open(path, "rb") as handle:
+                start = handle.read(len(_NPY_MAGIC))
+        except OSError as error:
+            raise DataError(f"cannot read {what} {path} ({_one_line(error)}); check its permissions") from error
+        if start == _NPY_MAGIC:
+            raise DataError(f"{path} holds a single .npy array, not an .npz archive; save it with numpy.savez")
+        try:
+            self.archive = zipfile.ZipFile(path)
+        except _NPZ_READ_ERRORS as error:
             raise DataError(
-                f"npz file {path}: {key!r} is an object array (ragged or mixed types); "
-                "save it as one numeric array with all examples the same shape"
+                f"{path} is not a valid .npz file ({_one_line(error)}); save it with numpy.savez"
             ) from error
-        raise DataError(_unreadable_member(path, key, error)) from error
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in self.archive.infolist():
+            if not info.is_dir():
+                name = info.filename
+                self.members.setdefault(name[:-4] if name.endswith(".npy") else name, info)
+
+    def __enter__(self) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+        return self.archive, self.members
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.archive.close()
+
+
+def check_npz_members(path: str, members: dict[str, zipfile.ZipInfo], keys: list[str]) -> None:
+    """Refuse, from the zip directory alone, members that would unpack to more than the budget."""
+    for key in keys:
+        info = members[key]
+        check_bytes(info.file_size, f"npz member {key!r} of {path} (unpacks to {info.file_size} bytes from "
+                    f"{info.compress_size} in the archive)", error=DataError)
+    total = sum(members[key].file_size for key in keys)
+    check_bytes(total, f"the arrays {', '.join(repr(key) for key in keys)} of {path} together (unpacking to "
+                f"{total} bytes)", error=DataError)
+
+
+def read_npz_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, fix: str,
+                    kinds: str = "biuf") -> np.ndarray:
+    """One array of an open .npz archive, read within the memory budget.
+
+    The ``.npy`` header is read and checked first: object arrays and dtypes whose kind is not in
+    ``kinds`` are refused (``fix`` says what to save instead), and the declared shape must fit the
+    budget (raw and as float32) and match the member's size in the zip directory. Only then is the
+    array allocated and filled, in chunks.
+    """
+    try:
+        with archive.open(info) as member:
+            shape, fortran, dtype = _read_npy_header(member)
+            _check_npy_header(path, key, info, member.tell(), shape, dtype, fix, kinds)
+            array = np.empty(math.prod(shape), dtype=dtype)
+            _fill(member, memoryview(array).cast("B"))
+            while member.read(_READ_CHUNK):  # drain trailing bytes so that the CRC is checked
+                pass
+    except DataError:
+        raise
     except _NPZ_READ_ERRORS as error:
         raise DataError(_unreadable_member(path, key, error)) from error
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_npy_header(member: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version in ((2, 0), (3, 0)):  # 3.0 only differs in allowing utf-8 field names (refused anyway)
+        return np.lib.format.read_array_header_2_0(member)
+    raise ValueError(f"unknown .npy format version {version}")
+
+
+def _check_npy_header(path: str, key: str, info: zipfile.ZipInfo, header_bytes: int, shape: tuple[int, ...],
+                      dtype: np.dtype, fix: str, kinds: str) -> None:
+    if dtype.hasobject:
+        raise DataError(
+            f"npz file {path}: {key!r} is an object array (ragged or mixed types); "
+            "save it as one numeric array with all examples the same shape"
+        )
+    if dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
+        raise DataError(f"npz file {path}: {key!r} has dtype {dtype}, not real numbers; {fix}")
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise DataError(f"npz file {path}: {key!r} declares an invalid shape {shape}; save the file again")
+    count = math.prod(shape)
+    described = f"npz member {key!r} of {path} (shape {shape}, {dtype})"
+    check_bytes(count * dtype.itemsize, described, error=DataError)
+    check_bytes(count * 4, f"{described} as float32", error=DataError)
+    if count * dtype.itemsize > info.file_size - header_bytes:
+        raise DataError(
+            f"npz file {path}: {key!r} declares shape {shape} ({dtype}) but holds only "
+            f"{max(info.file_size - header_bytes, 0)} bytes of data; the file is truncated, save it again"
+        )
+
+
+def _fill(stream: Any, buffer: memoryview) -> None:
+    """Fill ``buffer`` from ``stream`` in chunks; ValueError if the stream ends first."""
+    filled = 0
+    while filled < len(buffer):
+        n = stream.readinto(buffer[filled:filled + _READ_CHUNK])
+        if not n:
+            raise ValueError(f"the data ends after {filled} of {len(buffer)} bytes")
+        filled += n
+
+
+def _require_file(path: str, what: str, fix: str) -> None:
+    """DataError unless ``path`` is an existing regular file (a folder, a device, a dangling or looping
+    symlink is not)."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise DataError(f"{what} {path} does not exist as a file (it is a folder); {fix}")
+    if os.path.lexists(path) and not os.path.exists(path):
+        raise DataError(f"{what} {path} does not exist (it is a broken or looping symbolic link); {fix}")
+    if os.path.exists(path):
+        raise DataError(f"{what} {path} is not a regular file; {fix}")
+    raise DataError(f"{what} {path} does not exist; {fix}")
 
 
 def _unreadable_member(path: str, key: str, error: BaseException) -> str:
@@ -553,7 +757,7 @@ def _npz_images(where: str, key: str, array: np.ndarray, image_size: Optional[in
                 f"image_size only applies to images, but {where} holds flat vectors of shape "
                 f"{tuple(x.shape[1:])} in {key!r}; drop image_size (--image-size) or save the data as images"
             )
-        x = _resize_images(x, image_size)
+        x = _resize_images(x, image_size, f"{key!r} of {where}")
     return x
 
 
@@ -573,7 +777,9 @@ def _npz_values(where: str, key: str, array: np.ndarray) -> np.ndarray:
                 f"{where}: integer array {key!r} has values from {low} to {high}; integer images must lie in "
                 "0..255 (or save floats in [0, 1])"
             )
-        return array.astype(np.float32) / 255.0
+        values = array.astype(np.float32)
+        values /= 255.0
+        return values
     if kind == "f":
         if not np.isfinite(array).all():
             raise DataError(f"{where}: {key!r} contains NaN or infinite values; replace them before saving")
@@ -642,15 +848,32 @@ def _npz_labels(where: str, key: str, y: np.ndarray, n: int) -> torch.Tensor:
 def _load_folder(
     name: str, path: str, image_size: Optional[int], heldout_fraction: float, split_seed: int
 ) -> DataSplit:
-    """A folder of images (flat, or one subfolder per class) as grey ``(N, 1, H, W)``, split by seed."""
+    """A folder of images (flat, or one subfolder per class) as grey ``(N, 1, H, W)``, split by seed.
+
+    Every image's size is read from its header first (nothing decoded), so that too big images and
+    too many images are refused before any is decoded; then the images are decoded one at a time
+    into the result (resized one at a time when ``image_size`` is given).
+    """
     path = os.path.expanduser(path)
     files, labels = _list_folder(path)
-    images = [_read_image(file) for file in files]
-    if image_size is not None:
-        x = torch.cat([_resize_images(image[None], image_size) for image in images])
+    sizes = [_image_header(file) for file in files]
+    n = len(files)
+    if image_size is None:
+        _check_same_size(files, sizes)
+        width, height = sizes[0]
+        check_bytes(n * width * height * 4, f"{n} images of {width}x{height} pixels from image folder {path} "
+                    "(as float32)", error=DataError)
     else:
-        _check_same_size(files, images)
-        x = torch.stack(images)
+        width = height = image_size
+        _check_resize(f"the {n} images of image folder {path}", n, 1, image_size)
+    x = torch.empty((n, 1, height, width), dtype=torch.float32)
+    for i, file in enumerate(files):
+        image = torch.from_numpy(_read_image(file))[None, None]
+        if image_size is not None:
+            image = _resize_images(image, image_size, f"image {file}")
+        elif tuple(image.shape[-2:]) != (height, width):
+            raise DataError(f"image {file} changed size while the folder was read; run again once it is written")
+        x[i] = image[0]
     y = None if labels is None else torch.tensor(labels, dtype=torch.int64)
     return _split(name, x, y, heldout_fraction, split_seed)
 
@@ -661,7 +884,7 @@ def _list_folder(path: str) -> tuple[list[str], Optional[list[int]]]:
         raise DataError(
             f"image folder {path} does not exist or is not a folder; check the path after 'folder:'"
         )
-    entries = sorted(entry for entry in os.listdir(path) if not entry.startswith("."))
+    entries = [entry for entry in _listdir(path, "image folder") if not entry.startswith(".")]
     classes = [entry for entry in entries if os.path.isdir(os.path.join(path, entry))]
     loose = _image_files(path)
     if not classes:
@@ -691,38 +914,352 @@ def _list_folder(path: str) -> tuple[list[str], Optional[list[int]]]:
     return files, labels
 
 
+def _listdir(folder: str, what: str) -> list[str]:
+    """Sorted entries of ``folder``; DataError (not a traceback) when it cannot be listed."""
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as error:
+        raise DataError(f"cannot list {what} {folder} ({_one_line(error)}); check that it is a readable folder") \
+            from error
+
+
 def _image_files(folder: str) -> list[str]:
-    """Sorted paths of the non-hidden files in ``folder`` with an image extension (any case)."""
+    """Sorted paths of the non-hidden regular files in ``folder`` with an image extension (any case);
+    folders, devices, pipes and broken or looping symbolic links are skipped."""
     return [
         os.path.join(folder, entry)
-        for entry in sorted(os.listdir(folder))
+        for entry in _listdir(folder, "folder")
         if not entry.startswith(".")
         and entry.lower().endswith(IMAGE_EXTENSIONS)
         and os.path.isfile(os.path.join(folder, entry))
     ]
 
 
-def _read_image(file: str) -> torch.Tensor:
-    """One image file as grey float32 ``(1, H, W)`` in [0, 1]; DataError naming the file if unreadable."""
+class _PillowBombsAreErrors(warnings.catch_warnings):
+    """Within the block, Pillow's DecompressionBombWarning (an image over ``PIL.Image.MAX_IMAGE_PIXELS``)
+    is raised like its DecompressionBombError (over twice that), instead of decoding the image anyway."""
+
+    def __enter__(self) -> Any:
+        from PIL import Image
+
+        result = super().__enter__()
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return result
+
+
+def _pillow_failure(file: str, error: BaseException) -> DataError:
+    """The DataError for an image Pillow refused or could not read."""
+    from PIL import Image
+
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return DataError(
+            f"image {file} has more pixels than Pillow decodes safely, a possible decompression bomb "
+            f"({_one_line(error)}); shrink the image (a VAE trains on small images), or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS in Python if it is genuine"
+        )
+    return DataError(f"cannot read image {file} ({_one_line(error)}); replace or remove the file")
+
+
+def _image_header(file: str) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header, checked against the memory budget; nothing is
+    decoded."""
     from PIL import Image
 
     try:
-        with Image.open(file) as image:
-            grey = np.asarray(image.convert("L"), dtype=np.uint8)
+        with _PillowBombsAreErrors(), Image.open(file) as image:
+            width, height = image.size
+            bands, mode = len(image.getbands()), image.mode
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
-        raise DataError(
-            f"cannot read image {file} ({_one_line(error)}); replace or remove the file"
-        ) from error
-    return torch.from_numpy(grey.astype(np.float32) / 255.0)[None]
+        raise _pillow_failure(file, error) from error
+    if width < 1 or height < 1:
+        raise DataError(f"image {file} has no pixels ({width}x{height}); replace or remove the file")
+    # Pillow holds up to 4 bytes per band and pixel while decoding, then the grey float32 copy.
+    check_bytes(width * height * (4 * bands + 4), f"decoding image {file} ({width}x{height} pixels, mode {mode})",
+                error=DataError)
+    return width, height
 
 
-def _check_same_size(files: list[str], images: list[torch.Tensor]) -> None:
-    """Raise DataError naming two files of different sizes, if there are any."""
-    first = images[0].shape
-    for file, image in zip(files, images):
-        if image.shape != first:
+def _read_image(file: str) -> np.ndarray:
+    """One image file as grey float32 ``(H, W)`` in [0, 1]; DataError naming the file if unreadable."""
+    from PIL import Image
+
+    try:
+        with _PillowBombsAreErrors(), Image.open(file) as image:
+            return _grey_values(file, image)
+    except DataError:
+        raise
+    except Exception as error:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
+        raise _pillow_failure(file, error) from error
+
+
+def _grey_values(file: str, image: Any) -> np.ndarray:
+    """A Pillow image as grey float32 ``(H, W)`` in [0, 1], scaled by the image's own depth."""
+    mode = image.mode
+    if mode.startswith("I;16"):  # 16-bit grey, either byte order
+        values = np.asarray(image).astype(np.float32)
+        values /= 65535.0
+        return values
+    if mode == "I":  # 32-bit signed integers holding samples of some bit depth
+        values = np.asarray(image)
+        bits, signed = _integer_depth(image)
+        top = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > top:
+            problem = f"negative values (down to {low})" if low < 0 else f"values up to {high}"
             raise DataError(
-                f"images differ in size: {files[0]} is {first[2]}x{first[1]} but {file} is "
-                f"{image.shape[2]}x{image.shape[1]} (width x height); "
+                f"image {file} ({bits}-bit integer samples) has {problem}, outside 0..{top}; save grey levels "
+                f"0..{top} (or 8/16-bit images)"
+            )
+        scaled = values.astype(np.float32)
+        scaled /= np.float32(top)
+        return np.minimum(scaled, 1.0, out=scaled)
+    if mode == "F":  # 32-bit floats: must already be grey levels in [0, 1]
+        values = np.array(image, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise DataError(f"image {file} (32-bit floats) has NaN or infinite values; replace them and save again")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            raise DataError(
+                f"image {file} holds 32-bit floats from {low:g} to {high:g}, but float images must lie in "
+                "[0, 1]; rescale it (or save an 8- or 16-bit image)"
+            )
+        return values
+    if mode == "PA" or (mode == "P" and "transparency" in image.info) or mode == "La":
+        image = image.convert("RGBA" if mode != "La" else "LA")  # the palette's colours; alpha dropped below
+    try:
+        grey = image.convert("L")  # palette through its colours, colour by ITU-R 601-2 luma, alpha dropped
+    except ValueError as error:
+        raise DataError(
+            f"image {file} has Pillow mode {mode}, which cannot be converted to grey ({_one_line(error)}); "
+            "save it as a grey or RGB image"
+        ) from error
+    values = np.asarray(grey, dtype=np.uint8).astype(np.float32)
+    values /= 255.0
+    return values
+
+
+def _integer_depth(image: Any) -> tuple[int, bool]:
+    """``(bits, signed)`` of the samples of a Pillow mode-"I" image: from a TIFF's BitsPerSample and
+    SampleFormat tags; 16 unsigned for PNG (its deepest grey); else Pillow's own 32-bit signed."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None:
+        bits, sample_format = tags.get(258), tags.get(339)
+        bits = bits[0] if isinstance(bits, tuple) and bits else bits
+        sample_format = sample_format[0] if isinstance(sample_format, tuple) and sample_format else sample_format
+        if isinstance(bits, int) and 1 <= bits <= 32:
+            return bits, sample_format == 2
+    if image.format == "PNG":
+        return 16, False
+    return 32, True
+
+
+def _check_same_size(files: list[str], sizes: list[tuple[int, int]]) -> None:
+    """Raise DataError naming two files of different sizes (width, height), if there are any."""
+    first = sizes[0]
+    for file, size in zip(files, sizes):
+        if size != first:
+            raise DataError(
+                f"images differ in size: {files[0]} is {first[0]}x{first[1]} but {file} is "
+                f"{size[0]}x{size[1]} (width x height); "
                 "pass --image-size (image_size=...) to resize them all"
             )
+
+
+# --------------------------------------------------------------------------------------------------
+# Content fingerprint
+# --------------------------------------------------------------------------------------------------
+
+
+def data_fingerprint(spec: str, root: Optional[PathLike] = None) -> dict:
+    """A content hash of exactly the data ``load_dataset(spec, root=root)`` reads, computed streaming.
+
+    Returns ``{"spec": spec, "sha256": hex digest, "files": number of files hashed, "bytes": their
+    total size}``:
+
+    * ``npz:PATH`` and ``table:PATH``: the SHA-256 of the file's bytes (what ``sha256sum PATH`` prints);
+    * ``folder:PATH``: a SHA-256 over the image files the loader reads, in its order, each entered as
+      its path relative to PATH (so class folder names, i.e. labels, count), its size and the
+      SHA-256 of its bytes; other files (notes, hidden files) do not count;
+    * ``mnist``, ``fashion-mnist``, ``kmnist``: the same over the four IDX files in
+      ``<root>/<Name>/raw``;
+    * ``digits``: the SHA-256 of the loaded arrays (shape, dtype and bytes of images and labels);
+      ``files`` is 0 and ``bytes`` their size.
+
+    Files are read in 1 MiB chunks, so memory stays bounded whatever their size. The same content
+    gives the same fingerprint, and any changed byte (or a renamed or moved image) another. Arguments
+    such as ``image_size`` or the split are not part of it: record them separately.
+
+    Raises:
+        DataError: for an unknown spec or files that are missing or unreadable (one line).
+    """
+    if not isinstance(spec, str):
+        raise DataError(f"data set spec must be a string, got {type(spec).__name__}; {_valid_specs()}")
+    kind, _, path = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind in ("npz", "table") and path:
+        file = os.path.expanduser(path)
+        _require_file(file, f"{kind} file", f"check the path after '{kind}:'")
+        digest = hashlib.sha256()
+        size = _hash_file(digest, file)
+        return {"spec": spec, "sha256": digest.hexdigest(), "files": 1, "bytes": size}
+    if kind == "folder" and path:
+        folder = os.path.expanduser(path)
+        files, _ = _list_folder(folder)
+        return _hash_files(spec, folder, files)
+    if kind in _TORCHVISION_CLASSES and not path:
+        base = os.path.abspath(os.path.expanduser(os.fspath(DEFAULT_ROOT if root is None else root)))
+        raw_folder = os.path.join(base, _TORCHVISION_CLASSES[kind], "raw")
+        _check_idx_files(kind, raw_folder)
+        return _hash_files(spec, raw_folder, [os.path.join(raw_folder, name) for name in _IDX_FILES])
+    if kind == "digits" and not path:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        digest = hashlib.sha256()
+        size = 0
+        for array in (np.ascontiguousarray(digits.images), np.ascontiguousarray(digits.target)):
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(memoryview(array).cast("B"))
+            size += array.nbytes
+        return {"spec": spec, "sha256": digest.hexdigest(), "files": 0, "bytes": size}
+    raise DataError(_unknown_spec_message(spec))
+
+
+def _hash_files(spec: str, base: str, files: list[str]) -> dict:
+    """SHA-256 over ``(relative name, size, sha256 of bytes)`` of each file, each field length-prefixed."""
+    digest = hashlib.sha256()
+    total = 0
+    for file in files:
+        name = os.path.relpath(file, base).replace(os.sep, "/").encode("utf-8", "surrogateescape")
+        inner = hashlib.sha256()
+        size = _hash_file(inner, file)
+        digest.update(struct.pack(">Q", len(name)) + name + struct.pack(">Q", size) + inner.digest())
+        total += size
+    return {"spec": spec, "sha256": digest.hexdigest(), "files": len(files), "bytes": total}
+
+
+def _hash_file(digest: Any, file: str) -> int:
+    """Feed ``file`` to ``digest`` in chunks; return its size. DataError if it cannot be read."""
+    size = 0
+    try:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(_READ_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as error:
+        raise DataError(f"cannot read {file} to fingerprint it ({_one_line(error)}); check its permissions") \
+            from error
+    return size
+
+
+# --------------------------------------------------------------------------------------------------
+# Support checks over all rows
+# --------------------------------------------------------------------------------------------------
+
+
+def _on_8bit_grid(x: torch.Tensor) -> torch.Tensor:
+    scaled = x * 255
+    return (x >= 0) & (x <= 1) & ((scaled - scaled.round()).abs() <= 1e-3)
+
+
+# data kind -> (elementwise test, what a value must be, how to fix the data); the kinds of
+# ppl_vae.models.likelihoods.DATA_KINDS, with the same tests as its check_data_kind.
+_SUPPORT = {
+    "binary": (lambda x: (x == 0) | (x == 1), "0 or 1", "binarize it (--binarize dynamic or threshold)"),
+    "unit": (lambda x: (x >= 0) & (x <= 1), "a grey level in [0, 1]",
+             "rescale the data to [0, 1] (divide 8-bit images by 255) and remove NaN values"),
+    "8bit": (_on_8bit_grid, "an 8-bit grey level k/255",
+             "quantize it with torch.round(x * 255) / 255 (after any resizing)"),
+    "real": (torch.isfinite, "a finite number", "remove or impute NaN and infinite values"),
+    "count": (lambda x: (x >= 0) & (x == x.round()) & torch.isfinite(x), "a non-negative integer count",
+              "pass the raw count table (no binarizing, rescaling or normalizing) without NaN values"),
+}
+
+
+def check_data_support(
+    x: torch.Tensor,
+    likelihood: Any,
+    what: str = "data",
+    *,
+    binarize: Optional[str] = "none",
+    chunk_rows: int = 4096,
+) -> None:
+    """Check that every row of ``x`` lies in the support of ``likelihood``, in chunks of ``chunk_rows`` rows.
+
+    Args:
+        x: ``(N, ...)`` data as the likelihood will score it (after any quantizing, before binarizing).
+        likelihood: a likelihood with ``data_kind`` (``"binary"``, ``"unit"``, ``"8bit"``, ``"real"``,
+            ``"count"``) and/or its own ``check_support(x)``, or a data kind given as a string.
+        what: names the data in the message, e.g. ``"training data"``.
+        binarize: the binarization that will be applied (``"dynamic"``, ``"threshold"``) or ``"none"``.
+            A binarized value is 0 or 1, so then the check is that binarizing is possible: every value
+            in [0, 1]; the likelihood's own check is not run.
+        chunk_rows: rows per chunk; the extra memory is about one chunk.
+
+    Raises:
+        DataError: one line naming ``what``, the first offending row (counting from 0) and feature
+            (its index, or its ``(channel, row, column)`` for images), the value, and the fix.
+    """
+    if isinstance(likelihood, str):
+        kind, name, own_check = likelihood, f"{likelihood!r} data", None
+    else:
+        kind = getattr(likelihood, "data_kind", None)
+        name = getattr(likelihood, "name", type(likelihood).__name__)
+        own_check = getattr(likelihood, "check_support", None)
+    binarized = binarize not in (None, "none")
+    if binarized:  # the likelihood then sees 0/1 values; binarizing needs probabilities
+        test, _, fix = _SUPPORT["unit"]
+        need = f"binarizing it (--binarize {binarize}) for the {name} likelihood needs values in [0, 1]"
+        own_check = None
+    elif kind in _SUPPORT:
+        test, needed, fix = _SUPPORT[kind]
+        need = f"the {name} likelihood needs {needed}"
+    elif own_check is not None:
+        test = fix = need = None
+    elif isinstance(likelihood, str):
+        raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(_SUPPORT)}")
+    else:
+        return  # a likelihood that declares no support has nothing to check
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    n = x.shape[0] if x.dim() else 0
+    for start in range(0, n, chunk_rows):
+        chunk = x[start:start + chunk_rows]
+        flat = chunk.reshape(len(chunk), -1)
+        ok = None if test is None else test(chunk).reshape(len(chunk), -1)
+        if own_check is None:  # the data kind's test decides
+            if not bool(ok.all()):
+                row, feature = (~ok).nonzero()[0].tolist()
+                raise DataError(f"{what}, row {start + row} (counting from 0), {_feature(x, flat, row, feature)} is "
+                                f"outside the support: {need}; {fix}")
+            continue
+        try:  # the likelihood's own check decides (it may be laxer or stricter than its data kind)
+            own_check(chunk)
+        except PplVaeError as error:
+            row = _first_failing_row(own_check, chunk, ok)
+            if row is None:
+                raise DataError(f"{what}, rows {start} to {start + len(chunk) - 1}: {_one_line(error)}") from None
+            place = f"row {start + row} (counting from 0)"
+            if ok is not None and not bool(ok[row].all()):
+                feature = int((~ok[row]).nonzero()[0])
+                place += f", {_feature(x, flat, row, feature)} is outside the support"
+            raise DataError(f"{what}, {place}: {_one_line(error)}") from None
+
+
+def _feature(x: torch.Tensor, flat: torch.Tensor, row: int, feature: int) -> str:
+    """``feature 3: the value 0.5`` (or ``feature (c, h, w): ...`` for images), for messages."""
+    where = feature if x.dim() <= 2 else tuple(int(i) for i in np.unravel_index(feature, tuple(x.shape[1:])))
+    return f"feature {where}: the value {float(flat[row, feature]):g}"
+
+
+def _first_failing_row(check: Any, chunk: torch.Tensor, ok: Optional[torch.Tensor]) -> Optional[int]:
+    """The first row of ``chunk`` that ``check`` refuses on its own (rows the data-kind test flags are
+    tried first), or None when no single row fails."""
+    flagged = [] if ok is None else (~ok).any(1).nonzero().flatten().tolist()
+    for rows in (flagged, range(len(chunk))):
+        for row in rows:
+            try:
+                check(chunk[row:row + 1])
+            except PplVaeError:
+                return row
+    return None

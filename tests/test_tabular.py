@@ -71,7 +71,8 @@ def test_samples_come_back_in_original_units(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--dataset", f"table:{path}", "--likelihood", "gaussian", *TINY, "--out", str(out)]) == 0
     samples = sample_run(out, 400, tmp_path / "s.csv")
-    written = np.loadtxt(tmp_path / "s.csv", delimiter=",")
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "a,b,c,d"      # the header row of the data
+    written = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
     assert written.shape == (400, 4)
     np.testing.assert_allclose(written, samples.numpy(), rtol=1e-5, atol=1e-4)
     # Column means of the data are 10, -3, 0, 100 with sds of a few units: the samples must be near.
