@@ -12,7 +12,8 @@ Files written (each atomically; the folder is filled only after every computatio
     ``num_chains``, ``num_warmup``, ``num_samples``, ``max_rhat``, ``min_ess_bulk``, ``divergences``,
     ``max_abs_standardized_mean_error``, ``median_sd_ratio``, ``sd_ratio_range``, ``per_observation``;
     ``sbc``: ``num_simulations``, ``num_draws``, ``num_bins``, ``p_value`` (Bonferroni over latent
-    dimensions), ``p_values``, ``dispersion_z``, ``bias_z``, ``flags``, ``verdict``;
+    dimensions), ``p_values``, ``dispersion_z``, ``bias_z``, ``shift``, ``width_ratio``, ``flags``, ``verdict``
+    (see :class:`ppl_vae.diagnostics.SBCResult`);
     ``amortization_gap``: see :func:`ppl_vae.diagnostics.amortization_gap` (or ``{"skipped": reason}``);
     ``collapse``: see :func:`ppl_vae.diagnostics.collapse_report`;
     ``seconds``: wall time of each step; ``settings``: the arguments.
@@ -205,6 +206,43 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _list(values, digits: int = 2) -> str:
+    return "[" + ", ".join(_fmt(v, digits) for v in values) + "]"
+
+
+def _collapsed(results: dict) -> bool:
+    """Whether the collapse step found a collapsed model (older diagnostics.json: no active unit)."""
+    c = results.get("collapse", {})
+    return bool(c.get("collapsed", c.get("active_units") == 0))
+
+
+def _warnings(results: dict) -> list[str]:
+    """Warning lines for the top of the report: a collapsed model, an unreliable importance estimate."""
+    lines = []
+    c = results.get("collapse", {})
+    if _collapsed(results):
+        reason = c.get("warning") or f"0 of {c.get('latent_dim')} latent units active"
+        lines.append(f"> **Warning: collapsed model.** {reason[0].upper() + reason[1:]}. The PSIS, NUTS, SBC and "
+                     "amortization-gap numbers below then compare a guide that ignores x with a posterior close to the "
+                     "prior: good values there are expected and are no evidence of a good model.")
+    elif c.get("mostly_inactive"):
+        lines.append(f"> **Warning: most latent units are inactive** ({c['active_units']} of {c['latent_dim']} "
+                     "active): the model uses few of its latent dimensions; read the diagnostics below as being "
+                     "about those.")
+    p = results["psis"]
+    above, above_07 = p["fraction_above"]["sample_size"], p["fraction_above"]["0.7"]
+    if above > 0:
+        share = "most" if above > 0.5 else "some"
+        lines.append(f"> **Warning: the importance estimate is unreliable for {share} examples** "
+                     f"({above:.1%} with k-hat above the sample-size threshold {p['sample_size_threshold']:.2f}, "
+                     f"{above_07:.1%} above 0.7): the importance-sampled log p(x) "
+                     f"({_fmt(p['log_likelihood'])}) and the amortization gap's log p(x) may be far off, and their "
+                     "standard errors are optimistic. q(z | x) misses parts of p(z | x).")
+    if lines:
+        lines = [line for warning in lines for line in (warning, ">")][:-1] + [""]
+    return lines
+
+
 def report(results: dict) -> str:
     """``report.md``: the diagnostics in words."""
     p = results["psis"]
@@ -215,6 +253,7 @@ def report(results: dict) -> str:
         f"Run folder `{results['run_dir']}`, {results['num_heldout']} held-out examples. "
         "Numbers are per example, in nats.",
         "",
+        *_warnings(results),
         "## The guide as an importance proposal (PSIS)",
         "",
         f"With S = {p['num_samples']} draws from q(z | x) per example, the importance-sampled log p(x) is "
@@ -268,8 +307,13 @@ def report(results: dict) -> str:
         f"p-value over dimensions (Bonferroni): **{s['p_value']:.3g}**. Verdict: **{s['verdict']}**.",
         "",
         "A U-shaped histogram (ranks at both ends) means an under-dispersed, over-confident guide; a hump means "
-        "an over-dispersed one; a slope means a biased one.",
+        "an over-dispersed one; a slope means a biased one. The width is judged with the shift fitted out "
+        "(a shifted guide of the right width is not called over-dispersed).",
         "",
+        *([f"Fitted per dimension (guide vs posterior): shift {_list(s['shift'], 2)} posterior sds, "
+           f"sd ratio {_list(s['width_ratio'], 2)}.", ""] if s.get("shift") is not None else []),
+        *(["A collapsed model is calibrated trivially (q(z | x) = p(z) = p(z | x)): this verdict says nothing about "
+           "an informative encoder.", ""] if _collapsed(results) else []),
         "![SBC ranks](figures/sbc_ranks.png)",
         "",
     ]
@@ -301,8 +345,20 @@ def report(results: dict) -> str:
         f"nats (at most log N = {_fmt(c['log_num_examples'], 2)}).",
         "",
     ]
+    if c.get("kl_total") is not None:
+        lines += [f"KL(q(z | x) || p(z)) to the model's own prior: {_fmt(c['kl_total'])} ± {_fmt(c.get('kl_total_se'))} "
+                  "nats per example.", ""]
     if c.get("kl_per_dimension"):
-        lines += ["KL per dimension: " + ", ".join(f"{v:.2f}" for v in c["kl_per_dimension"]) + " nats.", ""]
+        lines += ["KL per dimension (to the model's prior): " + ", ".join(f"{v:.2f}" for v in c["kl_per_dimension"])
+                  + " nats.", ""]
+    elif c.get("kl_note"):
+        lines += [f"KL per dimension: not available ({c['kl_note']}).", ""]
+    if _collapsed(results):
+        lines += [f"**Collapsed:** {c.get('warning') or 'no latent dimension is active'}.", ""]
+    elif c.get("warning"):
+        lines += [f"**Note:** {c['warning']}.", ""]
+    else:
+        lines += ["Not collapsed: the encodings carry information about x.", ""]
     lines += ["## Time", "", ", ".join(f"{k}: {v:.1f} s" for k, v in results["seconds"].items()) + ".", ""]
     return "\n".join(lines)
 

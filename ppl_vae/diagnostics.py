@@ -214,50 +214,107 @@ def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10, 
     return per_example.mean().item(), (terms.std() / math.sqrt(terms.numel())).item()
 
 
+#: Below this many nats per example, the KL to the prior or I(x; z) counts as zero (a collapsed model).
+COLLAPSE_NATS = 0.01
+
+
 def collapse_report(vae, data: torch.Tensor, *, num_samples: int = 10, threshold: float = 0.01,
                     seed: int | None = 0) -> dict:
-    """Posterior-collapse monitors for an amortized model (anything with ``encode`` and ``posterior``):
-    KL per latent dimension (diagonal Normal guide and N(0, I) prior; None otherwise), activity and
-    the number of active units (Burda et al. 2016), and I(x; z) with its s.e. (nats)."""
-    from ppl_vae.compare import activity, kl_per_dimension
+    """Posterior-collapse monitors for an amortized model (anything with ``encode``, ``posterior`` and,
+    for the KL, ``prior_distribution``), on ``data (N, *data_shape)``. Returns a JSON-ready dict:
 
+    * ``kl_per_dimension``: KL(q(z_j | x) || p(z_j)) per latent dimension, to the VAE's **own prior**
+      ``vae.prior_distribution()`` (any loc and scale, learned or not; not N(0, I) unless that is the
+      prior), averaged over the examples: ``latent_dim`` floats in nats summing to ``kl_total``, from
+      :func:`ppl_vae.compare.kl_to_prior` (closed form where it exists, else Monte Carlo with
+      ``kl_per_dimension_se``). None where there is no per-dimension split (a mixture, VampPrior or flow
+      prior, a full-rank guide) or no finite KL (a point-mass guide); ``kl_note`` then says why.
+    * ``kl_total``, ``kl_total_se``: the whole KL (the rate), nats per example, with its s.e.
+      (0 when exact); it agrees with ``evaluate(...).kl`` within Monte Carlo error.
+    * ``activity``: Cov_x(E_q[z_j | x]) per dimension; ``active_units``: how many exceed ``threshold``
+      (Burda et al. 2016); ``latent_dim``.
+    * ``mutual_information``, ``mutual_information_se``: I(x; z) under the aggregate posterior, nats,
+      at most ``log_num_examples``.
+    * ``collapsed``: True when no unit is active, or the KL or I(x; z) is ~0 (below ``COLLAPSE_NATS``
+      nats, or within 2 s.e. of 0): q(z | x) then ignores x, and diagnostics of the guide describe
+      the prior. ``mostly_inactive``: True when more than half the units are inactive.
+      ``warning``: one line saying so (None when neither holds).
+    """
+    from ppl_vae.compare import activity, kl_to_prior
+
+    kl = {"total": None, "total_se": None, "per_dimension": None, "per_dimension_se": None,
+          "per_dimension_note": None}
     try:
-        kl = kl_per_dimension(vae, data)
-    except ConfigError:
-        kl = None
+        kl = kl_to_prior(vae, data, seed=seed)
+    except ConfigError as error:
+        kl["per_dimension_note"] = str(error)
     act = activity(vae, data)
     mi, mi_se = mutual_information(vae.posterior, data, num_samples=num_samples, seed=seed)
-    return {"kl_per_dimension": None if kl is None else kl.tolist(), "activity": act.tolist(),
-            "active_units": int((act > threshold).sum()), "latent_dim": int(act.numel()),
-            "mutual_information": mi, "mutual_information_se": mi_se, "log_num_examples": math.log(data.shape[0])}
+    active, dims = int((act > threshold).sum()), int(act.numel())
+    reasons = []
+    if active == 0:
+        reasons.append(f"0 of {dims} latent units active")
+    if kl["total"] is not None and kl["total"] < max(COLLAPSE_NATS, 2 * (kl["total_se"] or 0.0)):
+        reasons.append(f"KL to the prior {kl['total']:.3g} nats")
+    if mi < max(COLLAPSE_NATS, 2 * mi_se):
+        reasons.append(f"I(x; z) {mi:.3g} ± {mi_se:.2g} nats")
+    collapsed = bool(reasons)
+    mostly_inactive = active < dims / 2
+    if collapsed:
+        warning = ("the model is collapsed (" + "; ".join(reasons) + "): q(z | x) ignores x, so the guide "
+                   "diagnostics describe the prior, not an informative encoder")
+    elif mostly_inactive:
+        warning = (f"most latent units are inactive ({active} of {dims} active): the guide diagnostics "
+                   f"describe the {active} informative dimensions; the others are collapsed to the prior")
+    else:
+        warning = None
+
+    def listed(t):
+        return None if t is None else [float(v) for v in t]
+
+    return {"kl_per_dimension": listed(kl["per_dimension"]), "kl_per_dimension_se": listed(kl["per_dimension_se"]),
+            "kl_total": kl["total"], "kl_total_se": kl["total_se"], "kl_note": kl["per_dimension_note"],
+            "activity": act.tolist(), "active_units": active, "latent_dim": dims,
+            "mutual_information": mi, "mutual_information_se": mi_se, "log_num_examples": math.log(data.shape[0]),
+            "collapsed": collapsed, "mostly_inactive": mostly_inactive, "warning": warning}
 
 
 class _LocalGuide:
-    """Per-observation diagonal Normal guide (non-amortized), started from the encoder's output."""
+    """Per-observation diagonal Normal guide (non-amortized), started from the encoder's output.
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, name: str):
-        self.loc = torch.nn.Parameter(loc.detach().clone())
-        self.log_scale = torch.nn.Parameter(scale.detach().log().clone())
-        self.name = name
+    ``loc`` and ``log_scale`` are plain leaf tensors ``(N, latent_dim)`` held by this object, never
+    ``pyro.param`` sites: nothing about them goes through Pyro's global param store. Global latents of
+    the model, if any, are drawn from the amortized guide's own global sites (``global_guide``, a copy
+    of the guide that exposes only those sites), so that both guides share q(globals)."""
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, latent_site: str = "z", global_guide=None):
+        self.loc = loc.detach().clone().requires_grad_(True)
+        self.log_scale = scale.detach().log().clone().requires_grad_(True)
+        self.latent_site = latent_site
+        self.global_guide = global_guide
 
     def __call__(self, x, **kwargs):
         import pyro
         import pyro.distributions as dist
 
-        loc = pyro.param(f"{self.name}.loc", self.loc)
-        log_scale = pyro.param(f"{self.name}.log_scale", self.log_scale)
+        if self.global_guide is not None:
+            self.global_guide(x, **kwargs)
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+            return pyro.sample(self.latent_site, dist.Normal(self.loc, self.log_scale.exp()).to_event(1))
 
 
 def amortization_gap(model, guide, data: torch.Tensor, *, posterior=None, num_steps: int = 500, lr: float = 1e-2,
-                     num_particles: int = 1000, seed: int = 0) -> dict:
+                     num_particles: int = 1000, seed: int = 0, latent_site: str = "z") -> dict:
     """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018).
 
     A non-amortized diagonal Normal guide, one (loc, scale) per observation started from the encoder's
-    q(z | x), is refined by SVI (``Trace_ELBO`` with 16 vectorized draws, Adam) with the model's
-    parameters held fixed. Then,
-    per example in nats with Monte Carlo standard errors:
+    q(z | x), is refined for ``num_steps`` steps of ``torch.optim.Adam`` on a differentiable ELBO
+    (``Trace_ELBO`` with 16 vectorized draws), with gradients taken with respect to the local (loc,
+    log scale) only: the model's parameters are held fixed. The local parameters are plain tensors, not
+    ``pyro.param`` sites, and everything runs in a private copy of Pyro's param store
+    (``ParamStoreDict.scope``), so the store is left exactly as it was found and repeated calls on the
+    same or equal data give the same answer (identical for the same ``seed``). Then, per example in nats
+    with Monte Carlo standard errors:
 
     * ``elbo_amortized``: the ELBO of the encoder's q(z | x);
     * ``elbo_local``: the ELBO of the refined local guide (the best of the family, up to optimization);
@@ -265,40 +322,54 @@ def amortization_gap(model, guide, data: torch.Tensor, *, posterior=None, num_st
     * ``amortization_gap = elbo_local - elbo_amortized`` and
       ``approximation_gap = log_likelihood - elbo_local``.
 
+    With global latents (sites the guide draws outside the data plate) both guides share the amortized
+    guide's q(globals), and the figures are per example given q(globals) (see
+    :class:`ppl_vae.evaluate.EvalResult`).
+
     ``posterior(x)`` must return the encoder's q(z | x) as a diagonal Normal (``vae.posterior``).
     Meant for chosen observations (tens to hundreds): all of them are refined and scored together.
     """
     import pyro
     from pyro import poutine
-    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer import Trace_ELBO
     from types import SimpleNamespace
 
-    from ppl_vae.evaluate import evaluate
+    from ppl_vae.evaluate import evaluate, global_sites
 
     if posterior is None:
         raise ConfigError("amortization_gap needs posterior=vae.posterior (the encoder's q(z | x)) to start from")
-    with torch.no_grad():
-        q = posterior(data)
-    base = q.base_dist if hasattr(q, "base_dist") else q
-    if not isinstance(base, torch.distributions.Normal):
-        raise ConfigError(f"amortization_gap refines a diagonal Normal guide; this encoder gives {type(base).__name__}")
-    local = _LocalGuide(base.loc, base.scale, name=f"_amortization_gap_{id(data)}")
-    fixed_model = poutine.block(model, hide_fn=lambda msg: msg["type"] == "param")    # model parameters fixed
+    if num_steps < 0 or lr <= 0:
+        raise ConfigError(f"amortization_gap needs num_steps >= 0 and lr > 0, got {num_steps} and {lr}")
     store = pyro.get_param_store()
-    with _seeded(seed, data.device):
-        # Several vectorized draws per step: less gradient noise, so the refinement gets close to the optimum.
-        nesting = max_plate_nesting(model, guide, data[:1])
-        svi = SVI(fixed_model, local, pyro.optim.Adam({"lr": lr}),
-                  Trace_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=nesting))
-        for _ in range(num_steps):
-            svi.step(data)
-    for key in (f"{local.name}.loc", f"{local.name}.log_scale"):
-        if key in store:
-            del store[key]
-    amortized = evaluate(SimpleNamespace(model=model, guide=guide), data, num_particles=num_particles, seed=seed)
-    # The local guide holds one (loc, scale) per observation: evaluate it on all of them at once.
-    refined = evaluate(SimpleNamespace(model=model, guide=local), data, num_particles=num_particles, seed=seed,
-                       batch_size=data.shape[0])
+    # A private copy of the param store: the same tensors (the model sees its trained parameters), and
+    # whatever the programs register while we run them is dropped on the way out.
+    with store.scope(state=store.get_state()):
+        with torch.no_grad():
+            q = posterior(data)
+        base = q.base_dist if hasattr(q, "base_dist") else q
+        if not isinstance(base, torch.distributions.Normal):
+            raise ConfigError(f"amortization_gap refines a diagonal Normal guide; this encoder gives {type(base).__name__}")
+        globals_ = global_sites(guide, data[:1])
+        global_guide = poutine.block(guide, expose=globals_) if globals_ else None
+        local = _LocalGuide(base.loc, base.scale, latent_site=latent_site, global_guide=global_guide)
+        with _seeded(seed, data.device):
+            nesting = max_plate_nesting(model, guide, data[:1])
+            # Several vectorized draws per step: less gradient noise, so the refinement gets close to the optimum.
+            elbo = Trace_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=nesting)
+            params = [local.loc, local.log_scale]
+            optimizer = torch.optim.Adam(params, lr=lr)
+            for _ in range(num_steps):
+                loss = elbo.differentiable_loss(model, local, data)
+                grads = torch.autograd.grad(loss, params)          # the model's parameters get no gradient
+                for p, g in zip(params, grads):
+                    p.grad = g
+                optimizer.step()
+        local.loc.requires_grad_(False)
+        local.log_scale.requires_grad_(False)
+        amortized = evaluate(SimpleNamespace(model=model, guide=guide), data, num_particles=num_particles, seed=seed)
+        # The local guide holds one (loc, scale) per observation: evaluate it on all of them at once.
+        refined = evaluate(SimpleNamespace(model=model, guide=local), data, num_particles=num_particles, seed=seed,
+                           batch_size=data.shape[0])
     return {
         "elbo_amortized": amortized.elbo, "elbo_amortized_se": amortized.elbo_se,
         "elbo_local": refined.elbo, "elbo_local_se": refined.elbo_se,
@@ -449,21 +520,32 @@ class SBCResult:
     For each simulation z* ~ p(z), x ~ p(x | z*), the rank of z*_j among L draws from q(z | x) is
     uniform on {0, ..., L} for every latent dimension j when q is the exact posterior.
 
+    Shift and width are told apart with a two-parameter model of the ranks (see :func:`sbc`): per
+    dimension, the guide's marginal is taken to be the posterior's moved by ``shift`` posterior sds and
+    scaled by ``width_ratio``, both fitted to the ranks by maximum likelihood.
+
     Attributes:
         ranks: ``(num_simulations, latent_dim)`` integer ranks in 0..L.
         num_draws: L.
         p_values: ``(latent_dim,)`` chi-square uniformity test of the binned ranks per dimension.
         p_value: the smallest, Bonferroni-corrected over dimensions (capped at 1).
         num_bins: bins of the chi-square test (and of the histograms).
-        dispersion_z: ``(latent_dim,)`` z-score of the variance of the normalized ranks u = rank / L
-            against its uniform value (about 1/12). Positive (ranks pile up at both ends, a U-shape):
-            the guide is under-dispersed (over-confident). Negative (a hump in the middle): over-dispersed.
-        bias_z: ``(latent_dim,)`` z-score of the mean of u against 1/2. Negative (the true z falls below
-            most guide draws): the guide is biased high; positive: biased low.
-        flags: per flagged dimension, ``{"latent_dim", "finding", "p_value"}``; the finding names each
-            z-score beyond the Bonferroni critical value (e.g. ``"under-dispersed and biased high"``),
-            or ``"non-uniform"`` when the test rejects but neither does.
-        verdict: ``"calibrated"``, or the findings and how many dimensions have them.
+        shift: ``(latent_dim,)`` fitted (guide mean - posterior mean) / posterior sd, averaged over x.
+        width_ratio: ``(latent_dim,)`` fitted guide sd / posterior sd (1 when calibrated).
+        dispersion_z: ``(latent_dim,)`` signed root of the likelihood-ratio statistic of width_ratio = 1
+            with the shift fitted in both models, so a pure shift does not read as a change of width;
+            N(0, 1) under calibration. Positive (ranks pile up at both ends, a U-shape): the guide is
+            under-dispersed (too narrow, over-confident). Negative (a hump in the middle): over-dispersed.
+        bias_z: ``(latent_dim,)`` signed root of the likelihood-ratio statistic of shift = 0 with the
+            width fitted in both models; N(0, 1) under calibration. Negative (the true z falls below most
+            guide draws): the guide is biased high (mean too high); positive: biased low.
+        flags: per flagged dimension, ``{"latent_dim", "finding", "description", "p_value", "shift",
+            "width_ratio", "dispersion_z", "bias_z"}``; ``finding`` names each z-score beyond the Bonferroni
+            critical value (e.g. ``"under-dispersed and biased high"``), or ``"non-uniform"`` when the
+            chi-square test rejects but neither does; ``description`` says what that means for the guide.
+        verdict: ``"calibrated"``, or the findings with the dimensions that have them, e.g.
+            ``"dims 0, 3: biased high (guide mean too high: the true z falls below most draws); dim 1:
+            under-dispersed (...) [3 of 8 dimensions flagged]"``.
     """
 
     ranks: np.ndarray = field(repr=False)
@@ -475,11 +557,14 @@ class SBCResult:
     bias_z: np.ndarray = field(repr=False)
     flags: list
     verdict: str
+    shift: np.ndarray = field(repr=False, default=None)
+    width_ratio: np.ndarray = field(repr=False, default=None)
 
     def summary(self) -> dict:
         return {"num_simulations": int(self.ranks.shape[0]), "num_draws": self.num_draws, "num_bins": self.num_bins,
                 "p_value": self.p_value, "p_values": self.p_values.tolist(),
                 "dispersion_z": self.dispersion_z.tolist(), "bias_z": self.bias_z.tolist(),
+                "shift": self.shift.tolist(), "width_ratio": self.width_ratio.tolist(),
                 "flags": self.flags, "verdict": self.verdict}
 
 
@@ -515,6 +600,110 @@ def _device_of(*programs) -> torch.device:
     return torch.device("cpu")
 
 
+class _RankModel:
+    """P(rank = r | shift, width) for r in 0..L under the location-scale model of :func:`sbc`.
+
+    With the posterior's marginal standardized to N(0, 1), the true value is eps ~ N(0, 1) and the guide
+    N(delta, s^2); each of the L guide draws falls below eps with probability Phi(w), w = (eps - delta) / s,
+    so the rank is Binomial(L, Phi(w)) and w has density s phi(delta + s w). Hence
+
+        P(r) = integral Binomial(r; L, Phi(w)) s phi(delta + s w) dw,
+
+    computed by the trapezoid rule on a fixed grid of w in [-8, 8] (Phi(-8) ~ 6e-16: the mass beyond it
+    goes to rank 0 or L). At delta = 0, s = 1 it is 1 / (L + 1) for every r (uniform ranks), to 1e-9.
+    """
+
+    HALF_WIDTH = 8.0
+
+    def __init__(self, num_draws: int):
+        from scipy import stats
+
+        step = min(0.02, 0.2 / math.sqrt(num_draws + 1))       # resolves the binomial's width in w
+        self.w = np.linspace(-self.HALF_WIDTH, self.HALF_WIDTH, int(round(2 * self.HALF_WIDTH / step)) + 1)
+        weights = np.full_like(self.w, self.w[1] - self.w[0])
+        weights[[0, -1]] /= 2
+        ranks = np.arange(num_draws + 1)[:, None]
+        self.matrix = stats.binom.pmf(ranks, num_draws, stats.norm.cdf(self.w)[None, :]) * weights   # (L + 1, G)
+        self.num_draws = num_draws
+
+    def pmf(self, delta: float, log_s: float) -> np.ndarray:
+        from scipy import stats
+
+        s = math.exp(log_s)
+        p = self.matrix @ (s * stats.norm.pdf(delta + s * self.w))
+        p[0] += stats.norm.cdf(delta - s * self.HALF_WIDTH)
+        p[-1] += stats.norm.cdf(-delta - s * self.HALF_WIDTH)
+        return np.maximum(p, 1e-300)
+
+    def log_likelihood(self, counts: np.ndarray, delta: float, log_s: float) -> float:
+        return float(counts @ np.log(self.pmf(delta, log_s)))
+
+    def fit(self, counts: np.ndarray) -> dict:
+        """Maximum-likelihood (delta, log s) with both free, with s = 1, and with delta = 0, and the two
+        signed-root likelihood-ratio statistics."""
+        from scipy import optimize, stats
+
+        bound_delta, bound_log_s = 10.0, 3.0
+        n = counts.sum()
+        # Start from the moments of the probit-transformed ranks: w = Phi^-1((r + 1/2) / (L + 1)) has
+        # mean about -delta / s and variance about 1 / s^2.
+        w = stats.norm.ppf((np.arange(self.num_draws + 1) + 0.5) / (self.num_draws + 1))
+        mean = counts @ w / n
+        var = max(counts @ (w - mean) ** 2 / n, 1e-3)
+        start = (float(np.clip(-mean / math.sqrt(var), -bound_delta, bound_delta)),
+                 float(np.clip(-0.5 * math.log(var), -bound_log_s, bound_log_s)))
+
+        def negative(theta):
+            return -self.log_likelihood(counts, theta[0], theta[1])
+
+        fixed_width = optimize.minimize_scalar(lambda d: negative((d, 0.0)), bounds=(-bound_delta, bound_delta),
+                                               method="bounded", options={"xatol": 1e-7})
+        fixed_shift = optimize.minimize_scalar(lambda ls: negative((0.0, ls)), bounds=(-bound_log_s, bound_log_s),
+                                               method="bounded", options={"xatol": 1e-7})
+        best = None
+        for x0 in (start, (fixed_width.x, 0.0), (0.0, fixed_shift.x)):
+            result = optimize.minimize(negative, x0, method="L-BFGS-B",
+                                       bounds=[(-bound_delta, bound_delta), (-bound_log_s, bound_log_s)],
+                                       options={"ftol": 1e-12, "gtol": 1e-8})
+            if best is None or result.fun < best.fun:
+                best = result
+        delta, log_s = (float(v) for v in best.x)
+        width_statistic = max(0.0, 2 * (fixed_width.fun - best.fun))
+        shift_statistic = max(0.0, 2 * (fixed_shift.fun - best.fun))
+        return {"shift": delta, "width_ratio": math.exp(log_s),
+                # positive: narrower than the posterior (under-dispersed); negative: wider
+                "dispersion_z": -math.copysign(math.sqrt(width_statistic), log_s),
+                # negative: guide mean above the posterior's (biased high); positive: below
+                "bias_z": -math.copysign(math.sqrt(shift_statistic), delta)}
+
+
+_SBC_DESCRIPTIONS = {
+    "biased high": "guide mean too high: the true z falls below most draws",
+    "biased low": "guide mean too low: the true z falls above most draws",
+    "under-dispersed": "guide too narrow, over-confident: ranks pile up at both ends",
+    "over-dispersed": "guide too wide, under-confident: ranks bunch in the middle",
+    "non-uniform": "ranks not uniform, and neither a shift nor a change of width explains it",
+}
+
+
+def _sbc_verdict(flags: list, latent_dim: int) -> str:
+    if not flags:
+        return "calibrated"
+    by_finding: dict = {}
+    for flag in flags:
+        by_finding.setdefault(flag["finding"], []).append(flag["latent_dim"])
+    parts = []
+    for finding, dims in by_finding.items():
+        label = "dim" if len(dims) == 1 else "dims"
+        parts.append(f"{label} {', '.join(str(j) for j in dims)}: {finding} ({flags_description(finding)})")
+    return f"{'; '.join(parts)} [{len(flags)} of {latent_dim} dimensions flagged]"
+
+
+def flags_description(finding: str) -> str:
+    """What an SBC finding (``"under-dispersed and biased high"``, ...) says about the guide."""
+    return "; ".join(_SBC_DESCRIPTIONS[part] for part in finding.split(" and "))
+
+
 def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_bins: int | None = None,
         alpha: float = 0.01, latent_site: str = "z", observed_site: str = "x", seed: int = 0) -> SBCResult:
     """Simulation-based calibration of the guide, with a uniformity test and dispersion flags.
@@ -522,7 +711,19 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
     The test is a chi-square test of the ranks binned into ``num_bins`` equal bins (default: about
     num_simulations / 20 bins, at most 20, so every bin expects at least 20 ranks), per latent dimension.
     A dimension is flagged when its p-value, Bonferroni-corrected, is below ``alpha``; the flag says how
-    (under-dispersed, over-dispersed, biased high or low) from the z-scores of the ranks' variance and mean.
+    (under-dispersed, over-dispersed, biased high or low) from two z-scores, each compared with the
+    two-sided Bonferroni critical value ``Phi^-1(1 - alpha / (2 latent_dim))``.
+
+    The z-scores separate a shift of the guide from a change of its width. A shift alone narrows the
+    spread of the ranks too (they crowd towards one end), so the raw rank variance cannot judge the
+    width. Instead the ranks of each dimension are fitted, by maximum likelihood, with the model in
+    which the guide's marginal is the posterior's moved by ``delta`` posterior sds and scaled by ``s``
+    (exact when both are Normal, a two-parameter summary otherwise): the rank is then
+    Binomial(L, Phi(w)) with w = (eps - delta) / s, eps ~ N(0, 1), whose distribution
+    :class:`_RankModel` computes by quadrature (uniform at delta = 0, s = 1). ``dispersion_z`` is the
+    signed root of the likelihood-ratio statistic of s = 1 with delta free in both fits, ``bias_z`` that
+    of delta = 0 with s free; each is N(0, 1) under calibration (Wilks), and a pure shift leaves the
+    width test at N(0, 1) whatever its size. ``shift`` and ``width_ratio`` are the fitted delta and s.
     """
     from scipy import stats
 
@@ -539,14 +740,10 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
         observed = np.histogram(ranks[:, j], bins=edges)[0]
         statistic = ((observed - expected) ** 2 / expected).sum()
         p_values[j] = stats.chi2.sf(statistic, num_bins - 1)
-    u = ranks / num_draws
-    # Under uniformity: E[u] = 1/2 and Var[u] = m2 (1/12 in the limit). The variance about the sample mean
-    # (so that a shift does not read as a change of width) has sd sqrt((m4 - m2^2) / n), m4 the fourth
-    # central moment of the discrete uniform.
-    m2 = ((values / num_draws - 0.5) ** 2).mean()
-    m4 = ((values / num_draws - 0.5) ** 4).mean()
-    dispersion_z = (u.var(0) - m2) / math.sqrt((m4 - m2**2) / n)
-    bias_z = (u.mean(0) - 0.5) / math.sqrt(m2 / n)
+    model_of_ranks = _RankModel(num_draws)
+    fits = [model_of_ranks.fit(np.bincount(ranks[:, j], minlength=num_draws + 1).astype(float)) for j in range(d)]
+    dispersion_z = np.array([f["dispersion_z"] for f in fits])
+    bias_z = np.array([f["bias_z"] for f in fits])
     corrected = np.minimum(p_values * d, 1.0)
     critical = stats.norm.isf(alpha / (2 * d))          # two-sided, Bonferroni over dimensions
     flags = []
@@ -558,8 +755,11 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
             found.append("under-dispersed" if dispersion_z[j] > 0 else "over-dispersed")
         if abs(bias_z[j]) > critical:
             found.append("biased high" if bias_z[j] < 0 else "biased low")   # truth below most draws: q too high
-        flags.append({"latent_dim": j, "finding": " and ".join(found) or "non-uniform", "p_value": float(corrected[j])})
-    kinds = sorted({f["finding"] for f in flags})
-    verdict = "calibrated" if not flags else f"{'; '.join(kinds)} ({len(flags)} of {d} dimensions)"
+        finding = " and ".join(found) or "non-uniform"
+        flags.append({"latent_dim": j, "finding": finding, "description": flags_description(finding),
+                      "p_value": float(corrected[j]), "shift": fits[j]["shift"], "width_ratio": fits[j]["width_ratio"],
+                      "dispersion_z": float(dispersion_z[j]), "bias_z": float(bias_z[j])})
     return SBCResult(ranks=ranks, num_draws=num_draws, p_values=p_values, p_value=float(corrected.min()),
-                     num_bins=num_bins, dispersion_z=dispersion_z, bias_z=bias_z, flags=flags, verdict=verdict)
+                     num_bins=num_bins, dispersion_z=dispersion_z, bias_z=bias_z, flags=flags,
+                     verdict=_sbc_verdict(flags, d), shift=np.array([f["shift"] for f in fits]),
+                     width_ratio=np.array([f["width_ratio"] for f in fits]))

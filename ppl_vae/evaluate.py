@@ -1,6 +1,10 @@
 """Held-out evaluation of any Pyro model/guide pair: ELBO, its reconstruction and KL parts, and the
 importance-sampled log p(x) (the IWAE bound), each per example in nats with its Monte Carlo error.
 
+Models with global latents (sites the guide draws outside the data plate, e.g. the scale of the
+``hierarchical`` prior) get per-example figures *given* q(globals), which are not bounds on the data
+set's evidence, and the joint ELBO, which is: see :class:`EvalResult`.
+
 The core is :func:`log_weights`: for K draws z_k ~ q(z | x_n) it returns, per draw and example,
 log p(x_n | z_k), log p(z_k) and log q(z_k | x_n). Everything else is arithmetic on those (K, N)
 tables, done in chunks of examples and of draws so that memory stays bounded for any K and N.
@@ -74,11 +78,14 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
 
     Returns a dict of ``(K, N)`` tensors: ``log_likelihood`` (observed sites, log p(x | z)),
     ``log_prior`` (latent sites of the model, log p(z)), ``log_guide`` (log q(z | x)) and
-    ``log_weight = log_likelihood + log_prior - log_guide``.
+    ``log_weight = log_likelihood + log_prior - log_guide``; and the ``(K,)`` tensor ``log_global``,
+    log p(g_k) - log q(g_k) summed over the global latent sites (zeros when there are none).
 
     Global latent sites (drawn by the guide outside the data plate, e.g. the scale of a hierarchical
-    prior) are sampled once per draw k from their guide and not scored, so the weights of example n
-    estimate the posterior predictive log-density of x_n under q(globals), separately for every n.
+    prior) are sampled once per draw k from their guide, shared by all N examples, and left out of the
+    (K, N) tables, so the weights of example n estimate the posterior predictive log-density of x_n
+    under q(globals), separately for every n. Their own term is ``log_global``: the joint ELBO of the
+    N examples is E[sum_n log_weight[k, n] + log_global[k]].
     """
     if nesting is None:
         nesting = max_plate_nesting(model, guide, x, **kwargs)
@@ -115,7 +122,28 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
                 parts["log_prior"] += lp
     parts = {k: torch.as_tensor(v, device=x.device).expand(num_particles, num_examples) for k, v in parts.items()}
     parts["log_weight"] = parts["log_likelihood"] + parts["log_prior"] - parts["log_guide"]
+    log_global = torch.zeros(num_particles, device=x.device)
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for name in global_sites:
+            site = trace.nodes.get(name)
+            if site is not None and site["type"] == "sample":
+                log_global = log_global + sign * _per_draw(_site_log_prob(site), num_particles, plate_dim)
+    parts["log_global"] = log_global
     return parts
+
+
+def _per_draw(log_prob: torch.Tensor, num_particles: int, plate_dim: int) -> torch.Tensor:
+    """Reduce a global site's log-density to ``(num_particles,)``: sum over everything but the
+    particle plate (at ``plate_dim``, the leftmost batch dimension)."""
+    while log_prob.dim() < -plate_dim:
+        log_prob = log_prob.unsqueeze(0)
+    return log_prob.reshape(log_prob.shape[0], -1).sum(1).expand(num_particles)
+
+
+#: ``EvalResult.elbo_kind`` of a model without global latents: a lower bound on log p(x_n) per example.
+ELBO = "ELBO"
+#: ``EvalResult.elbo_kind`` of a model with global latents: per example given q(globals), not a bound.
+ELBO_GIVEN_GLOBALS = "per-example ELBO given q(global)"
 
 
 @dataclass(frozen=True)
@@ -123,10 +151,31 @@ class EvalResult:
     """Held-out numbers, each a mean over examples, per example, in nats (higher is better).
 
     ``*_se`` is the Monte Carlo standard error of the mean: the spread due to the random draws of z
-    for this fixed set of examples. ``*_data_se`` is the standard error over examples (the standard
-    deviation across examples / sqrt(N)): the spread you would see on another held-out set.
-    ``log_likelihood`` is the importance-sampled estimate of log p(x) with K draws (the IWAE bound,
-    a lower bound in expectation); ``elbo = reconstruction - kl``.
+    (and of global latents) for this fixed set of examples. ``*_data_se`` is the standard error over
+    examples (the standard deviation across examples / sqrt(N)): the spread you would see on another
+    held-out set. ``elbo = reconstruction - kl``.
+
+    What ``elbo`` and ``log_likelihood`` are depends on the model (``elbo_kind`` says which):
+
+    * no global latents (``elbo_kind == "ELBO"``): ``elbo`` is the evidence lower bound, mean over
+      examples of E_q[log p(x_n, z) - log q(z | x_n)] <= log p(x_n); ``log_likelihood`` is the
+      importance-sampled estimate of log p(x_n) with K draws (the IWAE bound, a lower bound in
+      expectation). ``joint_elbo == elbo`` and ``global_kl == 0``.
+    * global latents g, drawn by the guide outside the data plate (``elbo_kind ==
+      "per-example ELBO given q(global)"``): ``elbo`` is the mean over examples of
+      E_{q(g) q(z|x_n)}[log p(x_n, z | g) - log q(z | x_n)], which leaves out the global term and is
+      *not* a lower bound on the data set's log evidence; ``log_likelihood`` estimates
+      log E_{q(g)}[p(x_n | g)], a posterior-predictive density of x_n given q(g) (also not a bound on
+      log p(x_1..N) / N). The bound is ``joint_elbo``:
+      (1/N) E_q[log p(x_1..N, z_1..N, g) - log q(g) - sum_n log q(z_n | x_n)]
+      = ``elbo - global_kl / N`` <= log p(x_1..N) / N, per example.
+
+    Fields beyond the above: ``joint_elbo``, ``joint_elbo_se`` (per example, Monte Carlo s.e.);
+    ``global_kl``, ``global_kl_se``: KL(q(g) || p(g)) estimated from the same draws, nats for the
+    whole data set (not per example); ``elbo_kind`` as above.
+
+    Monte Carlo errors with global latents account for the draws of g shared by the examples of a
+    chunk (the variance of each chunk's per-draw sum, not the sum of per-example variances).
 
     Caveat on ``log_likelihood_se``: it is the delta-method error Var(w) / (K mean(w)^2) with the
     variance of the importance weights w estimated from the same K draws. When the weights are
@@ -147,10 +196,15 @@ class EvalResult:
     kl_se: float
     num_particles: int
     num_examples: int
+    joint_elbo: float = float("nan")
+    joint_elbo_se: float = float("nan")
+    global_kl: float = 0.0
+    global_kl_se: float = 0.0
+    elbo_kind: str = ELBO
     per_example: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        """The scalar fields (what ``eval.json`` holds)."""
+        """The scalar fields (what ``eval.json`` holds), including ``elbo_kind`` (what ``elbo`` is)."""
         out = asdict(self)
         out.pop("per_example")
         return out
@@ -177,6 +231,15 @@ def chunk_sizes(x: torch.Tensor, num_particles: int, batch_size: int | None = No
     return batch, particles
 
 
+def global_sites(guide, x: torch.Tensor, plate_name: str = "data", **kwargs) -> list[str]:
+    """Names of the latent sites the guide draws outside ``plate_name`` (global latents), from one trace."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide).get_trace(x, **kwargs)
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and plate_name not in {f.name for f in site["cond_indep_stack"]}]
+
+
 @torch.no_grad()
 def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: int | None = None,
              max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int | None = None, progress: bool = False) -> EvalResult:
@@ -194,7 +257,8 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
         progress: show a progress bar over chunks.
 
     Returns an :class:`EvalResult`; ``per_example`` holds ``(N,)`` tensors ``elbo`` and
-    ``log_likelihood`` for further analysis.
+    ``log_likelihood`` for further analysis. With global latents, ``elbo`` is the per-example ELBO
+    given q(globals) and ``joint_elbo`` the bound on the data set's evidence (see :class:`EvalResult`).
     """
     if num_particles < 1:
         raise ConfigError(f"num_particles must be at least 1, got {num_particles}")
@@ -207,12 +271,14 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
         devices=[device] if device.type == "cuda" else [], device_type=device.type)
     batch, particles = chunk_sizes(data, num_particles, batch_size, max_elements)
     sums = {k: [] for k in ("elbo", "elbo_var", "iwae", "iwae_var", "rec", "rec_var", "kl", "kl_var")}
+    chunks: list[dict] = []        # per chunk, per draw: sums over the chunk's examples (global latents)
     starts = range(0, data.shape[0], batch)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"evaluate (K={num_particles})", unit="chunk", leave=False)
     with fork:
+        has_globals = bool(global_sites(vae.guide, data[:batch]))     # before seeding: the draws stay as they were
         if seed is not None:
             torch.manual_seed(seed)
         nesting = max_plate_nesting(vae.model, vae.guide, data[:batch])
@@ -221,19 +287,61 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
             with contextlib.nullcontext() if i == 0 else pyro.validation_enabled(False):
                 parts = log_weight_chunk(vae.model, vae.guide, data[start:start + batch], num_particles, particles,
                                          nesting)
-            _accumulate(sums, parts["log_weight"], parts["log_likelihood"], parts["log_guide"] - parts["log_prior"])
+            kl_table = parts["log_guide"] - parts["log_prior"]
+            _accumulate(sums, parts["log_weight"], parts["log_likelihood"], kl_table)
+            if has_globals:
+                chunks.append(_chunk_draws(parts["log_weight"], parts["log_likelihood"], kl_table,
+                                           parts["log_global"]))
     cat = {k: torch.cat(v).double() for k, v in sums.items()}
+    n = int(data.shape[0])
     elbo = _mean_and_se(cat["elbo"], cat["elbo_var"])
     ll = _mean_and_se(cat["iwae"], cat["iwae_var"])
     rec = _mean_and_se(cat["rec"], cat["rec_var"])
     kl = _mean_and_se(cat["kl"], cat["kl_var"])
+    joint = {"joint_elbo": elbo[0], "joint_elbo_se": elbo[1], "global_kl": 0.0, "global_kl_se": 0.0,
+             "elbo_kind": ELBO}
+    if has_globals:
+        # Examples of a chunk share each draw of the globals, so their errors are correlated: the Monte
+        # Carlo variance of a chunk's total is the variance over draws of its per-draw sum. Chunks are
+        # independent. The global term is averaged over every chunk's draws.
+        c = len(chunks)
+
+        def chunk_se(key, extra=None):
+            var = sum(_var_of_mean(ch[key] + (0.0 if extra is None else extra(ch))) for ch in chunks)
+            return math.sqrt(var) / n
+
+        global_kl = -sum(ch["global"].mean().item() for ch in chunks) / c
+        global_kl_se = math.sqrt(sum(_var_of_mean(ch["global"]) for ch in chunks)) / c
+        elbo = (elbo[0], chunk_se("elbo"), elbo[2])
+        ll = (ll[0], chunk_se("iwae"), ll[2])
+        rec = (rec[0], chunk_se("rec"), rec[2])
+        kl = (kl[0], chunk_se("kl"), kl[2])
+        joint = {"joint_elbo": elbo[0] - global_kl / n,
+                 "joint_elbo_se": chunk_se("elbo", lambda ch: ch["global"] / c),
+                 "global_kl": global_kl, "global_kl_se": global_kl_se, "elbo_kind": ELBO_GIVEN_GLOBALS}
     return EvalResult(
         elbo=elbo[0], elbo_se=elbo[1], elbo_data_se=elbo[2],
         log_likelihood=ll[0], log_likelihood_se=ll[1], log_likelihood_data_se=ll[2],
         reconstruction=rec[0], reconstruction_se=rec[1], kl=kl[0], kl_se=kl[1],
-        num_particles=num_particles, num_examples=int(data.shape[0]),
+        num_particles=num_particles, num_examples=n, **joint,
         per_example={"elbo": cat["elbo"].float().cpu(), "log_likelihood": cat["iwae"].float().cpu()},
     )
+
+
+def _var_of_mean(per_draw: torch.Tensor) -> float:
+    """Monte Carlo variance of the mean of ``(K,)`` i.i.d. per-draw values (nan for K = 1)."""
+    k = per_draw.shape[0]
+    return (per_draw.double().var() / k).item() if k > 1 else float("nan")
+
+
+def _chunk_draws(log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, log_global: torch.Tensor) -> dict:
+    """Per draw k, ``(K,)`` sums over a chunk's examples: of the ELBO, reconstruction and KL terms; of
+    w_kn / mean_k(w_kn) (the delta-method linearization of the sum of the per-example IWAE estimates);
+    and the global term log p(g_k) - log q(g_k)."""
+    log_w = log_w.double()
+    w = (log_w - log_w.max(0).values).exp()
+    return {"elbo": log_w.sum(1), "rec": rec.double().sum(1), "kl": kl.double().sum(1),
+            "iwae": (w / w.mean(0)).sum(1), "global": log_global.double()}
 
 
 def log_weight_chunk(model, guide, x: torch.Tensor, num_particles: int, particles_per_pass: int,

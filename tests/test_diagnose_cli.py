@@ -81,3 +81,75 @@ def test_bad_numbers_exit_2_and_write_nothing(diagnosed, tmp_path, capsys, args,
 def test_missing_run_folder(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _results(*, collapse: dict, fraction_above=None) -> dict:
+    """A diagnostics.json as report() reads it, without NUTS and the amortization gap."""
+    return {
+        "run_dir": "run", "dataset": "toy", "num_heldout": 50,
+        "psis": {"num_samples": 100, "num_observations": 50, "log_likelihood": -10.0, "log_likelihood_se": 0.1,
+                 "khat_quantiles": dict.fromkeys(("min", "5%", "25%", "50%", "75%", "95%", "max"), 0.2),
+                 "fraction_above": fraction_above or {"0.5": 0.0, "0.7": 0.0, "sample_size": 0.0},
+                 "sample_size_threshold": 0.5, "worst": [[0, 0.2]]},
+        "sbc": {"num_simulations": 100, "num_draws": 19, "num_bins": 5, "p_value": 0.5, "verdict": "calibrated",
+                "shift": [0.01, -0.02], "width_ratio": [1.0, 0.98]},
+        "collapse": {"activity": [0.5, 0.4], "latent_dim": 2, "mutual_information": 1.2,
+                     "mutual_information_se": 0.01, "log_num_examples": 3.9, **collapse},
+        "seconds": {"psis": 1.0},
+    }
+
+
+HEALTHY = {"active_units": 2, "kl_per_dimension": [1.0, 2.0], "kl_total": 3.0, "kl_total_se": 0.0,
+           "collapsed": False, "mostly_inactive": False, "warning": None}
+
+
+def test_report_of_a_healthy_model_has_no_warning():
+    from ppl_vae.diagnose import report
+
+    text = report(_results(collapse=HEALTHY))
+    assert "Warning" not in text and "Not collapsed" in text
+    assert "KL(q(z | x) || p(z)) to the model's own prior: 3.000" in text
+
+
+@pytest.mark.parametrize("collapse", [
+    {**HEALTHY, "active_units": 0, "collapsed": True,
+     "warning": "the model is collapsed (0 of 2 latent units active; I(x; z) 0 ± 0 nats): q(z | x) ignores x"},
+    {"active_units": 0, "kl_per_dimension": [0.0, 0.0]},          # a diagnostics.json written before the flag
+])
+def test_report_names_a_collapsed_model_before_any_conclusion(collapse):
+    from ppl_vae.diagnose import report
+
+    text = report(_results(collapse=collapse))
+    warning = text.index("**Warning: collapsed model.**")
+    assert warning < text.index("## The guide as an importance proposal")     # before the numbers it qualifies
+    assert "0 of 2 latent units active" in text[warning:text.index("\n", warning)]
+    assert "calibrated trivially" in text and "**Collapsed:**" in text
+
+
+def test_report_warns_when_most_units_are_inactive():
+    from ppl_vae.diagnose import report
+
+    text = report(_results(collapse={**HEALTHY, "active_units": 0 + 1, "latent_dim": 4, "mostly_inactive": True,
+                                     "warning": "most latent units are inactive (1 of 4 active)"}))
+    assert "**Warning: most latent units are inactive** (1 of 4 active)" in text
+
+
+@pytest.mark.parametrize("fraction, share", [(0.3, "some"), (0.8, "most")])
+def test_report_warns_when_khat_says_the_importance_estimate_is_unreliable(fraction, share):
+    from ppl_vae.diagnose import report
+
+    text = report(_results(collapse=HEALTHY, fraction_above={"0.5": 0.9, "0.7": fraction / 2, "sample_size": fraction}))
+    line = next(line for line in text.splitlines() if "importance estimate is unreliable" in line)
+    assert f"unreliable for {share} examples" in line and f"{fraction:.1%} with k-hat above" in line
+    assert text.index(line) < text.index("## The guide as an importance proposal")
+
+
+def test_report_of_a_real_run_agrees_with_its_collapse_numbers(diagnosed):
+    _, out = diagnosed
+    results = json.loads((out / "diagnostics.json").read_text())
+    c = results["collapse"]
+    assert {"collapsed", "warning", "kl_total", "kl_per_dimension"} <= set(c)
+    report = (out / "report.md").read_text()
+    assert ("**Warning: collapsed model.**" in report) == c["collapsed"]
+    assert "to the model's own prior" in report
+    assert len(results["sbc"]["shift"]) == len(results["sbc"]["width_ratio"]) == 3

@@ -96,7 +96,9 @@ def test_sbc_flags_a_shrunk_or_inflated_guide(ppca, factor, finding):
     r = sbc(ppca.vae.model, ppca.vae.guide, num_simulations=500, num_draws=49, seed=0)
     assert r.p_value < 1e-6
     assert {f["finding"] for f in r.flags} == {finding} and len(r.flags) == 2
-    assert r.verdict.startswith(finding)
+    assert r.verdict.startswith(f"dims 0, 1: {finding} (guide too") and r.verdict.endswith("[2 of 2 dimensions flagged]")
+    # the fitted width, 0.6 or 1.6; 0.15 is about 5 s.e. of log width (1 / sqrt(2 n), n = 500)
+    assert np.all(np.abs(np.log(r.width_ratio / factor)) < 0.15)
     ppca.set_guide()
 
 

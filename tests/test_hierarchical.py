@@ -7,7 +7,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppl_vae import VAE, ConfigError, evaluate, fit, log_weights
+from ppl_vae import VAE, ConfigError, fit
+from ppl_vae.evaluate import evaluate, log_weights   # not via ppl_vae: its lazy export can yield the submodule
 
 SHAPE = (1, 2, 3)
 
@@ -87,3 +88,23 @@ def test_training_learns_q_tau_and_stays_finite(vae):
 def test_iwae_objective_with_a_global_latent_is_refused(vae, x):
     with pytest.raises(ConfigError, match="global latents"):
         fit(vae, x, epochs=1, elbo="iwae", num_particles=4, progress=False)
+
+
+@pytest.mark.parametrize("hyperprior", ["half-cauchy", "log-normal"])
+def test_joint_elbo_subtracts_kl_of_q_tau_from_the_per_example_figure(vae, x, hyperprior):
+    """The joint ELBO is the per-example ELBO given q(tau) minus KL(q(tau) || p(tau)) / N; the KL,
+    computed here independently with plain torch and 200,000 draws, agrees within Monte Carlo error."""
+    vae.prior.hyperprior = hyperprior
+    result = evaluate(vae, x, num_particles=4000, seed=0)
+    assert result.elbo_kind == "per-example ELBO given q(global)"
+    with torch.no_grad():
+        q_tau = dist.LogNormal(vae.prior.q_loc, vae.prior.q_log_scale.exp()).to_event(1)
+        p_tau = (dist.HalfCauchy(torch.ones(2)) if hyperprior == "half-cauchy"
+                 else dist.LogNormal(torch.zeros(2), torch.ones(2))).to_event(1)
+        tau = q_tau.sample(torch.Size([200_000]))
+        terms = (q_tau.log_prob(tau) - p_tau.log_prob(tau)).double()
+    kl, kl_se = terms.mean().item(), (terms.std() / math.sqrt(terms.numel())).item()
+    assert kl > 0.5                                                     # q(tau) is far from the hyperprior
+    assert abs(result.global_kl - kl) < 5 * math.hypot(result.global_kl_se, kl_se)
+    assert result.joint_elbo == pytest.approx(result.elbo - result.global_kl / x.shape[0], abs=1e-9)
+    assert result.joint_elbo_se > 0 and result.to_dict()["joint_elbo"] == result.joint_elbo
