@@ -13,9 +13,12 @@ claims usually made for the VAE are turned into measurements:
   the samples and of held-out data (an "FID" with a domain classifier instead of Inception);
 * **the encodings cover the prior** -- :func:`mmd`: the unbiased squared maximum mean discrepancy
   between the aggregate posterior (one draw of q(z | x) per held-out example) and prior samples;
-* **rate and distortion** -- the closed-form KL(q(z | x) || N(0, I)) (rate, infinite for a point mass,
-  reported as None) and −E_q log p(x | z) (distortion) on the fixed-binarized held-out set, with
-  :func:`kl_per_dimension` and :func:`active_units` (Burda et al., 2016).
+* **rate and distortion** -- KL(q(z | x) || p(z)) to the model's own prior (rate; :func:`kl_to_prior`:
+  closed form for diagonal Normals, infinite for a point mass, reported as None) and −E_q log p(x | z)
+  (distortion) on the fixed-binarized held-out set, with :func:`kl_per_dimension` and
+  :func:`active_units` (Burda et al., 2016);
+* **collapse** -- :func:`collapse_reason`: a model with no active unit or a rate below
+  :data:`COLLAPSE_KL_NATS` is named as collapsed, and the verdict draws no conclusions from it.
 
 :func:`compare_ae` trains the models and returns plain data; :func:`compare_ae_run` also writes
 ``comparison.json``, ``comparison.md`` and ``figures/``; :func:`register` adds the ``compare-ae`` CLI
@@ -24,6 +27,7 @@ command.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -253,22 +257,180 @@ def _is_point_mass(q) -> bool:
     return isinstance(base, dist.Delta)
 
 
-@torch.no_grad()
-def kl_per_dimension(vae, x: torch.Tensor) -> torch.Tensor | None:
-    """Closed-form KL(q(z_j | x) || N(0, 1)) per latent dimension, averaged over the examples
-    ``x (N, *data_shape)``: a ``(latent_dim,)`` tensor in nats (sums to the rate).
+#: Draws of z per example (or of the prior's global latents) for Monte Carlo KL estimates.
+KL_NUM_SAMPLES = 64
+#: A model whose total KL(q(z|x) || p(z)) is below this many nats per example counts as collapsed.
+COLLAPSE_KL_NATS = 0.05
 
-    ``vae.posterior(x)`` must be a diagonal Normal (the ``normal`` guide) and the prior N(0, I); returns
-    None for a point mass (``delta`` guide), whose KL to a density is infinite.
+
+def _unwrap_independent(d) -> tuple:
+    """``(base, reinterpreted_ndims)`` of (nested) ``Independent`` wrappers; ``(d, 0)`` otherwise."""
+    ndims = 0
+    while isinstance(d, torch.distributions.Independent):
+        ndims += d.reinterpreted_batch_ndims
+        d = d.base_dist
+    return d, ndims
+
+
+def _univariate_per_coordinate(d) -> bool:
+    """True when ``d`` (event shape ``(latent_dim,)``) is a product of univariate distributions, one per
+    coordinate: ``Independent(univariate, 1)``."""
+    base, ndims = _unwrap_independent(d)
+    return ndims == 1 and base.event_shape == torch.Size()
+
+
+def _prior_draws(vae, num_global: int) -> list:
+    """p(z) as a list of distributions: ``[vae.prior_distribution()]``, or for a prior with global latents
+    (``vae.has_global_latents``) ``num_global`` distributions p(z | globals), the globals drawn from their
+    guide (what :func:`ppl_vae.evaluate` scores against)."""
+    from pyro import poutine
+
+    if not callable(getattr(vae, "prior_distribution", None)):
+        raise ConfigError(f"the KL to the prior needs vae.prior_distribution(); {type(vae).__name__} has none")
+    with poutine.block():
+        if getattr(vae, "has_global_latents", False):
+            draws = []
+            for _ in range(num_global):
+                globals_trace = poutine.trace(vae.prior.global_guide).get_trace()
+                draws.append(poutine.replay(vae.prior_distribution, trace=globals_trace)())
+            return draws
+        return [vae.prior_distribution()]
+
+
+def _kl_rows(posteriors: list, prior, num_samples: int, per_dimension: bool) -> tuple[torch.Tensor, bool]:
+    """KL(q || prior) summed over the examples of every ``q`` in ``posteriors``.
+
+    Returns ``(rows, exact)``: ``rows`` is ``(S, latent_dim)`` per coordinate (``per_dimension``) or
+    ``(S,)`` for the whole vector, one row per Monte Carlo draw of z (S = ``num_samples``), or a single
+    row (S = 1) when ``exact`` (closed form / a KL registered with ``torch.distributions``)."""
+    def exact_kl(q):
+        if per_dimension:
+            return torch.distributions.kl_divergence(_unwrap_independent(q)[0], _unwrap_independent(prior)[0])
+        return torch.distributions.kl_divergence(q, prior)
+
+    try:
+        total = sum(exact_kl(q).double().reshape(-1, *(q.event_shape if per_dimension else ())).sum(0)
+                    for q in posteriors)
+        return total[None], True
+    except NotImplementedError:
+        pass
+    total = 0.0
+    for q in posteriors:
+        if per_dimension:
+            qb, pb = _unwrap_independent(q)[0], _unwrap_independent(prior)[0]
+            z = qb.sample(torch.Size([num_samples]))                                # (S, n, d)
+            terms = qb.log_prob(z) - pb.log_prob(z)                                 # (S, n, d)
+        else:
+            z = q.sample(torch.Size([num_samples]))                                 # (S, n, d)
+            terms = q.log_prob(z) - prior.log_prob(z)                               # (S, n)
+        total = total + terms.double().reshape(num_samples, -1, *terms.shape[2:]).sum(1)
+    return total, False
+
+
+@torch.no_grad()
+def kl_to_prior(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0,
+                chunk_size: int = 1024) -> dict:
+    """KL(q(z | x) || p(z)) to the VAE's own prior (``vae.prior_distribution()``), per example in nats,
+    averaged over the examples ``x (N, *data_shape)``, split per latent dimension where the split exists.
+
+    How, by case:
+
+    * q and p both products of univariate distributions over the coordinates (e.g. the diagonal Normal
+      guide with the ``normal``, ``learned-normal``, ``laplace``, ``student-t`` or ``hierarchical`` prior):
+      the KL is the sum of per-coordinate KLs. Each is exact when ``torch.distributions`` knows the pair
+      (Normal to Normal is the closed form ``log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2``,
+      for any prior loc and scale, learned or not; Normal to Laplace is registered too), otherwise a
+      Monte Carlo average of ``log q(z_j | x) - log p(z_j)`` over ``num_samples`` draws per example.
+    * otherwise (a mixture, VampPrior or flow prior, a full-rank or manifold guide): there is no
+      per-dimension split of the KL; ``per_dimension`` is None and ``per_dimension_note`` says why. The
+      total is the registered KL when one exists, else a Monte Carlo estimate.
+    * a prior with global latents (``hierarchical``): p(z | globals) with the globals drawn from their
+      guide, ``num_samples`` draws (the KL given the globals exact when it can be), as
+      :func:`ppl_vae.evaluate` does; the result is a Monte Carlo average over the globals.
+    * a point-mass guide (``delta``): the KL to a density is infinite; ``total`` is None.
+
+    Returns a dict: ``total`` (nats per example, or None) with ``total_se`` (Monte Carlo standard error
+    for these examples, 0 when exact), ``per_dimension`` (``(latent_dim,)`` tensor summing to ``total``,
+    or None) with ``per_dimension_se``, ``per_dimension_note`` (why it is None, else None), ``exact``,
+    ``method`` (one line) and ``prior`` (the prior's class name). ``seed`` fixes the Monte Carlo draws
+    (the global random state is left alone); ``chunk_size`` examples are encoded at a time.
     """
-    q = vae.posterior(x)
-    if _is_point_mass(q):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ConfigError(f"num_samples must be an integer >= 2 (a standard error needs two draws), got {num_samples!r}")
+    n = x.shape[0]
+    if n < 1:
+        raise ConfigError("the KL to the prior needs at least one example")
+    posteriors = [vae.posterior(chunk) for chunk in x.split(chunk_size)]
+    result = {"total": None, "total_se": None, "per_dimension": None, "per_dimension_se": None,
+              "per_dimension_note": None, "exact": False, "method": None, "prior": None}
+    if _is_point_mass(posteriors[0]):
+        result.update(method="none: a point-mass guide has infinite KL to a density",
+                      per_dimension_note="the guide is a point mass (delta): its KL to a density is infinite")
+        return result
+    fork = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with fork:
+        if seed is not None:
+            torch.manual_seed(seed)
+        globals_ = bool(getattr(vae, "has_global_latents", False))
+        priors = _prior_draws(vae, num_samples)
+        result["prior"] = type(priors[0]).__name__ if not isinstance(priors[0], dist.Independent) else \
+            f"{type(_unwrap_independent(priors[0])[0]).__name__} (independent per coordinate)"
+        q_ok, p_ok = _univariate_per_coordinate(posteriors[0]), _univariate_per_coordinate(priors[0])
+        per_dimension = q_ok and p_ok
+        if globals_:                            # one draw of the globals (and of z, if needed) per row
+            pieces = [_kl_rows(posteriors, p, 1, per_dimension) for p in priors]
+            rows, exact_given = torch.cat([r for r, _ in pieces]), pieces[0][1]
+            exact = False
+        else:
+            rows, exact = _kl_rows(posteriors, priors[0], num_samples, per_dimension)
+            exact_given = exact
+    rows = rows / n                                                 # (S, d) or (S,): means over examples
+    estimate = rows.mean(0)
+    se = rows.std(0) / math.sqrt(rows.shape[0]) if rows.shape[0] > 1 else torch.zeros_like(estimate)
+    if per_dimension:
+        result["per_dimension"], result["per_dimension_se"] = estimate.float(), se.float()
+        result["total"] = float(estimate.sum())
+        total_rows = rows.sum(-1)
+        result["total_se"] = float(total_rows.std() / math.sqrt(len(total_rows))) if len(total_rows) > 1 else 0.0
+    else:
+        result["total"], result["total_se"] = float(estimate), float(se)
+        why = []
+        if not q_ok:
+            why.append(f"the guide's q(z|x) ({type(_unwrap_independent(posteriors[0])[0]).__name__}) is not a "
+                       "product over coordinates")
+        if not p_ok:
+            why.append(f"the prior ({type(_unwrap_independent(priors[0])[0]).__name__}) is not a product over "
+                       "coordinates")
+        result["per_dimension_note"] = ("no per-dimension split: " + " and ".join(why)
+                                        + "; only the total KL is reported")
+    how = ("closed form / torch.distributions.kl_divergence" if exact_given
+           else f"Monte Carlo, {num_samples} draws of z per example")
+    if globals_:
+        how += f", averaged over {num_samples} draws of the prior's global latents from their guide"
+    result["exact"] = exact
+    result["method"] = ("per coordinate, " if per_dimension else "whole vector, ") + how
+    return result
+
+
+@torch.no_grad()
+def kl_per_dimension(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0
+                     ) -> torch.Tensor | None:
+    """KL(q(z_j | x) || p(z_j)) per latent dimension j to the VAE's own prior, averaged over the examples
+    ``x (N, *data_shape)``: a ``(latent_dim,)`` tensor in nats that sums to the rate. See
+    :func:`kl_to_prior` for how each case is computed (closed form for a diagonal Normal guide and a
+    diagonal Normal prior with any loc and scale; a registered KL; or Monte Carlo).
+
+    Returns None for a point-mass guide (``delta``), whose KL to a density is infinite. Raises
+    :class:`~ppl_vae.errors.ConfigError` when the KL has no per-dimension split (a prior or guide that is
+    not a product over coordinates); :func:`kl_to_prior` then still gives the total.
+    """
+    kl = kl_to_prior(vae, x, num_samples=num_samples, seed=seed)
+    if kl["total"] is None:
         return None
-    base = q.base_dist if isinstance(q, dist.Independent) else q
-    if not isinstance(base, dist.Normal):
-        raise ConfigError(f"kl_per_dimension needs a diagonal Normal guide, got {type(base).__name__}")
-    mu, sd = base.loc, base.scale
-    return (0.5 * (mu ** 2 + sd ** 2 - 1) - sd.log()).reshape(-1, mu.shape[-1]).mean(0)
+    if kl["per_dimension"] is None:
+        raise ConfigError(f"KL per dimension is unavailable: {kl['per_dimension_note']}; use "
+                          "ppl_vae.compare.kl_to_prior for the total")
+    return kl["per_dimension"]
 
 
 @torch.no_grad()
@@ -322,7 +484,8 @@ def _measure(vae, *, data, heldout, classifier, pairs, seed, num_steps, bandwidt
     coverage = mmd_test(z_q, z_p, bandwidths=bandwidths, seed=seed)
     point_mass = _is_point_mass(vae.posterior(heldout[:1]))
     result = evaluate(vae, heldout, num_particles=1 if point_mass else 16, seed=seed)
-    kl_dims = kl_per_dimension(vae, heldout)
+    kl = kl_to_prior(vae, heldout, seed=seed)
+    kl_dims = kl["per_dimension"]
     act = activity(vae, heldout)
     return {
         "smoothness_ratio": smooth["ratio"],
@@ -334,9 +497,12 @@ def _measure(vae, *, data, heldout, classifier, pairs, seed, num_steps, bandwidt
         "mmd2": coverage["mmd2"],
         "mmd2_threshold": coverage["threshold"],
         "mmd_p_value": coverage["p_value"],
-        "rate": None if kl_dims is None else float(kl_dims.sum()),
+        "rate": kl["total"],
+        "rate_se": kl["total_se"],
+        "rate_method": kl["method"],
         "distortion": -result.reconstruction,
         "kl_per_dimension": None if kl_dims is None else [float(v) for v in kl_dims],
+        "kl_per_dimension_note": kl["per_dimension_note"],
         "activity": [float(v) for v in act],
         "active_units": int((act > 0.01).sum()),
         "latent_mean_norm": float(mean.norm(dim=1).mean()),
@@ -407,8 +573,13 @@ def _compare(data, *, epochs, betas, latent_dim, hidden_dims, seed, batch_size, 
             "coverage": "unbiased MMD^2 between one draw of q(z|x) per held-out example and as many prior draws, "
                         "sum of Gaussian kernels with fixed bandwidths; mmd2_threshold is the 95% permutation "
                         "quantile (what two samples of one distribution give)",
-            "rate": "closed-form KL(q(z|x) || N(0,I)) per example, nats; None for the point-mass encoder "
-                    "(infinite)",
+            "rate": "KL(q(z|x) || p(z)) to the model's own prior per example, nats (closed form for the diagonal "
+                    "Normal guide and the N(0, I) prior used here; see compare.kl_to_prior); None for the "
+                    "point-mass encoder (infinite)",
+            "collapse": f"a model is collapsed when it has no active unit or its rate is below {COLLAPSE_KL_NATS} "
+                        "nats per example: its encodings carry (almost) no information about x, so its "
+                        "smoothness, sample quality and coverage describe the decoder alone and say nothing "
+                        "about the encoder; the verdict draws no conclusions from it",
             "distortion": "-E_q log p(x|z) on the fixed-binarized held-out set, nats per example",
         },
     }
@@ -430,10 +601,12 @@ def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = D
 
     Returns plain data (JSON-ready): ``models`` (one dict per model: name, guide, beta,
     ``smoothness_ratio``, ``max_step_ratio``, ``confidence``, ``frechet``, ``class_fractions``, ``mmd2``,
-    ``mmd2_threshold``, ``mmd_p_value``, ``rate``, ``distortion``, ``kl_per_dimension``, ``activity``,
-    ``active_units``, ``train_seconds``), ``reference`` (the domain classifier's numbers on real data:
-    confidence on held-out images and the Fréchet distance between training and held-out features),
-    ``settings`` and ``notes``.
+    ``mmd2_threshold``, ``mmd_p_value``, ``rate`` (KL to the model's prior, :func:`kl_to_prior`) with
+    ``rate_se`` and ``rate_method``, ``distortion``, ``kl_per_dimension`` (None, with
+    ``kl_per_dimension_note`` saying why, when there is no split), ``activity``, ``active_units``,
+    ``train_seconds``), ``reference`` (the domain classifier's numbers on real data: confidence on
+    held-out images and the Fréchet distance between training and held-out features), ``settings`` and
+    ``notes`` (``notes["collapse"]``: when a model counts as collapsed, see :func:`collapse_reason`).
     """
     return _compare(data, epochs=epochs, betas=betas, latent_dim=latent_dim, hidden_dims=hidden_dims, seed=seed,
                     batch_size=batch_size, lr=lr, num_pairs=num_pairs, num_steps=num_steps, progress=progress)[0]
@@ -443,13 +616,25 @@ def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = D
 # Figures
 
 
-def _show(ax, images: torch.Tensor, title: str, ncol: int) -> None:
+def _image_panels_figure(panels: list, panel_width: float = 4.2, title_height: float = 0.35) -> Figure:
+    """One row of image-grid panels, ``panels = [(images (N, *data_shape), title, ncol), ...]``, in a
+    figure shaped to the grids (no blank bands above or below them)."""
     from ppl_vae.plots import image_grid
 
-    grid = image_grid(images, ncol=ncol)
-    ax.imshow(grid[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title, fontsize=10)
-    ax.axis("off")
+    grids = [image_grid(images, ncol=ncol) for images, _, ncol in panels]
+    aspect = max(g.shape[0] / g.shape[1] for g in grids)           # height / width of the tallest grid
+    gap = 0.15
+    width = len(panels) * panel_width + (len(panels) + 1) * gap
+    height = panel_width * aspect + title_height + 2 * gap
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=gap / width, right=1 - gap / width, bottom=gap / height,
+                        top=1 - (title_height + gap) / height, wspace=gap / panel_width)
+    for i, (grid, (_, title, _)) in enumerate(zip(grids, panels)):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.imshow(grid[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    return fig
 
 
 @torch.no_grad()
@@ -457,29 +642,26 @@ def interpolation_figure(models: dict, heldout: torch.Tensor, pairs, num_steps: 
     """Decoded straight latent paths between the encodings of the same held-out pairs, one panel per
     model (``{name: vae}``), one row per pair."""
     first, second = (p[:max_pairs] for p in pairs)
-    fig = Figure(figsize=(4.2 * len(models), 0.5 * len(first) + 1))
     t = torch.linspace(0, 1, num_steps + 1)
-    for i, (name, vae) in enumerate(models.items()):
+    panels = []
+    for name, vae in models.items():
         mean = vae.encode(heldout)[0]
         z0, z1 = mean[first], mean[second]
         z = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None]
-        x = vae.decode(z.reshape(-1, z.shape[-1]))
-        _show(fig.add_subplot(1, len(models), i + 1), x, f"{name}: straight latent paths", ncol=num_steps + 1)
-    fig.tight_layout()
-    return fig
+        panels.append((vae.decode(z.reshape(-1, z.shape[-1])), f"{name}: straight latent paths", num_steps + 1))
+    return _image_panels_figure(panels)
 
 
 @torch.no_grad()
 def samples_figure(models: dict, num_samples: int = 64, seed: int = 0) -> Figure:
-    """Decoded prior samples (mean of p(x | z), z ~ N(0, I)) of each model side by side."""
-    fig = Figure(figsize=(4 * len(models), 4.4))
-    for i, (name, vae) in enumerate(models.items()):
+    """Decoded prior samples (mean of p(x | z), z ~ p(z), the model's prior) of each model side by side."""
+    panels = []
+    for name, vae in models.items():
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             x = vae.sample(num_samples)
-        _show(fig.add_subplot(1, len(models), i + 1), x, f"{name}: z ~ N(0, I)", ncol=math.ceil(math.sqrt(num_samples)))
-    fig.tight_layout()
-    return fig
+        panels.append((x, f"{name}: z ~ p(z)", math.ceil(math.sqrt(num_samples))))
+    return _image_panels_figure(panels, panel_width=4.0)
 
 
 def _two_dims(z: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -515,22 +697,29 @@ def latent_scatter_figure(models: dict, heldout: torch.Tensor, labels=None) -> F
 
 
 def rate_distortion_figure(result: dict) -> Figure:
-    """Distortion (−E log p(x | z)) against rate (KL) of the Normal-guide models over beta; the AE's
-    distortion as a horizontal line (its rate is infinite)."""
-    fig = Figure(figsize=(5.5, 4.2))
+    """Distortion (−E log p(x | z)) against rate (KL) of the Normal-guide models over beta, one marker per
+    beta named in the legend (with its numbers, so that models at the same spot, e.g. collapsed ones at
+    rate 0, stay readable); the AE's distortion as a horizontal line (its rate is infinite)."""
+    fig = Figure(figsize=(8.2, 4.2))
     ax = fig.add_subplot(1, 1, 1)
+    collapsed = collapsed_models(result)
     vaes = sorted((r for r in result["models"] if r["rate"] is not None), key=lambda r: r["beta"])
-    ax.plot([r["rate"] for r in vaes], [r["distortion"] for r in vaes], "o-", label="Normal guide, over β")
-    for r in vaes:
-        ax.annotate(f"β={r['beta']:g}", (r["rate"], r["distortion"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
+    ax.plot([r["rate"] for r in vaes], [r["distortion"] for r in vaes], "-", color="grey", lw=1, zorder=1)
+    markers = "osD^vP*Xh<>p"
+    for i, r in enumerate(vaes):
+        note = ", collapsed" if r["name"] in collapsed else ""
+        ax.plot(r["rate"], r["distortion"], markers[i % len(markers)], ms=8 - 0.5 * (i % 4), alpha=0.85,
+                color=f"C{i % 10}", zorder=2,
+                label=f"β={r['beta']:g}: rate {_fmt(r['rate'])}, distortion {_fmt(r['distortion'])}{note}")
     for r in result["models"]:
         if r["rate"] is None:
-            ax.axhline(r["distortion"], color="C3", ls="--", label=f"{r['name']} (rate infinite)")
+            ax.axhline(r["distortion"], color="k", ls="--", lw=1,
+                       label=f"{r['name']}: rate ∞, distortion {_fmt(r['distortion'])}")
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats")
     ax.set_ylabel("distortion: −E log p(x|z), nats")
+    ax.set_title("rate and distortion per example, Normal-guide VAEs over β", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -586,6 +775,7 @@ def markdown_table(result: dict) -> str:
     """One row per model (and one for real data): smoothness ratio, max/mean step, domain-classifier
     confidence and Fréchet distance, coverage MMD², rate, distortion, active units."""
     latent_dim = result["settings"]["latent_dim"]
+    collapsed = collapsed_models(result)
     lines = ["| model | path length / end distance (1 best) | max / mean step (1 best) | confidence ↑ | "
              "Fréchet (domain clf) ↓ | MMD² q vs prior ↓ | rate (nats) | distortion (nats) | active units |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -593,7 +783,7 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {r['name']} | {_fmt(r['smoothness_ratio'])} | {_fmt(r['max_step_ratio'])} | "
                      f"{_fmt(r['confidence'])} | {_fmt(r['frechet'])} | {_fmt(r['mmd2'])} | "
                      f"{'∞ (point mass)' if r['rate'] is None else _fmt(r['rate'])} | {_fmt(r['distortion'])} | "
-                     f"{r['active_units']}/{latent_dim} |")
+                     f"{r['active_units']}/{latent_dim}{' (collapsed)' if r['name'] in collapsed else ''} |")
     ref = result.get("reference")
     if ref:
         lines.append(f"| real data (train vs held-out) | — | — | {_fmt(ref['confidence'])} | {_fmt(ref['frechet'])} "
@@ -605,15 +795,72 @@ def _pick(result: dict, name: str) -> dict | None:
     return next((r for r in result["models"] if r["name"] == name), None)
 
 
+def collapse_reason(row: dict, latent_dim: int | None = None) -> str | None:
+    """Why a model (one row of a :func:`compare_ae` result) counts as collapsed, or None when it does not:
+    no active unit (``active_units == 0``), or a total KL to the prior (``rate``) below
+    :data:`COLLAPSE_KL_NATS` nats per example. A collapsed encoder carries (almost) no information about
+    x, so the model's smoothness, sample quality and coverage describe its decoder alone. Rows without
+    these keys are not judged."""
+    reasons = []
+    units = row.get("active_units")
+    if units is not None and units == 0:
+        reasons.append(f"0 of {latent_dim} active units" if latent_dim else "0 active units")
+    rate = row.get("rate")
+    if rate is not None and math.isfinite(rate) and rate < COLLAPSE_KL_NATS:
+        reasons.append(f"KL to the prior {_fmt(rate)} nats per example")
+    return ", ".join(reasons) or None
+
+
+def collapsed_models(result: dict) -> dict[str, str]:
+    """``{model name: reason}`` for every collapsed model of a :func:`compare_ae` result."""
+    latent_dim = result.get("settings", {}).get("latent_dim")
+    out = {}
+    for row in result["models"]:
+        reason = collapse_reason(row, latent_dim)
+        if reason is not None:
+            out[row["name"]] = reason
+    return out
+
+
+_COLLAPSE_MEANING = ("its smoothness/coverage say nothing about the encoder (its encodings barely depend on x, so a "
+                     "latent path between two of them decodes to nearly one image, which scores as smooth, and a "
+                     "q(z|x) equal to the prior covers the prior trivially), so no conclusion is drawn from it")
+
+
 def verdict(result: dict) -> str:
     """Two sentences, from the numbers, on whether the VAE (beta=1) beats the AE on smoothness, sample
-    quality and coverage. "Beats" means a better value of the metric; no error bars are implied."""
+    quality and coverage. "Beats" means a better value of the metric; no error bars are implied.
+
+    A collapsed model (:func:`collapse_reason`) is named as such and no conclusion is drawn from it: when
+    the VAE beta=1 collapsed, the comparison is made with the non-collapsed Normal-guide VAE with
+    beta > 0 nearest to 1, if any, and says so; when the AE collapsed, no comparison is made."""
     ae, vae = _pick(result, "AE"), _pick(result, "VAE β=1")
     if vae is None:
         vaes = [r for r in result["models"] if r["guide"] == "normal"]
         vae = min(vaes, key=lambda r: abs(r["beta"] - 1.0)) if vaes else None
     if ae is None or vae is None:
         return "No verdict: the comparison needs the AE and a Normal-guide VAE."
+    latent_dim = result.get("settings", {}).get("latent_dim")
+    ae_reason = collapse_reason(ae, latent_dim)
+    vae_reason = collapse_reason(vae, latent_dim)
+    if ae_reason is not None:
+        text = f"No verdict: the AE collapsed ({ae_reason}); {_COLLAPSE_MEANING}."
+        if vae_reason is not None:
+            text += f" The {vae['name']} collapsed too ({vae_reason})."
+        return text
+    if vae_reason is None:
+        return _comparison(ae, vae)
+    text = f"{vae['name']} collapsed ({vae_reason}): {_COLLAPSE_MEANING}."
+    others = [r for r in result["models"] if r["guide"] == "normal" and r["beta"] > 0 and r is not vae
+              and collapse_reason(r, latent_dim) is None]
+    if not others:
+        return text + " No Normal-guide VAE with β > 0 avoided collapse, so there is no verdict on the VAE vs the AE."
+    other = min(others, key=lambda r: (abs(math.log(r["beta"])), r["beta"]))
+    return (text + f" The non-collapsed VAE with β nearest to 1 is {other['name']} "
+            f"({other.get('active_units', '?')} of {latent_dim or '?'} active units): " + _comparison(ae, other))
+
+
+def _comparison(ae: dict, vae: dict) -> str:
     name = vae["name"]
 
     def word(better: bool) -> str:
@@ -659,11 +906,23 @@ def report_markdown(result: dict) -> str:
         "",
         verdict(result),
         "",
+        *_collapse_paragraph(result),
         f"Notes: smoothness over {s['num_pairs']} held-out pairs, {s['num_steps']} steps each. "
         f"Confidence and Fréchet: {CLASSIFIER_NOTE}. MMD²: {result['notes']['coverage']}. "
-        "Rate: closed-form KL per example (infinite for the point-mass AE). Distortion: −E log p(x|z) per example.",
+        "Rate: KL(q(z|x) || p(z)) to the model's prior per example (closed form here; infinite for the point-mass "
+        "AE). Distortion: −E log p(x|z) per example.",
         "",
     ])
+
+
+def _collapse_paragraph(result: dict) -> list[str]:
+    collapsed = collapsed_models(result)
+    if not collapsed:
+        return []
+    names = "; ".join(f"{name} ({reason})" for name, reason in collapsed.items())
+    return [f"**Collapsed** (no active unit, or KL to the prior below {COLLAPSE_KL_NATS} nats per example): {names}. "
+            "Their encodings carry (almost) no information about x: their smoothness, sample quality and coverage "
+            "describe the decoder alone and say nothing about the encoder.", ""]
 
 
 def _subset(data, max_train: int | None, max_heldout: int | None):
@@ -737,6 +996,8 @@ def _handle(args) -> dict:
     print(markdown_table(result))
     print()
     print(verdict(result))
+    for line in _collapse_paragraph(result)[:1]:
+        print(line)
     print(f"wrote {out}/ (comparison.json, comparison.md, figures/) in {result['seconds']:.0f} s")
     return result
 

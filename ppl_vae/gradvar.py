@@ -15,17 +15,26 @@ model, guide and data:
     non-reparameterized (``has_rsample`` set to False on a copy of its distribution), so Pyro builds the
     surrogate ``log q(z) · f(z).detach()``. The cost ``f`` of each example is summed down to the
     ``pyro.plate`` it sits in, so an example's score only multiplies its own cost; no baseline.
-``"score-baseline"``: the score function with a control variate,
-    ``E_q[∇_φ log q_φ(z) · (f_φ(z) - b)]``, ``b`` a decaying average of past costs (per example, since
-    the site is in a plate) that does not depend on the current draw, so the estimator stays unbiased.
-    Pyro: :class:`~pyro.infer.TraceGraph_ELBO` (which also Rao-Blackwellizes: each site's score is
-    multiplied by its downstream cost only) with ``infer={"baseline": {"use_decaying_avg_baseline":
-    True, "baseline_beta": β}}`` on the site. The baseline starts at zero, so ``baseline_warmup`` draws
-    are made (and discarded) before the recorded ones.
+``"score-loo"``: the score function with a leave-one-out baseline (Kool, van Hoof & Welling 2019;
+    the control variate of VIMCO, Mnih & Rezende 2016): K particles z_1..z_K ~ q_φ(z | x) are drawn for
+    each example and the estimate is ``(1/K) Σ_k ∇_φ log q_φ(z_k) · (f(z_k) − b_k)`` with
+    ``b_k = (1/(K−1)) Σ_{j≠k} f(z_j)``, the mean learning signal of the *other* particles of the same
+    example. ``b_k`` does not depend on ``z_k``, so the estimator is unbiased; it needs no state, no
+    warm-up and nothing a training run would not have (every step can draw K particles). **Cost: K
+    particles per step** (K evaluations of the model and guide, vectorized in one pass), so its variance
+    is compared both with the one-particle reparameterized estimator (``variance_ratio``) and with the
+    reparameterized estimator averaged over as many particles (``variance_ratio_equal_particles``,
+    whose variance is the one-particle variance divided by K). Pyro: the same traces as
+    :class:`~pyro.infer.Trace_ELBO` with ``num_particles=K, vectorize_particles=True`` (the learning
+    signal of each example summed down to its ``pyro.plate``), with ``b_k`` subtracted in the surrogate.
 
-Every estimator returns the gradient of the Pyro loss (−ELBO summed over the batch, one particle) with
-respect to the given parameters. Variances are over ``num_repeats`` independent draws (the baseline
-estimator's draws are not strictly independent: the baseline carries over).
+Every estimator returns the gradient of the Pyro loss (−ELBO summed over the batch; one particle, or the
+mean over the K particles for ``"score-loo"``) with respect to the given parameters. Variances are over
+``num_repeats`` independent draws, each a fresh evaluation with no state carried from one to the next.
+
+(An earlier version offered a decaying-average baseline warmed up on the very batch being measured and
+then kept across the repeats: an oracle no training run has, whose variance said nothing about what a
+baseline achieves in training. It was removed.)
 """
 
 from __future__ import annotations
@@ -42,18 +51,24 @@ import pyro.distributions as dist
 import torch
 from matplotlib.figure import Figure
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import Trace_ELBO
+from pyro.distributions.util import is_identically_zero
+from pyro.infer.util import MultiFrameTensor
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError, require_int
 
-ESTIMATORS = ("reparam", "score", "score-baseline")
+ESTIMATORS = ("reparam", "score", "score-loo")
 DESCRIPTIONS = {
-    "reparam": "pathwise: z = mu + sigma * eps, differentiate through z (Trace_ELBO, rsample)",
-    "score": "score function: grad log q(z) * (log p(x,z) - log q(z)), no baseline (Trace_ELBO, has_rsample=False)",
-    "score-baseline": "score function with a decaying-average baseline (TraceGraph_ELBO, use_decaying_avg_baseline)",
+    "reparam": "pathwise: z = mu + sigma * eps, differentiate through z (Trace_ELBO, rsample); 1 particle",
+    "score": "score function: grad log q(z) * (log p(x,z) - log q(z)), no baseline (Trace_ELBO, has_rsample=False); "
+             "1 particle",
+    "score-loo": "score function with a leave-one-out baseline: K particles per example, each particle's baseline "
+                 "the mean learning signal of the other K-1 (unbiased, no state); costs K particles per step",
 }
-_BASELINE_PREFIX = "__baseline_avg_downstream_cost_"
+#: Particles per step of the leave-one-out estimator, by default.
+DEFAULT_LOO_PARTICLES = 8
 
 
 # -- making a site non-reparameterized -------------------------------------------------------------
@@ -78,18 +93,74 @@ def score_only(fn: dist.Distribution) -> dist.Distribution:
 
 
 class _ScoreFunction(Messenger):
-    """Handler: make the named latent sample sites non-reparameterized, optionally with a baseline."""
+    """Handler: make the named latent sample sites non-reparameterized."""
 
-    def __init__(self, sites: Sequence[str], baseline: dict | None = None):
+    def __init__(self, sites: Sequence[str]):
         super().__init__()
         self.sites = set(sites)
-        self.baseline = baseline
 
     def _pyro_sample(self, msg):
         if msg["name"] in self.sites and not msg["is_observed"]:
             msg["fn"] = score_only(msg["fn"])
-            if self.baseline is not None:
-                msg["infer"] = {**(msg["infer"] or {}), "baseline": dict(self.baseline)}
+
+
+def loo_loss(model, guide, x, sites: Sequence[str], num_particles: int, *, nesting: int | None = None,
+             **model_kwargs) -> torch.Tensor:
+    """A differentiable surrogate loss whose gradient is the leave-one-out score-function estimate of
+    ``∇(−ELBO)`` (summed over the batch, averaged over ``num_particles`` = K particles per example).
+
+    Draws K particles of every latent site in one vectorized pass (a ``pyro.plate`` of size K left of the
+    model's plates), makes ``sites`` non-reparameterized and builds, like ``Trace_ELBO``,
+    ``−(1/K) [Σ log p − Σ (guide entropy terms) + Σ_sites Σ log q(z_k) · (c_k − b_k)]`` where ``c_k`` is
+    the detached learning signal log p(x, z_k) − log q(z_k) summed down to the site's plates (one per
+    example for a site in the data plate) and ``b_k = (Σ_j c_j − c_k) / (K − 1)``, the mean over the
+    other particles. Stateless: nothing but these K particles of this batch is used."""
+    from ppl_vae.evaluate import max_plate_nesting
+
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
+        raise ConfigError(f"the leave-one-out baseline needs at least 2 particles, got {num_particles!r}")
+    if nesting is None:
+        nesting = max_plate_nesting(model, guide, x, **model_kwargs)
+    particle_dim = -(nesting + 1)
+
+    def vectorized(fn):
+        def wrapped(*args, **kwargs):
+            with pyro.plate("_loo_particles", num_particles, dim=particle_dim):
+                return fn(*args, **kwargs)
+        return wrapped
+
+    # The score-only switch sits outside the particle plate, so it applies to the broadcast distribution.
+    guide_trace = poutine.trace(_ScoreFunction(sites)(vectorized(guide))).get_trace(x, **model_kwargs)
+    model_trace = poutine.trace(poutine.replay(vectorized(model), trace=guide_trace)).get_trace(x, **model_kwargs)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    surrogate = 0.0
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            surrogate = surrogate + site["log_prob_sum"]
+    signal = MultiFrameTensor()
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            term = site["log_prob"]
+            if not site["is_observed"]:
+                term = term - guide_trace.nodes[name]["log_prob"]
+            signal.add((site["cond_indep_stack"], term.detach()))
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        _, score, entropy = site["score_parts"]
+        if not is_identically_zero(entropy):
+            surrogate = surrogate - entropy.sum()
+        if name in sites:
+            if site["fn"].has_rsample:
+                raise RuntimeError(f"site {name!r} is still reparameterized under the score-function handler")
+            c = signal.sum_to(site["cond_indep_stack"])
+            if not isinstance(c, torch.Tensor) or c.dim() < -particle_dim or c.shape[particle_dim] != num_particles:
+                raise ConfigError(f"the learning signal of site {name!r} has no particle dimension; "
+                                  "put its sample statement inside the model's plates")
+            baseline = (c.sum(particle_dim, keepdim=True) - c) / (num_particles - 1)
+            surrogate = surrogate + (score * (c - baseline)).sum()
+    return -surrogate / num_particles
 
 
 # -- the measurement -------------------------------------------------------------------------------
@@ -107,32 +178,16 @@ def _check_sites(guide, x, sites, guide_kwargs) -> None:
                               "there is no reparameterized estimator to compare with")
 
 
-def _draw_gradients(elbo, model, guide, x, params, num_repeats, warmup, model_kwargs) -> torch.Tensor:
-    """``(num_repeats, P)`` flattened gradients of the loss w.r.t. ``params``, one loss evaluation each.
-
-    ``Trace_ELBO``: ``torch.autograd.grad`` of its ``differentiable_loss``. ``TraceGraph_ELBO`` has no
-    public differentiable loss, so its ``loss_and_grads`` is called and the ``.grad`` of ``params`` read;
-    the ``.grad`` of every tensor in Pyro's param store is put back as it was afterwards."""
-    store = pyro.get_param_store()
-    saved = {id(t): (t, t.grad) for t in [t for _, t in store.named_parameters()] + list(params)}
+def _draw_gradients(loss_fn: Callable[[], torch.Tensor], params, num_repeats) -> torch.Tensor:
+    """``(num_repeats, P)`` flattened gradients of ``loss_fn()`` w.r.t. ``params``, one fresh loss
+    evaluation each (``torch.autograd.grad``: the ``.grad`` of ``params`` is not touched)."""
     rows = []
-    try:
-        for step in range(warmup + num_repeats):
-            if isinstance(elbo, Trace_ELBO):
-                loss = elbo.differentiable_loss(model, guide, x, **model_kwargs)
-                grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
-                         else [None] * len(params))
-            else:
-                for p in params:
-                    p.grad = None
-                elbo.loss_and_grads(model, guide, x, **model_kwargs)
-                grads = [p.grad for p in params]
-            if step >= warmup:
-                rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).detach().reshape(-1).double()
-                                       for p, g in zip(params, grads)]))
-    finally:
-        for t, grad in saved.values():
-            t.grad = grad
+    for _ in range(num_repeats):
+        loss = loss_fn()
+        grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
+                 else [None] * len(params))
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).detach().reshape(-1).double()
+                               for p, g in zip(params, grads)]))
     return torch.stack(rows)
 
 
@@ -152,7 +207,7 @@ def _summarize(grads: torch.Tensor) -> dict:
 
 def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params: Sequence[torch.Tensor], *,
                       num_repeats: int = 200, estimators: Sequence[str] = ESTIMATORS, seed: int = 0,
-                      sites: Sequence[str] = ("z",), baseline_beta: float = 0.9, baseline_warmup: int = 20,
+                      sites: Sequence[str] = ("z",), loo_particles: int = DEFAULT_LOO_PARTICLES,
                       model_kwargs: dict | None = None) -> dict:
     """Mean and variance of the gradient of the ELBO loss w.r.t. ``params`` under several estimators.
 
@@ -161,21 +216,25 @@ def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params:
         x: the batch, passed to both.
         params: the tensors to differentiate (e.g. ``list(vae.encoder.parameters())``); leaf tensors
             that the guide uses. Their ``.grad`` is left as it was.
-        num_repeats: independent gradient draws per estimator (one particle each), at least 2.
-        estimators: any of ``"reparam"``, ``"score"``, ``"score-baseline"`` (see the module docstring).
+        num_repeats: independent gradient draws per estimator, at least 2; every draw is a fresh
+            evaluation on ``x`` (no warm-up, no state carried between draws).
+        estimators: any of ``"reparam"``, ``"score"``, ``"score-loo"`` (see the module docstring).
         seed: the draws use their own random stream (the global one is left as it was).
         sites: the guide's latent sites made non-reparameterized for the score estimators; each must
             have ``rsample``.
-        baseline_beta, baseline_warmup: decay of the average baseline, and how many draws warm it up.
+        loo_particles: K, the particles per example (and per step) of ``"score-loo"``, at least 2.
         model_kwargs: keyword arguments for both programs (e.g. ``{"beta": 0.5}``).
 
     Returns a dict with ``num_repeats``, ``num_params``, ``batch_size``, ``loss`` (what was
-    differentiated) and ``estimators``: per name a dict with ``mean`` (flattened mean gradient,
-    ``(P,)``), ``mean_se`` (its per-coordinate Monte Carlo s.e.), ``variance`` (per coordinate),
-    ``total_variance`` (sum over coordinates) with ``total_variance_se``, ``mean_variance`` (total / P),
-    ``variance_ratio`` (total variance over the reparameterized one, None without ``"reparam"``) with
-    ``variance_ratio_se`` (delta method), ``agreement_rms_z`` (root mean square over coordinates of
-    (mean − reparam mean) / combined s.e.: about 1 when both are unbiased), ``description``, ``seconds``.
+    differentiated) and ``estimators``: per name a dict with ``particles`` (per step: its cost),
+    ``mean`` (flattened mean gradient, ``(P,)``), ``mean_se`` (its per-coordinate Monte Carlo s.e.),
+    ``variance`` (per coordinate), ``total_variance`` (sum over coordinates) with ``total_variance_se``,
+    ``mean_variance`` (total / P), ``variance_ratio`` (total variance over the one-particle
+    reparameterized one, None without ``"reparam"``) with ``variance_ratio_se`` (delta method),
+    ``variance_ratio_equal_particles`` (total variance over the reparameterized one averaged over as
+    many particles, i.e. ``variance_ratio * particles``) with its s.e., ``agreement_rms_z`` (root mean
+    square over coordinates of (mean − reparam mean) / combined s.e.: about 1 when both are unbiased),
+    ``description``, ``seconds``.
     """
     estimators = tuple(estimators)
     unknown = [e for e in estimators if e not in ESTIMATORS]
@@ -183,57 +242,63 @@ def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params:
         raise ConfigError(f"unknown estimator(s) {unknown or '(none given)'}; choose from: {', '.join(ESTIMATORS)}")
     if isinstance(num_repeats, bool) or not isinstance(num_repeats, int) or num_repeats < 2:
         raise ConfigError(f"num_repeats must be an integer >= 2 (a variance needs two draws), got {num_repeats!r}")
-    if not 0.0 <= baseline_beta < 1.0:
-        raise ConfigError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
+    if isinstance(loo_particles, bool) or not isinstance(loo_particles, int) or loo_particles < 2:
+        raise ConfigError(f"loo_particles must be an integer >= 2 (a leave-one-out baseline needs another particle), "
+                          f"got {loo_particles!r}")
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("no parameters to differentiate (none given, or none requires grad)")
     model_kwargs = dict(model_kwargs or {})
+    sites = tuple(sites)
     _check_sites(guide, x, sites, model_kwargs)
 
-    store = pyro.get_param_store()
-    baseline_names = [_BASELINE_PREFIX + s for s in sites]
     results = {}
     with torch.random.fork_rng(devices=[]):
         for k, name in enumerate(estimators):
             pyro.set_rng_seed(seed + 1000 * k)
-            for b in baseline_names:
-                if b in store:
-                    del store[b]
-            warmup = 0
+            particles = 1
             if name == "reparam":
-                elbo, g = Trace_ELBO(), guide
+                def loss_fn():
+                    return Trace_ELBO().differentiable_loss(model, guide, x, **model_kwargs)
             elif name == "score":
-                elbo, g = Trace_ELBO(), _ScoreFunction(sites)(guide)
+                score_guide = _ScoreFunction(sites)(guide)
+
+                def loss_fn():
+                    return Trace_ELBO().differentiable_loss(model, score_guide, x, **model_kwargs)
             else:
-                baseline = {"use_decaying_avg_baseline": True, "baseline_beta": baseline_beta}
-                elbo, g, warmup = TraceGraph_ELBO(), _ScoreFunction(sites, baseline)(guide), baseline_warmup
+                from ppl_vae.evaluate import max_plate_nesting
+
+                particles = loo_particles
+                nesting = max_plate_nesting(model, guide, x, **model_kwargs)
+
+                def loss_fn():
+                    return loo_loss(model, guide, x, sites, loo_particles, nesting=nesting, **model_kwargs)
             started = time.perf_counter()
-            try:
-                grads = _draw_gradients(elbo, model, g, x, params, num_repeats, warmup, model_kwargs)
-            finally:
-                for b in baseline_names:
-                    if b in store:
-                        del store[b]
-            results[name] = {**_summarize(grads), "description": DESCRIPTIONS[name],
+            grads = _draw_gradients(loss_fn, params, num_repeats)
+            results[name] = {**_summarize(grads), "particles": particles, "description": DESCRIPTIONS[name],
                              "seconds": round(time.perf_counter() - started, 3)}
     ref = results.get("reparam")
     for name, r in results.items():
         if ref is None or ref["total_variance"] <= 0:
             r["variance_ratio"] = r["variance_ratio_se"] = r["agreement_rms_z"] = None
+            r["variance_ratio_equal_particles"] = r["variance_ratio_equal_particles_se"] = None
             continue
         ratio = r["total_variance"] / ref["total_variance"]
         r["variance_ratio"] = ratio
         if name == "reparam":
             r["variance_ratio_se"], r["agreement_rms_z"] = 0.0, 0.0
+            r["variance_ratio_equal_particles"], r["variance_ratio_equal_particles_se"] = 1.0, 0.0
             continue
         r["variance_ratio_se"] = ratio * math.sqrt((r["total_variance_se"] / r["total_variance"]) ** 2
                                                    + (ref["total_variance_se"] / ref["total_variance"]) ** 2)
+        r["variance_ratio_equal_particles"] = ratio * r["particles"]
+        r["variance_ratio_equal_particles_se"] = r["variance_ratio_se"] * r["particles"]
         se = (r["mean_se"] ** 2 + ref["mean_se"] ** 2).sqrt().clamp_min(1e-30)
         r["agreement_rms_z"] = float((((r["mean"] - ref["mean"]) / se) ** 2).mean().sqrt())
     return {"num_repeats": num_repeats, "num_params": int(sum(p.numel() for p in params)),
-            "batch_size": int(x.shape[0]), "seed": seed,
-            "loss": "-ELBO summed over the batch, one particle (Pyro's loss); gradient w.r.t. the given parameters",
+            "batch_size": int(x.shape[0]), "seed": seed, "loo_particles": loo_particles,
+            "loss": "-ELBO summed over the batch (Pyro's loss): one particle for reparam and score, the mean over "
+                    f"{loo_particles} particles for score-loo; gradient w.r.t. the given parameters",
             "estimators": results}
 
 
@@ -243,7 +308,10 @@ def summary(result: dict) -> dict:
     out["estimators"] = {
         name: {"description": r["description"], "total_variance": r["total_variance"],
                "total_variance_se": r["total_variance_se"], "mean_variance": r["mean_variance"],
+               "particles": r["particles"],
                "variance_ratio": r["variance_ratio"], "variance_ratio_se": r["variance_ratio_se"],
+               "variance_ratio_equal_particles": r["variance_ratio_equal_particles"],
+               "variance_ratio_equal_particles_se": r["variance_ratio_equal_particles_se"],
                "agreement_rms_z": r["agreement_rms_z"], "mean_gradient_norm": float(r["mean"].norm()),
                "seconds": r["seconds"]}
         for name, r in result["estimators"].items()}
@@ -292,22 +360,29 @@ def gaussian_toy(x, loc, scale=1.0) -> GaussianToy:
 # -- figures -------------------------------------------------------------------------------------------
 
 def variance_figure(result: dict, title: str | None = None) -> Figure:
-    """Total gradient variance per estimator (bars, log scale) with ±2 s.e. and the ratio written on top."""
+    """Total gradient variance per estimator (bars, log scale) with ±2 s.e., the particles per step (the
+    cost) under each name and the ratio to the one-particle reparameterized estimator on top (for a
+    K-particle estimator also the ratio to the reparameterized one averaged over K particles)."""
     names = list(result["estimators"])
     rows = [result["estimators"][n] for n in names]
     totals = [r["total_variance"] for r in rows]
     errs = [2 * r["total_variance_se"] for r in rows]
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
-    colors = {"reparam": "tab:blue", "score": "tab:red", "score-baseline": "tab:orange"}
-    ax.bar(names, totals, yerr=[[min(e, 0.999 * t) for e, t in zip(errs, totals)], errs],
+    colors = {"reparam": "tab:blue", "score": "tab:red", "score-loo": "tab:orange"}
+    labels = [f"{n}\n{r.get('particles', 1)} particle{'s' if r.get('particles', 1) > 1 else ''}/step"
+              for n, r in zip(names, rows)]
+    ax.bar(labels, totals, yerr=[[min(e, 0.999 * t) for e, t in zip(errs, totals)], errs],
            color=[colors.get(n, "tab:gray") for n in names], capsize=4)
     ax.set_yscale("log")
     ax.set_ylim(min(totals) / 10, max(t + e for t, e in zip(totals, errs)) * 5)
     for i, r in enumerate(rows):
         if r["variance_ratio"] is not None:
-            ax.annotate(f"{r['variance_ratio']:.3g}×", (i, totals[i]), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=9)
+            text = f"{r['variance_ratio']:.3g}×"
+            if r.get("particles", 1) > 1 and r.get("variance_ratio_equal_particles") is not None:
+                text += f"\n({r['variance_ratio_equal_particles']:.3g}× at equal particles)"
+            ax.annotate(text, (i, totals[i] + errs[i]), textcoords="offset points", xytext=(0, 3),
+                        ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("total gradient variance (sum over coordinates)")
     ax.set_title(title or f"{result['num_params']} parameters, batch {result['batch_size']}, "
                           f"{result['num_repeats']} draws each (×: ratio to reparam)", fontsize=9)
@@ -337,17 +412,18 @@ def spread_figure(draws: dict[str, torch.Tensor], exact: float, xlabel: str = "g
 
 
 def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeats: int = 200, seed: int = 0,
-                      out_dir: str | Path | None = None) -> dict:
+                      out_dir: str | Path | None = None, loo_particles: int = DEFAULT_LOO_PARTICLES) -> dict:
     """Measure the three estimators for the encoder of a trained run, on its first ``num_examples``
     training examples (binarized once, as for held-out data). Writes ``grad_variance.json`` and
     ``figures/grad_variance.png`` into ``out_dir`` (default: the run folder) and returns the
-    :func:`summary` with ``paths`` added."""
+    :func:`summary` with ``paths`` added. ``loo_particles``: K of the leave-one-out estimator."""
     from ppl_vae.checkpoint import write_json
     from ppl_vae.plots import save_figure
     from ppl_vae.run import load_run, model_input
 
     require_int(num_examples, "the number of examples")
     require_int(num_repeats, "the number of repeats", 2)
+    require_int(loo_particles, "the number of particles of the leave-one-out baseline", 2)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     vae, data = run.vae, run.data
@@ -356,7 +432,8 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
                           f"{data.train.shape[0]} or fewer")
     x = model_input(data.train[:num_examples], vae, run.config)
     params = list(vae.encoder.parameters())
-    result = gradient_variance(vae.model, vae.guide, x, params, num_repeats=num_repeats, seed=seed)
+    result = gradient_variance(vae.model, vae.guide, x, params, num_repeats=num_repeats, seed=seed,
+                               loo_particles=loo_particles)
     out = Path(out_dir) if out_dir is not None else run_dir
     json_path, png_path = out / "grad_variance.json", out / "figures" / "grad_variance.png"
     report = {**summary(result), "run_dir": str(run_dir), "dataset": data.name, "examples": "first training examples",
@@ -369,16 +446,27 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
 
 
 def format_table(report: dict) -> str:
-    """Estimator, total variance (± s.e.) and ratio to the reparameterized estimator, one row each."""
-    lines = [f"{'estimator':<16}{'total variance':>16}{'s.e.':>12}{'ratio to reparam':>20}"]
+    """Estimator, particles per step (its cost), total variance (± s.e.), the ratio to the one-particle
+    reparameterized estimator and the ratio at equal particles (to the reparameterized estimator averaged
+    over as many particles), one row each."""
+    lines = [f"{'estimator':<12}{'particles/step':>15}{'total variance':>16}{'s.e.':>11}{'ratio to reparam':>19}"
+             f"{'ratio, equal particles':>25}"]
     for name, r in report["estimators"].items():
         ratio = "" if r["variance_ratio"] is None else f"{r['variance_ratio']:.4g} ± {r['variance_ratio_se']:.2g}"
-        lines.append(f"{name:<16}{r['total_variance']:>16.5g}{r['total_variance_se']:>12.3g}{ratio:>20}")
+        equal = r.get("variance_ratio_equal_particles")
+        equal = "" if equal is None else f"{equal:.4g} ± {r['variance_ratio_equal_particles_se']:.2g}"
+        lines.append(f"{name:<12}{r.get('particles', 1):>15}{r['total_variance']:>16.5g}"
+                     f"{r['total_variance_se']:>11.3g}{ratio:>19}{equal:>25}")
+    k = max((r.get("particles", 1) for r in report["estimators"].values()), default=1)
+    if k > 1:
+        lines.append(f"(score-loo costs {k} particles per step; the last column compares it with the reparameterized "
+                     f"gradient averaged over {k} particles, whose variance is 1/{k} of one particle's)")
     return "\n".join(lines)
 
 
 def _grad_variance(args) -> None:
-    report = grad_variance_run(args.run_dir, num_examples=args.examples, num_repeats=args.repeats, seed=args.seed)
+    report = grad_variance_run(args.run_dir, num_examples=args.examples, num_repeats=args.repeats, seed=args.seed,
+                               loo_particles=getattr(args, "particles", DEFAULT_LOO_PARTICLES))
     print(f"encoder gradient variance, {report['num_params']} parameters, batch {report['batch_size']}, "
           f"{report['num_repeats']} draws per estimator")
     print(format_table(report))
@@ -387,14 +475,17 @@ def _grad_variance(args) -> None:
 
 
 def register(sub) -> dict[str, Callable]:
-    """Add ``grad-variance RUN_DIR [--examples N] [--repeats N] [--seed N]`` to an argparse subparsers
+    """Add ``grad-variance RUN_DIR [--examples N] [--repeats N] [--seed N] [--particles K]`` to an argparse subparsers
     object; returns ``{"grad-variance": handler}``."""
     p = sub.add_parser("grad-variance", help="variance of reparameterized vs score-function ELBO gradients",
                        description="Measure the spread of the encoder's ELBO gradient under the reparameterized, "
-                                   "score-function and score-function-with-baseline estimators; writes "
+                                   "score-function and score-function with a leave-one-out baseline over K "
+                                   "particles estimators; writes "
                                    "grad_variance.json and figures/grad_variance.png into the run folder.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--examples", type=int, default=32, help="training examples in the batch (default 32)")
     p.add_argument("--repeats", type=int, default=200, help="gradient draws per estimator (default 200)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--particles", type=int, default=DEFAULT_LOO_PARTICLES,
+                   help=f"K, particles per step of the leave-one-out baseline (default {DEFAULT_LOO_PARTICLES})")
     return {"grad-variance": _grad_variance}

@@ -210,6 +210,54 @@ def latent_grid(vae, num_per_side: int, extent: float, dims: Sequence[int] = (0,
     return vae.decode(points.to(vae.device))
 
 
+#: A latent dimension whose held-out KL to the prior (nats per example) or activity is at most this is
+#: reported as collapsed (the activity threshold of ``compare.active_units``).
+COLLAPSED_BELOW = 0.01
+
+
+@torch.no_grad()
+def informative_dims(vae, x: torch.Tensor, k: int = 2) -> dict:
+    """The ``k`` latent dimensions that carry the most information about the examples ``x (N, *data_shape)``
+    (held-out data), for figures that can show only a few of them (the latent map shows 2).
+
+    The score of dimension j is its KL(q(z_j | x) || p(z_j)) to the model's prior, averaged over ``x``
+    (:func:`ppl_vae.compare.kl_to_prior`), when the KL splits over dimensions; otherwise (a point-mass
+    guide, a prior or guide that is not a product over coordinates, or a model without ``posterior``) its
+    activity Var_x(E[z_j | x]) (:func:`ppl_vae.compare.activity`). Ties go to the lower index.
+
+    Returns a dict: ``dims`` (the chosen ``k`` dimensions in increasing order), ``criterion``
+    (``"kl"`` or ``"activity"``), ``scores`` (one per latent dimension), ``units`` (``"nats"`` or
+    ``"variance"``), ``collapsed`` (the chosen dimensions whose score is at most :data:`COLLAPSED_BELOW`:
+    nothing to see along them) and ``reason`` (one line for a figure title or a printed message).
+    """
+    from ppl_vae.compare import activity, kl_to_prior
+
+    d = int(vae.latent_dim)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
+        raise ConfigError(f"k must be an integer from 1 to the latent dimension {d}, got {k!r}")
+    scores, criterion = None, "activity"
+    if callable(getattr(vae, "posterior", None)) and callable(getattr(vae, "prior_distribution", None)):
+        try:
+            kl = kl_to_prior(vae, x)
+        except ConfigError:
+            kl = {"per_dimension": None}
+        if kl["per_dimension"] is not None:
+            scores, criterion = kl["per_dimension"].double(), "kl"
+    if scores is None:
+        scores = activity(vae, x).double()
+    order = sorted(range(d), key=lambda j: (-float(scores[j]), j))
+    dims = sorted(order[:k])
+    units = "nats" if criterion == "kl" else "variance"
+    what = "held-out KL per dimension" if criterion == "kl" else "held-out activity Var(E[z_j | x])"
+    values = ", ".join(f"z[{j}] {float(scores[j]):.2f}" for j in dims)
+    collapsed = [j for j in dims if float(scores[j]) <= COLLAPSED_BELOW]
+    reason = f"largest {what}: {values}" + (" nats" if criterion == "kl" else "")
+    if collapsed:
+        reason += f"; z[{'], z['.join(map(str, collapsed))}] collapsed"
+    return {"dims": dims, "criterion": criterion, "scores": [float(v) for v in scores], "units": units,
+            "collapsed": collapsed, "reason": reason}
+
+
 def pca(z: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Principal component analysis by SVD of the centred data.
 
@@ -302,7 +350,8 @@ def interpolation_figure(paths: torch.Tensor, inputs: torch.Tensor | None = None
             their row (left of and right of the path, after a gap column).
     """
     p, s = paths.shape[:2]
-    _require_images(paths[0, :1])
+    pictures = _require_images(paths[0, :1])
+    w = pictures.shape[-1]
     rows = []
     blank = torch.zeros_like(paths[0, :1])
     for i in range(p):
@@ -312,15 +361,30 @@ def interpolation_figure(paths: torch.Tensor, inputs: torch.Tensor | None = None
         rows.append(torch.cat(row))
     ncol = rows[0].shape[0]
     grid = image_grid(torch.cat(rows), ncol=ncol)
-    fig = Figure(figsize=(min(1.0 + 0.55 * ncol, 16), 0.6 + 0.55 * p))
+    if inputs is not None:                       # the gap columns: background, no tile frames
+        white = 0.0 if grid.shape[-1] == 1 else 1.0
+        for c in (1, ncol - 2):
+            grid[:, 1 + c * (w + 1):1 + c * (w + 1) + w] = white
+    title = f"{method} interpolation between posterior means E[z | x],\ndecoded (mean of p(x | z))"
+    if inputs is not None:
+        title += "; inputs at both ends"
+    return _grid_figure(grid, title, width=min(0.4 + 0.5 * ncol, 16), title_height=0.5)
+
+
+def _grid_figure(grid: torch.Tensor, title: str, width: float, title_height: float = 0.35,
+                 margins: tuple[float, float, float] = (0.1, 0.1, 0.1)) -> Figure:
+    """A figure holding one image grid, shaped to the grid's aspect ratio so that no blank bands are left
+    around it; ``margins`` (left, right, bottom) in inches, e.g. for tick labels."""
+    left, right, bottom = margins
+    inner = width - left - right
+    height = inner * grid.shape[0] / grid.shape[1] + title_height + bottom + 0.1
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - (title_height + 0.05) / height)
     ax = fig.add_subplot(1, 1, 1)
     _imshow(ax, grid)
     ax.axis("off")
-    title = f"{method} interpolation between posterior means E[z | x], decoded (mean of p(x | z))"
-    if inputs is not None:
-        title += "; inputs at both ends"
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -349,9 +413,11 @@ def traversal_figure(images: torch.Tensor, dims: Sequence[int], values) -> Figur
     return fig
 
 
-def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims: Sequence[int] = (0, 1)) -> Figure:
+def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims: Sequence[int] = (0, 1),
+                    why: str | None = None) -> Figure:
     """The decoded latent grid of :func:`latent_grid`, ``images (n * n, *data_shape)``, with axes in
-    latent units: ``z[dims[0]]`` to the right, ``z[dims[1]]`` upwards."""
+    latent units: ``z[dims[0]]`` to the right, ``z[dims[1]]`` upwards. The title names the two dimensions
+    and, with ``why``, why they were chosen (e.g. the ``reason`` of :func:`informative_dims`)."""
     n = num_per_side
     pictures = _require_images(images[:1])
     h, w = pictures.shape[-2:]
@@ -365,7 +431,8 @@ def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims
     ax.set_yticks([yc[i] for i in ticks], [f"{values[n - 1 - i]:.3g}" for i in ticks])
     ax.set_xlabel(f"z[{dims[0]}]")
     ax.set_ylabel(f"z[{dims[1]}]")
-    ax.set_title("latent manifold: mean of p(x | z) on a grid (other coordinates fixed)", fontsize=10)
+    title = f"latent manifold over z[{dims[0]}], z[{dims[1]}]: mean of p(x | z) on a grid (other coordinates fixed)"
+    ax.set_title(title if why is None else f"{title}\n{why}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -47,13 +47,16 @@ def _add_latent_map(sub) -> None:
     p = sub.add_parser("latent-map", help="scatter of held-out latent codes and the decoded latent manifold",
                        description="Write a scatter of the held-out posterior means coloured by label (projected "
                                    "to 2-D when latent_dim > 2) and, when latent_dim >= 2, the decoded grid over "
-                                   "latent dimensions 0 and 1.")
+                                   "two latent dimensions: by default the two with the largest KL to the prior on "
+                                   "held-out data (or the largest activity when the KL does not split by dimension).")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--method", choices=["pca", "tsne"], default="pca",
                    help="projection when latent_dim > 2 (default: pca)")
     p.add_argument("--grid", type=int, default=15, help="images per side of the manifold grid (default: 15)")
     p.add_argument("--extent", type=float, default=2.0,
                    help="the manifold grid spans [-F, F] in both dimensions (default: 2)")
+    p.add_argument("--dims", type=int, nargs=2, metavar=("I", "J"),
+                   help="latent dimensions of the manifold grid (default: the two most informative on held-out data)")
     p.add_argument("--out-dir", type=Path, help="folder to write into (default: RUN_DIR/figures)")
 
 
@@ -142,6 +145,15 @@ def _latent_map(args) -> list[Path]:
     vae, heldout, labels = _load_images_run(args.run_dir)
     out_dir = args.out_dir or Path(args.run_dir) / "figures"
     d = vae.latent_dim
+    chosen = getattr(args, "dims", None)
+    if chosen is not None:
+        if d < 2:
+            raise ConfigError(f"--dims needs a latent space of at least 2 dimensions; this run's has {d}")
+        bad = [j for j in chosen if not 0 <= j < d]
+        if bad:
+            raise ConfigError(f"--dims {bad[0]} is out of range; this run's latent space has dimensions 0 to {d - 1}")
+        if chosen[0] == chosen[1]:
+            raise ConfigError(f"--dims {chosen[0]} {chosen[1]}: choose two different latent dimensions")
     means = torch.cat([vae.encode(chunk)[0] for chunk in heldout.split(1024)]).cpu()
     points = latent.project_2d(means, args.method)
     scatter = out_dir / ("latent-scatter.png" if d <= 2 else f"latent-scatter-{args.method}.png")
@@ -149,12 +161,26 @@ def _latent_map(args) -> list[Path]:
     written = [scatter]
     print(f"wrote the posterior means of {means.shape[0]} held-out examples to {scatter}")
     if d >= 2:
-        images = latent.latent_grid(vae, args.grid, args.extent).cpu()
+        info = latent.informative_dims(vae, heldout, k=2)
+        if chosen is None:
+            dims, why = info["dims"], info["reason"]
+        else:
+            dims = list(chosen)
+            what = "KL" if info["criterion"] == "kl" else "activity"
+            why = "chosen with --dims; held-out " + what + ": " + ", ".join(
+                f"z[{j}] {info['scores'][j]:.2f}" for j in dims) + (" nats" if what == "KL" else "")
+            dead = [j for j in dims if info["scores"][j] <= latent.COLLAPSED_BELOW]
+            if dead:
+                why += f"; z[{'], z['.join(map(str, dead))}] collapsed"
+            best = info["dims"]
+            if sorted(dims) != best:
+                why += f"; most informative: z[{best[0]}], z[{best[1]}]"
+        images = latent.latent_grid(vae, args.grid, args.extent, dims=dims).cpu()
         manifold = out_dir / "latent-manifold.png"
-        plots.save_figure(latent.manifold_figure(images, args.grid, args.extent), manifold)
+        plots.save_figure(latent.manifold_figure(images, args.grid, args.extent, dims, why=why), manifold)
         written.append(manifold)
-        print(f"wrote the decoded {args.grid}x{args.grid} latent grid over z[0], z[1] in [{-args.extent:g}, "
-              f"{args.extent:g}] to {manifold}")
+        print(f"wrote the decoded {args.grid}x{args.grid} latent grid over z[{dims[0]}], z[{dims[1]}] in "
+              f"[{-args.extent:g}, {args.extent:g}] ({why}) to {manifold}")
     return written
 
 

@@ -12,6 +12,7 @@ import torch
 from ppl_vae.compare import (
     active_units,
     activity,
+    collapse_reason,
     compare_ae_run,
     frechet_distance,
     kl_per_dimension,
@@ -201,7 +202,11 @@ def test_compare_ae_run_writes_json_markdown_and_figures(tmp_path):
     text = (out / "comparison.md").read_text()
     assert text.count("\n| ") >= 5                     # header, rule, 3 models, real data
     assert "| AE |" in text and "| VAE β=1 |" in text
-    assert "on smoothness" in text.lower() and "coverage" in text and "sample quality" in text
+    # One epoch on 120 examples: the VAE may well have collapsed; then the report says so and judges nothing.
+    if collapse_reason(vae, 2) is None:
+        assert "on smoothness" in text.lower() and "coverage" in text and "sample quality" in text
+    else:
+        assert "VAE β=1 collapsed" in text and "say nothing about the encoder" in text and "beats" not in text
     for name in ("interpolations", "samples", "latent_scatter", "rate_distortion", "posterior_clouds"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="not empty"):

@@ -17,12 +17,7 @@ def toy_result():
     # Observations far from the guide's mean: the cost log p - log q varies a lot across draws, which
     # is what makes the score-function estimator noisy.
     toy = gradvar.gaussian_toy([3.0, -2.0], loc=[0.0, 0.5], scale=[0.5, 0.8])
-    result = gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=1000, seed=1,
-                                       estimators=("reparam", "score"))
-    # TraceGraph_ELBO is several times slower per draw: fewer draws for the baseline estimator.
-    baseline = gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=300, seed=2,
-                                         estimators=("score-baseline",))
-    result["estimators"]["score-baseline"] = baseline["estimators"]["score-baseline"]
+    result = gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=1000, seed=1)
     return toy, result
 
 
@@ -56,21 +51,24 @@ def test_score_function_variance_far_exceeds_reparameterized(toy_result):
     assert score["variance_ratio"] - 1 > 5 * score["variance_ratio_se"]
     gap = score["total_variance"] - reparam["total_variance"]
     assert gap > 5 * (score["total_variance_se"] + reparam["total_variance_se"])
-    # The baseline helps the score function, but it stays noisier than the pathwise estimator here.
-    baseline = est["score-baseline"]
-    low, high = (baseline["total_variance"] + k * baseline["total_variance_se"] for k in (-2, 2))
-    assert high < score["total_variance"] - 2 * score["total_variance_se"]
-    assert low > reparam["total_variance"] + 2 * reparam["total_variance_se"]
+    # The leave-one-out baseline (K particles) helps the score function, but at equal cost (the pathwise
+    # estimator averaged over as many particles) it stays far noisier than the pathwise estimator here.
+    loo = est["score-loo"]
+    assert loo["particles"] == gradvar.DEFAULT_LOO_PARTICLES
+    assert loo["total_variance"] + 4 * loo["total_variance_se"] < score["total_variance"] - 4 * score["total_variance_se"]
+    assert loo["variance_ratio_equal_particles"] == pytest.approx(loo["variance_ratio"] * loo["particles"])
+    assert loo["variance_ratio_equal_particles"] - 1 > 5 * loo["variance_ratio_equal_particles_se"]
 
 
 def test_result_leaves_rng_and_grads_alone():
     toy = gradvar.gaussian_toy([1.0], loc=0.0)
     toy.loc.grad = torch.ones(1)
     state = torch.get_rng_state()
+    store = set(pyro.get_param_store().keys())
     gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=5)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(toy.loc.grad, torch.ones(1))
-    assert "__baseline_avg_downstream_cost_z" not in pyro.get_param_store()
+    assert set(pyro.get_param_store().keys()) == store          # no baseline (or any) state left behind
 
 
 def test_bad_arguments_are_config_errors():
@@ -81,6 +79,8 @@ def test_bad_arguments_are_config_errors():
         gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=1)
     with pytest.raises(ConfigError, match="no latent sample site 'w'"):
         gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, sites=("w",))
+    with pytest.raises(ConfigError, match="loo_particles"):
+        gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, loo_particles=1)
 
 
 def test_vae_level_measurement_is_finite():
@@ -93,7 +93,8 @@ def test_vae_level_measurement_is_finite():
     for r in result["estimators"].values():
         assert r["mean"].shape == (result["num_params"],)
         assert torch.isfinite(r["mean"]).all() and torch.isfinite(r["variance"]).all()
-        for key in ("total_variance", "total_variance_se", "mean_variance", "variance_ratio", "variance_ratio_se"):
+        for key in ("total_variance", "total_variance_se", "mean_variance", "variance_ratio", "variance_ratio_se",
+                "variance_ratio_equal_particles", "variance_ratio_equal_particles_se"):
             assert r[key] is not None and torch.isfinite(torch.tensor(r[key])), key
         assert r["total_variance"] > 0
     assert all(p.grad is None for p in vae.parameters())
@@ -139,6 +140,7 @@ def test_cli_subcommand_prints_table(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     for name in gradvar.ESTIMATORS:
         assert name in out
+    assert "particles/step" in out and "equal particles" in out
     assert "ratio to reparam" in out and "grad_variance.json" in out and "grad_variance.png" in out
 
 
