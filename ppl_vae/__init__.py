@@ -10,6 +10,8 @@ without loading torch, Pyro and ArviZ until something needs them.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -48,3 +50,16 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``ppl_vae.evaluate`` makes Python set the attribute ``evaluate`` of this
+    package to that module; the public name ``ppl_vae.evaluate`` is the function, so keep it."""
+
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

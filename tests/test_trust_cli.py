@@ -317,3 +317,13 @@ def test_an_unexpected_exception_is_one_line_naming_a_bug(monkeypatch, capsys):
     with pytest.raises(RuntimeError):
         main(["list", "--debug"])
     torch.set_num_threads(1)
+
+
+def test_public_names_survive_importing_their_submodules():
+    import ppl_vae
+    import ppl_vae.evaluate  # noqa: F401 - the submodule of the same name as the public function
+
+    assert callable(ppl_vae.evaluate) and ppl_vae.evaluate.__module__ == "ppl_vae.evaluate"
+    from ppl_vae import evaluate
+
+    assert callable(evaluate)
