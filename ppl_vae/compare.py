@@ -31,7 +31,6 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -950,9 +949,9 @@ def compare_ae_run(out_dir, *, dataset: str = "digits", epochs: int = DEFAULT_EP
     from ppl_vae.data import load_dataset
     from ppl_vae.plots import save_figure
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise ConfigError(f"output folder {out_dir} exists and is not empty; choose another --out or pass --overwrite")
+    from ppl_vae.folders import check_output_dir, claimed_output_dir
+
+    out_dir = check_output_dir(out_dir, "compare-ae", overwrite=overwrite, inputs=_dataset_paths(dataset))
     start = time.perf_counter()
     data = _subset(load_dataset(dataset), max_train, max_heldout)
     if data.kind != "image":
@@ -971,53 +970,18 @@ def compare_ae_run(out_dir, *, dataset: str = "digits", epochs: int = DEFAULT_EP
     clouds = {n: models[n] for n in ("VAE β=0", "VAE β=1") if n in models}
     if clouds:
         figures["posterior_clouds.png"] = posterior_clouds_figure(clouds, heldout, data.heldout_labels)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, fig in figures.items():
-        save_figure(fig, out_dir / "figures" / name)
-    result["seconds"] = time.perf_counter() - start
     result["out_dir"] = str(out_dir)
     result["files"] = ["comparison.json", "comparison.md"] + [f"figures/{n}" for n in figures]
-    write_json(out_dir / "comparison.json", result)
-    text = report_markdown(result)
-    atomic_write(out_dir / "comparison.md", lambda handle: handle.write(text.encode()))
+    with claimed_output_dir(out_dir, "compare-ae", replace=overwrite, action="compare-ae"):
+        for name, fig in figures.items():
+            save_figure(fig, out_dir / "figures" / name)
+        result["seconds"] = time.perf_counter() - start
+        write_json(out_dir / "comparison.json", result)
+        text = report_markdown(result)
+        atomic_write(out_dir / "comparison.md", lambda handle: handle.write(text.encode()))
     return result
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def _handle(args) -> dict:
-    out = args.out or Path("runs") / f"compare-ae-{args.dataset.replace(':', '_').replace('/', '_')}-" \
-        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    result = compare_ae_run(out, dataset=args.dataset, epochs=args.epochs, betas=tuple(args.betas),
-                            latent_dim=args.latent_dim, seed=args.seed, overwrite=args.overwrite,
-                            progress=not args.quiet)
-    print(markdown_table(result))
-    print()
-    print(verdict(result))
-    for line in _collapse_paragraph(result)[:1]:
-        print(line)
-    print(f"wrote {out}/ (comparison.json, comparison.md, figures/) in {result['seconds']:.0f} s")
-    return result
-
-
-def register(sub) -> dict:
-    """Add ``compare-ae`` to an ``argparse`` subparsers object; return ``{"compare-ae": handler}``, where
-    ``handler(args)`` runs :func:`compare_ae_run`, prints the table and the output folder and returns the
-    result."""
-    p = sub.add_parser("compare-ae", help="train an autoencoder and VAEs over beta, and measure smoothness, "
-                       "sample quality and coverage",
-                       description="Train a plain autoencoder (delta guide, beta=0) and Normal-guide VAEs for "
-                                   "several betas on the same data, budget and seed; write comparison.json, "
-                                   "comparison.md and figures/.")
-    p.add_argument("--dataset", default="digits", help="data set spec (default: digits)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epochs per model (default: {DEFAULT_EPOCHS})")
-    p.add_argument("--out", type=Path, help="folder to write (default: runs/compare-ae-<dataset>-<time>)")
-    p.add_argument("--betas", type=float, nargs="+", default=list(DEFAULT_BETAS),
-                   help="KL weights of the Normal-guide models (default: 0 0.1 0.5 1 2 4)")
-    p.add_argument("--latent-dim", type=int, default=2, help="latent dimension (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every model and measurement (default: 0)")
-    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
-    p.add_argument("--quiet", action="store_true", help="no progress output while training")
-    return {"compare-ae": _handle}
+def _dataset_paths(dataset: str) -> list[Path]:
+    kind, _, rest = str(dataset).partition(":")
+    return [Path(rest)] if kind in ("npz", "folder", "table") and rest else []

@@ -31,8 +31,8 @@ Files written (each atomically; the folder is filled only after every computatio
 
 from __future__ import annotations
 
-import argparse
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -42,7 +42,10 @@ import numpy as np
 
 from ppl_vae import diagnostics, plots
 from ppl_vae.checkpoint import atomic_write, write_json
-from ppl_vae.errors import ConfigError, require_int
+from ppl_vae.errors import ConfigError
+from ppl_vae.folders import check_output_dir, locked, write_marker
+from ppl_vae.limits import check_bytes
+from ppl_vae.validation import Bound, check_number
 
 
 def _choose_observations(khat: np.ndarray, count: int, seed: int) -> list[int]:
@@ -74,22 +77,48 @@ def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samp
                  idata_samples: int = 100, seed: int = 0, device: str = "cpu", progress: bool = False,
                  overwrite: bool = False) -> dict:
     """Run every diagnostic on a run folder's held-out data and write the files listed in the module
-    docstring. Returns the contents of ``diagnostics.json``."""
-    from ppl_vae.run import load_run, model_input
+    docstring. Returns the contents of ``diagnostics.json``.
+
+    The output folder is checked before any work (:func:`ppl_vae.folders.check_output_dir`: never the
+    run itself or a folder that contains it; ``overwrite`` replaces only a diagnostics folder ppl_vae
+    made), the run folder is locked while the diagnostics run, and the files appear together at the end
+    (written into a hidden sibling folder, then renamed into place)."""
 
     run_dir = Path(run_dir)
-    for name, value, minimum in (("num_samples", num_samples, 2), ("nuts_observations", nuts_observations, 0),
-                                 ("nuts_chains", nuts_chains, 2), ("nuts_samples", nuts_samples, 10),
-                                 ("nuts_warmup", nuts_warmup, 0), ("sbc_simulations", sbc_simulations, 20),
-                                 ("sbc_draws", sbc_draws, 1), ("gap_observations", gap_observations, 0),
-                                 ("gap_steps", gap_steps, 1), ("idata_samples", idata_samples, 1)):
-        require_int(value, name, minimum)
+    for name, value in (("num_samples", num_samples), ("nuts_observations", nuts_observations),
+                        ("nuts_chains", nuts_chains), ("nuts_samples", nuts_samples), ("nuts_warmup", nuts_warmup),
+                        ("sbc_simulations", sbc_simulations), ("sbc_draws", sbc_draws),
+                        ("gap_observations", gap_observations), ("gap_steps", gap_steps),
+                        ("idata_samples", idata_samples)):
+        check_number(value, name, LIMITS[name])
     out = Path(out) if out is not None else run_dir / "diagnostics"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out or pass --overwrite")
+    check_output_dir(out, "diagnostics", overwrite=overwrite, inputs=[run_dir])
+    with locked(run_dir, "diagnose"):
+        return _diagnose_locked(run_dir, out, num_samples=num_samples, nuts_observations=nuts_observations,
+                                nuts_warmup=nuts_warmup, nuts_samples=nuts_samples, nuts_chains=nuts_chains,
+                                sbc_simulations=sbc_simulations, sbc_draws=sbc_draws,
+                                gap_observations=gap_observations, gap_steps=gap_steps, idata_samples=idata_samples,
+                                seed=seed, device=device, progress=progress)
+
+
+#: Accepted ranges of diagnose_run's sizes (the lower ends are what each method needs to mean anything).
+LIMITS = {"num_samples": Bound(int, 2, 100_000), "nuts_observations": Bound(int, 0, 10_000),
+          "nuts_chains": Bound(int, 2, 64), "nuts_samples": Bound(int, 10, 100_000),
+          "nuts_warmup": Bound(int, 0, 100_000), "sbc_simulations": Bound(int, 20, 1_000_000),
+          "sbc_draws": Bound(int, 1, 10_000), "gap_observations": Bound(int, 0, 100_000),
+          "gap_steps": Bound(int, 1, 1_000_000), "idata_samples": Bound(int, 1, 100_000)}
+
+
+def _diagnose_locked(run_dir: Path, out: Path, *, num_samples, nuts_observations, nuts_warmup, nuts_samples,
+                     nuts_chains, sbc_simulations, sbc_draws, gap_observations, gap_steps, idata_samples, seed,
+                     device, progress) -> dict:
+    from ppl_vae.run import load_run, model_input
+
     run = load_run(run_dir, device=device)
     vae, config = run.vae, run.config
     heldout = model_input(run.data.heldout, vae, config)
+    check_bytes(num_samples * heldout.shape[0] * 8 * 4, f"{num_samples} importance draws for each of "
+                f"{heldout.shape[0]} held-out examples")
     model, guide = vae.model, vae.guide
 
     steps = ["psis", "inference data", "nuts", "sbc", "amortization gap", "collapse", "figures"]
@@ -193,9 +222,14 @@ def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samp
         for name, fig in figures.items():
             plots.save_figure(fig, staging / "figures" / name)
         atomic_write(staging / "report.md", lambda handle: handle.write(report(results).encode()))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        write_marker(staging, "diagnostics")
+        aside = None
+        if out.exists():                      # checked above: empty, or a diagnostics folder to replace
+            aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            os.replace(out, aside)
         staging.rename(out)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -361,50 +395,3 @@ def report(results: dict) -> str:
         lines += ["Not collapsed: the encodings carry information about x.", ""]
     lines += ["## Time", "", ", ".join(f"{k}: {v:.1f} s" for k, v in results["seconds"].items()) + ".", ""]
     return "\n".join(lines)
-
-
-def register(sub) -> dict:
-    p = sub.add_parser("diagnose", help="PSIS k-hat, NUTS reference, SBC, amortization gap and collapse of a run",
-                       description="Posterior diagnostics of a trained run on its held-out data: writes "
-                                   "diagnostics.json, inference_data.nc, nuts.nc, log_ratios.npy, report.md and "
-                                   "figures/ (default folder: RUN_DIR/diagnostics).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", type=Path, help="folder to write (default: RUN_DIR/diagnostics)")
-    p.add_argument("--num-samples", type=int, default=1000, help="guide draws per example for PSIS k-hat and log p(x)")
-    p.add_argument("--nuts-observations", type=int, default=8, help="held-out examples to run NUTS on (0: skip)")
-    p.add_argument("--nuts-chains", type=int, default=4)
-    p.add_argument("--nuts-warmup", type=int, default=300)
-    p.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain")
-    p.add_argument("--sbc-simulations", type=int, default=1000)
-    p.add_argument("--sbc-draws", type=int, default=99, help="guide draws per simulation (ranks 0..L)")
-    p.add_argument("--gap-observations", type=int, default=100, help="held-out examples for the amortization gap (0: skip)")
-    p.add_argument("--gap-steps", type=int, default=300, help="SVI steps refining the local guides")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return {"diagnose": _diagnose}
-
-
-def _diagnose(args) -> None:
-    results = diagnose_run(args.run_dir, args.out, num_samples=args.num_samples,
-                           nuts_observations=args.nuts_observations, nuts_chains=args.nuts_chains,
-                           nuts_warmup=args.nuts_warmup, nuts_samples=args.nuts_samples,
-                           sbc_simulations=args.sbc_simulations, sbc_draws=args.sbc_draws,
-                           gap_observations=args.gap_observations, gap_steps=args.gap_steps, seed=args.seed,
-                           device=args.device, progress=not args.quiet, overwrite=args.overwrite)
-    out = args.out or args.run_dir / "diagnostics"
-    p = results["psis"]
-    print(f"PSIS: log p(x) {p['log_likelihood']:.3f} ± {p['log_likelihood_se']:.3f} nats; k-hat median "
-          f"{p['khat_quantiles']['50%']:.2f}, {p['fraction_above']['0.7']:.1%} of examples above 0.7")
-    if "nuts" in results:
-        n = results["nuts"]
-        print(f"NUTS: max R-hat {n['max_rhat']:.4f}; guide sd / NUTS sd median {n['median_sd_ratio']:.2f}; "
-              f"max |standardized mean error| {n['max_abs_standardized_mean_error']:.2f}")
-    print(f"SBC: {results['sbc']['verdict']} (p = {results['sbc']['p_value']:.3g})")
-    g = results.get("amortization_gap", {})
-    if "amortization_gap" in g:
-        print(f"gaps: amortization {g['amortization_gap']:.3f} ± {g['amortization_gap_se']:.3f}, "
-              f"approximation {g['approximation_gap']:.3f} ± {g['approximation_gap_se']:.3f} nats")
-    print(f"wrote {out}/ (report.md, diagnostics.json, inference_data.nc, nuts.nc, log_ratios.npy, figures/)")

@@ -183,11 +183,33 @@ def check_output_file(path: str | Path, *, inputs=(), suffixes=None) -> Path:
     return path
 
 
+def check_figure_dir(path: str | Path, *, inputs=()) -> Path:
+    """Check, before any work, a folder that figures are written into (made if missing; files in it are
+    replaced only where they are regular files, see :func:`check_output_file`): not a file, not a link,
+    not an input, in a writable place."""
+    path = Path(path)
+    for source in inputs:     # the folder is not replaced, only files in it: it may hold inputs, not be one
+        if source is not None and _resolved(path) == _resolved(Path(source)):
+            raise FolderError(f"the output folder {path} is the input {source}; choose another")
+    if path.is_symlink():
+        raise FolderError(f"{path} is a symbolic link; ppl_vae does not write through links, pass a real folder")
+    if path.exists():
+        if not path.is_dir():
+            raise FolderError(f"{path} exists and is not a folder; choose another output folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise FolderError(f"output folder {path} is not writable; choose another")
+    else:
+        _check_parent_writable(path, "output folder")
+    return path
+
+
 @contextlib.contextmanager
 def locked(folder: str | Path, action: str):
     """Hold an exclusive lock on ``folder`` (a run or output folder) for ``action``; refuse at once
     with one line if another process holds it. Does nothing where ``fcntl`` does not exist."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FolderError(f"folder {folder} does not exist; pass the run folder `ppl-vae train` printed")
     try:
         import fcntl
     except ImportError:          # pragma: no cover - not POSIX: no locking

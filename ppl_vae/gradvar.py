@@ -418,6 +418,7 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
     ``figures/grad_variance.png`` into ``out_dir`` (default: the run folder) and returns the
     :func:`summary` with ``paths`` added. ``loo_particles``: K of the leave-one-out estimator."""
     from ppl_vae.checkpoint import write_json
+    from ppl_vae.folders import check_output_file
     from ppl_vae.plots import save_figure
     from ppl_vae.run import load_run, model_input
 
@@ -425,6 +426,10 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
     require_int(num_repeats, "the number of repeats", 2)
     require_int(loo_particles, "the number of particles of the leave-one-out baseline", 2)
     run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
+    json_path, png_path = out / "grad_variance.json", out / "figures" / "grad_variance.png"
+    for path in (json_path, png_path):       # before any work: outputs that can be written, never an input
+        check_output_file(path, inputs=[run_dir / "checkpoint.pt", run_dir / "config.json"])
     run = load_run(run_dir)
     vae, data = run.vae, run.data
     if num_examples > data.train.shape[0]:
@@ -434,8 +439,6 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
     params = list(vae.encoder.parameters())
     result = gradient_variance(vae.model, vae.guide, x, params, num_repeats=num_repeats, seed=seed,
                                loo_particles=loo_particles)
-    out = Path(out_dir) if out_dir is not None else run_dir
-    json_path, png_path = out / "grad_variance.json", out / "figures" / "grad_variance.png"
     report = {**summary(result), "run_dir": str(run_dir), "dataset": data.name, "examples": "first training examples",
               "parameters": "encoder (guide network)"}
     write_json(json_path, report)
@@ -462,30 +465,3 @@ def format_table(report: dict) -> str:
         lines.append(f"(score-loo costs {k} particles per step; the last column compares it with the reparameterized "
                      f"gradient averaged over {k} particles, whose variance is 1/{k} of one particle's)")
     return "\n".join(lines)
-
-
-def _grad_variance(args) -> None:
-    report = grad_variance_run(args.run_dir, num_examples=args.examples, num_repeats=args.repeats, seed=args.seed,
-                               loo_particles=getattr(args, "particles", DEFAULT_LOO_PARTICLES))
-    print(f"encoder gradient variance, {report['num_params']} parameters, batch {report['batch_size']}, "
-          f"{report['num_repeats']} draws per estimator")
-    print(format_table(report))
-    for path in report["paths"]:
-        print(f"wrote {path}")
-
-
-def register(sub) -> dict[str, Callable]:
-    """Add ``grad-variance RUN_DIR [--examples N] [--repeats N] [--seed N] [--particles K]`` to an argparse subparsers
-    object; returns ``{"grad-variance": handler}``."""
-    p = sub.add_parser("grad-variance", help="variance of reparameterized vs score-function ELBO gradients",
-                       description="Measure the spread of the encoder's ELBO gradient under the reparameterized, "
-                                   "score-function and score-function with a leave-one-out baseline over K "
-                                   "particles estimators; writes "
-                                   "grad_variance.json and figures/grad_variance.png into the run folder.")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--examples", type=int, default=32, help="training examples in the batch (default 32)")
-    p.add_argument("--repeats", type=int, default=200, help="gradient draws per estimator (default 200)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--particles", type=int, default=DEFAULT_LOO_PARTICLES,
-                   help=f"K, particles per step of the leave-one-out baseline (default {DEFAULT_LOO_PARTICLES})")
-    return {"grad-variance": _grad_variance}

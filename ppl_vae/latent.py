@@ -2,7 +2,7 @@
 
 The first half is pure computation on tensors (no files, no printing); the second half builds
 matplotlib ``Figure`` objects from its results, without pyplot, in the style of :mod:`ppl_vae.plots`.
-``ppl_vae.latent_cli`` turns both into the ``interpolate``, ``traverse`` and ``latent-map`` commands.
+``ppl_vae.cli.latent`` turns both into the ``interpolate``, ``traverse`` and ``latent-map`` commands.
 
 Shapes: ``d`` is ``vae.latent_dim``; ``data_shape`` is the shape of one example, e.g. ``(1, 8, 8)``.
 """

@@ -19,9 +19,8 @@ from ppl_vae.compare import (
     mmd,
     mmd_test,
     path_smoothness,
-    register,
 )
-from ppl_vae.errors import ConfigError
+from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.vae import VAE
 
 # -- path smoothness ---------------------------------------------------------------------------
@@ -214,6 +213,9 @@ def test_compare_ae_run_writes_json_markdown_and_figures(tmp_path):
 
 
 def test_register_adds_compare_ae(tmp_path, capsys):
+    from ppl_vae.cli import build_parser
+    from ppl_vae.cli.compare_ae import register
+
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
     handlers = register(sub)
@@ -223,8 +225,9 @@ def test_register_adds_compare_ae(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(ConfigError, match="--overwrite"):   # refused before any training
         handlers[args.command](args)
-    with pytest.raises(ConfigError, match="betas"):
-        handlers[args.command](p.parse_args(["compare-ae", "--betas", "-1", "--out", str(tmp_path / "new")]))
+    parser, _ = build_parser()
+    with pytest.raises(PplVaeError, match="--betas: must be a number >= 0"):
+        parser.parse_args(["compare-ae", "--betas", "-1", "--out", str(tmp_path / "new")])
 
 
 def _row(name, guide, beta, ratio, step, conf, fd, mmd2):

@@ -65,9 +65,9 @@ def test_existing_output_is_kept_unless_overwrite(diagnosed, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--num-samples", "1"], "num_samples must be an integer >= 2"),
-    (["--nuts-chains", "1"], "nuts_chains must be an integer >= 2"),
-    (["--sbc-simulations", "5"], "sbc_simulations must be an integer >= 20"),
+    (["--num-samples", "1"], "--num-samples: must be an integer >= 2"),
+    (["--nuts-chains", "1"], "--nuts-chains: must be an integer >= 2"),
+    (["--sbc-simulations", "5"], "--sbc-simulations: must be an integer >= 20"),
 ])
 def test_bad_numbers_exit_2_and_write_nothing(diagnosed, tmp_path, capsys, args, message):
     run, _ = diagnosed

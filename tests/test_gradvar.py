@@ -9,7 +9,9 @@ import torch
 
 import ppl_vae
 from ppl_vae import gradvar
-from ppl_vae.errors import ConfigError
+from ppl_vae.cli import build_parser
+from ppl_vae.cli import grad_variance as grad_variance_cli
+from ppl_vae.errors import ConfigError, PplVaeError
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_run_folder_writes_json_and_png(run_dir):
 def test_cli_subcommand_prints_table(run_dir, tmp_path, capsys):
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
-    handlers = gradvar.register(sub)
+    handlers = grad_variance_cli.register(sub)
     assert set(handlers) == {"grad-variance"}
     args = p.parse_args(["grad-variance", str(run_dir), "--examples", "4", "--repeats", "5", "--seed", "3"])
     handlers[args.command](args)
@@ -145,16 +147,14 @@ def test_cli_subcommand_prints_table(run_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--examples", "0"], "number of examples"),
-    (["--repeats", "1"], "number of repeats"),
+    (["--examples", "0"], "--examples: must be an integer >= 1"),
+    (["--repeats", "1"], "--repeats: must be an integer >= 2"),
     (["--examples", "100000"], "training set has"),
 ])
 def test_cli_bad_input_is_a_one_line_config_error(run_dir, argv, match):
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command")
-    handlers = gradvar.register(sub)
-    args = p.parse_args(["grad-variance", str(run_dir), *argv])
-    with pytest.raises(ConfigError, match=match) as info:
+    parser, handlers = build_parser()
+    with pytest.raises(PplVaeError, match=match) as info:
+        args = parser.parse_args(["grad-variance", str(run_dir), *argv])
         handlers[args.command](args)
     assert "\n" not in str(info.value)
 

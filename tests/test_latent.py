@@ -9,7 +9,8 @@ import torch
 import ppl_vae
 from ppl_vae import latent
 from ppl_vae.errors import ConfigError
-from ppl_vae.latent_cli import register
+from ppl_vae.cli import build_parser
+from ppl_vae.cli.latent import register
 
 torch.set_num_threads(1)
 
@@ -202,10 +203,8 @@ def tiny_run(tmp_path_factory):
 
 
 def run_cli(argv):
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command")
-    handlers = register(sub)
-    args = p.parse_args(argv)
+    parser, handlers = build_parser()            # the real parser: flags are checked as they are parsed
+    args = parser.parse_args(argv)
     return handlers[args.command](args)
 
 
@@ -248,17 +247,18 @@ def test_latent_map_command_writes_scatter_and_manifold(tiny_run, tmp_path, caps
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["interpolate", "{run}", "--steps", "1"], "--steps must be at least 2"),
-    (["interpolate", "{run}", "--pairs", "1000"], "--pairs 1000 needs"),
+    (["interpolate", "{run}", "--steps", "1"], "--steps: must be an integer >= 2"),
+    (["interpolate", "{run}", "--pairs", "200"], "--pairs 200 needs"),
+    (["interpolate", "{run}", "--pairs", "1000"], "--pairs: must be an integer >= 1 and <= 256"),
     (["traverse", "{run}", "--dims", "2"], "out of range; this run's latent space has dimensions 0 to 1"),
-    (["traverse", "{run}", "--steps", "0"], "--steps must be at least 2"),
+    (["traverse", "{run}", "--steps", "0"], "--steps: must be an integer >= 2"),
     (["traverse", "{run}", "--index", "100000"], "--index 100000 is out of range"),
-    (["traverse", "{run}", "--range", "-1"], "--range must be a positive number"),
-    (["latent-map", "{run}", "--grid", "1"], "--grid must be at least 2"),
+    (["traverse", "{run}", "--range", "-1"], "--range: must be a number > 0"),
+    (["latent-map", "{run}", "--grid", "1"], "--grid: must be an integer >= 2"),
 ])
 def test_bad_input_raises_one_line_config_error(tiny_run, argv, match):
     argv = [a.replace("{run}", str(tiny_run)) for a in argv]
-    with pytest.raises(ConfigError, match=match) as info:
+    with pytest.raises(ppl_vae.PplVaeError, match=match) as info:
         run_cli(argv)
     assert "\n" not in str(info.value)
 

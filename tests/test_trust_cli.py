@@ -327,3 +327,11 @@ def test_public_names_survive_importing_their_submodules():
     from ppl_vae import evaluate
 
     assert callable(evaluate)
+
+
+def test_cli_copies_of_defaults_match_the_library():
+    from ppl_vae import compare, gradvar
+    from ppl_vae.cli import compare_ae, grad_variance
+
+    assert compare_ae.DEFAULT_EPOCHS == compare.DEFAULT_EPOCHS and compare_ae.DEFAULT_BETAS == compare.DEFAULT_BETAS
+    assert grad_variance.DEFAULT_LOO_PARTICLES == gradvar.DEFAULT_LOO_PARTICLES

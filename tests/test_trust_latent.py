@@ -7,8 +7,10 @@ import pyro
 import pytest
 import torch
 
-from ppl_vae import latent, latent_cli, plots
-from ppl_vae.errors import ConfigError
+from ppl_vae import latent, plots
+from ppl_vae.cli import build_parser
+from ppl_vae.cli import latent as latent_cli
+from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.vae import VAE
 
 torch.set_num_threads(1)
@@ -74,8 +76,7 @@ def _run_latent_map(monkeypatch, tmp_path, *extra):
         original(fig, path)
 
     monkeypatch.setattr(plots, "save_figure", save)
-    p = argparse.ArgumentParser()
-    handlers = latent_cli.register(p.add_subparsers(dest="command"))
+    p, handlers = build_parser()
     args = p.parse_args(["latent-map", str(tmp_path / "run"), "--grid", "3", "--out-dir", str(tmp_path), *extra])
     handlers[args.command](args)
     return saved
@@ -103,10 +104,10 @@ def test_latent_map_dims_flag_is_used_and_a_collapsed_choice_is_named(monkeypatc
 @pytest.mark.parametrize("dims, match", [
     (["1", "1"], "--dims 1 1: choose two different latent dimensions"),
     (["0", "4"], "--dims 4 is out of range; this run's latent space has dimensions 0 to 3"),
-    (["-1", "2"], "--dims -1 is out of range"),
+    (["-1", "2"], "--dims: must be an integer >= 0"),
 ])
 def test_latent_map_rejects_bad_dims_with_a_one_line_config_error(monkeypatch, tmp_path, dims, match):
-    with pytest.raises(ConfigError, match=match) as info:
+    with pytest.raises(PplVaeError, match=match) as info:
         _run_latent_map(monkeypatch, tmp_path, "--dims", *dims)
     assert "\n" not in str(info.value)
 

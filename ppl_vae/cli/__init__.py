@@ -25,8 +25,8 @@ EXIT_INTERRUPTED = 130          # 128 + SIGINT, the shell's convention
 EXIT_SIGTERM = 143              # 128 + SIGTERM
 
 #: Modules that contribute subcommands through ``register(subparsers) -> {name: handler}``.
-COMMAND_MODULES = ("ppl_vae.cli.run_commands", "ppl_vae.latent_cli", "ppl_vae.compare", "ppl_vae.gradvar",
-                   "ppl_vae.diagnose")
+COMMAND_MODULES = ("ppl_vae.cli.run_commands", "ppl_vae.cli.latent", "ppl_vae.cli.compare_ae", "ppl_vae.cli.grad_variance",
+                   "ppl_vae.cli.diagnose")
 
 
 class UsageError(PplVaeError):

@@ -8,39 +8,45 @@ raises :class:`ppl_vae.errors.ConfigError` with a one-line message.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import torch
-
 from ppl_vae.errors import ConfigError
+from ppl_vae.folders import check_output_file, check_figure_dir
+from ppl_vae.validation import arg, count, path_arg, positive_real
+
+#: Limits of the figure sizes: a row per pair, a column per step, a grid of images per side.
+MAX_PAIRS, MAX_STEPS, MAX_GRID = 256, 256, 100
 
 
 def _add_interpolate(sub) -> None:
     p = sub.add_parser("interpolate", help="decoded paths between the latent codes of held-out pairs",
                        description="Pick random pairs of held-out examples, interpolate between their posterior "
                                    "means and draw the decoded paths, one row per pair.")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--pairs", type=int, default=8, help="pairs of held-out examples, one row each (default: 8)")
-    p.add_argument("--steps", type=int, default=10, help="points on each path, ends included (default: 10)")
+    p.add_argument("run_dir", type=path_arg)
+    p.add_argument("--pairs", type=count("--pairs", 1, MAX_PAIRS), default=8,
+                   help="pairs of held-out examples, one row each (default: 8)")
+    p.add_argument("--steps", type=count("--steps", 2, MAX_STEPS), default=10,
+                   help="points on each path, ends included (default: 10)")
     p.add_argument("--method", choices=["linear", "slerp"], default="linear",
                    help="linear, or slerp (spherical; keeps the norm, suits Gaussian priors) (default: linear)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the choice of pairs (default: 0)")
-    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/figures/interpolate-<method>-<seed>.png)")
+    p.add_argument("--seed", type=arg("seed"), default=0, help="seed of the choice of pairs (default: 0)")
+    p.add_argument("--out", type=path_arg,
+                   help="PNG to write (default: RUN_DIR/figures/interpolate-<method>-<seed>.png)")
 
 
 def _add_traverse(sub) -> None:
     p = sub.add_parser("traverse", help="decode z with one latent coordinate swept, one row per dimension",
                        description="Latent traversals: start from z = 0 (or the posterior mean of one held-out "
                                    "example with --index) and sweep one coordinate over [-F, F].")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--dims", type=int, nargs="+", help="latent dimensions to sweep (default: all, at most 16)")
-    p.add_argument("--range", type=float, default=3.0, dest="range",
+    p.add_argument("run_dir", type=path_arg)
+    p.add_argument("--dims", type=count("--dims", 0, 4095), nargs="+",
+                   help="latent dimensions to sweep (default: all, at most 16)")
+    p.add_argument("--range", type=positive_real("--range", 1e6), default=3.0, dest="range",
                    help="sweep each coordinate over [-F, F] (default: 3)")
-    p.add_argument("--steps", type=int, default=9, help="values per dimension (default: 9)")
-    p.add_argument("--index", type=int, help="start from the posterior mean of this held-out example "
-                   "(default: z = 0)")
-    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/figures/traverse.png)")
+    p.add_argument("--steps", type=count("--steps", 2, MAX_STEPS), default=9, help="values per dimension (default: 9)")
+    p.add_argument("--index", type=count("--index", 0, 10 ** 9), help="start from the posterior mean of this "
+                   "held-out example (default: z = 0)")
+    p.add_argument("--out", type=path_arg, help="PNG to write (default: RUN_DIR/figures/traverse.png)")
 
 
 def _add_latent_map(sub) -> None:
@@ -49,15 +55,16 @@ def _add_latent_map(sub) -> None:
                                    "to 2-D when latent_dim > 2) and, when latent_dim >= 2, the decoded grid over "
                                    "two latent dimensions: by default the two with the largest KL to the prior on "
                                    "held-out data (or the largest activity when the KL does not split by dimension).")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=path_arg)
     p.add_argument("--method", choices=["pca", "tsne"], default="pca",
                    help="projection when latent_dim > 2 (default: pca)")
-    p.add_argument("--grid", type=int, default=15, help="images per side of the manifold grid (default: 15)")
-    p.add_argument("--extent", type=float, default=2.0,
+    p.add_argument("--grid", type=count("--grid", 2, MAX_GRID), default=15,
+                   help="images per side of the manifold grid (default: 15)")
+    p.add_argument("--extent", type=positive_real("--extent", 1e6), default=2.0,
                    help="the manifold grid spans [-F, F] in both dimensions (default: 2)")
-    p.add_argument("--dims", type=int, nargs=2, metavar=("I", "J"),
+    p.add_argument("--dims", type=count("--dims", 0, 4095), nargs=2, metavar=("I", "J"),
                    help="latent dimensions of the manifold grid (default: the two most informative on held-out data)")
-    p.add_argument("--out-dir", type=Path, help="folder to write into (default: RUN_DIR/figures)")
+    p.add_argument("--out-dir", type=path_arg, help="folder to write into (default: RUN_DIR/figures)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,16 +89,17 @@ def _load_images_run(run_dir: Path):
     return vae, heldout, data.heldout_labels
 
 
-def _positive(value: int, name: str, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+def _run_inputs(run_dir) -> list[Path]:
+    return [Path(run_dir) / "checkpoint.pt", Path(run_dir) / "config.json"]
 
 
 def _interpolate(args) -> list[Path]:
+    import torch
+
     from ppl_vae import latent, plots
 
-    _positive(args.steps, "--steps", 2)
-    _positive(args.pairs, "--pairs")
+    out = args.out or Path(args.run_dir) / "figures" / f"interpolate-{args.method}-{args.seed}.png"
+    check_output_file(out, inputs=_run_inputs(args.run_dir), suffixes=(".png",))
     vae, heldout, _ = _load_images_run(args.run_dir)
     n = heldout.shape[0]
     if 2 * args.pairs > n:
@@ -102,18 +110,18 @@ def _interpolate(args) -> list[Path]:
     paths = torch.stack([latent.interpolate_inputs(vae, heldout[i], heldout[j], args.steps, args.method)
                          for i, j in pairs.tolist()])
     inputs = heldout[pairs]                                           # (P, 2, *data_shape)
-    out = args.out or Path(args.run_dir) / "figures" / f"interpolate-{args.method}-{args.seed}.png"
     plots.save_figure(latent.interpolation_figure(paths.cpu(), inputs.cpu(), args.method), out)
     print(f"wrote {args.pairs} {args.method} interpolations of {args.steps} steps to {out}")
     return [out]
 
 
 def _traverse(args) -> list[Path]:
+    import torch
+
     from ppl_vae import latent, plots
 
-    _positive(args.steps, "--steps", 2)
-    if not (math.isfinite(args.range) and args.range > 0):
-        raise ConfigError(f"--range must be a positive number, got {args.range}")
+    out = args.out or Path(args.run_dir) / "figures" / "traverse.png"
+    check_output_file(out, inputs=_run_inputs(args.run_dir), suffixes=(".png",))
     vae, heldout, _ = _load_images_run(args.run_dir)
     d = vae.latent_dim
     dims = args.dims if args.dims is not None else list(range(min(d, 16)))
@@ -129,7 +137,6 @@ def _traverse(args) -> list[Path]:
         base = vae.encode(heldout[args.index:args.index + 1])[0][0].cpu()
     values = latent._symmetric_values(args.range, args.steps)
     images = torch.stack([latent.traverse(vae, base, dim, values) for dim in dims]).cpu()
-    out = args.out or Path(args.run_dir) / "figures" / "traverse.png"
     plots.save_figure(latent.traversal_figure(images, dims, values), out)
     print(f"wrote traversals of latent dimensions {', '.join(map(str, dims))} over [{-args.range:g}, "
           f"{args.range:g}] to {out}")
@@ -137,13 +144,13 @@ def _traverse(args) -> list[Path]:
 
 
 def _latent_map(args) -> list[Path]:
+    import torch
+
     from ppl_vae import latent, plots
 
-    _positive(args.grid, "--grid", 2)
-    if not (math.isfinite(args.extent) and args.extent > 0):
-        raise ConfigError(f"--extent must be a positive number, got {args.extent}")
-    vae, heldout, labels = _load_images_run(args.run_dir)
     out_dir = args.out_dir or Path(args.run_dir) / "figures"
+    check_figure_dir(out_dir, inputs=_run_inputs(args.run_dir))
+    vae, heldout, labels = _load_images_run(args.run_dir)
     d = vae.latent_dim
     chosen = getattr(args, "dims", None)
     if chosen is not None:
@@ -157,6 +164,7 @@ def _latent_map(args) -> list[Path]:
     means = torch.cat([vae.encode(chunk)[0] for chunk in heldout.split(1024)]).cpu()
     points = latent.project_2d(means, args.method)
     scatter = out_dir / ("latent-scatter.png" if d <= 2 else f"latent-scatter-{args.method}.png")
+    check_output_file(scatter, suffixes=(".png",))
     plots.save_figure(latent.scatter_figure(points, labels, latent_dim=d, method=args.method), scatter)
     written = [scatter]
     print(f"wrote the posterior means of {means.shape[0]} held-out examples to {scatter}")
@@ -177,6 +185,7 @@ def _latent_map(args) -> list[Path]:
                 why += f"; most informative: z[{best[0]}], z[{best[1]}]"
         images = latent.latent_grid(vae, args.grid, args.extent, dims=dims).cpu()
         manifold = out_dir / "latent-manifold.png"
+        check_output_file(manifold, suffixes=(".png",))
         plots.save_figure(latent.manifold_figure(images, args.grid, args.extent, dims, why=why), manifold)
         written.append(manifold)
         print(f"wrote the decoded {args.grid}x{args.grid} latent grid over z[{dims[0]}], z[{dims[1]}] in "
