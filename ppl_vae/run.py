@@ -299,6 +299,10 @@ def prepare_table(data: DataSplit, likelihood, scaling: Scaling | None = None) -
                           "negative-binomial (counts)")
     if kind != "real":
         return data, None
+    features = math.prod(data.data_shape)
+    if scaling is not None and len(scaling.loc) != features:
+        raise CheckpointError(f"the run's scaling.json standardizes {len(scaling.loc)} features but {data.name} has "
+                              f"{features}; the data changed since training: restore it, or train again")
     scaling = scaling or Scaling.fit(data.train)
     return replace(data, train=scaling.apply(data.train), heldout=scaling.apply(data.heldout)), scaling
 
@@ -346,7 +350,7 @@ def load_units(run_dir: str | Path) -> tuple[float, str]:
 
 def _read_scaling(run_dir: Path) -> Scaling | None:
     path = run_dir / SCALING_NAME
-    return Scaling.from_dict(read_json(path, "scaling")) if path.exists() else None
+    return Scaling.from_dict(read_json(path, "scaling"), source=str(path)) if path.exists() else None
 
 
 def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, *, seed: int = 0,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ppl_vae.data import DataSplit, _one_line, _require_file, _split, check_npz_members, open_npz, read_npz_member
-from ppl_vae.errors import DataError
+from ppl_vae.errors import CheckpointError, DataError
 from ppl_vae.limits import check_bytes, memory_limit
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -267,5 +267,17 @@ class Scaling:
         return {"kind": "standardize", "loc": self.loc, "scale": self.scale}
 
     @classmethod
-    def from_dict(cls, values: dict) -> Scaling:
-        return cls(loc=list(values["loc"]), scale=list(values["scale"]))
+    def from_dict(cls, values: dict, *, source: str = "scaling.json", num_features: int | None = None) -> Scaling:
+        """The scaling recorded in a run folder, checked: two equally long lists of finite numbers, the
+        scales positive (and ``num_features`` long when given); :class:`CheckpointError` otherwise."""
+        loc, scale = (values.get("loc"), values.get("scale")) if isinstance(values, dict) else (None, None)
+
+        def numbers(value) -> bool:
+            return isinstance(value, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+        if not (numbers(loc) and numbers(scale) and len(loc) == len(scale) and len(loc) > 0
+                and all(v > 0 for v in scale) and (num_features is None or len(loc) == num_features)):
+            raise CheckpointError(f"{source} is damaged: it must hold 'loc' and 'scale', lists of one finite number "
+                                  "per feature (scales positive); restore it from a copy or train again")
+        return cls(loc=[float(v) for v in loc], scale=[float(v) for v in scale])
