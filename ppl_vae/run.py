@@ -476,12 +476,14 @@ def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch
     run = load_run(run_dir, device=device)
     vae, config, data, scaling = run.vae, run.config, run.data, run.scaling
     heldout = model_input(data.heldout, vae, config)
-    result = evaluate(vae, heldout, num_particles=num_particles or config.num_particles, batch_size=batch_size,
+    num_particles = config.num_particles if num_particles is None else check_number(num_particles, "num_particles")
+    threads.adapt(step_work(vae, num_particles))
+    result = evaluate(vae, heldout, num_particles=num_particles, batch_size=batch_size,
                       seed=seed, progress=progress)
     if scaling is not None:       # report log-densities of the original, unscaled features
         shift = scaling.log_abs_det
         result = replace(result, elbo=result.elbo + shift, log_likelihood=result.log_likelihood + shift,
-                         reconstruction=result.reconstruction + shift,
+                         reconstruction=result.reconstruction + shift, joint_elbo=result.joint_elbo + shift,
                          per_example={k: v + shift for k, v in result.per_example.items()})
     _, label = units_of(scaling)
     write_json(run_dir / "eval.json", {**result.to_dict(), "seed": seed, "dataset": data.name,

@@ -49,7 +49,9 @@ def _diagnose(args) -> None:
                            device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     out = args.out or args.run_dir / "diagnostics"
     for line in _warnings(results):           # a collapsed model, unreliable importance weights
-        print("warning: " + line.removeprefix("> ").replace("**", ""))
+        text = line.removeprefix("> ").replace("**", "").strip().removeprefix("Warning: ")
+        if text:
+            print(f"warning: {text}")
     p = results["psis"]
     print(f"PSIS: log p(x) {p['log_likelihood']:.3f} ± {p['log_likelihood_se']:.3f} nats per example; k-hat "
           f"median {p['khat_quantiles']['50%']:.2f}, {p['fraction_above']['0.7']:.1%} of examples above 0.7")

@@ -146,17 +146,23 @@ def _evaluate(args) -> None:
 
     result = evaluate_run(args.run_dir, num_particles=args.num_particles, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, progress=not args.quiet)
-    rows = [("ELBO", result.elbo, result.elbo_se, result.elbo_data_se),
+    from ppl_vae.evaluate import ELBO
+
+    given_globals = result.elbo_kind != ELBO
+    rows = [("ELBO given q(globals), not a bound" if given_globals else "ELBO", result.elbo, result.elbo_se,
+             result.elbo_data_se),
             (f"log p(x), IWAE K={result.num_particles}", result.log_likelihood, result.log_likelihood_se,
              result.log_likelihood_data_se),
             ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
             ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None)]
+    if given_globals:       # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
+        rows.insert(1, ("joint ELBO (bound on log p(x_1..N)/N)", result.joint_elbo, result.joint_elbo_se, None))
     from ppl_vae.run import load_units
 
     print(f"{result.num_examples} held-out examples, per example in nats, {load_units(args.run_dir)[1]}")
-    print(f"{'quantity':<34}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}")
+    print(f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}")
     for name, mean, se, data_se in rows:
-        print(f"{name:<34}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
+        print(f"{name:<40}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
     print(f"wrote {args.run_dir / 'eval.json'}")
 
 
