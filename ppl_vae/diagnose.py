@@ -101,6 +101,22 @@ def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samp
                                 seed=seed, device=device, progress=progress)
 
 
+def _report_in_data_units(results: dict, scaling) -> None:
+    """Log-densities in the units ``ppl-vae train`` and ``evaluate`` report: for a standardized table, of
+    the features in their original units (a constant shift per example; gaps, being differences, keep)."""
+    from ppl_vae.run import units_of
+
+    shift, label = units_of(scaling)
+    results["units"] = f"log-densities per example in nats, {label}"
+    if not shift:
+        return
+    results["psis"]["log_likelihood"] += shift
+    gap = results.get("amortization_gap", {})
+    for key in ("elbo_amortized", "elbo_local", "log_likelihood"):
+        if isinstance(gap.get(key), (int, float)):
+            gap[key] += shift
+
+
 #: Accepted ranges of diagnose_run's sizes (the lower ends are what each method needs to mean anything).
 LIMITS = {"num_samples": Bound(int, 2, 100_000), "nuts_observations": Bound(int, 0, 10_000),
           "nuts_chains": Bound(int, 2, 64), "nuts_samples": Bound(int, 10, 100_000),
@@ -184,6 +200,7 @@ def _diagnose_locked(run_dir: Path, out: Path, *, num_samples, nuts_observations
         step("collapse")
         results["collapse"] = diagnostics.collapse_report(vae, heldout, seed=seed)
         done("collapse")
+        _report_in_data_units(results, run.scaling)
 
         step("figures")
         threshold = {"k-hat 0.5": 0.5, "k-hat 0.7": 0.7,
@@ -285,7 +302,7 @@ def report(results: dict) -> str:
         f"# Posterior diagnostics: {results['dataset']}",
         "",
         f"Run folder `{results['run_dir']}`, {results['num_heldout']} held-out examples. "
-        "Numbers are per example, in nats.",
+        f"Numbers are per example, in nats ({results.get('units', 'log-densities per example in nats')}).",
         "",
         *_warnings(results),
         "## The guide as an importance proposal (PSIS)",

@@ -73,3 +73,21 @@ def check_elements(count: int | float, what: str, *, bytes_per_element: int = 4,
                    error: type[PplVaeError] = ConfigError) -> None:
     """:func:`check_bytes` for ``count`` elements of ``bytes_per_element`` bytes (float32 by default)."""
     check_bytes(count * bytes_per_element, what, error=error)
+
+
+def check_disk(folder, nbytes: int | float, what: str, *, error: type[PplVaeError] = ConfigError) -> None:
+    """Refuse to start work whose output (``nbytes``) would not fit the free space of the disk that
+    holds ``folder`` (or its nearest existing parent)."""
+    import shutil
+    from pathlib import Path
+
+    path = Path(os.path.abspath(folder))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise error(f"{what} needs about {format_bytes(nbytes)} of disk but {path} has {format_bytes(free)} free; "
+                    "free disk space or write elsewhere (--out)")

@@ -30,7 +30,7 @@ from ppl_vae.data import DataSplit, load_dataset
 from ppl_vae.errors import CheckpointError, ConfigError
 from ppl_vae.evaluate import EvalResult, evaluate
 from ppl_vae.folders import check_output_dir, check_output_file, claimed_output_dir, locked
-from ppl_vae.limits import check_bytes
+from ppl_vae.limits import check_bytes, check_disk
 from ppl_vae.tabular import Scaling
 from ppl_vae.train import FitResult, fit, fixed_binarization
 from ppl_vae.validation import BOUNDS, check_number
@@ -127,6 +127,9 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
                      binarize=resolve_binarize(config.binarize, vae.likelihood))
     data, scaling = prepare_table(data, vae.likelihood)
     threads.adapt(step_work(vae, config.batch_size * config.particles))
+    if main:        # a checkpoint (weights, Adam's two moments) twice while it is replaced, and figures
+        check_disk(run_dir, sum(p.numel() for p in vae.parameters()) * 4 * 3 * 2 + _FIGURES_BYTES,
+                   f"run folder {run_dir}")
     writer = _RunWriter(run_dir, config, vae, data, scaling, command, distributed=distributed,
                         fingerprint=data_fingerprint(config))
     if not main:
@@ -408,6 +411,9 @@ def check_same_data(run_dir: Path, config: Config) -> dict | None:
                               "hash differs); resuming would mix two data sets: restore the data, or train a new run")
     return now
 
+
+#: Room for a run folder's figures and JSON files.
+_FIGURES_BYTES = 8 * 1024 ** 2
 
 #: Bytes per float32 parameter while training: the value, its gradient and Adam's two moments.
 _TRAINING_BYTES_PER_PARAMETER = 16

@@ -335,3 +335,33 @@ def test_cli_copies_of_defaults_match_the_library():
 
     assert compare_ae.DEFAULT_EPOCHS == compare.DEFAULT_EPOCHS and compare_ae.DEFAULT_BETAS == compare.DEFAULT_BETAS
     assert grad_variance.DEFAULT_LOO_PARTICLES == gradvar.DEFAULT_LOO_PARTICLES
+
+
+def test_diagnose_reports_a_table_in_the_units_evaluate_uses(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal([100.0, -50.0, 0.0], [10.0, 10.0, 10.0], size=(150, 3))   # standardizing shifts by -6.9 nats
+    path = tmp_path / "t.csv"
+    np.savetxt(path, x, delimiter=",")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", f"table:{path}", "--likelihood", "gaussian", *TINY, "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "-k", "200", "--quiet"]) == 0
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert main(["diagnose", str(out), "--num-samples", "200", "--nuts-observations", "0", "--sbc-simulations",
+                 "20", "--gap-observations", "0", "--quiet"]) == 0
+    diagnosed = json.loads((out / "diagnostics" / "diagnostics.json").read_text())
+    shift = json.loads((out / "metrics.json").read_text())["units_shift"]
+    assert abs(shift) > 5
+    # Both are importance estimates of the same log p(x) with 200 draws: far closer than the shift.
+    assert abs(diagnosed["psis"]["log_likelihood"] - evaluated["log_likelihood"]) < 0.5
+    assert "original units" in diagnosed["units"]
+
+
+def test_a_disk_too_small_for_the_run_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import collections
+    import shutil as shutil_module
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10 ** 6, 10 ** 6 - 1000, 1000))
+    assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 2
+    _one_line_error(capsys, "of disk", "free disk space")
+    assert not (tmp_path / "r").exists()
