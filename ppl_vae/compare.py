@@ -41,6 +41,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.evaluate import COLLAPSE_NATS
 
 #: Epochs per model of ``compare-ae`` by default: 7 models on the digits in a few minutes on 2 CPU cores.
 DEFAULT_EPOCHS = 150
@@ -259,7 +260,7 @@ def _is_point_mass(q) -> bool:
 #: Draws of z per example (or of the prior's global latents) for Monte Carlo KL estimates.
 KL_NUM_SAMPLES = 64
 #: A model whose total KL(q(z|x) || p(z)) is below this many nats per example counts as collapsed.
-COLLAPSE_KL_NATS = 0.05
+COLLAPSE_KL_NATS = COLLAPSE_NATS          # see ppl_vae.evaluate.COLLAPSE_NATS
 
 
 def _unwrap_independent(d) -> tuple:

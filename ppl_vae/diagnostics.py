@@ -27,7 +27,7 @@ import torch
 from pyro.infer import Predictive
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import chunk_sizes, log_weight_chunk, max_plate_nesting
+from ppl_vae.evaluate import COLLAPSE_NATS, chunk_sizes, log_weight_chunk, max_plate_nesting
 
 
 def _arviz():
@@ -214,8 +214,6 @@ def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10, 
     return per_example.mean().item(), (terms.std() / math.sqrt(terms.numel())).item()
 
 
-#: Below this many nats per example, the KL to the prior or I(x; z) counts as zero (a collapsed model).
-COLLAPSE_NATS = 0.01
 
 
 def collapse_report(vae, data: torch.Tensor, *, num_samples: int = 10, threshold: float = 0.01,

@@ -28,6 +28,10 @@ from ppl_vae.errors import ConfigError
 #: allocator from fragmenting the heap (larger ones measured slower and with a growing peak memory).
 DEFAULT_MAX_ELEMENTS = 2**22
 
+#: A model whose KL to the prior (the rate) is below this many nats per example encodes (almost) nothing
+#: about x: posterior collapse. The one definition used by evaluate, diagnose and compare-ae.
+COLLAPSE_NATS = 0.05
+
 
 def _site_log_prob(site) -> torch.Tensor:
     """log-density of a sample site, masked but not scaled (evaluation wants the true density)."""

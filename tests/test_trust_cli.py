@@ -365,3 +365,13 @@ def test_a_disk_too_small_for_the_run_is_refused_before_training(tmp_path, capsy
     assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 2
     _one_line_error(capsys, "of disk", "free disk space")
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_names_a_collapsed_model(tmp_path, capsys):
+    out = tmp_path / "collapsed"                       # beta = 20 pushes every q(z|x) onto the prior
+    assert main(["train", *TINY, "--beta", "20", "--epochs", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "-k", "20", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    kl = json.loads((out / "eval.json").read_text())["kl"]
+    assert kl < 0.05 and "posterior collapse" in printed

@@ -146,7 +146,7 @@ def _evaluate(args) -> None:
 
     result = evaluate_run(args.run_dir, num_particles=args.num_particles, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, progress=not args.quiet)
-    from ppl_vae.evaluate import ELBO
+    from ppl_vae.evaluate import COLLAPSE_NATS, ELBO
 
     given_globals = result.elbo_kind != ELBO
     rows = [("ELBO given q(globals), not a bound" if given_globals else "ELBO", result.elbo, result.elbo_se,
@@ -163,6 +163,10 @@ def _evaluate(args) -> None:
     print(f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}")
     for name, mean, se, data_se in rows:
         print(f"{name:<40}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
+    if result.kl < COLLAPSE_NATS:
+        print(f"warning: posterior collapse: KL(q(z|x) || p(z)) is {result.kl:.3f} nats per example, so the "
+              "model ignores its latent code and decodes every x the same way; the numbers above describe a "
+              "model that does not use z")
     print(f"wrote {args.run_dir / 'eval.json'}")
 
 
