@@ -180,22 +180,28 @@ def read_json(path: str | Path, what: str = "file", *, allow_nan: bool = False) 
     return data
 
 
-def _compact(obj, memo: dict):
+def _compact(obj, memo: dict, storages: set):
     """``obj`` with every tensor detached, on the CPU, contiguous and owning exactly its own storage,
-    which :func:`load_checkpoint` requires. Containers and tensors referenced twice stay shared."""
+    which :func:`load_checkpoint` requires: views are copied, and so is a second tensor object on a
+    storage already used (two state-dict entries may be one parameter). Containers and tensor objects
+    referenced twice stay shared."""
     key = id(obj)
     if key in memo:
         return memo[key][1]
     if isinstance(obj, torch.Tensor):
         out = obj.detach().cpu()
-        if not _owns_storage(out):
+        pointer = out.untyped_storage().data_ptr() if out.numel() else None
+        if not _owns_storage(out) or pointer in storages:
             out = out.clone(memory_format=torch.contiguous_format)
+            pointer = out.untyped_storage().data_ptr() if out.numel() else None
+        if pointer is not None:
+            storages.add(pointer)
     elif type(obj) in (dict, collections.OrderedDict):
-        out = type(obj)((k, _compact(v, memo)) for k, v in obj.items())
+        out = type(obj)((k, _compact(v, memo, storages)) for k, v in obj.items())
     elif type(obj) is list:
-        out = [_compact(v, memo) for v in obj]
+        out = [_compact(v, memo, storages) for v in obj]
     elif type(obj) is tuple:
-        out = tuple(_compact(v, memo) for v in obj)
+        out = tuple(_compact(v, memo, storages) for v in obj)
     else:
         return obj
     memo[key] = (obj, out)                       # keep obj alive so that its id is not reused
@@ -223,49 +229,8 @@ def save_checkpoint(path: str | Path, *, model_spec: dict, state_dict: dict, **e
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "ppl_vae_version": __version__,
                "model_spec": model_spec, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
     payload.update(extra)
-    payload = _deduplicate_storages(_compact(payload, {}))
+    payload = _compact(payload, {}, set())
     atomic_write(Path(path), lambda handle: torch.save(payload, handle))
-
-
-def _deduplicate_storages(payload):
-    """Give every tensor object its own storage (two state-dict entries may be one parameter)."""
-    seen: dict[int, int] = {}
-    replace: dict[int, torch.Tensor] = {}
-
-    def visit(obj):
-        if isinstance(obj, torch.Tensor):
-            if obj.numel() and id(obj) not in replace:
-                owner = seen.setdefault(obj.untyped_storage().data_ptr(), id(obj))
-                if owner != id(obj):
-                    replace[id(obj)] = obj.clone()
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                visit(v)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                visit(v)
-
-    visit(payload)
-    if not replace:
-        return payload
-
-    def rebuild(obj, memo):
-        if id(obj) in memo:
-            return memo[id(obj)][1]
-        if isinstance(obj, torch.Tensor):
-            out = replace.get(id(obj), obj)
-        elif type(obj) in (dict, collections.OrderedDict):
-            out = type(obj)((k, rebuild(v, memo)) for k, v in obj.items())
-        elif type(obj) is list:
-            out = [rebuild(v, memo) for v in obj]
-        elif type(obj) is tuple:
-            out = tuple(rebuild(v, memo) for v in obj)
-        else:
-            return obj
-        memo[id(obj)] = (obj, out)
-        return out
-
-    return rebuild(payload, {})
 
 
 # ----------------------------------------------------------------------------------------------------
