@@ -120,3 +120,11 @@ def test_compare_priors_smoke(tmp_path):
     for prior in PRIORS:
         assert f"| {prior} |" in text, prior
     assert "Refused combinations" in text and "--guide normal" in text
+
+
+def test_threads_benchmark_smoke_run_reports_every_thread_count():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--smoke"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\| 8x8-16-2 \| 32 \| .* \|$", proc.stdout, flags=re.M)
+    assert len(rows) == 1 and "1.00x" in rows[0], proc.stdout
