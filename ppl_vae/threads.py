@@ -1,16 +1,16 @@
 """How many intra-op threads torch uses, chosen by measurement rather than left to torch.
 
-Measured on the project's 2-core machine (``benchmarks/threads.py``, interleaved, one process):
+Measured on the project's 2-core machine (``python -m benchmarks.threads``, step of ``fit`` timed per
+thread count, interleaved; ``benchmarks/THREADS.md``):
 
-* the default digits model (64-256-128-8, batch 128) takes 2.1 ms per step on one thread and 4.2 ms on
-  two: for models this small the threads' hand-offs cost more than the matrix work, and when other work
-  holds the cores, spinning threads make it many times worse (the README's own ``ppl-vae train`` took
-  173 s with torch's default against 21 s with one thread);
-* larger models (784-400-50 at batch 128 and up) run 1.5-1.7x faster on two threads, *if* the second core
-  is idle; on a loaded machine the same setting was 4x slower (64x64 images: 16 s against 3.6 s per
-  epoch).
+* with the machine otherwise idle, two threads are 0.83x the time of one for the digits default
+  (64-256-128-8, batch 128: 2.0 against 1.7 ms per step) and 0.6-0.66x for larger MLPs;
+* with two other processes busy on the cores, two threads are 1.9x *slower* for the digits default and
+  4-41x slower for the larger models (784-400-50 at batch 128: 570 against 14 ms per step); torch's
+  default of two threads made the README's own ``ppl-vae train`` take 173 s against 21 s with one.
 
-So the CLI's default, ``auto``, is one thread, raised to the number of idle cores (from the load
+The risk is lopsided: one thread costs at most ~1.7x on an idle machine, two threads cost up to 40x
+on a busy one. So the CLI's default, ``auto``, is one thread, raised to the number of idle cores (from the load
 average) only when one step does enough work for threads to pay (:data:`WORK_PER_THREAD`) and those
 cores are really idle. ``--threads N`` fixes the count. ``run.json`` records the count and why. The
 Python API leaves torch's setting alone; call :func:`apply` yourself to get the same choice.
