@@ -76,6 +76,21 @@ config_files = st.dictionaries(
     CONFIG_VALUES, max_size=6)
 
 
+def _run_and_check(argv, sandbox: Path, capsys, ignore=()) -> None:
+    """Run the CLI in this process and check the contract; nothing in the sandbox outside out-area/
+    (apart from ``ignore``) may change."""
+    before = _snapshot(sandbox, sandbox / "out-area")
+    torch_threads = torch.get_num_threads()
+    try:
+        _check(main(argv), capsys)
+    finally:
+        torch.set_num_threads(torch_threads)
+    after = _snapshot(sandbox, sandbox / "out-area")
+    for name in ignore:
+        before.pop(name, None), after.pop(name, None)
+    assert after == before
+
+
 def _check(result: int, capsys):
     captured = capsys.readouterr()
     event(f"exit {result}")
@@ -102,15 +117,7 @@ def test_train_flags_and_config_files(sandbox, monkeypatch, capsys, flags, confi
         argv += ["--config", str(sandbox / "cfg.json")]
     if overwrite:
         argv.append("--overwrite")
-    before = _snapshot(sandbox, sandbox / "out-area")
-    torch_threads = torch.get_num_threads()
-    try:
-        _check(main(argv), capsys)
-    finally:
-        torch.set_num_threads(torch_threads)
-    after = _snapshot(sandbox, sandbox / "out-area")
-    after.pop("cfg.json", None), before.pop("cfg.json", None)
-    assert after == before
+    _run_and_check(argv, sandbox, capsys, ignore=("cfg.json",))
     shutil.rmtree(sandbox / "out-area", ignore_errors=True)
 
 
@@ -131,10 +138,4 @@ def test_evaluate_and_sample_flags(sandbox, monkeypatch, capsys, command, flags,
         argv += [flag, value] if not value.startswith("-") else [f"{flag}={value}"]
     if command == "sample" and out is not None:
         argv += ["--out", str(sandbox / out)]
-    before = _snapshot(sandbox, sandbox / "out-area")
-    torch_threads = torch.get_num_threads()
-    try:
-        _check(main(argv), capsys)
-    finally:
-        torch.set_num_threads(torch_threads)
-    assert _snapshot(sandbox, sandbox / "out-area") == before
+    _run_and_check(argv, sandbox, capsys)
