@@ -179,9 +179,11 @@ def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) 
     low, high = stats.binom.ppf([0.005, 0.995], n, 1 / num_bins)
     for j in range(d):
         ax = fig.add_subplot(nrow, ncol, j + 1)
-        ax.axhspan(low, high, color="0.85", lw=0)
-        ax.axhline(expected, color="0.5", lw=1)
-        ax.hist(ranks[:, j], bins=edges, color="C0", alpha=0.85)
+        ax.axhspan(low, high, color="0.85", lw=0, zorder=0)
+        ax.hist(ranks[:, j], bins=edges, histtype="stepfilled", color="C0", alpha=0.55, zorder=1)
+        for bound in (low, high):          # the band's edges drawn over the bars, so a bar below it shows
+            ax.axhline(bound, color="0.35", lw=0.8, ls="--", zorder=3)
+        ax.axhline(expected, color="0.35", lw=1, zorder=3)
         title = f"z[{j}]" + ("" if p_values is None else f"  p = {p_values[j]:.2g}")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([0, num_draws])
@@ -190,7 +192,7 @@ def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) 
         ax.set_xlabel(f"rank of the true value among the {num_draws} guide draws", fontsize=7)
         ax.set_ylabel("simulations", fontsize=7)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"SBC rank histograms of the true z, {n} simulations (grey: 99% band if calibrated)", fontsize=10)
+    fig.suptitle(f"SBC rank histograms of the true z, {n} simulations (grey, dashed: 99% band if calibrated)", fontsize=10)
     fig.tight_layout()
     return fig
 
