@@ -422,7 +422,7 @@ def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims
     pictures = _require_images(images[:1])
     h, w = pictures.shape[-2:]
     values = _symmetric_values(extent, n).tolist()
-    ticks = sorted({0, n // 2, n - 1})
+    ticks = sorted({0, n // 2, n - 1}) if n % 2 else [0, n - 1]     # the middle cell is z = 0 only for odd n
     fig = Figure(figsize=(7, 7.3))
     ax = fig.add_subplot(1, 1, 1)
     _imshow(ax, image_grid(images, ncol=n))
