@@ -41,8 +41,9 @@ LIKELIHOODS = {
 }
 
 OBJECTIVES = {
-    "trace": "Trace_ELBO: Monte Carlo KL, works for every prior and guide (default)",
-    "meanfield": "TraceMeanField_ELBO: analytic KL where torch registers one, refused otherwise",
+    "auto": "per latent site the analytic KL where torch registers one, Monte Carlo otherwise (default)",
+    "trace": "Trace_ELBO: Monte Carlo KL at every latent site, for every prior and guide",
+    "meanfield": "TraceMeanField_ELBO, strict: refused unless every latent site has an analytic KL",
     "iwae": "importance-weighted bound (RenyiELBO, alpha=0) with --particles K draws, vectorized",
 }
 

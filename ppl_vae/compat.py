@@ -18,8 +18,9 @@ from ppl_vae.vae import GUIDE_FOR_SUPPORT
 
 #: Objectives by CLI name, one line each for ``ppl-vae list``.
 OBJECTIVES = {
-    "trace": "Trace_ELBO: Monte Carlo KL, works for every prior and guide (default)",
-    "meanfield": "TraceMeanField_ELBO: analytic KL where torch registers one, refused otherwise",
+    "auto": "per latent site the analytic KL where torch registers one, Monte Carlo otherwise (default)",
+    "trace": "Trace_ELBO: Monte Carlo KL at every latent site, for every prior and guide",
+    "meanfield": "TraceMeanField_ELBO, strict: refused unless every latent site has an analytic KL",
     "iwae": "importance-weighted bound (RenyiELBO, alpha=0) with --particles K draws, vectorized",
 }
 
@@ -53,8 +54,29 @@ def _traces(vae, x):
     return model_trace, guide_trace
 
 
-def check_compatible(vae, x: torch.Tensor, *, elbo: str = "trace", num_particles: int = 1, beta: float = 1.0) -> None:
-    """Refuse combinations that cannot work, on a trace of ``vae`` at the examples ``x`` (one is enough)."""
+#: How an objective estimates the KL part of the ELBO at one latent site (values of :func:`check_compatible`).
+ANALYTIC, MONTE_CARLO, IMPORTANCE = "analytic", "monte-carlo", "importance-weighted"
+
+
+def has_analytic_kl(guide_fn, prior_fn) -> bool:
+    """True when ``torch.distributions.kl_divergence(guide_fn, prior_fn)`` has a registered closed form."""
+    try:
+        kl_divergence(guide_fn, prior_fn)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def check_compatible(vae, x: torch.Tensor, *, elbo: str = "auto", num_particles: int = 1,
+                     beta: float = 1.0) -> dict[str, str]:
+    """Refuse combinations that cannot work, on a trace of ``vae`` at the examples ``x`` (one is enough).
+
+    Returns, for every latent site (in the guide's order), how ``elbo`` estimates its KL part:
+    ``"analytic"`` (``auto`` and ``meanfield`` where torch registers a closed form for the guide/prior
+    pair, as ``TraceMeanField_ELBO`` computes it), ``"monte-carlo"`` (log q(z) − log p(z) at the draw:
+    ``trace``, and ``auto`` where no closed form is registered) or ``"importance-weighted"`` (``iwae``,
+    which has no separate KL term).
+    """
     if elbo not in OBJECTIVES:
         raise ConfigError(f"unknown objective {elbo!r}; choose one of: {', '.join(OBJECTIVES)}")
     if num_particles < 1:
@@ -62,6 +84,7 @@ def check_compatible(vae, x: torch.Tensor, *, elbo: str = "trace", num_particles
     if not (beta >= 0 and beta == beta):
         raise ConfigError(f"beta must be a non-negative number, got {beta}")
     model_trace, guide_trace = _traces(vae, x)
+    terms: dict[str, str] = {}
     for name, guide_site in guide_trace.nodes.items():
         if guide_site["type"] != "sample" or site_is_subsample(guide_site) or name not in model_trace.nodes:
             continue
@@ -76,18 +99,18 @@ def check_compatible(vae, x: torch.Tensor, *, elbo: str = "trace", num_particles
             raise ConfigError(f"the prior's log-density at {name!r} is not finite at the guide's draws "
                               f"({type(guide_site['fn']).__name__} guide); a prior built from the guide (vamp) needs a "
                               "guide with a density: use --guide normal")
-        if elbo == "meanfield":
-            try:
-                kl_divergence(guide_site["fn"], model_site["fn"])
-            except NotImplementedError:
-                raise ConfigError(
-                    f"meanfield needs an analytic KL between {type(guide_site['fn']).__name__} (guide) and "
-                    f"{type(model_site['fn']).__name__} (prior) at site {name!r}, and none is registered; "
-                    "use --elbo trace (Monte Carlo KL)") from None
+        analytic = elbo in ("auto", "meanfield") and has_analytic_kl(guide_site["fn"], model_site["fn"])
+        if elbo == "meanfield" and not analytic:
+            raise ConfigError(
+                f"meanfield needs an analytic KL between {type(guide_site['fn']).__name__} (guide) and "
+                f"{type(model_site['fn']).__name__} (prior) at site {name!r}, and none is registered; "
+                "use --elbo auto (analytic where registered, Monte Carlo elsewhere) or --elbo trace")
+        terms[name] = IMPORTANCE if elbo == "iwae" else ANALYTIC if analytic else MONTE_CARLO
     if elbo == "iwae":
         if getattr(vae, "has_global_latents", False):
             raise ConfigError("the iwae objective needs every latent inside the data plate, but this prior has global "
-                              "latents (Pyro's RenyiELBO would give one bound for the whole batch); use --elbo trace")
+                              "latents (Pyro's RenyiELBO would give one bound for the whole batch); use --elbo auto")
         if beta != 1.0:
             raise ConfigError("beta scales the KL of an ELBO; the iwae bound has no separate KL term; use --beta 1 "
-                              "with iwae, or --elbo trace with beta")
+                              "with iwae, or --elbo auto with beta")
+    return terms

@@ -36,7 +36,7 @@ class Config:
     likelihood: str = "bernoulli"    # name in ppl_vae.models.LIKELIHOODS
     guide: str = "auto"              # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
     # -- objective
-    elbo: str = "trace"              # trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)
+    elbo: str = "auto"               # auto | trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO)
     particles: int = 1               # draws of z per example and SVI step (the iwae bound's K)
     beta: float = 1.0                # weight of the KL part (poutine.scale on "z"); 1 is the ELBO
     kl_schedule: str = "constant"    # constant | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; schedules rise to beta

@@ -2,7 +2,7 @@
 
 A run folder holds
 ``config.json`` (the resolved :class:`Config`), ``checkpoint.pt``, ``metrics.json`` (per-epoch train
-and held-out ELBO), ``run.json`` (command, package versions, timing) and ``figures/``
+and held-out ELBO), ``run.json`` (command, package versions, timing, and the objective used at each latent site) and ``figures/``
 (``reconstructions.png``, ``samples.png``, ``elbo.png``); ``ppl-vae evaluate`` adds ``eval.json``.
 Every function here is the Python form of a CLI command.
 """
@@ -188,6 +188,7 @@ class _RunWriter:
         self.started = time.time()
         self.history: list[dict] = list(resume["history"]) if resume is not None else []
         self.saved_epoch = resume["epoch"] if resume is not None else 0   # epoch of the checkpoint on disk
+        self.objective = None         # the objective fit used per latent site, from its training state
 
     def train(self, *, progress, handle_signals, on_start=None) -> TrainRun:
         from ppl_vae.train import TrainingDiverged, TrainingInterrupted
@@ -254,6 +255,7 @@ class _RunWriter:
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, model_spec=self.vae.spec, state_dict=self.vae.state_dict(),
                         optimizer_state=state["optimizer"], epoch=state["epoch"], step=state["step"], training=state)
         self.saved_epoch = state["epoch"]
+        self.objective = state["settings"].get("objective", self.objective)
         history = state["history"]
         shift, _ = units_of(self.scaling)
         units = "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization"
@@ -283,6 +285,7 @@ class _RunWriter:
             "versions": _versions(),
             "device": str(self.vae.device),
             "threads": threads.record(),
+            **({"objective": self.objective} if self.objective is not None else {}),
             "data": {"name": self.data.name, "data_shape": list(self.data.data_shape),
                      "num_train": int(self.data.train.shape[0]), "num_heldout": int(self.data.heldout.shape[0]),
                      "fingerprint": self.fingerprint},

@@ -1,7 +1,8 @@
-"""Training: stochastic variational inference with Pyro's ``Trace_ELBO``.
+"""Training: stochastic variational inference with Pyro's ELBOs.
 
-:func:`fit` is the whole loop. The loss and its gradients come from ``pyro.infer.SVI`` applied to the
-VAE's model and guide; nothing here knows what a KL is.
+:func:`fit` is the whole loop. The loss and its gradients come from Pyro's ELBO objects
+(``TraceMeanField_ELBO`` for the default ``elbo="auto"``, ``Trace_ELBO``, ``RenyiELBO``) applied to the
+VAE's model and guide, as ``pyro.infer.SVI`` would apply them; nothing here knows what a KL is.
 """
 
 from __future__ import annotations
@@ -82,15 +83,22 @@ def fixed_binarization(x: torch.Tensor, mode: str, seed: int = 0) -> torch.Tenso
 
 
 def make_elbo(name: str, num_particles: int = 1):
-    """The Pyro loss for an objective name (see ``ppl_vae.compat.OBJECTIVES``)."""
+    """The Pyro loss for an objective name (see ``ppl_vae.compat.OBJECTIVES``).
+
+    ``auto`` and ``meanfield`` are the same Pyro object: ``TraceMeanField_ELBO`` takes the analytic KL
+    at each latent site where ``torch.distributions.kl_divergence`` has a closed form for the guide/prior
+    pair (scaled and masked like the site, so ``beta``, KL schedules and the plate's subsampling scale
+    apply to it) and the Monte Carlo term log q(z) - log p(z) elsewhere. They differ only in
+    :func:`ppl_vae.compat.check_compatible`, where ``meanfield`` refuses a site without a closed form.
+    """
     vectorize = num_particles > 1
     if name == "trace":
         return Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
-    if name == "meanfield":
+    if name in ("auto", "meanfield"):
         return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
     if name == "iwae":
         return RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=vectorize)
-    raise ConfigError(f"unknown objective {name!r}; choose one of: trace, meanfield, iwae")
+    raise ConfigError(f"unknown objective {name!r}; choose one of: auto, trace, meanfield, iwae")
 
 
 class TrainStep:
@@ -110,7 +118,7 @@ class TrainStep:
     gradient was not finite and the step was not taken.
     """
 
-    def __init__(self, vae, lr: float, elbo: str = "trace", num_particles: int = 1, validate_steps: int = 1,
+    def __init__(self, vae, lr: float, elbo: str = "auto", num_particles: int = 1, validate_steps: int = 1,
                  distributed=None):
         self.vae = vae
         self.loss = make_elbo(elbo, num_particles)
@@ -125,7 +133,7 @@ class TrainStep:
         self.ddp = None
         if distributed is not None:
             if not self.direct:
-                raise ConfigError("distributed training needs a ppl_vae.VAE and --elbo trace or meanfield "
+                raise ConfigError("distributed training needs a ppl_vae.VAE and --elbo auto, trace or meanfield "
                                   "(Pyro's RenyiELBO for iwae has no differentiable loss to wrap in DDP)")
             from ppl_vae import distributed as dist_module
 
@@ -175,6 +183,9 @@ class FitResult:
         optimizer_state: the state of the Adam optimizer (:meth:`ppl_vae.optim.GuardedAdam.get_state`).
         state: the training state at the end (see :func:`fit`'s ``resume``): pass it back with more
             epochs to train on exactly as if the run had been longer.
+        objective: the objective actually used: ``{"elbo": name, "sites": {site: term}}`` where each
+            latent site's KL part is ``"analytic"``, ``"monte-carlo"`` or ``"importance-weighted"``
+            (see :func:`ppl_vae.compat.check_compatible`).
     """
 
     vae: torch.nn.Module
@@ -182,6 +193,7 @@ class FitResult:
     history: list[dict]
     optimizer_state: dict = field(repr=False)
     state: dict = field(repr=False, default_factory=dict)
+    objective: dict = field(default_factory=dict)
 
 
 def _check_support(vae, x: torch.Tensor, what: str) -> None:
@@ -208,7 +220,7 @@ def fit(
     lr: float = 1e-3,
     seed: int = 0,
     binarize: str = "auto",
-    elbo: str = "trace",
+    elbo: str = "auto",
     num_particles: int = 1,
     beta: float = 1.0,
     kl_schedule=None,
@@ -224,7 +236,7 @@ def fit(
     distributed=None,
     on_start: Callable[[], None] | None = None,
 ) -> FitResult:
-    """Train ``vae`` by SVI with ``Trace_ELBO`` and Adam.
+    """Train ``vae`` by stochastic variational inference with a Pyro ELBO and Adam.
 
     Args:
         vae: a :class:`ppl_vae.VAE` (anything with ``model``, ``guide``, ``param_store_names`` and
@@ -236,8 +248,11 @@ def fit(
         binarize: ``"dynamic"`` (a fresh Bernoulli draw of every training image every epoch, held-out
             binarized once), ``"threshold"`` (x > 0.5), ``"none"``, or ``"auto"`` (dynamic for binary
             likelihoods such as Bernoulli, none for the others).
-        elbo: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``, analytic KL) or
-            ``"iwae"`` (``RenyiELBO(alpha=0)``, the importance-weighted bound).
+        elbo: ``"auto"`` (the default: per latent site, the analytic KL where torch registers one for
+            the guide/prior pair and the Monte Carlo term otherwise; ``TraceMeanField_ELBO``),
+            ``"trace"`` (``Trace_ELBO``: the Monte Carlo term at every site), ``"meanfield"`` (like auto,
+            but refused unless every site has an analytic KL) or ``"iwae"`` (``RenyiELBO(alpha=0)``, the
+            importance-weighted bound). What each site got is in ``FitResult.objective``.
         num_particles: draws of z per example and step (vectorized); the iwae bound's K.
         beta: weight of the KL part (``poutine.scale`` on the latent site in model and guide).
         kl_schedule: ``None`` (constant ``beta``), a spec string (``"warmup:10"``, ``"cyclical:10:0.5"``,
@@ -295,13 +310,15 @@ def fit(
     schedule = parse_schedule(kl_schedule or "constant", beta) if kl_schedule is None or isinstance(kl_schedule, str) \
         else kl_schedule
     varies = not isinstance(schedule, Constant)
-    check_compatible(vae, probe, elbo=elbo, num_particles=num_particles, beta=0.5 if varies else schedule(0.0))
+    terms = check_compatible(vae, probe, elbo=elbo, num_particles=num_particles,
+                             beta=0.5 if varies else schedule(0.0))
+    objective = {"elbo": elbo, "sites": terms}
     if heldout is not None:
         heldout = fixed_binarization(to_likelihood_space(heldout.to(device), likelihood), binarize, heldout_seed)
         _check_support(vae, heldout, "held-out data")
     settings = {"batch_size": batch_size, "seed": seed, "binarize": binarize, "elbo": elbo,
                 "num_particles": num_particles, "beta": float(beta), "kl_schedule": schedule_spec, "num_data": num_data,
-                "world_size": world}
+                "world_size": world, "objective": objective}
 
     # Where training goes through SVI (objects other than a ppl_vae.VAE, and iwae), SVI updates the
     # tensors in Pyro's param store: make sure the entries under this VAE's names are this VAE's own
@@ -449,7 +466,8 @@ def fit(
             bar.close()
     vae.eval()
     final = state(0, (shuffle.get_state(), noise.get_state()))
-    return FitResult(vae=vae, losses=losses, history=history, optimizer_state=optimizer.get_state(), state=final)
+    return FitResult(vae=vae, losses=losses, history=history, optimizer_state=optimizer.get_state(), state=final,
+                     objective=objective)
 
 
 def _share(data, order, first: int, global_batch: int, num_data: int, ctx):

@@ -1,10 +1,11 @@
-"""fit: SVI with Trace_ELBO on real data."""
+"""fit: SVI with Pyro's ELBOs on real data."""
 
 import math
 
 import pyro
 import pytest
 import torch
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from ppl_vae import VAE, ConfigError, DataError, fit, load_dataset
 
@@ -50,16 +51,20 @@ def test_same_seed_same_run(digits):
     assert a.losses != c.losses
 
 
-def test_fit_draws_the_same_random_numbers_as_plain_svi(digits):
-    """The checks before training run on their own random stream: fit's first step is exactly the
-    first step of SVI(Trace_ELBO) on the same batch after the same seed."""
-    from pyro.infer import SVI, Trace_ELBO
+#: fit's objective names and the Pyro ELBO each one is: the default "auto" is TraceMeanField_ELBO.
+PYRO_ELBO = [("auto", TraceMeanField_ELBO), ("trace", Trace_ELBO)]
 
+
+@pytest.mark.parametrize("elbo,pyro_elbo", PYRO_ELBO, ids=[name for name, _ in PYRO_ELBO])
+def test_fit_draws_the_same_random_numbers_as_plain_svi(digits, elbo, pyro_elbo):
+    """The checks before training run on their own random stream: fit's first step is exactly the
+    first step of SVI with the same Pyro ELBO on the same batch after the same seed."""
     x = digits.train[:64]
-    ours = fit(_vae(digits, seed=2), x, epochs=1, batch_size=64, seed=3, binarize="threshold", progress=False)
+    ours = fit(_vae(digits, seed=2), x, epochs=1, batch_size=64, seed=3, binarize="threshold", progress=False,
+               **({} if elbo == "auto" else {"elbo": elbo}))
     vae = _vae(digits, seed=2)
     pyro.set_rng_seed(3)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro_elbo())
     order = torch.randperm(64, generator=torch.Generator().manual_seed(3))
     data = (x > 0.5).float()[order]
     assert math.isclose(ours.losses[0], svi.step(data, num_data=64) / 64, rel_tol=1e-6)
@@ -87,17 +92,17 @@ def test_threshold_binarization_trains(digits):
     assert torch.isfinite(torch.tensor(result.losses)).all()
 
 
-def test_fit_trains_exactly_like_plain_svi_with_pyro_adam(digits):
+@pytest.mark.parametrize("elbo,pyro_elbo", PYRO_ELBO, ids=[name for name, _ in PYRO_ELBO])
+def test_fit_trains_exactly_like_plain_svi_with_pyro_adam(digits, elbo, pyro_elbo):
     """GuardedAdam (one torch Adam over all parameters) makes the same updates as pyro.optim.Adam (one
     per parameter): after 12 steps the parameters agree to float32 rounding."""
-    from pyro.infer import SVI, Trace_ELBO
-
     x = (digits.train[:96] > 0.5).float()
-    ours = fit(_vae(digits, seed=2), x, epochs=4, batch_size=32, seed=3, binarize="none", progress=False)
+    ours = fit(_vae(digits, seed=2), x, epochs=4, batch_size=32, seed=3, binarize="none", progress=False,
+               elbo=elbo)
     pyro.clear_param_store()         # the plain SVI below must not find the first VAE's tensors there
     vae = _vae(digits, seed=2)
     pyro.set_rng_seed(3)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro_elbo())
     shuffle = torch.Generator().manual_seed(3)
     losses = []
     for _ in range(4):

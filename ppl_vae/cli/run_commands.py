@@ -19,7 +19,7 @@ TRAIN_FIELDS = ("dataset", "data_root", "download", "image_size", "binarize", "l
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a VAE and write a run folder",
-                       description="Train a VAE by SVI (Trace_ELBO) and write a run folder with config, checkpoint, "
+                       description="Train a VAE by SVI (a Pyro ELBO, see --elbo) and write a run folder with config, checkpoint, "
                                    "metrics and figures. With no arguments: the embedded digits data.")
     # Defaults are None so that a --config file's values survive unless a flag overrides them.
     p.add_argument("--dataset", help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | "
@@ -35,7 +35,8 @@ def _add_train(sub) -> None:
     p.add_argument("--prior", help="prior name (default: normal; see `ppl-vae list`)")
     p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
     p.add_argument("--guide", help="guide family name (default: auto, the family matching the prior's space)")
-    p.add_argument("--elbo", help="objective: trace (default) | meanfield | iwae")
+    p.add_argument("--elbo", help="objective: auto (default: analytic KL where registered, Monte Carlo elsewhere) | "
+                                  "trace | meanfield | iwae")
     p.add_argument("--particles", type=arg("particles"),
                    help="draws of z per example and step; K of the iwae bound (default: 1)")
     p.add_argument("--beta", type=arg("beta"), help="weight of the KL part of the ELBO (default: 1)")
