@@ -136,3 +136,23 @@ def reference_log_likelihood(model, x, num_particles=1000, chunk=8, seed=None):
         "elbo_data_se": (elbo.std() / math.sqrt(n)).item() if n > 1 else float("nan"),
         "per_example": {"log_likelihood": iwae.float(), "elbo": elbo.float()},
     }
+
+
+class TextbookVAE(ReferenceVAE):
+    """The textbook VAE users compare with: the same networks as :class:`ReferenceVAE`, trained on the
+    single-draw reconstruction term plus the closed-form KL of a diagonal Normal to N(0, I)
+    (Kingma & Welling 2014, appendix B; the loss of the PyTorch examples' VAE):
+
+        KL(N(loc, diag scale^2) || N(0, I)) = 1/2 sum_j (loc_j^2 + scale_j^2 - 1 - 2 log scale_j).
+    """
+
+    def loss(self, x, num_data=None):
+        """-log p(x|z) at one reparameterized draw + the closed-form KL, summed over the batch x (B, ...),
+        scaled by num_data / B."""
+        loc, scale = self.encode(x)                                  # (B, L)
+        z = loc + scale * torch.randn_like(loc)                      # (B, L)
+        logits = self.decoder(z)                                     # (B, D)
+        reconstruction = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(-1)
+        kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(-1)
+        scale_factor = 1.0 if num_data is None else num_data / x.shape[0]
+        return scale_factor * (reconstruction + kl).sum()
