@@ -20,11 +20,11 @@ import pyro
 import torch
 
 import ppl_vae
-from ppl_vae.compat import check_compatible
+from ppl_vae.infer.objectives import check_compatible
 from ppl_vae.errors import ConfigError
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import PRIORS
-from ppl_vae.train import fixed_binarization
+from ppl_vae.infer.fit import fixed_binarization
 
 
 def run_one(data, heldout, prior, guide, args):

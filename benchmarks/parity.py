@@ -35,7 +35,7 @@ from scipy.stats import t as student_t  # scipy comes with scikit-learn, a ppl_v
 
 import ppl_vae
 from benchmarks.reference_vae import ReferenceVAE, binarize_images, reference_log_likelihood, train_reference
-from ppl_vae.train import fixed_binarization
+from ppl_vae.infer.fit import fixed_binarization
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENT, HIDDEN, BATCH, LR, IMAGE_SIZE = 50, 400, 128, 1e-3, 28
@@ -284,7 +284,7 @@ def report(args, argv, info, check, results, summary, train, heldout, wall, load
         f"- Data: scikit-learn digits resized to 28x28, {train.shape[0]} training / {heldout.shape[0]} held-out "
         "images (`ppl_vae.load_dataset('digits', image_size=28)`, split seed 0). Training images are binarized "
         "afresh every epoch (dynamic binarization); the held-out images once, by "
-        "`ppl_vae.train.fixed_binarization(x, 'dynamic', seed=0)`, and both models are evaluated on exactly those "
+        "`ppl_vae.infer.fit.fixed_binarization(x, 'dynamic', seed=0)`, and both models are evaluated on exactly those "
         "binary images.",
         f"- Both models: encoder 784-{HIDDEN}-(2x{LATENT}), decoder {LATENT}-{HIDDEN}-784, ReLU, Bernoulli logits, "
         f"N(0, I) prior, diagonal Normal guide (loc, log-scale). Batch {BATCH}, Adam lr {LR:g}, {args.epochs} "

@@ -72,7 +72,7 @@ ANCHORS = ("Literature, for context only (dynamically binarized MNIST, 60,000 tr
 def load(spec: str, train_size: int | None, heldout_size: int | None):
     """(train grey levels (N, 1, H, W), held-out binarized once (M, 1, H, W), a description)."""
     import ppl_vae
-    from ppl_vae.train import fixed_binarization
+    from ppl_vae.infer.fit import fixed_binarization
 
     if spec == "digits28":
         split, name = ppl_vae.load_dataset("digits", image_size=28), "scikit-learn digits resized to 28×28"

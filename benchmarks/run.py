@@ -44,7 +44,7 @@ from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 import ppl_vae
-from ppl_vae.train import TrainStep
+from ppl_vae.infer.fit import TrainStep
 from benchmarks import parity
 from benchmarks.reference_vae import ReferenceVAE, reference_log_likelihood
 
@@ -135,7 +135,7 @@ def random_binary(n, shape, seed):
 
 
 class OursStep:
-    """One ppl_vae training step as ppl_vae.fit runs it with elbo="trace": ``ppl_vae.train.TrainStep`` (Pyro's
+    """One ppl_vae training step as ppl_vae.fit runs it with elbo="trace": ``ppl_vae.infer.fit.TrainStep`` (Pyro's
     Trace_ELBO on the VAE's model and guide, GuardedAdam; Pyro validation on the first step only)."""
 
     def __init__(self, vae, num_data):
@@ -420,7 +420,7 @@ def render(args, argv, cfg, res, info, wall, load):
                 "discarded warm-up block each. ms/step = median over rounds; ratio = median over rounds of the "
                 "per-round ratio ours/reference, with its interquartile range (IQR).",
                 "",
-                f"`ppl_vae.fit` runs `ppl_vae.train.TrainStep`: Pyro's `Trace_ELBO` on the model and guide, one "
+                f"`ppl_vae.fit` runs `ppl_vae.infer.fit.TrainStep`: Pyro's `Trace_ELBO` on the model and guide, one "
                 f"guarded `torch.optim.Adam`, Pyro validation on the first step only (it is "
                 f"**{'on' if t['fit_validation'] else 'off'}** globally in this process; pyro {pyro.__version__} "
                 "turns it on by default). 'plain SVI' is the textbook `SVI(...).step` with `pyro.optim.Adam` and "

@@ -51,7 +51,7 @@ def _num_features(data_shape: Sequence[int]) -> int:
     return math.prod(data_shape)
 
 
-def _split(params: torch.Tensor, k: int, data_shape: tuple[int, ...]) -> torch.Tensor:
+def split_examples(params: torch.Tensor, k: int, data_shape: tuple[int, ...]) -> torch.Tensor:
     """``(..., k * D) -> (..., k, *data_shape)``: parameter j of every feature is ``out[..., j, ...]``."""
     return params.reshape(params.shape[:-1] + (k,) + data_shape)
 
@@ -579,7 +579,7 @@ class Beta(_Likelihood):
         return self.eps / (1 - 2 * self.eps)
 
     def _concentrations(self, params):
-        p = _split(params, 2, self.data_shape)
+        p = split_examples(params, 2, self.data_shape)
         c = F.softplus(p) + self.min_concentration
         return c.select(-len(self.data_shape) - 1, 0), c.select(-len(self.data_shape) - 1, 1)
 
@@ -614,7 +614,7 @@ class DiscretizedLogistic(_Likelihood):
     params_per_feature = 2
 
     def _distribution(self, params):
-        p = _split(params, 2, self.data_shape)
+        p = split_examples(params, 2, self.data_shape)
         dim = -len(self.data_shape) - 1
         return DiscretizedLogisticDistribution(p.select(dim, 0), p.select(dim, 1), num_bins=256)
 
@@ -641,7 +641,7 @@ class Categorical256(_Likelihood):
     params_per_feature = 256
 
     def _logits(self, params):
-        return _split(params, 256, self.data_shape).movedim(-len(self.data_shape) - 1, -1)
+        return split_examples(params, 256, self.data_shape).movedim(-len(self.data_shape) - 1, -1)
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
         return GridCategorical(self._logits(params)).to_event(len(self.data_shape))

@@ -10,24 +10,22 @@ without loading torch, Pyro and ArviZ until something needs them.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
-__version__ = "0.1.0"
+from ppl_vae.version import __version__
 
 #: Public name -> module that defines it.
 _EXPORTS = {
     "VAE": "ppl_vae.vae",
-    "fit": "ppl_vae.train",
-    "FitResult": "ppl_vae.train",
-    "evaluate": "ppl_vae.evaluate",
-    "EvalResult": "ppl_vae.evaluate",
-    "log_weights": "ppl_vae.evaluate",
-    "load": "ppl_vae.run",
-    "train_run": "ppl_vae.run",
-    "evaluate_run": "ppl_vae.run",
-    "sample_run": "ppl_vae.run",
-    "Config": "ppl_vae.config",
+    "fit": "ppl_vae.infer.fit",
+    "FitResult": "ppl_vae.infer.fit",
+    "evaluate": "ppl_vae.infer.evaluate",
+    "EvalResult": "ppl_vae.infer.evaluate",
+    "log_weights": "ppl_vae.infer.evaluate",
+    "load": "ppl_vae.app.run",
+    "train_run": "ppl_vae.app.run",
+    "evaluate_run": "ppl_vae.app.run",
+    "sample_run": "ppl_vae.app.run",
+    "Config": "ppl_vae.app.config",
     "load_dataset": "ppl_vae.data",
     "DataSplit": "ppl_vae.data",
     "PplVaeError": "ppl_vae.errors",
@@ -50,16 +48,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule ``ppl_vae.evaluate`` makes Python set the attribute ``evaluate`` of this
-    package to that module; the public name ``ppl_vae.evaluate`` is the function, so keep it."""
-
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -2,7 +2,7 @@
 
 Kept here, without importing torch, so that ``ppl-vae list`` answers at once. A test holds these
 names equal to the registries (``ppl_vae.models.PRIORS``, ``LIKELIHOODS``, ``ppl_vae.guides.GUIDES``,
-``ppl_vae.compat.OBJECTIVES``), so an entry cannot be added to one without the other.
+``ppl_vae.infer.objectives.OBJECTIVES``), so an entry cannot be added to one without the other.
 """
 
 PRIORS = {

@@ -1,7 +1,7 @@
 """One validation layer for every entry point: CLI flags, config files and run-folder files.
 
 Every number a user can give has one entry in :data:`BOUNDS` (its type, its range and why), and the
-same checks serve argparse (:func:`arg`) and :class:`ppl_vae.config.Config` (:func:`check_field`).
+same checks serve argparse (:func:`arg`) and :class:`ppl_vae.app.config.Config` (:func:`check_field`).
 Sizes that allocate memory are bounded twice: by a range that no real use reaches, and by the memory
 budget of :mod:`ppl_vae.limits` where the allocation depends on several values at once (for example
 ``num_samples`` times the size of one example). A value out of range is a one-line

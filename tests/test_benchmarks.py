@@ -15,7 +15,7 @@ from pyro.infer import Trace_ELBO
 import ppl_vae
 from benchmarks.parity import copy_weights, ours_layers, reference_layers
 from benchmarks.reference_vae import ReferenceVAE, reference_log_likelihood, train_reference
-from ppl_vae.train import fixed_binarization
+from ppl_vae.infer.fit import fixed_binarization
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = r"-?\d+\.\d+"

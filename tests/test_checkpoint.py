@@ -9,7 +9,7 @@ import torch
 
 import ppl_vae
 from ppl_vae import CheckpointError, Config, load, train_run
-from ppl_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ppl_vae.app.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae.compare import (
-    active_units,
-    activity,
-    collapse_reason,
-    compare_ae_run,
-    frechet_distance,
-    kl_per_dimension,
-    mmd,
-    mmd_test,
-    path_smoothness,
-)
+from ppl_vae.diagnostics.kl import active_units, activity, kl_per_dimension
+from ppl_vae.app.compare_ae import collapse_reason, compare_ae_run
+from ppl_vae.diagnostics.sample_quality import frechet_distance, mmd, mmd_test, path_smoothness
 from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.vae import VAE
 
@@ -236,7 +228,7 @@ def _row(name, guide, beta, ratio, step, conf, fd, mmd2):
 
 
 def test_verdict_states_the_winner_from_the_numbers():
-    from ppl_vae.compare import verdict
+    from ppl_vae.app.compare_ae import verdict
 
     ae = _row("AE", "delta", 0.0, 1.7, 1.7, 0.8, 15.0, 0.4)
     better = {"models": [ae, _row("VAE β=1", "normal", 1.0, 1.3, 1.3, 0.9, 5.0, 0.003)]}

@@ -10,11 +10,11 @@ import time
 
 import torch
 
-from ppl_vae.checkpoint import load_checkpoint
+from ppl_vae.app.checkpoint import load_checkpoint
 
 WRITER = r"""
 import sys, torch
-from ppl_vae.checkpoint import save_checkpoint, write_json
+from ppl_vae.app.checkpoint import save_checkpoint, write_json
 path = sys.argv[1]
 i = int(sys.argv[2])
 while True:
@@ -55,7 +55,7 @@ def test_killed_during_saves_leaves_loadable_files(tmp_path):
 def test_temporaries_of_killed_writers_are_cleaned_up_by_the_next_save(tmp_path):
     import os
 
-    from ppl_vae.checkpoint import write_json
+    from ppl_vae.app.checkpoint import write_json
 
     stale = tmp_path / ".metrics.json.abc123.tmp"
     stale.write_text("half a file")

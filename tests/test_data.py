@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from ppl_vae.data import BINARIZE_MODES, DATASETS, DataSplit, binarize, load_dataset
+from ppl_vae.data.support import BINARIZE_MODES, binarize
+from ppl_vae.data.sources import DATASETS, load_dataset
+from ppl_vae.data.split import DataSplit
 from ppl_vae.errors import DataError, PplVaeError
 
 N_DIGITS = 1797

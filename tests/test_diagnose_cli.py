@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ppl_vae.cli import main
-from ppl_vae.diagnostics import _arviz
+from ppl_vae.diagnostics.posterior import _arviz
 
 SMALL = ["--num-samples", "50", "--nuts-observations", "2", "--nuts-warmup", "30", "--nuts-samples", "30",
          "--sbc-simulations", "100", "--sbc-draws", "19", "--gap-observations", "10", "--gap-steps", "5", "--quiet"]
@@ -104,7 +104,7 @@ HEALTHY = {"active_units": 2, "kl_per_dimension": [1.0, 2.0], "kl_total": 3.0, "
 
 
 def test_report_of_a_healthy_model_has_no_warning():
-    from ppl_vae.diagnose import report
+    from ppl_vae.app.diagnose import report
 
     text = report(_results(collapse=HEALTHY))
     assert "Warning" not in text and "Not collapsed" in text
@@ -117,7 +117,7 @@ def test_report_of_a_healthy_model_has_no_warning():
     {"active_units": 0, "kl_per_dimension": [0.0, 0.0]},          # a diagnostics.json written before the flag
 ])
 def test_report_names_a_collapsed_model_before_any_conclusion(collapse):
-    from ppl_vae.diagnose import report
+    from ppl_vae.app.diagnose import report
 
     text = report(_results(collapse=collapse))
     warning = text.index("**Warning: collapsed model.**")
@@ -127,7 +127,7 @@ def test_report_names_a_collapsed_model_before_any_conclusion(collapse):
 
 
 def test_report_warns_when_most_units_are_inactive():
-    from ppl_vae.diagnose import report
+    from ppl_vae.app.diagnose import report
 
     text = report(_results(collapse={**HEALTHY, "active_units": 0 + 1, "latent_dim": 4, "mostly_inactive": True,
                                      "warning": "most latent units are inactive (1 of 4 active)"}))
@@ -136,7 +136,7 @@ def test_report_warns_when_most_units_are_inactive():
 
 @pytest.mark.parametrize("fraction, share", [(0.3, "some"), (0.8, "most")])
 def test_report_warns_when_khat_says_the_importance_estimate_is_unreliable(fraction, share):
-    from ppl_vae.diagnose import report
+    from ppl_vae.app.diagnose import report
 
     text = report(_results(collapse=HEALTHY, fraction_above={"0.5": 0.9, "0.7": fraction / 2, "sample_size": fraction}))
     line = next(line for line in text.splitlines() if "importance estimate is unreliable" in line)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae.diagnostics import _arviz, psis, to_inference_data
+from ppl_vae.diagnostics.posterior import _arviz, psis, to_inference_data
 from tests.ppca import make_ppca
 
 Z = 4.0
@@ -83,7 +83,7 @@ def test_inference_data_groups_dims_and_netcdf_round_trip(tmp_path):
 
 
 def test_collapse_report_on_an_informative_and_a_collapsed_encoder(ppca, x):
-    from ppl_vae.diagnostics import collapse_report
+    from ppl_vae.diagnostics.collapse import collapse_report
 
     ppca.set_guide()                                   # the exact posterior: informative
     informative = collapse_report(ppca.vae, x, num_samples=50, seed=0)
@@ -102,7 +102,7 @@ def test_collapse_report_on_an_informative_and_a_collapsed_encoder(ppca, x):
 def test_amortization_gap_on_ppca_matches_closed_form(ppca, x):
     """The diagonal family contains the exact posterior here, so the approximation gap is ~0 and the
     amortization gap of a perturbed encoder is its closed-form KL to the exact posterior."""
-    from ppl_vae.diagnostics import amortization_gap
+    from ppl_vae.diagnostics.gaps import amortization_gap
 
     ppca.set_guide(loc_shift=0.4, scale_factor=1.5)
     loc_q, scale_q = ppca.vae.encode(x)

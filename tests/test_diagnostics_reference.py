@@ -9,7 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from ppl_vae.diagnostics import amortization_gap, nuts_reference, psis, sbc, to_inference_data
+from ppl_vae.diagnostics.gaps import amortization_gap
+from ppl_vae.diagnostics.posterior import nuts_reference, psis, to_inference_data
+from ppl_vae.diagnostics.calibration import sbc
 from tests.ppca import make_ppca, plain_pyro_pair
 
 Z = 4.0

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from ppl_vae.checkpoint import load_checkpoint
+from ppl_vae.app.checkpoint import load_checkpoint
 
 TINY = ["--epochs", "2", "--latent-dim", "2", "--hidden-dims", "16", "--quiet", "--checkpoint-every", "100"]
 

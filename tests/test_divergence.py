@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ppl_vae import VAE, Config, fit, load_dataset
-from ppl_vae.checkpoint import load_checkpoint
-from ppl_vae.run import train_run
-from ppl_vae.train import TrainingDiverged
+from ppl_vae.app.checkpoint import load_checkpoint
+from ppl_vae.app.run import train_run
+from ppl_vae.infer.fit import TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_restore_gives_up_after_three(digits):
 
 
 def test_the_last_good_checkpoint_survives_a_divergence(tmp_path, monkeypatch):
-    import ppl_vae.run as run_module
+    import ppl_vae.app.run as run_module
 
     real_build = run_module.build_vae
 

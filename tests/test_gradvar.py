@@ -1,4 +1,4 @@
-"""ppl_vae.gradvar: reparameterized vs score-function ELBO gradients, against a closed form."""
+"""ppl_vae.diagnostics.gradients: reparameterized vs score-function ELBO gradients, against a closed form."""
 
 import argparse
 import json
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import ppl_vae
-from ppl_vae import gradvar
+from ppl_vae.app import grad_variance
+from ppl_vae.diagnostics import gradients
 from ppl_vae.cli import build_parser
 from ppl_vae.cli import grad_variance as grad_variance_cli
 from ppl_vae.errors import ConfigError, PplVaeError
@@ -18,14 +19,14 @@ from ppl_vae.errors import ConfigError, PplVaeError
 def toy_result():
     # Observations far from the guide's mean: the cost log p - log q varies a lot across draws, which
     # is what makes the score-function estimator noisy.
-    toy = gradvar.gaussian_toy([3.0, -2.0], loc=[0.0, 0.5], scale=[0.5, 0.8])
-    result = gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=1000, seed=1)
+    toy = gradients.gaussian_toy([3.0, -2.0], loc=[0.0, 0.5], scale=[0.5, 0.8])
+    result = gradients.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=1000, seed=1)
     return toy, result
 
 
 def test_closed_form_of_the_toy_matches_autograd():
     # The exact gradient formula itself, checked against a huge reparameterized Monte Carlo average.
-    toy = gradvar.gaussian_toy([3.0, -2.0], loc=[0.0, 0.5], scale=[0.5, 0.8])
+    toy = gradients.gaussian_toy([3.0, -2.0], loc=[0.0, 0.5], scale=[0.5, 0.8])
     eps = torch.randn(200_000, 2)
     z = toy.loc + toy.log_scale.exp() * eps
     log_joint = torch.distributions.Normal(0.0, 1.0).log_prob(z) + torch.distributions.Normal(z, 1.0).log_prob(toy.x)
@@ -35,7 +36,7 @@ def test_closed_form_of_the_toy_matches_autograd():
     assert torch.allclose(torch.cat(grads), toy.exact(), atol=0.03)
 
 
-@pytest.mark.parametrize("name", gradvar.ESTIMATORS)
+@pytest.mark.parametrize("name", gradients.ESTIMATORS)
 def test_every_estimator_is_unbiased(toy_result, name):
     toy, result = toy_result
     r = result["estimators"][name]
@@ -56,41 +57,41 @@ def test_score_function_variance_far_exceeds_reparameterized(toy_result):
     # The leave-one-out baseline (K particles) helps the score function, but at equal cost (the pathwise
     # estimator averaged over as many particles) it stays far noisier than the pathwise estimator here.
     loo = est["score-loo"]
-    assert loo["particles"] == gradvar.DEFAULT_LOO_PARTICLES
+    assert loo["particles"] == gradients.DEFAULT_LOO_PARTICLES
     assert loo["total_variance"] + 4 * loo["total_variance_se"] < score["total_variance"] - 4 * score["total_variance_se"]
     assert loo["variance_ratio_equal_particles"] == pytest.approx(loo["variance_ratio"] * loo["particles"])
     assert loo["variance_ratio_equal_particles"] - 1 > 5 * loo["variance_ratio_equal_particles_se"]
 
 
 def test_result_leaves_rng_and_grads_alone():
-    toy = gradvar.gaussian_toy([1.0], loc=0.0)
+    toy = gradients.gaussian_toy([1.0], loc=0.0)
     toy.loc.grad = torch.ones(1)
     state = torch.get_rng_state()
     store = set(pyro.get_param_store().keys())
-    gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=5)
+    gradients.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=5)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(toy.loc.grad, torch.ones(1))
     assert set(pyro.get_param_store().keys()) == store          # no baseline (or any) state left behind
 
 
 def test_bad_arguments_are_config_errors():
-    toy = gradvar.gaussian_toy([1.0], loc=0.0)
+    toy = gradients.gaussian_toy([1.0], loc=0.0)
     with pytest.raises(ConfigError, match="unknown estimator"):
-        gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, estimators=("pathwise",))
+        gradients.gradient_variance(toy.model, toy.guide, toy.x, toy.params, estimators=("pathwise",))
     with pytest.raises(ConfigError, match="num_repeats"):
-        gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=1)
+        gradients.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=1)
     with pytest.raises(ConfigError, match="no latent sample site 'w'"):
-        gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, sites=("w",))
+        gradients.gradient_variance(toy.model, toy.guide, toy.x, toy.params, sites=("w",))
     with pytest.raises(ConfigError, match="loo_particles"):
-        gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, loo_particles=1)
+        gradients.gradient_variance(toy.model, toy.guide, toy.x, toy.params, loo_particles=1)
 
 
 def test_vae_level_measurement_is_finite():
     vae = ppl_vae.VAE((1, 4, 4), latent_dim=2, hidden_dims=(8,))
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.5))
     decoder_before = [p.detach().clone() for p in vae.decoder.parameters()]
-    result = gradvar.gradient_variance(vae.model, vae.guide, x, list(vae.encoder.parameters()), num_repeats=20)
-    assert set(result["estimators"]) == set(gradvar.ESTIMATORS)
+    result = gradients.gradient_variance(vae.model, vae.guide, x, list(vae.encoder.parameters()), num_repeats=20)
+    assert set(result["estimators"]) == set(gradients.ESTIMATORS)
     assert result["num_params"] == sum(p.numel() for p in vae.encoder.parameters())
     for r in result["estimators"].values():
         assert r["mean"].shape == (result["num_params"],)
@@ -101,13 +102,13 @@ def test_vae_level_measurement_is_finite():
         assert r["total_variance"] > 0
     assert all(p.grad is None for p in vae.parameters())
     assert all(torch.equal(a, b) for a, b in zip(decoder_before, vae.decoder.parameters()))
-    json.dumps(gradvar.summary(result))            # the summary is JSON-serializable
+    json.dumps(gradients.summary(result))            # the summary is JSON-serializable
 
 
 def test_score_only_copies_and_detaches():
     loc = torch.zeros(3, requires_grad=True)
     q = pyro.distributions.Normal(loc, 1.0).to_event(1)
-    detached = gradvar.score_only(q)
+    detached = gradients.score_only(q)
     assert q.has_rsample and not detached.has_rsample
     assert not detached().requires_grad and q().requires_grad
 
@@ -122,9 +123,9 @@ def run_dir(tmp_path_factory):
 
 
 def test_run_folder_writes_json_and_png(run_dir):
-    report = gradvar.grad_variance_run(run_dir, num_examples=8, num_repeats=10)
+    report = grad_variance.grad_variance_run(run_dir, num_examples=8, num_repeats=10)
     written = json.loads((run_dir / "grad_variance.json").read_text())
-    assert set(written["estimators"]) == set(gradvar.ESTIMATORS)
+    assert set(written["estimators"]) == set(gradients.ESTIMATORS)
     assert written["batch_size"] == 8 and written["num_repeats"] == 10
     assert written["estimators"]["score"]["variance_ratio"] > 0
     png = run_dir / "figures" / "grad_variance.png"
@@ -140,7 +141,7 @@ def test_cli_subcommand_prints_table(run_dir, tmp_path, capsys):
     args = p.parse_args(["grad-variance", str(run_dir), "--examples", "4", "--repeats", "5", "--seed", "3"])
     handlers[args.command](args)
     out = capsys.readouterr().out
-    for name in gradvar.ESTIMATORS:
+    for name in gradients.ESTIMATORS:
         assert name in out
     assert "particles/step" in out and "equal particles" in out
     assert "ratio to reparam" in out and "grad_variance.json" in out and "grad_variance.png" in out
@@ -161,4 +162,4 @@ def test_cli_bad_input_is_a_one_line_config_error(run_dir, argv, match):
 
 def test_missing_run_folder_is_a_user_error(tmp_path):
     with pytest.raises(ppl_vae.PplVaeError):
-        gradvar.grad_variance_run(tmp_path / "nope")
+        grad_variance.grad_variance_run(tmp_path / "nope")

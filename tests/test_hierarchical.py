@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppl_vae import VAE, ConfigError, fit
-from ppl_vae.evaluate import evaluate, log_weights   # not via ppl_vae: its lazy export can yield the submodule
+from ppl_vae.infer.evaluate import evaluate, log_weights
 
 SHAPE = (1, 2, 3)
 

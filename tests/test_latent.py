@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import ppl_vae
-from ppl_vae import latent
+from ppl_vae.app import latent_figures
+from ppl_vae.diagnostics import latent_space
 from ppl_vae.errors import ConfigError
 from ppl_vae.cli import build_parser
 from ppl_vae.cli.latent import register
@@ -21,7 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_linear_interpolation_ends_and_midpoint():
     z0, z1 = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([3.0, 2.0, -1.0])
-    path = latent.interpolate(z0, z1, 5, "linear")
+    path = latent_space.interpolate(z0, z1, 5, "linear")
     assert path.shape == (5, 3)
     assert torch.equal(path[0], z0) and torch.equal(path[-1], z1)
     assert torch.allclose(path[2], (z0 + z1) / 2)
@@ -32,7 +33,7 @@ def test_slerp_ends_constant_norm_and_angles():
     g = torch.Generator().manual_seed(1)
     z0, z1 = torch.randn(6, generator=g), torch.randn(6, generator=g)
     z1 = z1 / z1.norm() * z0.norm()                       # equal norms
-    path = latent.interpolate(z0, z1, 11, "slerp")
+    path = latent_space.interpolate(z0, z1, 11, "slerp")
     assert path.shape == (11, 6)
     assert torch.allclose(path[0], z0) and torch.allclose(path[-1], z1)
     assert torch.allclose(path.norm(dim=1), z0.norm().expand(11), atol=1e-5)
@@ -45,24 +46,24 @@ def test_slerp_ends_constant_norm_and_angles():
 
 def test_slerp_of_parallel_and_antiparallel_vectors_is_finite():
     z0 = torch.tensor([1.0, 2.0, 2.0])
-    same = latent.interpolate(z0, 2 * z0, 5, "slerp")        # parallel: falls back to linear
+    same = latent_space.interpolate(z0, 2 * z0, 5, "slerp")        # parallel: falls back to linear
     assert torch.isfinite(same).all()
-    assert torch.allclose(same, latent.interpolate(z0, 2 * z0, 5, "linear"))
-    opposite = latent.interpolate(z0, -z0, 5, "slerp")       # antiparallel: half great circle
+    assert torch.allclose(same, latent_space.interpolate(z0, 2 * z0, 5, "linear"))
+    opposite = latent_space.interpolate(z0, -z0, 5, "slerp")       # antiparallel: half great circle
     assert torch.isfinite(opposite).all()
     assert torch.allclose(opposite.norm(dim=1), torch.full((5,), 3.0), atol=1e-5)
     assert torch.allclose(opposite[-1], -z0)
-    zero = latent.interpolate(torch.zeros(3), z0, 3, "slerp")
+    zero = latent_space.interpolate(torch.zeros(3), z0, 3, "slerp")
     assert torch.allclose(zero[1], z0 / 2)
 
 
 def test_interpolate_rejects_bad_input():
     with pytest.raises(ConfigError, match="at least 2"):
-        latent.interpolate(torch.zeros(2), torch.ones(2), 1)
+        latent_space.interpolate(torch.zeros(2), torch.ones(2), 1)
     with pytest.raises(ConfigError, match="method"):
-        latent.interpolate(torch.zeros(2), torch.ones(2), 3, "cubic")
+        latent_space.interpolate(torch.zeros(2), torch.ones(2), 3, "cubic")
     with pytest.raises(ConfigError, match="same length"):
-        latent.interpolate(torch.zeros(2), torch.ones(3), 3)
+        latent_space.interpolate(torch.zeros(2), torch.ones(3), 3)
 
 
 # -- a VAE whose encoder and decoder we control ---------------------------------------------------
@@ -89,7 +90,7 @@ def test_traverse_changes_only_the_chosen_coordinate():
     vae = RecordingVAE(4)
     z = torch.tensor([0.5, -1.0, 2.0, 0.25])
     values = [-2.0, 0.0, 1.5]
-    images = latent.traverse(vae, z, 2, values)
+    images = latent_space.traverse(vae, z, 2, values)
     assert images.shape == (3, 1, 1, 4)
     fed = vae.seen[-1]
     assert fed.shape == (3, 4)
@@ -98,27 +99,27 @@ def test_traverse_changes_only_the_chosen_coordinate():
         assert torch.equal(fed[:, k], z[k].expand(3))
     assert torch.equal(z, torch.tensor([0.5, -1.0, 2.0, 0.25]))   # input not modified
     with pytest.raises(ConfigError, match="out of range"):
-        latent.traverse(vae, z, 4, values)
+        latent_space.traverse(vae, z, 4, values)
     with pytest.raises(ConfigError, match="out of range"):
-        latent.traverse(vae, z, -1, values)
+        latent_space.traverse(vae, z, -1, values)
 
 
 def test_interpolate_inputs_decodes_path_between_posterior_means():
     vae = RecordingVAE(3)
     x0 = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 1, 3)
     x1 = torch.tensor([0.0, 4.0, 2.0]).reshape(1, 1, 3)
-    images, path = latent.interpolate_inputs(vae, x0, x1, 3, "linear", return_latents=True)
+    images, path = latent_space.interpolate_inputs(vae, x0, x1, 3, "linear", return_latents=True)
     assert images.shape == (3, 1, 1, 3)
     assert torch.allclose(vae.seen[-1], path)
     assert torch.allclose(path[1], torch.tensor([0.5, 2.0, 1.0]))
     with pytest.raises(ConfigError, match="one example"):
-        latent.interpolate_inputs(vae, torch.zeros(2, 1, 1, 3), x1, 3)
+        latent_space.interpolate_inputs(vae, torch.zeros(2, 1, 1, 3), x1, 3)
 
 
 def test_latent_grid_shape_and_order():
     vae = RecordingVAE(3)
     base = torch.tensor([9.0, 9.0, 7.0])
-    images = latent.latent_grid(vae, 3, 2.0, dims=(0, 2), base=base)
+    images = latent_space.latent_grid(vae, 3, 2.0, dims=(0, 2), base=base)
     assert images.shape == (9, 1, 1, 3)
     z = vae.seen[-1]
     # row-major, top row first: dims[0] grows along a row, dims[1] decreases down the rows
@@ -127,13 +128,13 @@ def test_latent_grid_shape_and_order():
     assert torch.allclose(z[:, 0], expected_x)
     assert torch.allclose(z[:, 2], expected_y)
     assert torch.equal(z[:, 1], torch.full((9,), 9.0))          # the other coordinate stays at base
-    assert torch.equal(latent.grid_points(5, 1.5, 2)[12], torch.zeros(2))   # centre of an odd grid: exactly 0
-    default = latent.grid_points(4, 1.0, 3)
+    assert torch.equal(latent_space.grid_points(5, 1.5, 2)[12], torch.zeros(2))   # centre of an odd grid: exactly 0
+    default = latent_space.grid_points(4, 1.0, 3)
     assert default.shape == (16, 3) and torch.equal(default[:, 2], torch.zeros(16))
     with pytest.raises(ConfigError, match="latent_dim >= 2"):
-        latent.grid_points(3, 1.0, 1)
+        latent_space.grid_points(3, 1.0, 1)
     with pytest.raises(ConfigError, match="at least 2"):
-        latent.grid_points(1, 1.0, 2)
+        latent_space.grid_points(1, 1.0, 2)
 
 
 # -- projection -----------------------------------------------------------------------------------
@@ -144,10 +145,10 @@ def test_pca_recovers_the_dominant_direction():
     direction = direction / direction.norm()
     t = 5.0 * torch.randn(500, 1, generator=g)
     z = t * direction + 0.1 * torch.randn(500, 5, generator=g) + torch.tensor([3.0, -1.0, 0.0, 2.0, 1.0])
-    scores, components, variance = latent.pca(z, 2)
+    scores, components, variance = latent_space.pca(z, 2)
     assert abs(float(components[0] @ direction.double())) > 0.999
     assert variance[0] > 100 * variance[1]
-    projected = latent.project_2d(z, "pca")
+    projected = latent_space.project_2d(z, "pca")
     assert projected.shape == (500, 2)
     # the first coordinate is the position along the dominant direction (up to sign)
     corr = torch.corrcoef(torch.stack([projected[:, 0].double(), t[:, 0].double()]))[0, 1]
@@ -156,41 +157,41 @@ def test_pca_recovers_the_dominant_direction():
 
 def test_project_2d_identity_padding_and_tsne():
     z2 = torch.randn(10, 2)
-    assert torch.equal(latent.project_2d(z2, "tsne"), z2)          # d = 2: identity, whatever the method
+    assert torch.equal(latent_space.project_2d(z2, "tsne"), z2)          # d = 2: identity, whatever the method
     z1 = torch.randn(7, 1)
-    padded = latent.project_2d(z1)
+    padded = latent_space.project_2d(z1)
     assert padded.shape == (7, 2) and torch.equal(padded[:, 0], z1[:, 0]) and torch.equal(padded[:, 1], torch.zeros(7))
     g = torch.Generator().manual_seed(0)
     clusters = torch.cat([torch.randn(20, 5, generator=g) * 0.1 + 5 * torch.eye(5)[k] for k in range(2)])
-    a = latent.project_2d(clusters, "tsne")
-    b = latent.project_2d(clusters, "tsne")
+    a = latent_space.project_2d(clusters, "tsne")
+    b = latent_space.project_2d(clusters, "tsne")
     assert a.shape == (40, 2) and torch.isfinite(a).all()
     assert torch.allclose(a, b)                                     # fixed random_state
     # the two clusters stay apart: between-cluster distance beats the within-cluster spread
     gap = (a[:20].mean(0) - a[20:].mean(0)).norm()
     assert gap > 3 * max(a[:20].std(0).norm(), a[20:].std(0).norm())
     with pytest.raises(ConfigError, match="projection"):
-        latent.project_2d(clusters, "umap")
+        latent_space.project_2d(clusters, "umap")
 
 
 # -- figures --------------------------------------------------------------------------------------
 
 def test_figures_build_from_tensors():
     images = torch.rand(3, 5, 1, 8, 8)
-    fig = latent.interpolation_figure(images, torch.rand(3, 2, 1, 8, 8), "slerp")
+    fig = latent_figures.interpolation_figure(images, torch.rand(3, 2, 1, 8, 8), "slerp")
     assert len(fig.axes) == 1 and "slerp" in fig.axes[0].get_title()
-    fig = latent.traversal_figure(images, [0, 2, 5], torch.linspace(-1, 1, 5))
+    fig = latent_figures.traversal_figure(images, [0, 2, 5], torch.linspace(-1, 1, 5))
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["z[0]", "z[2]", "z[5]"]
-    fig = latent.manifold_figure(torch.rand(16, 1, 8, 8), 4, 2.0)
+    fig = latent_figures.manifold_figure(torch.rand(16, 1, 8, 8), 4, 2.0)
     assert fig.axes[0].get_xlabel() == "z[0]"
     labels = torch.arange(30) % 3
-    fig = latent.scatter_figure(torch.randn(30, 2), labels)
+    fig = latent_figures.scatter_figure(torch.randn(30, 2), labels)
     legend = fig.axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["0", "1", "2"]
-    fig = latent.scatter_figure(torch.randn(30, 2), torch.arange(30), latent_dim=5, method="tsne")
+    fig = latent_figures.scatter_figure(torch.randn(30, 2), torch.arange(30), latent_dim=5, method="tsne")
     assert len(fig.axes) == 2                                        # many labels: a colour bar
     with pytest.raises(ConfigError, match="images"):
-        latent.interpolation_figure(torch.rand(2, 3, 5, 7, 2), None)
+        latent_figures.interpolation_figure(torch.rand(2, 3, 5, 7, 2), None)
 
 
 # -- CLI handlers on a tiny trained run -----------------------------------------------------------

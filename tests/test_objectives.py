@@ -7,7 +7,7 @@ from pyro.infer import Trace_ELBO
 
 from ppl_vae import VAE, ConfigError, fit
 from ppl_vae.cli import main
-from ppl_vae.compat import OBJECTIVES, check_compatible
+from ppl_vae.infer.objectives import OBJECTIVES, check_compatible
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import LIKELIHOODS, PRIORS
 
@@ -50,7 +50,7 @@ def test_iwae_with_beta_is_refused(x):
 
 def test_iwae_objective_is_tighter_than_the_elbo_in_expectation(x):
     vae = VAE(SHAPE, latent_dim=2, hidden_dims=(8,))
-    from ppl_vae.train import make_elbo
+    from ppl_vae.infer.fit import make_elbo
 
     iwae = torch.tensor([make_elbo("iwae", 64).loss(vae.model, vae.guide, x) for _ in range(30)])
     elbo = torch.tensor([make_elbo("trace", 64).loss(vae.model, vae.guide, x) for _ in range(30)])

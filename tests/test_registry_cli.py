@@ -12,7 +12,7 @@ from torch.distributions import kl_divergence
 
 from ppl_vae import VAE, ConfigError
 from ppl_vae.cli import main
-from ppl_vae.compat import OBJECTIVES, check_compatible
+from ppl_vae.infer.objectives import OBJECTIVES, check_compatible
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import LIKELIHOODS, PRIORS
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from ppl_vae import VAE, Config, ConfigError, fit, load_dataset
-from ppl_vae.checkpoint import load_checkpoint
+from ppl_vae.app.checkpoint import load_checkpoint
 from ppl_vae.cli import main
-from ppl_vae.run import resume_run, train_run
-from ppl_vae.train import TrainingInterrupted
+from ppl_vae.app.run import resume_run, train_run
+from ppl_vae.infer.fit import TrainingInterrupted
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_same_seed_and_config_give_the_same_run(tmp_path):
 def test_the_first_epoch_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     """A crash (no chance to save) right after epoch 1, with checkpoints due only every 10 epochs,
     still leaves a folder that --resume can continue."""
-    from ppl_vae import run as run_module
+    from ppl_vae.app import run as run_module
 
     original_fit = run_module.fit
 

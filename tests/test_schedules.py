@@ -7,7 +7,7 @@ import torch
 
 from ppl_vae import VAE, ConfigError, fit
 from ppl_vae.cli import main
-from ppl_vae.schedules import Constant, Cyclical, LinearWarmup, parse_schedule
+from ppl_vae.infer.schedules import Constant, Cyclical, LinearWarmup, parse_schedule
 
 
 def test_schedule_values():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ppl_vae import DataError, load_dataset
 from ppl_vae.cli import main
-from ppl_vae.run import evaluate_run, sample_run
+from ppl_vae.app.run import evaluate_run, sample_run
 
 TINY = ["--latent-dim", "2", "--hidden-dims", "16", "--epochs", "3", "--quiet"]
 

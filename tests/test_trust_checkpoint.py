@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ppl_vae import CheckpointError
-from ppl_vae.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint, validate_state_dict
+from ppl_vae.app.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint, validate_state_dict
 
 MB = 1024 ** 2
 
@@ -269,7 +269,7 @@ def test_legacy_and_torchscript_archives_are_refused(tmp_path):
 
 PEAK = r"""
 import resource, sys
-from ppl_vae.checkpoint import load_checkpoint
+from ppl_vae.app.checkpoint import load_checkpoint
 from ppl_vae.errors import CheckpointError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for path in sys.argv[1:]:

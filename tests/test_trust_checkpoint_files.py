@@ -9,11 +9,11 @@ import tempfile
 import pytest
 
 from ppl_vae import CheckpointError
-from ppl_vae.checkpoint import WriteError, atomic_write, read_json, write_json
+from ppl_vae.app.checkpoint import WriteError, atomic_write, read_json, write_json
 from ppl_vae.errors import PplVaeError
 
 
-def _one_line(error, path):
+def one_line(error, path):
     message = str(error)
     assert "\n" not in message and str(path) in message
     return message
@@ -36,7 +36,7 @@ def test_bad_run_folder_json_is_one_line(tmp_path, content, match):
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=match) as info:
         read_json(path, "config")
-    _one_line(info.value, path)
+    one_line(info.value, path)
 
 
 def test_nan_is_read_where_allowed(tmp_path):
@@ -55,7 +55,7 @@ def test_an_oversized_json_file_is_refused_before_it_is_read(tmp_path, monkeypat
         handle.write('"}')
     with pytest.raises(CheckpointError, match="larger than") as info:
         read_json(path, "run.json")
-    _one_line(info.value, path)
+    one_line(info.value, path)
 
 
 def test_valid_run_folder_json_still_reads(tmp_path):
@@ -88,7 +88,7 @@ def test_disk_full_midway_is_one_line_and_keeps_the_old_file(tmp_path):
         atomic_write(path, write)
     assert isinstance(info.value, CheckpointError) and isinstance(info.value, PplVaeError)
     assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC   # callers catching OSError
-    _one_line(info.value, path)
+    one_line(info.value, path)
     _assert_untouched(path)
 
 
@@ -102,7 +102,7 @@ def test_fsync_failure_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(WriteError, match="Input/output error") as info:
         write_json(path, {"epoch": 2})
     monkeypatch.undo()
-    _one_line(info.value, path)
+    one_line(info.value, path)
     _assert_untouched(path)
 
 
@@ -116,7 +116,7 @@ def test_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp_path, monkeypa
     with pytest.raises(WriteError, match="Permission denied.*writable") as info:
         write_json(path, {"epoch": 2})
     monkeypatch.undo()
-    _one_line(info.value, path)
+    one_line(info.value, path)
     _assert_untouched(path)
 
 
@@ -127,7 +127,7 @@ def test_really_read_only_folder(tmp_path):
     try:
         with pytest.raises(WriteError, match="writable") as info:
             write_json(path, {"epoch": 2})
-        _one_line(info.value, path)
+        one_line(info.value, path)
     finally:
         tmp_path.chmod(0o755)
     _assert_untouched(path)
@@ -138,7 +138,7 @@ def test_folder_that_cannot_be_created_is_one_line(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(WriteError) as info:
         write_json(blocker / "run" / "metrics.json", {"epoch": 1})
-    _one_line(info.value, blocker / "run" / "metrics.json")
+    one_line(info.value, blocker / "run" / "metrics.json")
 
 
 def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae import folders
+from ppl_vae.app import folders
 from ppl_vae.cli import main
 
 TINY = ["--epochs", "1", "--latent-dim", "2", "--hidden-dims", "16", "--quiet"]
@@ -138,13 +138,13 @@ def test_unwritable_output_is_refused_before_training(tmp_path, capsys):
 def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
     import errno
 
-    import ppl_vae.checkpoint as checkpoint
+    import ppl_vae.app.checkpoint as checkpoint
 
     def full(path, write):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(checkpoint, "atomic_write", full)
-    monkeypatch.setattr("ppl_vae.run.write_json", lambda *a, **k: full(a[0], None))
+    monkeypatch.setattr("ppl_vae.app.run.write_json", lambda *a, **k: full(a[0], None))
     assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 2
     _one_line_error(capsys, "No space left", "free disk space")
 
@@ -274,7 +274,7 @@ def test_run_json_records_the_thread_choice(run_dir):
 
 def test_list_prints_whole_plain_lines_for_every_registered_name(capsys):
     from ppl_vae import catalog
-    from ppl_vae.compat import OBJECTIVES
+    from ppl_vae.infer.objectives import OBJECTIVES
     from ppl_vae.guides import GUIDES
     from ppl_vae.models import LIKELIHOODS, PRIORS
 
@@ -321,20 +321,22 @@ def test_an_unexpected_exception_is_one_line_naming_a_bug(monkeypatch, capsys):
 
 def test_public_names_survive_importing_their_submodules():
     import ppl_vae
-    import ppl_vae.evaluate  # noqa: F401 - the submodule of the same name as the public function
+    import ppl_vae.infer.evaluate  # noqa: F401 - the module that defines the public function
 
-    assert callable(ppl_vae.evaluate) and ppl_vae.evaluate.__module__ == "ppl_vae.evaluate"
+    assert callable(ppl_vae.evaluate) and ppl_vae.evaluate.__module__ == "ppl_vae.infer.evaluate"
     from ppl_vae import evaluate
 
     assert callable(evaluate)
 
 
 def test_cli_copies_of_defaults_match_the_library():
-    from ppl_vae import compare, gradvar
+    from ppl_vae.app import compare_ae as experiment
     from ppl_vae.cli import compare_ae, grad_variance
+    from ppl_vae.diagnostics import gradients
 
-    assert compare_ae.DEFAULT_EPOCHS == compare.DEFAULT_EPOCHS and compare_ae.DEFAULT_BETAS == compare.DEFAULT_BETAS
-    assert grad_variance.DEFAULT_LOO_PARTICLES == gradvar.DEFAULT_LOO_PARTICLES
+    assert compare_ae.DEFAULT_EPOCHS == experiment.DEFAULT_EPOCHS
+    assert compare_ae.DEFAULT_BETAS == experiment.DEFAULT_BETAS
+    assert grad_variance.DEFAULT_LOO_PARTICLES == gradients.DEFAULT_LOO_PARTICLES
 
 
 def test_diagnose_reports_a_table_in_the_units_evaluate_uses(tmp_path, capsys):

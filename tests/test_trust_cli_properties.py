@@ -16,9 +16,9 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ppl_vae import folders
+from ppl_vae.app import folders
 from ppl_vae.cli import main
-from ppl_vae.config import Config
+from ppl_vae.app.config import Config
 
 
 class _Accepted(SystemExit):
@@ -106,7 +106,7 @@ def _check(result: int, capsys):
     config=st.one_of(st.none(), config_files), overwrite=st.booleans(), out_name=st.sampled_from(["new", "run", "."]))
 def test_train_flags_and_config_files(sandbox, monkeypatch, capsys, flags, config, overwrite, out_name):
     monkeypatch.setenv("PPL_VAE_MAX_MEMORY", "200M")
-    monkeypatch.setattr("ppl_vae.run.build_vae", _accept)       # the data and config were accepted
+    monkeypatch.setattr("ppl_vae.app.run.build_vae", _accept)       # the data and config were accepted
     monkeypatch.chdir(sandbox)
     out = sandbox / "out-area" / "new" if out_name == "new" else sandbox / out_name
     argv = ["train", "--quiet", "--out", str(out)]
@@ -128,8 +128,8 @@ def test_train_flags_and_config_files(sandbox, monkeypatch, capsys, flags, confi
        out=st.sampled_from([None, "out-area/s.png", "out-area/s.csv", "run/config.json", "notes.txt", "run",
                             "out-area/s.txt"]))
 def test_evaluate_and_sample_flags(sandbox, monkeypatch, capsys, command, flags, out):
-    monkeypatch.setattr("ppl_vae.run.evaluate", _accept)
-    monkeypatch.setattr("ppl_vae.run.load", _accept)
+    monkeypatch.setattr("ppl_vae.app.run.evaluate", _accept)
+    monkeypatch.setattr("ppl_vae.app.run.load", _accept)
     monkeypatch.chdir(sandbox)
     argv = [command, str(sandbox / "run")]
     for flag, value in flags:

@@ -9,10 +9,12 @@ import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from ppl_vae import compare
-from ppl_vae.compare import kl_per_dimension
+from ppl_vae.app import compare_ae
+
+from ppl_vae.diagnostics.kl import kl_to_prior
+from ppl_vae.diagnostics.kl import kl_per_dimension
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import evaluate  # the function (the package attribute can be shadowed by the module)
+from ppl_vae.infer.evaluate import evaluate
 from ppl_vae.vae import VAE
 
 torch.set_num_threads(1)
@@ -66,14 +68,14 @@ def test_a_posterior_equal_to_the_learned_prior_has_zero_kl():
         last.bias[:3] = LOC
         last.bias[3:] = math.log(SCALE)
     assert torch.allclose(kl_per_dimension(vae, x), torch.zeros(3), atol=1e-6)
-    assert compare.kl_to_prior(vae, x)["total"] == pytest.approx(0.0, abs=1e-6)
+    assert kl_to_prior(vae, x)["total"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_standard_normal_prior_keeps_the_closed_form():
     vae, x = _vae("normal"), _data()
     mean, sd = vae.encode(x)
     old_closed_form = (0.5 * (mean ** 2 + sd ** 2 - 1) - sd.log()).mean(0)
-    kl = compare.kl_to_prior(vae, x)
+    kl = kl_to_prior(vae, x)
     assert kl["exact"] and kl["total_se"] == 0.0
     assert torch.allclose(kl["per_dimension"], old_closed_form, atol=1e-6)
 
@@ -86,7 +88,7 @@ def test_standard_normal_prior_keeps_the_closed_form():
 ])
 def test_other_priors_agree_with_evaluate_within_monte_carlo_error(prior, split, exact):
     vae, x = _vae(prior), _data()
-    kl = compare.kl_to_prior(vae, x, seed=0)
+    kl = kl_to_prior(vae, x, seed=0)
     ev = evaluate(vae, x, num_particles=64, seed=0)
     assert abs(kl["total"] - ev.kl) < Z * math.hypot(kl["total_se"], ev.kl_se), (kl, ev.kl, ev.kl_se)
     assert kl["exact"] == exact and (kl["total_se"] == 0.0) == exact
@@ -102,7 +104,7 @@ def test_other_priors_agree_with_evaluate_within_monte_carlo_error(prior, split,
 
 
 def test_collapse_report_uses_the_actual_prior():
-    from ppl_vae.diagnostics import collapse_report
+    from ppl_vae.diagnostics.collapse import collapse_report
 
     vae, x = _learned_normal_vae(), _data()
     report = collapse_report(vae, x, num_samples=4, seed=0)
@@ -134,7 +136,7 @@ COLLAPSED = _row("VAE β=1", "normal", 1.0, ratio=1.0, step=1.0, conf=0.9, fd=5.
 
 
 def test_verdict_names_a_collapsed_vae_and_draws_no_conclusion_from_it():
-    text = compare.verdict(_result(COLLAPSED))
+    text = compare_ae.verdict(_result(COLLAPSED))
     assert text.startswith("VAE β=1 collapsed (0 of 2 active units")
     assert "say nothing about the encoder" in text
     assert "beats" not in text and "does not beat" not in text
@@ -143,7 +145,7 @@ def test_verdict_names_a_collapsed_vae_and_draws_no_conclusion_from_it():
 def test_verdict_falls_back_to_the_nearest_non_collapsed_vae():
     healthy = _row("VAE β=0.5", "normal", 0.5, ratio=1.2, step=1.2, conf=0.85, fd=9.0, mmd2=0.01, rate=3.0, units=2)
     far = _row("VAE β=0.1", "normal", 0.1, ratio=1.3, step=1.3, conf=0.85, fd=9.0, mmd2=0.05, rate=6.0, units=2)
-    text = compare.verdict(_result(far, healthy, COLLAPSED))
+    text = compare_ae.verdict(_result(far, healthy, COLLAPSED))
     assert text.startswith("VAE β=1 collapsed")
     assert "VAE β=0.5 (2 of 2 active units)" in text and "On smoothness the VAE β=0.5 beats the AE" in text
     assert "VAE β=1 beats" not in text and "VAE β=0.1" not in text
@@ -151,26 +153,26 @@ def test_verdict_falls_back_to_the_nearest_non_collapsed_vae():
 
 def test_a_rate_near_zero_counts_as_collapsed_even_with_an_active_unit():
     almost = dict(COLLAPSED, active_units=1, rate=0.01)
-    assert compare.collapse_reason(almost, 2) == "KL to the prior 0.01 nats per example"
-    assert "collapsed" in compare.verdict(_result(almost))
+    assert compare_ae.collapse_reason(almost, 2) == "KL to the prior 0.01 nats per example"
+    assert "collapsed" in compare_ae.verdict(_result(almost))
 
 
 def test_report_and_table_name_every_collapsed_model():
     healthy = _row("VAE β=0.5", "normal", 0.5, ratio=1.2, step=1.2, conf=0.85, fd=9.0, mmd2=0.01, rate=3.0, units=2)
     big_beta = _row("VAE β=4", "normal", 4.0, ratio=1.0, step=1.0, conf=0.8, fd=30.0, mmd2=0.001, rate=0.0, units=0)
     result = _result(healthy, COLLAPSED, big_beta)
-    text = compare.report_markdown(result)
+    text = compare_ae.report_markdown(result)
     assert "**Collapsed**" in text and "VAE β=1 (0 of 2 active units" in text and "VAE β=4 (0 of 2 active units" in text
-    assert "| 0/2 (collapsed) |" in compare.markdown_table(result)
-    assert "| 2/2 |" in compare.markdown_table(result)            # the healthy ones are not marked
-    assert compare.collapsed_models(result).keys() == {"VAE β=1", "VAE β=4"}
+    assert "| 0/2 (collapsed) |" in compare_ae.markdown_table(result)
+    assert "| 2/2 |" in compare_ae.markdown_table(result)            # the healthy ones are not marked
+    assert compare_ae.collapsed_models(result).keys() == {"VAE β=1", "VAE β=4"}
 
 
 def test_a_collapsed_ae_gets_no_verdict():
     result = _result(_row("VAE β=1", "normal", 1.0, ratio=1.2, step=1.2, conf=0.85, fd=9.0, mmd2=0.01, rate=3.0,
                           units=2))
     result["models"][0]["active_units"] = 0
-    assert compare.verdict(result).startswith("No verdict: the AE collapsed (0 of 2 active units)")
+    assert compare_ae.verdict(result).startswith("No verdict: the AE collapsed (0 of 2 active units)")
 
 
 # -- defect 5: figures ---------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def test_rate_distortion_labels_do_not_overlap():
                  distortion=d)
             for b, r, d in [(0.0, 16.5, 20.8), (0.1, 5.07, 21.1), (0.5, 2.83, 22.4), (1.0, 0.92, 25.2),
                             (2.0, 0.0087, 27.0), (4.0, 0.0006, 27.0)]]
-    fig = compare.rate_distortion_figure(_result(*rows))
+    fig = compare_ae.rate_distortion_figure(_result(*rows))
     renderer = _drawn(fig)
     ax = fig.axes[0]
     texts = [t for t in ax.texts if t.get_text()]
@@ -217,6 +219,6 @@ def test_image_grid_figures_have_no_large_blank_margins():
     models = {"AE": vae, "VAE β=1": vae}
     heldout = torch.rand(40, 1, 8, 8)
     pairs = (torch.arange(8), torch.arange(8, 16))
-    for fig in (compare.interpolation_figure(models, heldout, pairs), compare.samples_figure(models)):
+    for fig in (compare_ae.interpolation_figure(models, heldout, pairs), compare_ae.samples_figure(models)):
         width, height = _image_fill(fig)
         assert width > 0.85 and height > 0.75, (width, height)

@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ppl_vae.data import check_data_support, data_fingerprint, load_dataset
+from ppl_vae.data import check_data_support, data_fingerprint
+from ppl_vae.data.sources import load_dataset
 from ppl_vae.errors import DataError
 
 
@@ -509,7 +510,7 @@ def test_mnist_header_claiming_more_images_than_the_file_holds(tmp_path, quick):
 
 
 def test_column_names_of_a_csv_with_a_byte_order_mark(tmp_path):
-    from ppl_vae.tabular import column_names
+    from ppl_vae.data.tables import column_names
 
     path = tmp_path / "t.csv"
     path.write_bytes(csv_text(True).encode("utf-8-sig"))

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ppl_vae.data import load_dataset
+from ppl_vae.data.sources import load_dataset
 from ppl_vae.errors import DataError
 
 GOOD = np.random.default_rng(0).integers(0, 256, (5, 4, 4)).astype(np.uint8)

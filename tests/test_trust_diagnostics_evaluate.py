@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ppl_vae.evaluate import ELBO, ELBO_GIVEN_GLOBALS, evaluate
+from ppl_vae.infer.evaluate import ELBO, ELBO_GIVEN_GLOBALS, evaluate
 
 Z = 5.0
 M0, S0, SIGMA = 1.5, 0.5, 0.7

@@ -7,7 +7,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
-from ppl_vae import plots
+from ppl_vae.app import plots
 
 DPI = 120
 

@@ -9,7 +9,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ppl_vae import gradvar
+from ppl_vae.diagnostics import gradients
 
 torch.set_num_threads(1)
 
@@ -21,13 +21,13 @@ Z = 4.5
 
 def _toy():
     # Observations far from the guide's mean: the learning signal varies a lot between draws.
-    return gradvar.gaussian_toy([3.0, -2.0], loc=[0.0, 0.5], scale=[0.5, 0.8])
+    return gradients.gaussian_toy([3.0, -2.0], loc=[0.0, 0.5], scale=[0.5, 0.8])
 
 
 def test_loo_baseline_is_unbiased_and_beats_the_score_function_at_equal_cost():
     toy = _toy()
     k = 8
-    result = gradvar.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=800, seed=3,
+    result = gradients.gradient_variance(toy.model, toy.guide, toy.x, toy.params, num_repeats=800, seed=3,
                                        estimators=("score", LOO), loo_particles=k)
     loo, score = result["estimators"][LOO], result["estimators"]["score"]
     assert loo["particles"] == k and score["particles"] == 1
@@ -54,7 +54,7 @@ def test_loo_gradient_is_the_leave_one_out_formula():
             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
     pyro.set_rng_seed(0)
-    loss = gradvar.loo_loss(model, toy.guide, toy.x, ("z",), k)
+    loss = gradients.loo_loss(model, toy.guide, toy.x, ("z",), k)
     got = torch.cat(torch.autograd.grad(loss, toy.params))
     z = seen[-1]
     assert z.shape == (k, n)
@@ -81,7 +81,7 @@ def test_the_baseline_never_sees_the_evaluated_batch_before_the_repeats():
 
     repeats = 7
     store = set(pyro.get_param_store().keys())
-    gradvar.gradient_variance(model, toy.guide, toy.x, toy.params, num_repeats=repeats, seed=0, estimators=(LOO,))
+    gradients.gradient_variance(model, toy.guide, toy.x, toy.params, num_repeats=repeats, seed=0, estimators=(LOO,))
     assert len(calls) == repeats
     assert set(pyro.get_param_store().keys()) == store          # no baseline state kept anywhere
 
@@ -90,16 +90,16 @@ def test_the_estimate_depends_only_on_this_step_not_on_other_batches():
     # Stateless: with the same random draws, the estimate for a batch is the same whether or not the
     # estimator was run on another batch (or on this one) before.
     toy = _toy()
-    other = gradvar.gaussian_toy([-5.0, 7.0], loc=[1.0, -1.0], scale=[0.3, 2.0])
+    other = gradients.gaussian_toy([-5.0, 7.0], loc=[1.0, -1.0], scale=[0.3, 2.0])
 
     def estimate(seed):
         pyro.set_rng_seed(seed)
-        loss = gradvar.loo_loss(toy.model, toy.guide, toy.x, ("z",), 6)
+        loss = gradients.loo_loss(toy.model, toy.guide, toy.x, ("z",), 6)
         return torch.cat(torch.autograd.grad(loss, toy.params))
 
     fresh = estimate(11)
     for _ in range(3):
         pyro.set_rng_seed(5)
-        gradvar.loo_loss(other.model, other.guide, other.x, ("z",), 6).backward()
+        gradients.loo_loss(other.model, other.guide, other.x, ("z",), 6).backward()
         estimate(12)
     assert torch.equal(estimate(11), fresh)

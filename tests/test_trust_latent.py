@@ -1,13 +1,16 @@
 """latent-map decodes the most informative pair of latent dimensions, says which and why, and takes
 ``--dims I J`` (validated)."""
 
-import argparse
 
 import pyro
 import pytest
 import torch
 
-from ppl_vae import latent, plots
+from ppl_vae.app import latent_figures
+
+from ppl_vae.diagnostics import latent_space
+
+from ppl_vae.app import plots
 from ppl_vae.cli import build_parser
 from ppl_vae.cli import latent as latent_cli
 from ppl_vae.errors import ConfigError, PplVaeError
@@ -52,17 +55,17 @@ def _data(n=100):
 @pytest.mark.parametrize("guide, criterion", [("normal", "kl"), ("delta", "activity")])
 def test_informative_dims_excludes_dimensions_collapsed_by_construction(guide, criterion):
     vae, x = _collapsed_01_vae(guide), _data()
-    info = latent.informative_dims(vae, x, k=2)
+    info = latent_space.informative_dims(vae, x, k=2)
     assert info["dims"] == [2, 3]
     assert info["criterion"] == criterion
     assert info["scores"][0] == pytest.approx(0.0, abs=1e-6) and info["scores"][1] == pytest.approx(0.0, abs=1e-6)
     assert min(info["scores"][2], info["scores"][3]) > 0.1
     assert info["collapsed"] == [] and "z[2]" in info["reason"] and "z[3]" in info["reason"]
     # the grid over the chosen pair shows something; over dims 0 and 1 every image is the same
-    assert latent.latent_grid(vae, 5, 2.0, dims=info["dims"]).std(0).max() > 1e-3
-    assert latent.latent_grid(vae, 5, 2.0, dims=(0, 1)).std(0).max() < 1e-6
+    assert latent_space.latent_grid(vae, 5, 2.0, dims=info["dims"]).std(0).max() > 1e-3
+    assert latent_space.latent_grid(vae, 5, 2.0, dims=(0, 1)).std(0).max() < 1e-6
     with pytest.raises(ConfigError, match="k must be"):
-        latent.informative_dims(vae, x, k=LATENT_DIM + 1)
+        latent_space.informative_dims(vae, x, k=LATENT_DIM + 1)
 
 
 def _run_latent_map(monkeypatch, tmp_path, *extra):
@@ -115,7 +118,7 @@ def test_latent_map_rejects_bad_dims_with_a_one_line_config_error(monkeypatch, t
 def test_interpolation_spacers_have_no_tile_frames():
     # The gap columns between the inputs and the path are background, not empty framed tiles.
     paths, inputs = torch.rand(3, 5, 1, 8, 8), torch.rand(3, 2, 1, 8, 8)
-    fig = latent.interpolation_figure(paths, inputs)
+    fig = latent_figures.interpolation_figure(paths, inputs)
     grid = torch.as_tensor(fig.axes[0].images[0].get_array())
     w = 8
     for c in (1, 7):                                  # spacer columns of a row [x0, gap, 5 steps, gap, x1]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae import folders
+from ppl_vae.app import folders
 from ppl_vae.cli import main
 
 TINY = ["--epochs", "1", "--latent-dim", "2", "--hidden-dims", "8", "--quiet"]

@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     """The parser and the handler of every subcommand."""
-    from ppl_vae.validation import arg, Bound, max_threads
+    from ppl_vae.validation import Bound, arg, max_threads
 
     parser = _Parser(prog="ppl-vae", description="The VAE as a Pyro model and guide.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -63,7 +63,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, handlers
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
@@ -75,7 +75,7 @@ def _os_error_message(error: OSError) -> str:
              21: "a folder is in the way; choose another path", 20: "a file is in the way of a folder; choose "
              "another path", 36: "use a shorter path", 122: "the disk quota is exceeded; free space"}
     hint = hints.get(error.errno, "check the path and the machine")
-    return _one_line(f"{reason}{where} ({hint})")
+    return one_line(f"{reason}{where} ({hint})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:          # noqa: BLE001 - the one place every error becomes one line
         if debug:
             raise
-        train = sys.modules.get("ppl_vae.train")      # loaded if training ran; never imported just to check
+        train = sys.modules.get("ppl_vae.infer.fit")      # loaded if training ran; never imported just to check
         if train is not None and isinstance(error, train.TrainingInterrupted):
-            print(f"{prefix}: {_one_line(error)}", file=sys.stderr)
+            print(f"{prefix}: {one_line(error)}", file=sys.stderr)
             return EXIT_SIGTERM if error.signal_name == "SIGTERM" else EXIT_INTERRUPTED
         if isinstance(error, PplVaeError):
-            print(f"{prefix}: error: {_one_line(error)}", file=sys.stderr)
+            print(f"{prefix}: error: {one_line(error)}", file=sys.stderr)
             return EXIT_USAGE
         if isinstance(error, OSError):
             print(f"{prefix}: error: {_os_error_message(error)}", file=sys.stderr)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                   "smaller model", file=sys.stderr)
             return EXIT_USAGE
         print(f"{prefix}: internal error (a bug in ppl_vae; please report it with the output of --debug): "
-              f"{type(error).__name__}: {_one_line(error)[:300]}", file=sys.stderr)
+              f"{type(error).__name__}: {one_line(error)[:300]}", file=sys.stderr)
         return EXIT_BUG
 
 

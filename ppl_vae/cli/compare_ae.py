@@ -1,4 +1,4 @@
-"""``ppl-vae compare-ae``: the autoencoder-versus-VAE experiment of :mod:`ppl_vae.compare`."""
+"""``ppl-vae compare-ae``: the autoencoder-versus-VAE experiment of :mod:`ppl_vae.app.compare_ae`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ from pathlib import Path
 
 from ppl_vae.validation import arg, path_arg
 
-#: The defaults of :func:`ppl_vae.compare.compare_ae_run`, repeated here so that ``--help`` needs no
+#: The defaults of :func:`ppl_vae.app.compare_ae.compare_ae_run`, repeated here so that ``--help`` needs no
 #: torch; a test holds them equal.
 DEFAULT_EPOCHS = 150
 DEFAULT_BETAS = (0.0, 0.1, 0.5, 1.0, 2.0, 4.0)
 
 
 def _handle(args) -> dict:
-    from ppl_vae.compare import _collapse_paragraph, compare_ae_run, markdown_table, verdict
+    from ppl_vae.app.compare_ae import (
+        collapse_paragraph,
+        compare_ae_run,
+        markdown_table,
+        verdict,
+    )
 
     out = args.out or Path("runs") / f"compare-ae-{args.dataset.replace(':', '_').replace('/', '_')}-" \
         f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -24,7 +29,7 @@ def _handle(args) -> dict:
     print(markdown_table(result))
     print()
     print(verdict(result))
-    for line in _collapse_paragraph(result)[:1]:
+    for line in collapse_paragraph(result)[:1]:
         print(line)
     print(f"wrote {out}/ (comparison.json, comparison.md, figures/) in {result['seconds']:.0f} s")
     return result

@@ -1,4 +1,4 @@
-"""``ppl-vae diagnose``: every posterior diagnostic of :mod:`ppl_vae.diagnose` on a run folder."""
+"""``ppl-vae diagnose``: every posterior diagnostic of :mod:`ppl_vae.app.diagnose` on a run folder."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def register(sub) -> dict:
 
 
 def _diagnose(args) -> None:
-    from ppl_vae.diagnose import _warnings, diagnose_run
+    from ppl_vae.app.diagnose import diagnose_run, report_warnings
 
     results = diagnose_run(args.run_dir, args.out, num_samples=args.num_samples,
                            nuts_observations=args.nuts_observations, nuts_chains=args.nuts_chains,
@@ -48,7 +48,7 @@ def _diagnose(args) -> None:
                            gap_observations=args.gap_observations, gap_steps=args.gap_steps, seed=args.seed,
                            device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     out = args.out or args.run_dir / "diagnostics"
-    for line in _warnings(results):           # a collapsed model, unreliable importance weights
+    for line in report_warnings(results):           # a collapsed model, unreliable importance weights
         text = line.removeprefix("> ").replace("**", "").strip().removeprefix("Warning: ")
         if text:
             print(f"warning: {text}")

@@ -1,17 +1,17 @@
 """``ppl-vae grad-variance``: the spread of the encoder's ELBO gradient under three estimators
-(:mod:`ppl_vae.gradvar`)."""
+(:mod:`ppl_vae.diagnostics.gradients`)."""
 
 from __future__ import annotations
 
 from ppl_vae.validation import arg, count, path_arg
 
-#: :data:`ppl_vae.gradvar.DEFAULT_LOO_PARTICLES`, repeated so that ``--help`` needs no torch (a test holds
+#: :data:`ppl_vae.diagnostics.gradients.DEFAULT_LOO_PARTICLES`, repeated so that ``--help`` needs no torch (a test holds
 #: them equal).
 DEFAULT_LOO_PARTICLES = 8
 
 
 def _grad_variance(args) -> None:
-    from ppl_vae.gradvar import format_table, grad_variance_run
+    from ppl_vae.app.grad_variance import format_table, grad_variance_run
 
     report = grad_variance_run(args.run_dir, num_examples=args.examples, num_repeats=args.repeats, seed=args.seed,
                                loo_particles=args.particles)

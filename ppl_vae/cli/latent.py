@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ppl_vae.app.folders import check_figure_dir, check_output_file
 from ppl_vae.errors import ConfigError
-from ppl_vae.folders import check_output_file, check_figure_dir
 from ppl_vae.validation import arg, count, path_arg, positive_real
 
 #: Limits of the figure sizes: a row per pair, a column per step, a grid of images per side.
@@ -72,8 +72,8 @@ def _add_latent_map(sub) -> None:
 def _load_images_run(run_dir: Path):
     """The trained VAE, its held-out inputs as the model sees them (``(N, *data_shape)``) and the
     held-out labels (or None); refuses runs whose data are not images."""
-    from ppl_vae import plots
-    from ppl_vae.run import load_run, model_input, read_config
+    from ppl_vae.app import plots
+    from ppl_vae.app.run import load_run, model_input, read_config
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -82,7 +82,7 @@ def _load_images_run(run_dir: Path):
                           "latent figures need a run trained on image data")
     run = load_run(run_dir)
     vae, data = run.vae, run.data
-    if data.kind == "table" or plots._as_images(data.heldout[:1]) is None:
+    if data.kind == "table" or plots.as_images(data.heldout[:1]) is None:
         raise ConfigError(f"run {run_dir} holds examples of shape {tuple(data.data_shape)}, not images; latent "
                           "figures need a run trained on image data")
     heldout = model_input(data.heldout, vae, run.config)
@@ -96,7 +96,8 @@ def _run_inputs(run_dir) -> list[Path]:
 def _interpolate(args) -> list[Path]:
     import torch
 
-    from ppl_vae import latent, plots
+    from ppl_vae.app import latent_figures, plots
+    from ppl_vae.diagnostics import latent_space as latent
 
     out = args.out or Path(args.run_dir) / "figures" / f"interpolate-{args.method}-{args.seed}.png"
     check_output_file(out, inputs=_run_inputs(args.run_dir), suffixes=(".png",))
@@ -110,7 +111,7 @@ def _interpolate(args) -> list[Path]:
     paths = torch.stack([latent.interpolate_inputs(vae, heldout[i], heldout[j], args.steps, args.method)
                          for i, j in pairs.tolist()])
     inputs = heldout[pairs]                                           # (P, 2, *data_shape)
-    plots.save_figure(latent.interpolation_figure(paths.cpu(), inputs.cpu(), args.method), out)
+    plots.save_figure(latent_figures.interpolation_figure(paths.cpu(), inputs.cpu(), args.method), out)
     print(f"wrote {args.pairs} {args.method} interpolations of {args.steps} steps to {out}")
     return [out]
 
@@ -118,7 +119,8 @@ def _interpolate(args) -> list[Path]:
 def _traverse(args) -> list[Path]:
     import torch
 
-    from ppl_vae import latent, plots
+    from ppl_vae.app import latent_figures, plots
+    from ppl_vae.diagnostics import latent_space as latent
 
     out = args.out or Path(args.run_dir) / "figures" / "traverse.png"
     check_output_file(out, inputs=_run_inputs(args.run_dir), suffixes=(".png",))
@@ -135,9 +137,9 @@ def _traverse(args) -> list[Path]:
             raise ConfigError(f"--index {args.index} is out of range; the run has held-out examples 0 to "
                               f"{heldout.shape[0] - 1}")
         base = vae.encode(heldout[args.index:args.index + 1])[0][0].cpu()
-    values = latent._symmetric_values(args.range, args.steps)
+    values = latent.symmetric_values(args.range, args.steps)
     images = torch.stack([latent.traverse(vae, base, dim, values) for dim in dims]).cpu()
-    plots.save_figure(latent.traversal_figure(images, dims, values), out)
+    plots.save_figure(latent_figures.traversal_figure(images, dims, values), out)
     print(f"wrote traversals of latent dimensions {', '.join(map(str, dims))} over [{-args.range:g}, "
           f"{args.range:g}] to {out}")
     return [out]
@@ -146,7 +148,8 @@ def _traverse(args) -> list[Path]:
 def _latent_map(args) -> list[Path]:
     import torch
 
-    from ppl_vae import latent, plots
+    from ppl_vae.app import latent_figures, plots
+    from ppl_vae.diagnostics import latent_space as latent
 
     out_dir = args.out_dir or Path(args.run_dir) / "figures"
     check_figure_dir(out_dir, inputs=_run_inputs(args.run_dir))
@@ -165,7 +168,7 @@ def _latent_map(args) -> list[Path]:
     points = latent.project_2d(means, args.method)
     scatter = out_dir / ("latent-scatter.png" if d <= 2 else f"latent-scatter-{args.method}.png")
     check_output_file(scatter, suffixes=(".png",))
-    plots.save_figure(latent.scatter_figure(points, labels, latent_dim=d, method=args.method), scatter)
+    plots.save_figure(latent_figures.scatter_figure(points, labels, latent_dim=d, method=args.method), scatter)
     written = [scatter]
     print(f"wrote the posterior means of {means.shape[0]} held-out examples to {scatter}")
     if d >= 2:
@@ -186,7 +189,7 @@ def _latent_map(args) -> list[Path]:
         images = latent.latent_grid(vae, args.grid, args.extent, dims=dims).cpu()
         manifold = out_dir / "latent-manifold.png"
         check_output_file(manifold, suffixes=(".png",))
-        plots.save_figure(latent.manifold_figure(images, args.grid, args.extent, dims, why=why), manifold)
+        plots.save_figure(latent_figures.manifold_figure(images, args.grid, args.extent, dims, why=why), manifold)
         written.append(manifold)
         print(f"wrote the decoded {args.grid}x{args.grid} latent grid over z[{dims[0]}], z[{dims[1]}] in "
               f"[{-args.extent:g}, {args.extent:g}] ({why}) to {manifold}")

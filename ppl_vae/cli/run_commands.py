@@ -1,7 +1,7 @@
 """``ppl-vae train | evaluate | sample | list``: the commands of a run folder's life.
 
 Flags are checked by :mod:`ppl_vae.validation` as argparse parses them (types and ranges); the work is
-done by :mod:`ppl_vae.run`, imported only when a handler runs.
+done by :mod:`ppl_vae.app.run`, imported only when a handler runs.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _add_sample(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ppl_vae.config import Config
+    from ppl_vae.app.config import Config
 
     config = Config.from_file(args.config) if args.config is not None else Config()
     values = config.to_dict()
@@ -100,8 +100,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _train(args) -> None:
-    from ppl_vae import distributed
-    from ppl_vae.run import read_config, resume_run, train_run
+    from ppl_vae.infer import distributed
+    from ppl_vae.app.run import read_config, resume_run, train_run
 
     progress = False if args.quiet else None
     command = ["ppl-vae", *args.argv]
@@ -143,11 +143,11 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from ppl_vae.run import evaluate_run
+    from ppl_vae.app.run import evaluate_run
 
     result = evaluate_run(args.run_dir, num_particles=args.num_particles, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, progress=not args.quiet)
-    from ppl_vae.evaluate import COLLAPSE_NATS, ELBO
+    from ppl_vae.infer.evaluate import COLLAPSE_NATS, ELBO
 
     given_globals = result.elbo_kind != ELBO
     rows = [("ELBO given q(globals), not a bound" if given_globals else "ELBO", result.elbo, result.elbo_se,
@@ -158,7 +158,7 @@ def _evaluate(args) -> None:
             ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None)]
     if given_globals:       # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
         rows.insert(1, ("joint ELBO (bound on log p(x_1..N)/N)", result.joint_elbo, result.joint_elbo_se, None))
-    from ppl_vae.run import load_units
+    from ppl_vae.app.run import load_units
 
     print(f"{result.num_examples} held-out examples, per example in nats, {load_units(args.run_dir)[1]}")
     print(f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}")
@@ -172,7 +172,7 @@ def _evaluate(args) -> None:
 
 
 def _sample(args) -> None:
-    from ppl_vae.run import default_sample_path, sample_run
+    from ppl_vae.app.run import default_sample_path, sample_run
 
     out = args.out if args.out is not None else default_sample_path(args.run_dir, args.seed)
     sample_run(args.run_dir, args.num_samples, out, seed=args.seed, device=args.device, mean=args.mean)

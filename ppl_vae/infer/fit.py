@@ -23,13 +23,17 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
-from ppl_vae.compat import check_compatible, resolve_binarize, to_likelihood_space
-from ppl_vae.data import binarize as binarize_data
-from ppl_vae.data import check_data_support
+from ppl_vae.data.support import binarize as binarize_data
+from ppl_vae.data.support import check_data_support
 from ppl_vae.errors import ConfigError, PplVaeError
-from ppl_vae.evaluate import evaluate
-from ppl_vae.optim import GuardedAdam
-from ppl_vae.schedules import Constant, parse_schedule
+from ppl_vae.infer.evaluate import evaluate
+from ppl_vae.infer.objectives import (
+    check_compatible,
+    resolve_binarize,
+    to_likelihood_space,
+)
+from ppl_vae.infer.optim import GuardedAdam
+from ppl_vae.infer.schedules import Constant, parse_schedule
 
 #: Offset that separates the held-out binarization stream from every other seeded stream.
 _HELDOUT_STREAM = 7919
@@ -83,13 +87,13 @@ def fixed_binarization(x: torch.Tensor, mode: str, seed: int = 0) -> torch.Tenso
 
 
 def make_elbo(name: str, num_particles: int = 1):
-    """The Pyro loss for an objective name (see ``ppl_vae.compat.OBJECTIVES``).
+    """The Pyro loss for an objective name (see ``ppl_vae.infer.objectives.OBJECTIVES``).
 
     ``auto`` and ``meanfield`` are the same Pyro object: ``TraceMeanField_ELBO`` takes the analytic KL
     at each latent site where ``torch.distributions.kl_divergence`` has a closed form for the guide/prior
     pair (scaled and masked like the site, so ``beta``, KL schedules and the plate's subsampling scale
     apply to it) and the Monte Carlo term log q(z) - log p(z) elsewhere. They differ only in
-    :func:`ppl_vae.compat.check_compatible`, where ``meanfield`` refuses a site without a closed form.
+    :func:`ppl_vae.infer.objectives.check_compatible`, where ``meanfield`` refuses a site without a closed form.
     """
     vectorize = num_particles > 1
     if name == "trace":
@@ -104,7 +108,7 @@ def make_elbo(name: str, num_particles: int = 1):
 class TrainStep:
     """One optimisation step of :func:`fit`: the loss and its gradients from Pyro's ELBO
     (``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``RenyiELBO``) on the VAE's model and guide, then
-    :class:`ppl_vae.optim.GuardedAdam`. Numerically the step of ``SVI(model, guide, Adam, elbo)``.
+    :class:`ppl_vae.infer.optim.GuardedAdam`. Numerically the step of ``SVI(model, guide, Adam, elbo)``.
 
     What it leaves out of ``SVI.step`` is bookkeeping only: with a :class:`ppl_vae.VAE` it
     differentiates ``elbo.differentiable_loss`` itself (no ``pyro.module`` registration and no
@@ -135,7 +139,7 @@ class TrainStep:
             if not self.direct:
                 raise ConfigError("distributed training needs a ppl_vae.VAE and --elbo auto, trace or meanfield "
                                   "(Pyro's RenyiELBO for iwae has no differentiable loss to wrap in DDP)")
-            from ppl_vae import distributed as dist_module
+            from ppl_vae.infer import distributed as dist_module
 
             self.ddp = dist_module.wrap(vae, self.loss, distributed)
             self._exchange = dist_module.exchanging
@@ -180,12 +184,12 @@ class FitResult:
             steps of the training objective: the beta-weighted bound while beta != 1), ``beta`` (at the
             epoch's last step), ``heldout_elbo`` and ``heldout_elbo_se`` (when held-out data was given) and
             ``seconds`` (wall time of the epoch's training steps).
-        optimizer_state: the state of the Adam optimizer (:meth:`ppl_vae.optim.GuardedAdam.get_state`).
+        optimizer_state: the state of the Adam optimizer (:meth:`ppl_vae.infer.optim.GuardedAdam.get_state`).
         state: the training state at the end (see :func:`fit`'s ``resume``): pass it back with more
             epochs to train on exactly as if the run had been longer.
         objective: the objective actually used: ``{"elbo": name, "sites": {site: term}}`` where each
             latent site's KL part is ``"analytic"``, ``"monte-carlo"`` or ``"importance-weighted"``
-            (see :func:`ppl_vae.compat.check_compatible`).
+            (see :func:`ppl_vae.infer.objectives.check_compatible`).
     """
 
     vae: torch.nn.Module
@@ -256,7 +260,7 @@ def fit(
         num_particles: draws of z per example and step (vectorized); the iwae bound's K.
         beta: weight of the KL part (``poutine.scale`` on the latent site in model and guide).
         kl_schedule: ``None`` (constant ``beta``), a spec string (``"warmup:10"``, ``"cyclical:10:0.5"``,
-            see :func:`ppl_vae.schedules.parse_schedule`; they reach ``beta``) or any callable
+            see :func:`ppl_vae.infer.schedules.parse_schedule`; they reach ``beta``) or any callable
             ``epoch_progress -> beta``. The beta in force at the end of each epoch is in the history.
         heldout_particles: draws of z per held-out example for the per-epoch held-out ELBO.
         heldout_seed: seeds the held-out binarization (the CLI passes the split seed).
@@ -264,7 +268,7 @@ def fit(
         callback: called with each epoch's history record.
         on_epoch_end: called after every epoch with the training state (a dict of tensors, numbers and
             lists, safe for ``torch.save``/``torch.load(weights_only=True)``); the VAE's parameters are
-            not in it. :func:`ppl_vae.run.train_run` writes checkpoints from here.
+            not in it. :func:`ppl_vae.app.run.train_run` writes checkpoints from here.
         resume: a state from ``on_epoch_end``, :class:`TrainingInterrupted` or ``FitResult.state``, with
             the VAE's parameters restored to the same moment: training continues exactly where it
             stopped (same batches, binarizations and draws of z), up to ``epochs`` in total.
@@ -277,10 +281,10 @@ def fit(
             :class:`TrainingInterrupted` carrying the state (main thread only).
         stop: called after every step with the number of steps done; True stops as a signal would.
         on_start: called once every input has been checked, before the first step (where
-            :func:`ppl_vae.run.train_run` creates the run folder, so that a refused input writes nothing).
-        distributed: a :class:`ppl_vae.distributed.Context` (from ``init_from_environment``): train
+            :func:`ppl_vae.app.run.train_run` creates the run folder, so that a refused input writes nothing).
+        distributed: a :class:`ppl_vae.infer.distributed.Context` (from ``init_from_environment``): train
             data-parallel with this process's share of every global batch of ``batch_size x world_size``
-            examples; see :mod:`ppl_vae.distributed`.
+            examples; see :mod:`ppl_vae.infer.distributed`.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("heldout_particles", heldout_particles)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -357,7 +361,7 @@ def fit(
             mine["cuda"] = torch.cuda.get_rng_state(device)
         rng = {**mine, "shuffle": epoch_start[0], "noise": epoch_start[1]}
         if ctx is not None:                       # every process's stream, for an exact resume
-            from ppl_vae.distributed import gather_objects
+            from ppl_vae.infer.distributed import gather_objects
 
             rng["ranks"] = gather_objects(mine, ctx)
         return {"epoch": done_epochs, "step": step, "step_in_epoch": step_in_epoch,
@@ -398,7 +402,7 @@ def fit(
                     bad = bool(optimizer.nonfinite) or not math.isfinite(loss)
                     stopping = bool(signals.received) or (stop is not None and stop(step + 1))
                     if ctx is not None:                   # every process takes the same decisions
-                        from ppl_vae.distributed import all_reduce_sum
+                        from ppl_vae.infer.distributed import all_reduce_sum
 
                         flags = all_reduce_sum(torch.tensor([float(bad), float(stopping)], device=ctx.device))
                         bad, stopping = bool(flags[0] > 0), bool(flags[1] > 0)
@@ -431,7 +435,7 @@ def fit(
                     raise TrainingDiverged(f"training diverged: every step of epoch {epoch} had non-finite gradients")
                 seconds = time.perf_counter() - start
                 if ctx is not None:                       # the loss of a step: the mean over processes
-                    from ppl_vae.distributed import all_reduce_sum
+                    from ppl_vae.infer.distributed import all_reduce_sum
 
                     epoch_losses = (all_reduce_sum(torch.tensor(epoch_losses, dtype=torch.float64, device=ctx.device))
                                     / world).tolist()
@@ -456,7 +460,7 @@ def fit(
                     on_epoch_end(end_state)
                 stopping = bool(signals.received) or (stop is not None and stop(step))
                 if ctx is not None:
-                    from ppl_vae.distributed import any_true
+                    from ppl_vae.infer.distributed import any_true
 
                     stopping = any_true(stopping, ctx)
                 if epoch < epochs and stopping:
@@ -480,7 +484,7 @@ def _share(data, order, first: int, global_batch: int, num_data: int, ctx):
     indices = order[first:first + global_batch]
     if ctx is None:
         return data[indices], 1.0
-    from ppl_vae.distributed import shard_bounds
+    from ppl_vae.infer.distributed import shard_bounds
 
     m = indices.numel()
     start, stop = shard_bounds(m, ctx)
@@ -494,7 +498,7 @@ def _heldout_elbo(vae, heldout, particles: int, seed: int, ctx) -> tuple[float, 
     if ctx is None:
         result = evaluate(vae, heldout, num_particles=particles, seed=seed)
         return result.elbo, result.elbo_se
-    from ppl_vae.distributed import gather_objects, shard_bounds
+    from ppl_vae.infer.distributed import gather_objects, shard_bounds
 
     start, stop = shard_bounds(heldout.shape[0], ctx)
     part = (0.0, 0.0, 0)

@@ -27,424 +27,40 @@ command.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from matplotlib.figure import Figure
 
+from ppl_vae.diagnostics.kl import (
+    COLLAPSE_KL_NATS,
+    activity,
+    is_point_mass,
+    kl_to_prior,
+)
+from ppl_vae.diagnostics.sample_quality import (
+    CLASSIFIER_NOTE,
+    as_numpy,
+    classifier_features,
+    frechet_distance,
+    mmd_test,
+    path_smoothness,
+    sample_quality,
+    train_domain_classifier,
+)
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import COLLAPSE_NATS
 
 #: Epochs per model of ``compare-ae`` by default: 7 models on the digits in a few minutes on 2 CPU cores.
 DEFAULT_EPOCHS = 150
+
+
 DEFAULT_BETAS = (0.0, 0.1, 0.5, 1.0, 2.0, 4.0)
-CLASSIFIER_NOTE = ("sample quality uses a domain classifier (an MLP with one hidden layer of 64 units trained "
-                   "on the real training images), not Inception: its Fréchet distance is an FID-like number "
-                   "on this data set only, not comparable with published FIDs")
-
-
-def _numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-@torch.no_grad()
-def path_smoothness(decode: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, z1: torch.Tensor,
-                    num_steps: int = 16, eps: float = 1e-8) -> dict:
-    """How smooth the decoder is along straight latent lines.
-
-    Args:
-        decode: ``z (M, latent_dim) -> x (M, ...)``, e.g. ``vae.decode``.
-        z0, z1: ``(P, latent_dim)``, the ends of P straight paths (e.g. encodings of held-out pairs).
-        num_steps: segments per path; the path is decoded at ``num_steps + 1`` evenly spaced points,
-            ends included.
-        eps: pairs whose decoded ends are closer than this (or whose decoded path has zero length)
-            are left out, their ratios being undefined.
-
-    Returns a dict with
-        ``ratio``: mean over pairs of (decoded path length, the sum of the L2 norms of the steps in data
-        space) / (L2 distance between the decoded ends): 1 for a straight, evenly decoded line, large
-        for detours;
-        ``max_step_ratio``: mean over pairs of (largest step / mean step): 1 for even steps, up to
-        ``num_steps`` when the whole change happens in one step (a jump);
-        ``end_distance``: mean L2 distance between the decoded ends (near 0 for a collapsed decoder,
-        whose paths are trivially "smooth": read the ratios together with it);
-        ``ratio_per_pair``, ``max_step_ratio_per_pair``: the per-pair values (lists);
-        ``num_pairs``: pairs used; ``num_steps``.
-    """
-    if num_steps < 1:
-        raise ConfigError(f"num_steps must be at least 1, got {num_steps}")
-    z0, z1 = torch.as_tensor(z0), torch.as_tensor(z1)
-    if z0.dim() == 1:
-        z0, z1 = z0[None], z1[None]
-    if z0.shape != z1.shape:
-        raise ConfigError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
-    pairs, dim = z0.shape
-    t = torch.linspace(0, 1, num_steps + 1, dtype=z0.dtype, device=z0.device)
-    z = z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]              # (P, T, d)
-    x = decode(z.reshape(-1, dim)).reshape(pairs, num_steps + 1, -1).double()   # (P, T, D)
-    steps = (x[:, 1:] - x[:, :-1]).norm(dim=-1)                                # (P, num_steps)
-    length = steps.sum(1)
-    chord = (x[:, -1] - x[:, 0]).norm(dim=-1)
-    keep = (chord > eps) & (length > eps)
-    ratio = (length / chord)[keep]
-    max_step = (steps.max(1).values / steps.mean(1))[keep]
-    return {
-        "ratio": float(ratio.mean()) if keep.any() else float("nan"),
-        "max_step_ratio": float(max_step.mean()) if keep.any() else float("nan"),
-        "end_distance": float(chord.mean()),
-        "ratio_per_pair": ratio.tolist(),
-        "max_step_ratio_per_pair": max_step.tolist(),
-        "num_pairs": int(keep.sum()),
-        "num_steps": int(num_steps),
-    }
-
-
-def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
-    values, vectors = np.linalg.eigh((c + c.T) / 2)
-    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-
-
-def frechet_distance(feats_a, feats_b) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets ``(N_a, F)`` and ``(N_b, F)``:
-
-    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)``
-
-    with sample means and (unbiased) covariances; the matrix square roots come from eigendecompositions
-    of symmetric matrices, so the result is real and >= 0. Finite-sample bias: about ``F^2 / N`` even
-    for two samples of one distribution, so compare distances computed with equal sample sizes.
-    """
-    a, b = _numpy(feats_a), _numpy(feats_b)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ConfigError(f"feature sets must be (N, F) with the same F, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ConfigError("each feature set needs at least 2 rows to fit a covariance")
-    mean_term = float(((a.mean(0) - b.mean(0)) ** 2).sum())
-    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root_a = _sqrtm_psd(ca)
-    cross = np.linalg.eigvalsh(root_a @ cb @ root_a)
-    trace_term = float(np.trace(ca) + np.trace(cb) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
-    return max(0.0, mean_term + trace_term)
-
-
-def train_domain_classifier(images, labels, *, hidden: int = 64, seed: int = 0, max_iter: int = 300):
-    """A *domain classifier* (not Inception): ``sklearn.neural_network.MLPClassifier`` with one hidden layer
-    of ``hidden`` ReLU units, fitted to the real training images flattened to grey-level vectors
-    ``(N, D)`` in [0, 1] and their labels ``(N,)``. Its hidden layer gives the features of
-    :func:`classifier_features`."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
-    x = _numpy(images).reshape(len(images), -1)
-    classifier = MLPClassifier(hidden_layer_sizes=(hidden,), random_state=seed, max_iter=max_iter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        classifier.fit(x, _numpy(labels).astype(np.int64))
-    return classifier
-
-
-def classifier_features(classifier, images) -> np.ndarray:
-    """Hidden-layer activations ``(N, hidden)`` of a fitted one-hidden-layer ``MLPClassifier``
-    for images ``(N, ...)``, computed from its weights: ``relu(x W_0 + b_0)``."""
-    x = _numpy(images).reshape(len(images), -1)
-    return np.maximum(x @ classifier.coefs_[0] + classifier.intercepts_[0], 0.0)
-
-
-def sample_quality(classifier, samples, heldout) -> dict:
-    """Sample quality judged by a domain classifier (trained on the real training data; not Inception).
-
-    Args:
-        classifier: a fitted one-hidden-layer ``MLPClassifier`` (:func:`train_domain_classifier`).
-        samples: ``(N, ...)`` generated images in [0, 1] (e.g. ``vae.sample(n)``).
-        heldout: ``(M, ...)`` real held-out images in [0, 1]; use M = N, the Fréchet distance is biased
-            by the sample sizes.
-
-    Returns ``confidence`` (mean over samples of the top-class probability: near 1 when every sample
-    looks clearly like one class), ``frechet`` (Fréchet distance between the classifier's hidden-layer
-    features of samples and of held-out data; 0 is best), ``class_fractions`` (share of samples
-    predicted as each class: mode coverage) and ``note`` (that this is a domain classifier).
-    """
-    x = _numpy(samples).reshape(len(samples), -1)
-    proba = classifier.predict_proba(x)
-    predicted = proba.argmax(1)
-    fractions = np.bincount(predicted, minlength=proba.shape[1]) / len(predicted)
-    return {
-        "confidence": float(proba.max(1).mean()),
-        "frechet": frechet_distance(classifier_features(classifier, samples), classifier_features(classifier, heldout)),
-        "class_fractions": [float(f) for f in fractions],
-        "note": "domain classifier (MLP trained on the real training images), not Inception",
-    }
-
-
-def _sq_dists(z: np.ndarray) -> np.ndarray:
-    sq = (z ** 2).sum(1)
-    return np.clip(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0, None)
-
-
-def median_bandwidth(x, y) -> float:
-    """The median heuristic: the median pairwise distance in the pooled sample."""
-    z = np.concatenate([_numpy(x), _numpy(y)])
-    d = np.sqrt(_sq_dists(z))
-    return float(np.median(d[np.triu_indices(len(z), 1)]))
-
-
-def _kernel(z: np.ndarray, bandwidths) -> np.ndarray:
-    d2 = _sq_dists(z)
-    return sum(np.exp(-d2 / (2 * h ** 2)) for h in bandwidths)
-
-
-def _mmd_from_kernel(k: np.ndarray, m: int) -> float:
-    kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
-    n = k.shape[0] - m
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2 * kxy.mean())
-
-
-def mmd(x, y, bandwidths: Sequence[float] | None = None) -> float:
-    """Unbiased estimate of the squared maximum mean discrepancy MMD² between the distributions of
-    ``x (m, d)`` and ``y (n, d)`` with the kernel ``sum_h exp(-|a - b|^2 / (2 h^2))`` over ``bandwidths``
-    (default: one bandwidth from the median heuristic on the pooled sample). Zero in expectation when
-    both samples come from one distribution (so it can be slightly negative), larger the more they
-    differ; with a sum of k kernels it is at most 2k.
-
-    Used for coverage: x = the aggregate posterior (one draw of q(z | x) per held-out example), y = prior
-    samples. Use fixed bandwidths to compare models: the median heuristic adapts to each model's scale.
-    """
-    a, b = _numpy(x), _numpy(y)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ConfigError(f"samples must be (N, d) with the same d, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ConfigError("the unbiased MMD needs at least 2 points in each sample")
-    bandwidths = [median_bandwidth(a, b)] if bandwidths is None else [float(h) for h in bandwidths]
-    return _mmd_from_kernel(_kernel(np.concatenate([a, b]), bandwidths), len(a))
-
-
-def mmd_test(x, y, bandwidths: Sequence[float] | None = None, num_permutations: int = 200, seed: int = 0) -> dict:
-    """:func:`mmd` with a permutation test: ``mmd2``, ``threshold`` (the 95% quantile of MMD² over random
-    relabellings of the pooled sample: what two samples of one distribution give), ``p_value`` and the
-    ``bandwidths`` used."""
-    a, b = _numpy(x), _numpy(y)
-    bandwidths = [median_bandwidth(a, b)] if bandwidths is None else [float(h) for h in bandwidths]
-    k = _kernel(np.concatenate([a, b]), bandwidths)
-    observed = _mmd_from_kernel(k, len(a))
-    rng = np.random.default_rng(seed)
-    null = []
-    for _ in range(num_permutations):
-        order = rng.permutation(len(k))
-        null.append(_mmd_from_kernel(k[np.ix_(order, order)], len(a)))
-    null = np.array(null)
-    return {"mmd2": observed, "threshold": float(np.quantile(null, 0.95)),
-            "p_value": float((1 + (null >= observed).sum()) / (1 + num_permutations)), "bandwidths": bandwidths}
-
-
-def _is_point_mass(q) -> bool:
-    base = q.base_dist if isinstance(q, dist.Independent) else q
-    return isinstance(base, dist.Delta)
-
-
-#: Draws of z per example (or of the prior's global latents) for Monte Carlo KL estimates.
-KL_NUM_SAMPLES = 64
-#: A model whose total KL(q(z|x) || p(z)) is below this many nats per example counts as collapsed.
-COLLAPSE_KL_NATS = COLLAPSE_NATS          # see ppl_vae.evaluate.COLLAPSE_NATS
-
-
-def _unwrap_independent(d) -> tuple:
-    """``(base, reinterpreted_ndims)`` of (nested) ``Independent`` wrappers; ``(d, 0)`` otherwise."""
-    ndims = 0
-    while isinstance(d, torch.distributions.Independent):
-        ndims += d.reinterpreted_batch_ndims
-        d = d.base_dist
-    return d, ndims
-
-
-def _univariate_per_coordinate(d) -> bool:
-    """True when ``d`` (event shape ``(latent_dim,)``) is a product of univariate distributions, one per
-    coordinate: ``Independent(univariate, 1)``."""
-    base, ndims = _unwrap_independent(d)
-    return ndims == 1 and base.event_shape == torch.Size()
-
-
-def _prior_draws(vae, num_global: int) -> list:
-    """p(z) as a list of distributions: ``[vae.prior_distribution()]``, or for a prior with global latents
-    (``vae.has_global_latents``) ``num_global`` distributions p(z | globals), the globals drawn from their
-    guide (what :func:`ppl_vae.evaluate` scores against)."""
-    from pyro import poutine
-
-    if not callable(getattr(vae, "prior_distribution", None)):
-        raise ConfigError(f"the KL to the prior needs vae.prior_distribution(); {type(vae).__name__} has none")
-    with poutine.block():
-        if getattr(vae, "has_global_latents", False):
-            draws = []
-            for _ in range(num_global):
-                globals_trace = poutine.trace(vae.prior.global_guide).get_trace()
-                draws.append(poutine.replay(vae.prior_distribution, trace=globals_trace)())
-            return draws
-        return [vae.prior_distribution()]
-
-
-def _kl_rows(posteriors: list, prior, num_samples: int, per_dimension: bool) -> tuple[torch.Tensor, bool]:
-    """KL(q || prior) summed over the examples of every ``q`` in ``posteriors``.
-
-    Returns ``(rows, exact)``: ``rows`` is ``(S, latent_dim)`` per coordinate (``per_dimension``) or
-    ``(S,)`` for the whole vector, one row per Monte Carlo draw of z (S = ``num_samples``), or a single
-    row (S = 1) when ``exact`` (closed form / a KL registered with ``torch.distributions``)."""
-    def exact_kl(q):
-        if per_dimension:
-            return torch.distributions.kl_divergence(_unwrap_independent(q)[0], _unwrap_independent(prior)[0])
-        return torch.distributions.kl_divergence(q, prior)
-
-    try:
-        total = sum(exact_kl(q).double().reshape(-1, *(q.event_shape if per_dimension else ())).sum(0)
-                    for q in posteriors)
-        return total[None], True
-    except NotImplementedError:
-        pass
-    total = 0.0
-    for q in posteriors:
-        if per_dimension:
-            qb, pb = _unwrap_independent(q)[0], _unwrap_independent(prior)[0]
-            z = qb.sample(torch.Size([num_samples]))                                # (S, n, d)
-            terms = qb.log_prob(z) - pb.log_prob(z)                                 # (S, n, d)
-        else:
-            z = q.sample(torch.Size([num_samples]))                                 # (S, n, d)
-            terms = q.log_prob(z) - prior.log_prob(z)                               # (S, n)
-        total = total + terms.double().reshape(num_samples, -1, *terms.shape[2:]).sum(1)
-    return total, False
-
-
-@torch.no_grad()
-def kl_to_prior(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0,
-                chunk_size: int = 1024) -> dict:
-    """KL(q(z | x) || p(z)) to the VAE's own prior (``vae.prior_distribution()``), per example in nats,
-    averaged over the examples ``x (N, *data_shape)``, split per latent dimension where the split exists.
-
-    How, by case:
-
-    * q and p both products of univariate distributions over the coordinates (e.g. the diagonal Normal
-      guide with the ``normal``, ``learned-normal``, ``laplace``, ``student-t`` or ``hierarchical`` prior):
-      the KL is the sum of per-coordinate KLs. Each is exact when ``torch.distributions`` knows the pair
-      (Normal to Normal is the closed form ``log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2``,
-      for any prior loc and scale, learned or not; Normal to Laplace is registered too), otherwise a
-      Monte Carlo average of ``log q(z_j | x) - log p(z_j)`` over ``num_samples`` draws per example.
-    * otherwise (a mixture, VampPrior or flow prior, a full-rank or manifold guide): there is no
-      per-dimension split of the KL; ``per_dimension`` is None and ``per_dimension_note`` says why. The
-      total is the registered KL when one exists, else a Monte Carlo estimate.
-    * a prior with global latents (``hierarchical``): p(z | globals) with the globals drawn from their
-      guide, ``num_samples`` draws (the KL given the globals exact when it can be), as
-      :func:`ppl_vae.evaluate` does; the result is a Monte Carlo average over the globals.
-    * a point-mass guide (``delta``): the KL to a density is infinite; ``total`` is None.
-
-    Returns a dict: ``total`` (nats per example, or None) with ``total_se`` (Monte Carlo standard error
-    for these examples, 0 when exact), ``per_dimension`` (``(latent_dim,)`` tensor summing to ``total``,
-    or None) with ``per_dimension_se``, ``per_dimension_note`` (why it is None, else None), ``exact``,
-    ``method`` (one line) and ``prior`` (the prior's class name). ``seed`` fixes the Monte Carlo draws
-    (the global random state is left alone); ``chunk_size`` examples are encoded at a time.
-    """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ConfigError(f"num_samples must be an integer >= 2 (a standard error needs two draws), got {num_samples!r}")
-    n = x.shape[0]
-    if n < 1:
-        raise ConfigError("the KL to the prior needs at least one example")
-    posteriors = [vae.posterior(chunk) for chunk in x.split(chunk_size)]
-    result = {"total": None, "total_se": None, "per_dimension": None, "per_dimension_se": None,
-              "per_dimension_note": None, "exact": False, "method": None, "prior": None}
-    if _is_point_mass(posteriors[0]):
-        result.update(method="none: a point-mass guide has infinite KL to a density",
-                      per_dimension_note="the guide is a point mass (delta): its KL to a density is infinite")
-        return result
-    fork = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with fork:
-        if seed is not None:
-            torch.manual_seed(seed)
-        globals_ = bool(getattr(vae, "has_global_latents", False))
-        priors = _prior_draws(vae, num_samples)
-        result["prior"] = type(priors[0]).__name__ if not isinstance(priors[0], dist.Independent) else \
-            f"{type(_unwrap_independent(priors[0])[0]).__name__} (independent per coordinate)"
-        q_ok, p_ok = _univariate_per_coordinate(posteriors[0]), _univariate_per_coordinate(priors[0])
-        per_dimension = q_ok and p_ok
-        if globals_:                            # one draw of the globals (and of z, if needed) per row
-            pieces = [_kl_rows(posteriors, p, 1, per_dimension) for p in priors]
-            rows, exact_given = torch.cat([r for r, _ in pieces]), pieces[0][1]
-            exact = False
-        else:
-            rows, exact = _kl_rows(posteriors, priors[0], num_samples, per_dimension)
-            exact_given = exact
-    rows = rows / n                                                 # (S, d) or (S,): means over examples
-    estimate = rows.mean(0)
-    se = rows.std(0) / math.sqrt(rows.shape[0]) if rows.shape[0] > 1 else torch.zeros_like(estimate)
-    if per_dimension:
-        result["per_dimension"], result["per_dimension_se"] = estimate.float(), se.float()
-        result["total"] = float(estimate.sum())
-        total_rows = rows.sum(-1)
-        result["total_se"] = float(total_rows.std() / math.sqrt(len(total_rows))) if len(total_rows) > 1 else 0.0
-    else:
-        result["total"], result["total_se"] = float(estimate), float(se)
-        why = []
-        if not q_ok:
-            why.append(f"the guide's q(z|x) ({type(_unwrap_independent(posteriors[0])[0]).__name__}) is not a "
-                       "product over coordinates")
-        if not p_ok:
-            why.append(f"the prior ({type(_unwrap_independent(priors[0])[0]).__name__}) is not a product over "
-                       "coordinates")
-        result["per_dimension_note"] = ("no per-dimension split: " + " and ".join(why)
-                                        + "; only the total KL is reported")
-    how = ("closed form / torch.distributions.kl_divergence" if exact_given
-           else f"Monte Carlo, {num_samples} draws of z per example")
-    if globals_:
-        how += f", averaged over {num_samples} draws of the prior's global latents from their guide"
-    result["exact"] = exact
-    result["method"] = ("per coordinate, " if per_dimension else "whole vector, ") + how
-    return result
-
-
-@torch.no_grad()
-def kl_per_dimension(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0
-                     ) -> torch.Tensor | None:
-    """KL(q(z_j | x) || p(z_j)) per latent dimension j to the VAE's own prior, averaged over the examples
-    ``x (N, *data_shape)``: a ``(latent_dim,)`` tensor in nats that sums to the rate. See
-    :func:`kl_to_prior` for how each case is computed (closed form for a diagonal Normal guide and a
-    diagonal Normal prior with any loc and scale; a registered KL; or Monte Carlo).
-
-    Returns None for a point-mass guide (``delta``), whose KL to a density is infinite. Raises
-    :class:`~ppl_vae.errors.ConfigError` when the KL has no per-dimension split (a prior or guide that is
-    not a product over coordinates); :func:`kl_to_prior` then still gives the total.
-    """
-    kl = kl_to_prior(vae, x, num_samples=num_samples, seed=seed)
-    if kl["total"] is None:
-        return None
-    if kl["per_dimension"] is None:
-        raise ConfigError(f"KL per dimension is unavailable: {kl['per_dimension_note']}; use "
-                          "ppl_vae.compare.kl_to_prior for the total")
-    return kl["per_dimension"]
-
-
-@torch.no_grad()
-def activity(vae, x: torch.Tensor) -> torch.Tensor:
-    """Cov_x(E_q[z_j | x]): the variance over examples ``x (N, *data_shape)`` of each coordinate of the
-    posterior mean, ``(latent_dim,)``. Needs only ``vae.encode(x) -> (mean, sd)``."""
-    mean = vae.encode(x)[0]
-    return mean.var(0)
-
-
-def active_units(vae, x: torch.Tensor, threshold: float = 0.01) -> int:
-    """Number of active latent units (Burda et al., 2016): dimensions j with Cov_x(E_q[z_j | x]) >
-    ``threshold``; a dimension the encoder ignores (posterior collapse) is inactive."""
-    return int((activity(vae, x) > threshold).sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +87,7 @@ def _check_arguments(epochs, betas, latent_dim) -> None:
 
 
 def _measure(vae, *, data, heldout, classifier, pairs, seed, num_steps, bandwidths) -> dict:
-    from ppl_vae.evaluate import evaluate
+    from ppl_vae.infer.evaluate import evaluate
 
     mean, _ = vae.encode(heldout)
     smooth = path_smoothness(vae.decode, mean[pairs[0]], mean[pairs[1]], num_steps=num_steps)
@@ -482,7 +98,7 @@ def _measure(vae, *, data, heldout, classifier, pairs, seed, num_steps, bandwidt
         z_p = vae.prior_distribution().sample(torch.Size([len(heldout)]))
     quality = sample_quality(classifier, samples, data.heldout) if classifier is not None else None
     coverage = mmd_test(z_q, z_p, bandwidths=bandwidths, seed=seed)
-    point_mass = _is_point_mass(vae.posterior(heldout[:1]))
+    point_mass = is_point_mass(vae.posterior(heldout[:1]))
     result = evaluate(vae, heldout, num_particles=1 if point_mass else 16, seed=seed)
     kl = kl_to_prior(vae, heldout, seed=seed)
     kl_dims = kl["per_dimension"]
@@ -512,7 +128,7 @@ def _measure(vae, *, data, heldout, classifier, pairs, seed, num_steps, bandwidt
 def _compare(data, *, epochs, betas, latent_dim, hidden_dims, seed, batch_size, lr, num_pairs, num_steps,
              progress):
     """The work of :func:`compare_ae`; also returns the trained models and the binarized held-out set."""
-    from ppl_vae.train import fit, fixed_binarization
+    from ppl_vae.infer.fit import fit, fixed_binarization
     from ppl_vae.vae import VAE
 
     betas = tuple(float(b) for b in betas)
@@ -525,13 +141,13 @@ def _compare(data, *, epochs, betas, latent_dim, hidden_dims, seed, batch_size, 
         n = min(len(data.train), len(data.heldout))
         reference = {
             "name": "real data",
-            "confidence": float(classifier.predict_proba(_numpy(data.heldout).reshape(len(data.heldout), -1))
+            "confidence": float(classifier.predict_proba(as_numpy(data.heldout).reshape(len(data.heldout), -1))
                                 .max(1).mean()),
             "frechet": frechet_distance(classifier_features(classifier, data.train[:n]),
                                         classifier_features(classifier, data.heldout[:n])),
             "classifier_heldout_accuracy": float(
-                (classifier.predict(_numpy(data.heldout).reshape(len(data.heldout), -1))
-                 == _numpy(data.heldout_labels).astype(np.int64)).mean()),
+                (classifier.predict(as_numpy(data.heldout).reshape(len(data.heldout), -1))
+                 == as_numpy(data.heldout_labels).astype(np.int64)).mean()),
         }
     gen = torch.Generator().manual_seed(seed)
     first = torch.randint(len(heldout), (num_pairs,), generator=gen)
@@ -593,7 +209,7 @@ def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = D
     ``betas`` (beta=1 is the VAE) on the same data, budget and seed, and measure each.
 
     Args:
-        data: a :class:`ppl_vae.data.DataSplit` of images (labels are needed for sample quality).
+        data: a :class:`ppl_vae.data.split.DataSplit` of images (labels are needed for sample quality).
         epochs, batch_size, lr, seed: the training budget, shared by every model.
         betas: KL weights of the Normal-guide models.
         latent_dim, hidden_dims: the architecture, shared by every model.
@@ -619,7 +235,7 @@ def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = D
 def _image_panels_figure(panels: list, panel_width: float = 4.2, title_height: float = 0.35) -> Figure:
     """One row of image-grid panels, ``panels = [(images (N, *data_shape), title, ncol), ...]``, in a
     figure shaped to the grids (no blank bands above or below them)."""
-    from ppl_vae.plots import image_grid
+    from ppl_vae.app.plots import image_grid
 
     grids = [image_grid(images, ncol=ncol) for images, _, ncol in panels]
     aspect = max(g.shape[0] / g.shape[1] for g in grids)           # height / width of the tallest grid
@@ -684,7 +300,7 @@ def latent_scatter_figure(models: dict, heldout: torch.Tensor, labels=None) -> F
     for i, (name, vae) in enumerate(models.items()):
         ax = fig.add_subplot(1, len(models), i + 1)
         z, axes = _two_dims(vae.encode(heldout)[0])
-        colours = None if labels is None else _numpy(labels)
+        colours = None if labels is None else as_numpy(labels)
         points = ax.scatter(z[:, 0], z[:, 1], c=colours, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
         for r in (1, 2):
             ax.add_patch(Circle((0, 0), r, fill=False, ls="--", lw=0.8, color="grey"))
@@ -733,7 +349,7 @@ def posterior_clouds_figure(models: dict, heldout: torch.Tensor, labels=None, nu
 
     fig = Figure(figsize=(4.8 * len(models), 4.5))
     x = heldout[:num_examples]
-    colours = np.zeros(len(x), dtype=int) if labels is None else _numpy(labels[:num_examples]).astype(int)
+    colours = np.zeros(len(x), dtype=int) if labels is None else as_numpy(labels[:num_examples]).astype(int)
     cmap = matplotlib.colormaps["tab10"]
     for i, (name, vae) in enumerate(models.items()):
         ax = fig.add_subplot(1, len(models), i + 1)
@@ -906,7 +522,7 @@ def report_markdown(result: dict) -> str:
         "",
         verdict(result),
         "",
-        *_collapse_paragraph(result),
+        *collapse_paragraph(result),
         f"Notes: smoothness over {s['num_pairs']} held-out pairs, {s['num_steps']} steps each. "
         f"Confidence and Fréchet: {CLASSIFIER_NOTE}. MMD²: {result['notes']['coverage']}. "
         "Rate: KL(q(z|x) || p(z)) to the model's prior per example (closed form here; infinite for the point-mass "
@@ -915,7 +531,7 @@ def report_markdown(result: dict) -> str:
     ])
 
 
-def _collapse_paragraph(result: dict) -> list[str]:
+def collapse_paragraph(result: dict) -> list[str]:
     collapsed = collapsed_models(result)
     if not collapsed:
         return []
@@ -926,7 +542,7 @@ def _collapse_paragraph(result: dict) -> list[str]:
 
 
 def _subset(data, max_train: int | None, max_heldout: int | None):
-    from ppl_vae.data import DataSplit
+    from ppl_vae.data.split import DataSplit
 
     if max_train is None and max_heldout is None:
         return data
@@ -946,11 +562,10 @@ def compare_ae_run(out_dir, *, dataset: str = "digits", epochs: int = DEFAULT_EP
     ``max_heldout`` keep only the first examples (smoke runs). Refuses an existing non-empty ``out_dir``
     unless ``overwrite``. Returns the result with ``out_dir``, ``files`` and ``seconds`` added.
     """
-    from ppl_vae.checkpoint import atomic_write, write_json
-    from ppl_vae.data import load_dataset
-    from ppl_vae.plots import save_figure
-
-    from ppl_vae.folders import check_output_dir, claimed_output_dir
+    from ppl_vae.app.checkpoint import atomic_write, write_json
+    from ppl_vae.app.folders import check_output_dir, claimed_output_dir
+    from ppl_vae.app.plots import save_figure
+    from ppl_vae.data.sources import load_dataset
 
     out_dir = check_output_dir(out_dir, "compare-ae", overwrite=overwrite, inputs=_dataset_paths(dataset))
     start = time.perf_counter()

@@ -13,14 +13,14 @@ Files written (each atomically; the folder is filled only after every computatio
     ``max_abs_standardized_mean_error``, ``median_sd_ratio``, ``sd_ratio_range``, ``per_observation``;
     ``sbc``: ``num_simulations``, ``num_draws``, ``num_bins``, ``p_value`` (Bonferroni over latent
     dimensions), ``p_values``, ``dispersion_z``, ``bias_z``, ``shift``, ``width_ratio``, ``flags``, ``verdict``
-    (see :class:`ppl_vae.diagnostics.SBCResult`);
-    ``amortization_gap``: see :func:`ppl_vae.diagnostics.amortization_gap` (or ``{"skipped": reason}``);
-    ``collapse``: see :func:`ppl_vae.diagnostics.collapse_report`;
+    (see :class:`ppl_vae.diagnostics.calibration.SBCResult`);
+    ``amortization_gap``: see :func:`ppl_vae.diagnostics.gaps.amortization_gap` (or ``{"skipped": reason}``);
+    ``collapse``: see :func:`ppl_vae.diagnostics.collapse.collapse_report`;
     ``seconds``: wall time of each step; ``settings``: the arguments.
 ``log_ratios.npy``
     ``(S, N)`` float64 log p(x_n, z_s) - log q(z_s | x_n) of the PSIS step: recompute k-hat from these.
 ``inference_data.nc``
-    ArviZ InferenceData of the held-out data (:func:`ppl_vae.diagnostics.to_inference_data`).
+    ArviZ InferenceData of the held-out data (:func:`ppl_vae.diagnostics.posterior.to_inference_data`).
 ``nuts.nc``
     ArviZ InferenceData of the NUTS draws (chain, draw, obs, latent_dim).
 ``report.md``
@@ -40,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ppl_vae import diagnostics, plots
-from ppl_vae.checkpoint import atomic_write, write_json
+from ppl_vae import diagnostics
+from ppl_vae.app import plots
+from ppl_vae.app.checkpoint import atomic_write, write_json
+from ppl_vae.app.folders import check_output_dir, locked, write_marker
 from ppl_vae.errors import ConfigError
-from ppl_vae.folders import check_output_dir, locked, write_marker
 from ppl_vae.limits import check_bytes
 from ppl_vae.validation import Bound, check_number
 
@@ -79,7 +80,7 @@ def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samp
     """Run every diagnostic on a run folder's held-out data and write the files listed in the module
     docstring. Returns the contents of ``diagnostics.json``.
 
-    The output folder is checked before any work (:func:`ppl_vae.folders.check_output_dir`: never the
+    The output folder is checked before any work (:func:`ppl_vae.app.folders.check_output_dir`: never the
     run itself or a folder that contains it; ``overwrite`` replaces only a diagnostics folder ppl_vae
     made), the run folder is locked while the diagnostics run, and the files appear together at the end
     (written into a hidden sibling folder, then renamed into place)."""
@@ -104,7 +105,7 @@ def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samp
 def _report_in_data_units(results: dict, scaling) -> None:
     """Log-densities in the units ``ppl-vae train`` and ``evaluate`` report: for a standardized table, of
     the features in their original units (a constant shift per example; gaps, being differences, keep)."""
-    from ppl_vae.run import units_of
+    from ppl_vae.app.run import units_of
 
     shift, label = units_of(scaling)
     results["units"] = f"log-densities per example in nats, {label}"
@@ -128,7 +129,7 @@ LIMITS = {"num_samples": Bound(int, 2, 100_000), "nuts_observations": Bound(int,
 def _diagnose_locked(run_dir: Path, out: Path, *, num_samples, nuts_observations, nuts_warmup, nuts_samples,
                      nuts_chains, sbc_simulations, sbc_draws, gap_observations, gap_steps, idata_samples, seed,
                      device, progress) -> dict:
-    from ppl_vae.run import load_run, model_input
+    from ppl_vae.app.run import load_run, model_input
 
     run = load_run(run_dir, device=device)
     vae, config = run.vae, run.config
@@ -267,7 +268,7 @@ def _collapsed(results: dict) -> bool:
     return bool(c.get("collapsed", c.get("active_units") == 0))
 
 
-def _warnings(results: dict) -> list[str]:
+def report_warnings(results: dict) -> list[str]:
     """Warning lines for the top of the report: a collapsed model, an unreliable importance estimate."""
     lines = []
     c = results.get("collapse", {})
@@ -304,7 +305,7 @@ def report(results: dict) -> str:
         f"Run folder `{results['run_dir']}`, {results['num_heldout']} held-out examples. "
         f"Numbers are per example, in nats ({results.get('units', 'log-densities per example in nats')}).",
         "",
-        *_warnings(results),
+        *report_warnings(results),
         "## The guide as an importance proposal (PSIS)",
         "",
         f"With S = {p['num_samples']} draws from q(z | x) per example, the importance-sampled log p(x) is "

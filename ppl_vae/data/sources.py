@@ -56,148 +56,55 @@ in a likelihood's support.
 """
 
 from __future__ import annotations
-
 import hashlib
 import math
 import numbers
 import os
 import struct
 import warnings
-import zipfile
-import zlib
-from dataclasses import dataclass
 from typing import Any, Optional, Union
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from ppl_vae.errors import DataError, PplVaeError
+from ppl_vae.errors import DataError
 from ppl_vae.limits import check_bytes
+from ppl_vae.data.split import DataSplit, MAX_SEED, describe_value, split_examples
+from ppl_vae.data.npz import READ_CHUNK, one_line, read_npz, require_file
+
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist")
+
+
 """Named data sets; ``load_dataset`` also accepts the prefixes in :data:`SPEC_PREFIXES`."""
 
+
 SPEC_PREFIXES = ("npz:", "folder:", "table:")
+
+
 """Prefixes of data set specs that name a file (``npz:PATH``) or a folder (``folder:PATH``)."""
 
-BINARIZE_MODES = ("dynamic", "threshold", "none")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
+
 DEFAULT_ROOT = "./data"
+
+
 """Where the torchvision data sets are looked for when ``root`` is None."""
 
+
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+
 _IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-_MAX_SEED = 2**64
+
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-# --------------------------------------------------------------------------------------------------
-# The result type
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataSplit:
-    """A data set split into a training part and a held-out part.
-
-    Attributes:
-        name: the spec it was loaded from, e.g. ``"digits"`` or ``"npz:/path/file.npz"``.
-        train: ``(N_train, *data_shape)`` float32 in [0, 1].
-        heldout: ``(N_heldout, *data_shape)`` float32 in [0, 1].
-        train_labels: ``(N_train,)`` int64 class labels, or None.
-        heldout_labels: ``(N_heldout,)`` int64 class labels, or None.
-        kind: ``"image"`` (values in [0, 1]) or ``"table"`` (``(N, D)`` finite real or count features,
-            from ``table:PATH``; see :mod:`ppl_vae.tabular`).
-
-    Construction checks these invariants and raises :class:`DataError` when one is broken, so a
-    ``DataSplit`` built by hand (e.g. in a notebook) is as safe to use as a loaded one.
-    """
-
-    name: str
-    train: torch.Tensor
-    heldout: torch.Tensor
-    train_labels: Optional[torch.Tensor] = None
-    heldout_labels: Optional[torch.Tensor] = None
-    kind: str = "image"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("image", "table"):
-            raise DataError(f"data set {self.name!r}: kind must be 'image' or 'table', got {self.kind!r}")
-        for part in ("train", "heldout"):
-            _check_part(self.name, part, getattr(self, part), unit_interval=self.kind == "image")
-        if self.train.shape[1:] != self.heldout.shape[1:]:
-            raise DataError(
-                f"data set {self.name!r}: training examples have shape {tuple(self.train.shape[1:])} "
-                f"but held-out examples {tuple(self.heldout.shape[1:])}; give both parts the same shape"
-            )
-        if len(self.train) < 2 or len(self.heldout) < 1:
-            raise DataError(
-                f"data set {self.name!r} has {len(self.train)} training and {len(self.heldout)} held-out "
-                "examples; at least 2 training examples and 1 held-out example are needed, add more data"
-            )
-        if (self.train_labels is None) != (self.heldout_labels is None):
-            raise DataError(
-                f"data set {self.name!r} has labels for only one of its parts; "
-                "give labels for both or neither"
-            )
-        _check_labels(self.name, "train_labels", self.train_labels, len(self.train))
-        _check_labels(self.name, "heldout_labels", self.heldout_labels, len(self.heldout))
-
-    @property
-    def data_shape(self) -> tuple[int, ...]:
-        """Shape of one example, e.g. ``(1, 8, 8)`` for images or ``(D,)`` for flat vectors."""
-        return tuple(self.train.shape[1:])
-
-
-def _check_part(name: str, part: str, x: torch.Tensor, unit_interval: bool = True) -> None:
-    """Raise DataError unless ``x`` is a float32 tensor ``(N, ...)`` with values in [0, 1] (images) or
-    finite values (tables)."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.dim() < 2:
-        raise DataError(
-            f"data set {name!r}: {part} must be a float32 tensor of shape (N, ...) with at least 2 dims, "
-            f"got {_describe(x)}; convert it with torch.as_tensor(x, dtype=torch.float32)"
-        )
-    if not unit_interval:
-        if x.numel() > 0 and not bool(torch.isfinite(x).all()):
-            raise DataError(f"data set {name!r}: {part} has NaN or infinite values; remove or impute them")
-        return
-    if x.numel() > 0 and not _in_unit_interval(x):
-        raise DataError(
-            f"data set {name!r}: {part} has values outside [0, 1] (or NaN); scale the data into [0, 1]"
-        )
-
-
-def _in_unit_interval(x: torch.Tensor) -> bool:
-    """True if every value of the non-empty tensor ``x`` lies in [0, 1] (False if any is NaN)."""
-    low, high = torch.aminmax(x)  # NaN propagates into both, and NaN fails both comparisons
-    return bool(low >= 0) and bool(high <= 1)
-
-
-def _check_labels(name: str, part: str, y: Optional[torch.Tensor], n: int) -> None:
-    """Raise DataError unless ``y`` is None or an int64 tensor of shape ``(n,)``."""
-    if y is None:
-        return
-    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or tuple(y.shape) != (n,):
-        raise DataError(
-            f"data set {name!r}: {part} must be an int64 tensor of shape ({n},), got {_describe(y)}; "
-            "give one integer label per example"
-        )
-
-
-def _describe(x: object) -> str:
-    """A short description of a tensor or any other object for error messages."""
-    if isinstance(x, torch.Tensor):
-        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,7 +174,7 @@ def _load(
     if kind == "table" and path:
         if image_size is not None:
             raise DataError(f"data set {spec!r} is a table; --image-size applies to images only, drop it")
-        from ppl_vae.tabular import load_table
+        from ppl_vae.data.tables import load_table
 
         return load_table(spec, path, heldout_fraction, split_seed)
     if kind == "digits" and not path:
@@ -277,31 +184,6 @@ def _load(
     else:
         raise DataError(_unknown_spec_message(spec))
     return split if image_size is None else _resize_split(split, image_size)
-
-
-def binarize(x: torch.Tensor, mode: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Turn grey values in [0, 1] into binary values.
-
-    Args:
-        x: tensor of any shape with values in [0, 1].
-        mode: ``"dynamic"``: draw each value from Bernoulli(x) afresh on every call (the usual
-            "dynamically binarized" setting for likelihood numbers); uses ``generator`` if given,
-            else the global torch random state. ``"threshold"``: 1 where x > 0.5, else 0 (0.5 itself
-            maps to 0). ``"none"``: x unchanged.
-        generator: optional torch.Generator on x's device, for reproducible dynamic binarization.
-
-    Returns:
-        A tensor with x's shape, device and floating dtype (float32 for integer input).
-    """
-    if mode not in BINARIZE_MODES:
-        raise DataError(f"unknown binarization mode {mode!r}; use one of: {', '.join(BINARIZE_MODES)}")
-    if not x.is_floating_point():
-        x = x.to(torch.float32)
-    if mode == "dynamic":
-        return torch.bernoulli(x, generator=generator)
-    if mode == "threshold":
-        return (x > 0.5).to(x.dtype)
-    return x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,7 +206,7 @@ def _check_arguments(spec: object, image_size: object, heldout_fraction: object,
             f"heldout_fraction must be a number strictly between 0 and 1, got {heldout_fraction!r}; "
             "pass e.g. 0.2"
         )
-    if not _is_int(split_seed) or not 0 <= split_seed < _MAX_SEED:
+    if not _is_int(split_seed) or not 0 <= split_seed < MAX_SEED:
         raise DataError(f"split_seed must be an integer in [0, 2**64), got {split_seed!r}; pass e.g. 0")
 
 
@@ -345,45 +227,6 @@ def _unknown_spec_message(spec: str) -> str:
     elif spec and os.path.isfile(spec):
         hint = f" (to read that file, write npz:{spec})"
     return f"unknown data set {spec!r}; {_valid_specs()}{hint}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Splitting and resizing
-# --------------------------------------------------------------------------------------------------
-
-
-def _split(
-    name: str,
-    x: torch.Tensor,
-    y: Optional[torch.Tensor],
-    heldout_fraction: float,
-    split_seed: int,
-    kind: str = "image",
-) -> DataSplit:
-    """Split ``x`` ``(N, ...)`` and labels ``y`` ``(N,)`` by a seeded random permutation.
-
-    ``round(N * heldout_fraction)`` examples (at least 1, at most N - 2) are held out. Each part keeps
-    the original order of its examples.
-    """
-    n = len(x)
-    if n < 3:
-        raise DataError(
-            f"data set {name!r} has {n} example(s); at least 3 are needed "
-            "(2 for training, 1 held out), add more data"
-        )
-    n_heldout = min(max(int(math.floor(n * heldout_fraction + 0.5)), 1), n - 2)
-    generator = torch.Generator().manual_seed(split_seed)
-    perm = torch.randperm(n, generator=generator)
-    heldout_idx = perm[:n_heldout].sort().values
-    train_idx = perm[n_heldout:].sort().values
-    return DataSplit(
-        name=name,
-        train=x[train_idx],
-        heldout=x[heldout_idx],
-        train_labels=None if y is None else y[train_idx],
-        heldout_labels=None if y is None else y[heldout_idx],
-        kind=kind,
-    )
 
 
 def _check_resize(what: str, n: int, channels: int, size: int) -> None:
@@ -434,7 +277,7 @@ def _load_digits(heldout_fraction: float, split_seed: int) -> DataSplit:
     digits = load_digits()
     x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.as_tensor(digits.target, dtype=torch.int64)
-    return _split("digits", x, y, heldout_fraction, split_seed)
+    return split_examples("digits", x, y, heldout_fraction, split_seed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,7 +346,7 @@ def _check_idx_header(kind: str, file: str, ndim: int) -> None:
         with open(file, "rb") as handle:
             head = handle.read(4 + 4 * ndim)
     except OSError as error:
-        raise DataError(f"cannot read the {kind} file {file} ({_one_line(error)}); check its permissions") from error
+        raise DataError(f"cannot read the {kind} file {file} ({one_line(error)}); check its permissions") from error
     if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
         raise DataError(f"the {kind} file {file} is damaged (it does not start with an IDX header); {fix}")
     if head[3] != ndim:
@@ -552,29 +395,16 @@ def _torchvision_tensors(
     """uint8 images ``(N, H, W)`` and labels ``(N,)`` to float32 ``(N, 1, H, W)`` / 255 and int64."""
     if data.dim() != 3 or data.dtype != torch.uint8 or targets.dim() != 1 or len(targets) != len(data):
         raise DataError(
-            f"the {kind} files in {raw_folder} hold {_describe(data)} images and {_describe(targets)} "
+            f"the {kind} files in {raw_folder} hold {describe_value(data)} images and {describe_value(targets)} "
             "labels, not N uint8 images with N labels; replace them with the original files (--download)"
         )
     return data.unsqueeze(1).to(torch.float32) / 255.0, targets.to(torch.int64)
 
 
-# --------------------------------------------------------------------------------------------------
-# npz files
-# --------------------------------------------------------------------------------------------------
-
-# What opening or reading a damaged or unusual zip archive can raise (encrypted members: RuntimeError;
-# unknown compression methods: NotImplementedError).
-_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, KeyError,
-                    RuntimeError, NotImplementedError, struct.error, SyntaxError)
-
-_READ_CHUNK = 1 << 20
-_NPY_MAGIC = b"\x93NUMPY"
-
-
 def _load_npz(name: str, path: str, image_size: Optional[int]) -> DataSplit:
     """A keras-style .npz file: ``x_train``/``x_test`` and optional ``y_train``/``y_test``."""
     path = os.path.expanduser(path)
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     where = f"npz file {path}"
     x_train = _npz_images(where, "x_train", arrays.pop("x_train"), image_size)
     x_test = _npz_images(where, "x_test", arrays.pop("x_test"), image_size)
@@ -592,159 +422,6 @@ def _load_npz(name: str, path: str, image_size: Optional[int]) -> DataSplit:
         y_train = _npz_labels(where, "y_train", y_train, len(x_train))
         y_test = _npz_labels(where, "y_test", y_test, len(x_test))
     return DataSplit(name, x_train, x_test, y_train, y_test)
-
-
-def _read_npz(path: str) -> dict[str, np.ndarray]:
-    """Read ``x_train``, ``x_test`` and, if present, ``y_train``, ``y_test`` from an .npz file."""
-    with open_npz(path, "npz file", "check the path after 'npz:'") as (archive, members):
-        for key in ("x_train", "x_test"):
-            if key not in members:
-                raise DataError(
-                    f"npz file {path} has no array {key!r} (found: {', '.join(members) or 'nothing'}); "
-                    f"save the {'training' if key == 'x_train' else 'held-out'} images under the key {key!r}"
-                )
-        wanted = [key for key in ("x_train", "x_test", "y_train", "y_test") if key in members]
-        check_npz_members(path, members, wanted)
-        fix = "save images as uint8 0..255 or floats in [0, 1]"
-        # Labels of any plain dtype are read (within the budget) so that _npz_labels can say what is wrong.
-        return {key: read_npz_member(path, archive, members[key], key, fix, "biuf" if key[0] == "x" else "biufcSU")
-                for key in wanted}
-
-
-class open_npz:
-    """``with open_npz(path, what) as (archive, members):`` an .npz archive and its members by key.
-
-    ``members`` maps each array name (the member name without ``.npy``, as numpy names them) to its
-    ``ZipInfo`` from the zip directory; nothing is decompressed. ``what`` names the file in errors
-    (``"npz file"``, ``"table file"``). DataError for a missing path, a folder, a plain .npy file or
-    anything that is not a zip archive.
-    """
-
-    def __init__(self, path: str, what: str, fix: str = "check the path"):
-        self.path, self.what = path, what
-        _require_file(path, what, fix)
-        try:
-            with open(path, "rb") as handle:
-                start = handle.read(len(_NPY_MAGIC))
-        except OSError as error:
-            raise DataError(f"cannot read {what} {path} ({_one_line(error)}); check its permissions") from error
-        if start == _NPY_MAGIC:
-            raise DataError(f"{path} holds a single .npy array, not an .npz archive; save it with numpy.savez")
-        try:
-            self.archive = zipfile.ZipFile(path)
-        except _NPZ_READ_ERRORS as error:
-            raise DataError(
-                f"{path} is not a valid .npz file ({_one_line(error)}); save it with numpy.savez"
-            ) from error
-        self.members: dict[str, zipfile.ZipInfo] = {}
-        for info in self.archive.infolist():
-            if not info.is_dir():
-                name = info.filename
-                self.members.setdefault(name[:-4] if name.endswith(".npy") else name, info)
-
-    def __enter__(self) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
-        return self.archive, self.members
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.archive.close()
-
-
-def check_npz_members(path: str, members: dict[str, zipfile.ZipInfo], keys: list[str]) -> None:
-    """Refuse, from the zip directory alone, members that would unpack to more than the budget."""
-    for key in keys:
-        info = members[key]
-        check_bytes(info.file_size, f"npz member {key!r} of {path} (unpacks to {info.file_size} bytes from "
-                    f"{info.compress_size} in the archive)", error=DataError)
-    total = sum(members[key].file_size for key in keys)
-    check_bytes(total, f"the arrays {', '.join(repr(key) for key in keys)} of {path} together (unpacking to "
-                f"{total} bytes)", error=DataError)
-
-
-def read_npz_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, fix: str,
-                    kinds: str = "biuf") -> np.ndarray:
-    """One array of an open .npz archive, read within the memory budget.
-
-    The ``.npy`` header is read and checked first: object arrays and dtypes whose kind is not in
-    ``kinds`` are refused (``fix`` says what to save instead), and the declared shape must fit the
-    budget (raw and as float32) and match the member's size in the zip directory. Only then is the
-    array allocated and filled, in chunks.
-    """
-    try:
-        with archive.open(info) as member:
-            shape, fortran, dtype = _read_npy_header(member)
-            _check_npy_header(path, key, info, member.tell(), shape, dtype, fix, kinds)
-            array = np.empty(math.prod(shape), dtype=dtype)
-            _fill(member, memoryview(array).cast("B"))
-            while member.read(_READ_CHUNK):  # drain trailing bytes so that the CRC is checked
-                pass
-    except DataError:
-        raise
-    except _NPZ_READ_ERRORS as error:
-        raise DataError(_unreadable_member(path, key, error)) from error
-    return array.reshape(shape, order="F" if fortran else "C")
-
-
-def _read_npy_header(member: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(member)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(member)
-    if version in ((2, 0), (3, 0)):  # 3.0 only differs in allowing utf-8 field names (refused anyway)
-        return np.lib.format.read_array_header_2_0(member)
-    raise ValueError(f"unknown .npy format version {version}")
-
-
-def _check_npy_header(path: str, key: str, info: zipfile.ZipInfo, header_bytes: int, shape: tuple[int, ...],
-                      dtype: np.dtype, fix: str, kinds: str) -> None:
-    if dtype.hasobject:
-        raise DataError(
-            f"npz file {path}: {key!r} is an object array (ragged or mixed types); "
-            "save it as one numeric array with all examples the same shape"
-        )
-    if dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
-        raise DataError(f"npz file {path}: {key!r} has dtype {dtype}, not real numbers; {fix}")
-    if any(not isinstance(n, int) or n < 0 for n in shape):
-        raise DataError(f"npz file {path}: {key!r} declares an invalid shape {shape}; save the file again")
-    count = math.prod(shape)
-    described = f"npz member {key!r} of {path} (shape {shape}, {dtype})"
-    check_bytes(count * dtype.itemsize, described, error=DataError)
-    check_bytes(count * 4, f"{described} as float32", error=DataError)
-    if count * dtype.itemsize > info.file_size - header_bytes:
-        raise DataError(
-            f"npz file {path}: {key!r} declares shape {shape} ({dtype}) but holds only "
-            f"{max(info.file_size - header_bytes, 0)} bytes of data; the file is truncated, save it again"
-        )
-
-
-def _fill(stream: Any, buffer: memoryview) -> None:
-    """Fill ``buffer`` from ``stream`` in chunks; ValueError if the stream ends first."""
-    filled = 0
-    while filled < len(buffer):
-        n = stream.readinto(buffer[filled:filled + _READ_CHUNK])
-        if not n:
-            raise ValueError(f"the data ends after {filled} of {len(buffer)} bytes")
-        filled += n
-
-
-def _require_file(path: str, what: str, fix: str) -> None:
-    """DataError unless ``path`` is an existing regular file (a folder, a device, a dangling or looping
-    symlink is not)."""
-    if os.path.isfile(path):
-        return
-    if os.path.isdir(path):
-        raise DataError(f"{what} {path} does not exist as a file (it is a folder); {fix}")
-    if os.path.lexists(path) and not os.path.exists(path):
-        raise DataError(f"{what} {path} does not exist (it is a broken or looping symbolic link); {fix}")
-    if os.path.exists(path):
-        raise DataError(f"{what} {path} is not a regular file; {fix}")
-    raise DataError(f"{what} {path} does not exist; {fix}")
-
-
-def _unreadable_member(path: str, key: str, error: BaseException) -> str:
-    return f"npz file {path}: cannot read {key!r} ({_one_line(error)}); save the file again"
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _npz_images(where: str, key: str, array: np.ndarray, image_size: Optional[int]) -> torch.Tensor:
@@ -875,7 +552,7 @@ def _load_folder(
             raise DataError(f"image {file} changed size while the folder was read; run again once it is written")
         x[i] = image[0]
     y = None if labels is None else torch.tensor(labels, dtype=torch.int64)
-    return _split(name, x, y, heldout_fraction, split_seed)
+    return split_examples(name, x, y, heldout_fraction, split_seed)
 
 
 def _list_folder(path: str) -> tuple[list[str], Optional[list[int]]]:
@@ -919,7 +596,7 @@ def _listdir(folder: str, what: str) -> list[str]:
     try:
         return sorted(os.listdir(folder))
     except OSError as error:
-        raise DataError(f"cannot list {what} {folder} ({_one_line(error)}); check that it is a readable folder") \
+        raise DataError(f"cannot list {what} {folder} ({one_line(error)}); check that it is a readable folder") \
             from error
 
 
@@ -954,10 +631,10 @@ def _pillow_failure(file: str, error: BaseException) -> DataError:
     if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return DataError(
             f"image {file} has more pixels than Pillow decodes safely, a possible decompression bomb "
-            f"({_one_line(error)}); shrink the image (a VAE trains on small images), or raise "
+            f"({one_line(error)}); shrink the image (a VAE trains on small images), or raise "
             "PIL.Image.MAX_IMAGE_PIXELS in Python if it is genuine"
         )
-    return DataError(f"cannot read image {file} ({_one_line(error)}); replace or remove the file")
+    return DataError(f"cannot read image {file} ({one_line(error)}); replace or remove the file")
 
 
 def _image_header(file: str) -> tuple[int, int]:
@@ -1030,7 +707,7 @@ def _grey_values(file: str, image: Any) -> np.ndarray:
         grey = image.convert("L")  # palette through its colours, colour by ITU-R 601-2 luma, alpha dropped
     except ValueError as error:
         raise DataError(
-            f"image {file} has Pillow mode {mode}, which cannot be converted to grey ({_one_line(error)}); "
+            f"image {file} has Pillow mode {mode}, which cannot be converted to grey ({one_line(error)}); "
             "save it as a grey or RGB image"
         ) from error
     values = np.asarray(grey, dtype=np.uint8).astype(np.float32)
@@ -1065,11 +742,6 @@ def _check_same_size(files: list[str], sizes: list[tuple[int, int]]) -> None:
             )
 
 
-# --------------------------------------------------------------------------------------------------
-# Content fingerprint
-# --------------------------------------------------------------------------------------------------
-
-
 def data_fingerprint(spec: str, root: Optional[PathLike] = None) -> dict:
     """A content hash of exactly the data ``load_dataset(spec, root=root)`` reads, computed streaming.
 
@@ -1098,7 +770,7 @@ def data_fingerprint(spec: str, root: Optional[PathLike] = None) -> dict:
     kind = kind.strip().lower()
     if kind in ("npz", "table") and path:
         file = os.path.expanduser(path)
-        _require_file(file, f"{kind} file", f"check the path after '{kind}:'")
+        require_file(file, f"{kind} file", f"check the path after '{kind}:'")
         digest = hashlib.sha256()
         size = _hash_file(digest, file)
         return {"spec": spec, "sha256": digest.hexdigest(), "files": 1, "bytes": size}
@@ -1143,123 +815,10 @@ def _hash_file(digest: Any, file: str) -> int:
     size = 0
     try:
         with open(file, "rb") as handle:
-            while chunk := handle.read(_READ_CHUNK):
+            while chunk := handle.read(READ_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
     except OSError as error:
-        raise DataError(f"cannot read {file} to fingerprint it ({_one_line(error)}); check its permissions") \
+        raise DataError(f"cannot read {file} to fingerprint it ({one_line(error)}); check its permissions") \
             from error
     return size
-
-
-# --------------------------------------------------------------------------------------------------
-# Support checks over all rows
-# --------------------------------------------------------------------------------------------------
-
-
-def _on_8bit_grid(x: torch.Tensor) -> torch.Tensor:
-    scaled = x * 255
-    return (x >= 0) & (x <= 1) & ((scaled - scaled.round()).abs() <= 1e-3)
-
-
-# data kind -> (elementwise test, what a value must be, how to fix the data); the kinds of
-# ppl_vae.models.likelihoods.DATA_KINDS, with the same tests as its check_data_kind.
-_SUPPORT = {
-    "binary": (lambda x: (x == 0) | (x == 1), "0 or 1", "binarize it (--binarize dynamic or threshold)"),
-    "unit": (lambda x: (x >= 0) & (x <= 1), "a grey level in [0, 1]",
-             "rescale the data to [0, 1] (divide 8-bit images by 255) and remove NaN values"),
-    "8bit": (_on_8bit_grid, "an 8-bit grey level k/255",
-             "quantize it with torch.round(x * 255) / 255 (after any resizing)"),
-    "real": (torch.isfinite, "a finite number", "remove or impute NaN and infinite values"),
-    "count": (lambda x: (x >= 0) & (x == x.round()) & torch.isfinite(x), "a non-negative integer count",
-              "pass the raw count table (no binarizing, rescaling or normalizing) without NaN values"),
-}
-
-
-def check_data_support(
-    x: torch.Tensor,
-    likelihood: Any,
-    what: str = "data",
-    *,
-    binarize: Optional[str] = "none",
-    chunk_rows: int = 4096,
-) -> None:
-    """Check that every row of ``x`` lies in the support of ``likelihood``, in chunks of ``chunk_rows`` rows.
-
-    Args:
-        x: ``(N, ...)`` data as the likelihood will score it (after any quantizing, before binarizing).
-        likelihood: a likelihood with ``data_kind`` (``"binary"``, ``"unit"``, ``"8bit"``, ``"real"``,
-            ``"count"``) and/or its own ``check_support(x)``, or a data kind given as a string.
-        what: names the data in the message, e.g. ``"training data"``.
-        binarize: the binarization that will be applied (``"dynamic"``, ``"threshold"``) or ``"none"``.
-            A binarized value is 0 or 1, so then the check is that binarizing is possible: every value
-            in [0, 1]; the likelihood's own check is not run.
-        chunk_rows: rows per chunk; the extra memory is about one chunk.
-
-    Raises:
-        DataError: one line naming ``what``, the first offending row (counting from 0) and feature
-            (its index, or its ``(channel, row, column)`` for images), the value, and the fix.
-    """
-    if isinstance(likelihood, str):
-        kind, name, own_check = likelihood, f"{likelihood!r} data", None
-    else:
-        kind = getattr(likelihood, "data_kind", None)
-        name = getattr(likelihood, "name", type(likelihood).__name__)
-        own_check = getattr(likelihood, "check_support", None)
-    binarized = binarize not in (None, "none")
-    if binarized:  # the likelihood then sees 0/1 values; binarizing needs probabilities
-        test, _, fix = _SUPPORT["unit"]
-        need = f"binarizing it (--binarize {binarize}) for the {name} likelihood needs values in [0, 1]"
-        own_check = None
-    elif kind in _SUPPORT:
-        test, needed, fix = _SUPPORT[kind]
-        need = f"the {name} likelihood needs {needed}"
-    elif own_check is not None:
-        test = fix = need = None
-    elif isinstance(likelihood, str):
-        raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(_SUPPORT)}")
-    else:
-        return  # a likelihood that declares no support has nothing to check
-    if not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-    n = x.shape[0] if x.dim() else 0
-    for start in range(0, n, chunk_rows):
-        chunk = x[start:start + chunk_rows]
-        flat = chunk.reshape(len(chunk), -1)
-        ok = None if test is None else test(chunk).reshape(len(chunk), -1)
-        if own_check is None:  # the data kind's test decides
-            if not bool(ok.all()):
-                row, feature = (~ok).nonzero()[0].tolist()
-                raise DataError(f"{what}, row {start + row} (counting from 0), {_feature(x, flat, row, feature)} is "
-                                f"outside the support: {need}; {fix}")
-            continue
-        try:  # the likelihood's own check decides (it may be laxer or stricter than its data kind)
-            own_check(chunk)
-        except PplVaeError as error:
-            row = _first_failing_row(own_check, chunk, ok)
-            if row is None:
-                raise DataError(f"{what}, rows {start} to {start + len(chunk) - 1}: {_one_line(error)}") from None
-            place = f"row {start + row} (counting from 0)"
-            if ok is not None and not bool(ok[row].all()):
-                feature = int((~ok[row]).nonzero()[0])
-                place += f", {_feature(x, flat, row, feature)} is outside the support"
-            raise DataError(f"{what}, {place}: {_one_line(error)}") from None
-
-
-def _feature(x: torch.Tensor, flat: torch.Tensor, row: int, feature: int) -> str:
-    """``feature 3: the value 0.5`` (or ``feature (c, h, w): ...`` for images), for messages."""
-    where = feature if x.dim() <= 2 else tuple(int(i) for i in np.unravel_index(feature, tuple(x.shape[1:])))
-    return f"feature {where}: the value {float(flat[row, feature]):g}"
-
-
-def _first_failing_row(check: Any, chunk: torch.Tensor, ok: Optional[torch.Tensor]) -> Optional[int]:
-    """The first row of ``chunk`` that ``check`` refuses on its own (rows the data-kind test flags are
-    tried first), or None when no single row fails."""
-    flagged = [] if ok is None else (~ok).any(1).nonzero().flatten().tolist()
-    for rows in (flagged, range(len(chunk))):
-        for row in rows:
-            try:
-                check(chunk[row:row + 1])
-            except PplVaeError:
-                return row
-    return None

@@ -88,8 +88,8 @@ def owned_kind(folder: Path) -> str | None:
 
 
 def write_marker(folder: Path, kind: str) -> None:
-    from ppl_vae import __version__
-    from ppl_vae.checkpoint import write_json
+    from ppl_vae.version import __version__
+    from ppl_vae.app.checkpoint import write_json
 
     write_json(Path(folder) / MARKER, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                        "ppl_vae_version": __version__})

@@ -77,7 +77,7 @@ class Config:
         check_string(self.on_divergence, "on_divergence", choices=("stop", "restore"))
         check_bool(self.download, "download")
         check_bool(self.keep_best, "keep_best")
-        from ppl_vae.schedules import parse_schedule
+        from ppl_vae.infer.schedules import parse_schedule
 
         parse_schedule(self.kl_schedule, self.beta)
         return self

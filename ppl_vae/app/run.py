@@ -21,20 +21,34 @@ from pathlib import Path
 import pyro
 import torch
 
-from ppl_vae import plots, threads
-from ppl_vae.checkpoint import (CHECKPOINT_NAME, atomic_write, load_checkpoint, read_json, save_checkpoint,
-                                validate_state_dict, write_json)
-from ppl_vae.compat import resolve_binarize, to_likelihood_space
-from ppl_vae.config import Config
-from ppl_vae.data import DataSplit, load_dataset
+from ppl_vae import threads
+from ppl_vae.app import plots
+from ppl_vae.app.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    validate_state_dict,
+    write_json,
+)
+from ppl_vae.app.config import Config
+from ppl_vae.app.folders import (
+    check_output_dir,
+    check_output_file,
+    claimed_output_dir,
+    locked,
+)
+from ppl_vae.data.sources import load_dataset
+from ppl_vae.data.split import DataSplit
+from ppl_vae.data.tables import Scaling
 from ppl_vae.errors import CheckpointError, ConfigError
-from ppl_vae.evaluate import EvalResult, evaluate
-from ppl_vae.folders import check_output_dir, check_output_file, claimed_output_dir, locked
+from ppl_vae.infer.evaluate import EvalResult, evaluate
+from ppl_vae.infer.fit import FitResult, fit, fixed_binarization
+from ppl_vae.infer.objectives import resolve_binarize, to_likelihood_space
 from ppl_vae.limits import check_bytes, check_disk
-from ppl_vae.tabular import Scaling
-from ppl_vae.train import FitResult, fit, fixed_binarization
-from ppl_vae.validation import BOUNDS, check_number
 from ppl_vae.vae import VAE
+from ppl_vae.validation import BOUNDS, check_number
 
 SCALING_NAME = "scaling.json"
 #: The units in which log-densities are reported. Tables of real features are standardized for
@@ -100,7 +114,7 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
               handle_signals: bool = False, distributed=None) -> TrainRun:
     """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``).
 
-    Before any work the output is checked (:func:`ppl_vae.folders.check_output_dir`: never the current
+    Before any work the output is checked (:func:`ppl_vae.app.folders.check_output_dir`: never the current
     directory, a link, a file, a folder ppl_vae did not make or one holding the data). Once the data and
     the model are accepted, the folder is made with its marker and config and stays locked for the
     whole training (a second process asking for the same folder is refused); nothing is written if the
@@ -109,8 +123,8 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     atomically every ``config.checkpoint_every`` epochs, and ``best.pt`` whenever the held-out ELBO
     improves if ``config.keep_best``. With ``overwrite`` an existing run folder (and only a run folder)
     is replaced when the new one is made. ``handle_signals``: SIGINT/SIGTERM save a resumable checkpoint
-    and raise :class:`ppl_vae.train.TrainingInterrupted`; continue with :func:`resume_run`.
-    ``distributed``: a :class:`ppl_vae.distributed.Context`; every process trains, rank 0 writes.
+    and raise :class:`ppl_vae.infer.fit.TrainingInterrupted`; continue with :func:`resume_run`.
+    ``distributed``: a :class:`ppl_vae.infer.distributed.Context`; every process trains, rank 0 writes.
     """
     config.validate()
     run_dir = Path(out) if out is not None else default_run_dir(config)
@@ -191,7 +205,7 @@ class _RunWriter:
         self.objective = None         # the objective fit used per latent site, from its training state
 
     def train(self, *, progress, handle_signals, on_start=None) -> TrainRun:
-        from ppl_vae.train import TrainingDiverged, TrainingInterrupted
+        from ppl_vae.infer.fit import TrainingDiverged, TrainingInterrupted
 
         config = self.config
         try:
@@ -362,7 +376,7 @@ def _read_scaling(run_dir: Path) -> Scaling | None:
 def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, *, seed: int = 0,
                   binarize: str = "auto", heldout_seed: int = 0) -> list[Path]:
     """Reconstructions, prior samples and the ELBO curve (only the curve when the data are not images)."""
-    if data.kind == "table" or plots._as_images(data.heldout[:1]) is None:
+    if data.kind == "table" or plots.as_images(data.heldout[:1]) is None:
         plots.save_figure(plots.elbo_figure(history), folder / "elbo.png")
         return [folder / "elbo.png"]
     device = vae.device
@@ -398,8 +412,8 @@ def data_paths(config: Config) -> list[Path]:
 
 
 def data_fingerprint(config: Config) -> dict | None:
-    """A content hash of the files the config's data set is read from (see :func:`ppl_vae.data.data_fingerprint`)."""
-    from ppl_vae.data import data_fingerprint as fingerprint
+    """A content hash of the files the config's data set is read from (see :func:`ppl_vae.data.sources.data_fingerprint`)."""
+    from ppl_vae.data.sources import data_fingerprint as fingerprint
 
     return fingerprint(config.dataset, root=config.data_root)
 
@@ -525,7 +539,7 @@ def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | Non
     check_bytes(num_samples * math.prod(vae.data_shape) * 4 * 4, f"{num_samples} samples of shape {tuple(vae.data_shape)}")
     scaling = _read_scaling(run_dir)
     table = out is not None and Path(out).suffix.lower() == ".csv"
-    if out is not None and not table and (plots._as_images(torch.zeros(1, *vae.data_shape)) is None
+    if out is not None and not table and (plots.as_images(torch.zeros(1, *vae.data_shape)) is None
                                           or scaling is not None):
         raise ConfigError(f"the samples are rows of a table, not images; write them with --out "
                           f"{Path(out).with_suffix('.csv')}")
@@ -545,7 +559,7 @@ def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | Non
 
 
 def _column_names(config: Config) -> list[str] | None:
-    from ppl_vae.tabular import column_names
+    from ppl_vae.data.tables import column_names
 
     spec = config.dataset
     return column_names(spec.split(":", 1)[1]) if spec.startswith("table:") else None

@@ -46,7 +46,7 @@ import torch
 from ppl_vae.errors import CheckpointError
 from ppl_vae.limits import check_bytes, format_bytes, memory_limit
 
-FORMAT = "ppl_vae.checkpoint"
+FORMAT = "ppl_vae.app.checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -224,7 +224,7 @@ def save_checkpoint(path: str | Path, *, model_spec: dict, state_dict: dict, **e
     Every tensor is saved contiguous and owning its storage (views are copied; two tensors that
     share a storage are saved as two), as :func:`load_checkpoint` requires.
     """
-    from ppl_vae import __version__
+    from ppl_vae.version import __version__
 
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "ppl_vae_version": __version__,
                "model_spec": model_spec, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}

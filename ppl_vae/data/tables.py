@@ -28,7 +28,8 @@ from typing import Iterator, Optional, TextIO
 import numpy as np
 import torch
 
-from ppl_vae.data import DataSplit, _one_line, _require_file, _split, check_npz_members, open_npz, read_npz_member
+from ppl_vae.data.split import DataSplit, split_examples
+from ppl_vae.data.npz import one_line, require_file, check_npz_members, open_npz, read_npz_member
 from ppl_vae.errors import CheckpointError, DataError
 from ppl_vae.limits import check_bytes, memory_limit
 
@@ -42,17 +43,17 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
 def load_table(name: str, path: str, heldout_fraction: float, split_seed: int) -> DataSplit:
     """A ``DataSplit`` of kind ``"table"``: float32 ``(N, D)`` finite values."""
     file = Path(os.path.expanduser(path))
-    _require_file(str(file), "table file", "pass table:PATH with a .csv or .npz file")
+    require_file(str(file), "table file", "pass table:PATH with a .csv or .npz file")
     if file.suffix.lower() == ".csv":
         x = torch.from_numpy(_read_csv(file))
-        return _split(name, _check(file, "rows", x), None, heldout_fraction, split_seed, kind="table")
+        return split_examples(name, _check(file, "rows", x), None, heldout_fraction, split_seed, kind="table")
     if file.suffix.lower() == ".npz":
         arrays = _read_npz(file)
         if "x" not in arrays:
             train, test = (_check(file, key, _numeric(file, key, arrays[key])) for key in ("x_train", "x_test"))
             return DataSplit(name, train, test, kind="table")
         x = _check(file, "x", _numeric(file, "x", arrays["x"]))
-        return _split(name, x, None, heldout_fraction, split_seed, kind="table")
+        return split_examples(name, x, None, heldout_fraction, split_seed, kind="table")
     raise DataError(f"table file {file} has suffix {file.suffix!r}; use a .csv or .npz file")
 
 
@@ -103,7 +104,7 @@ def _encoding(file: Path) -> str:
         with open(file, "rb") as handle:
             start = handle.read(4)
     except OSError as error:
-        raise DataError(f"cannot read table file {file} ({_one_line(error)}); check its permissions") from error
+        raise DataError(f"cannot read table file {file} ({one_line(error)}); check its permissions") from error
     for bom, encoding in _BOMS:
         if start.startswith(bom):
             return encoding
@@ -150,18 +151,18 @@ def _read_csv(file: Path, parse=None) -> np.ndarray:
             name = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
             raise DataError(
                 f"table file {file} starts with a {name} byte-order mark but is not valid {name} text (cannot "
-                f"decode {where}: {_one_line(error)}); save it again as UTF-8"
+                f"decode {where}: {one_line(error)}); save it again as UTF-8"
             ) from None
         raise DataError(
-            f"table file {file} is not UTF-8 text (cannot decode {where}: {_one_line(error)}); save it as UTF-8, "
+            f"table file {file} is not UTF-8 text (cannot decode {where}: {one_line(error)}); save it as UTF-8, "
             f"e.g. iconv -f LATIN1 -t UTF-8 {file} > converted.csv if it is Latin-1"
         ) from None
     except csv.Error as error:
         line = lines.number if lines is not None else 0
-        raise DataError(f"table file {file}: line {line} cannot be read as CSV ({_one_line(error)}); "
+        raise DataError(f"table file {file}: line {line} cannot be read as CSV ({one_line(error)}); "
                         "write plain comma-separated numbers") from None
     except OSError as error:
-        raise DataError(f"cannot read table file {file} ({_one_line(error)}); check its permissions") from error
+        raise DataError(f"cannot read table file {file} ({one_line(error)}); check its permissions") from error
 
 
 def column_names(path: str) -> Optional[list[str]]:
@@ -170,7 +171,7 @@ def column_names(path: str) -> Optional[list[str]]:
     file = Path(os.path.expanduser(path))
     if file.suffix.lower() != ".csv":
         return None
-    _require_file(str(file), "table file", "pass table:PATH with a .csv or .npz file")
+    require_file(str(file), "table file", "pass table:PATH with a .csv or .npz file")
     header: list[Optional[list[str]]] = []
 
     def first_row(file: Path, reader) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Latent-space tools: interpolation, traversals, the decoded latent manifold and 2-D projections.
 
 The first half is pure computation on tensors (no files, no printing); the second half builds
-matplotlib ``Figure`` objects from its results, without pyplot, in the style of :mod:`ppl_vae.plots`.
+matplotlib ``Figure`` objects from its results, without pyplot, in the style of :mod:`ppl_vae.app.plots`.
 ``ppl_vae.cli.latent`` turns both into the ``interpolate``, ``traverse`` and ``latent-map`` commands.
 
 Shapes: ``d`` is ``vae.latent_dim``; ``data_shape`` is the shape of one example, e.g. ``(1, 8, 8)``.
@@ -13,13 +13,14 @@ import math
 from collections.abc import Sequence
 
 import torch
-from matplotlib.figure import Figure
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.plots import _as_images, image_grid
 
 INTERPOLATION_METHODS = ("linear", "slerp")
+
+
 PROJECTION_METHODS = ("pca", "tsne")
+
 
 # Below this angle (radians) between two vectors, slerp is numerically linear interpolation.
 _PARALLEL_EPS = 1e-4
@@ -158,7 +159,7 @@ def traverse(vae, z: torch.Tensor, dim: int, values) -> torch.Tensor:
     return vae.decode(traverse_points(z, dim, values))
 
 
-def _symmetric_values(extent: float, num: int, dtype=None) -> torch.Tensor:
+def symmetric_values(extent: float, num: int, dtype=None) -> torch.Tensor:
     """``linspace(-extent, extent, num)`` with rounding noise snapped: the middle value of an odd
     count is exactly 0."""
     v = torch.linspace(-extent, extent, num, dtype=dtype)
@@ -189,7 +190,7 @@ def grid_points(num_per_side: int, extent: float, latent_dim: int, dims: Sequenc
     base = torch.as_tensor(base, dtype=torch.get_default_dtype())
     if base.shape != (latent_dim,):
         raise ConfigError(f"base must have shape ({latent_dim},), got {tuple(base.shape)}")
-    v = _symmetric_values(extent, num_per_side, base.dtype)
+    v = symmetric_values(extent, num_per_side, base.dtype)
     rows, cols = torch.meshgrid(torch.arange(num_per_side), torch.arange(num_per_side), indexing="ij")
     points = base.repeat(num_per_side * num_per_side, 1)
     points[:, dims[0]] = v[cols.reshape(-1)]
@@ -221,16 +222,16 @@ def informative_dims(vae, x: torch.Tensor, k: int = 2) -> dict:
     (held-out data), for figures that can show only a few of them (the latent map shows 2).
 
     The score of dimension j is its KL(q(z_j | x) || p(z_j)) to the model's prior, averaged over ``x``
-    (:func:`ppl_vae.compare.kl_to_prior`), when the KL splits over dimensions; otherwise (a point-mass
+    (:func:`ppl_vae.diagnostics.kl.kl_to_prior`), when the KL splits over dimensions; otherwise (a point-mass
     guide, a prior or guide that is not a product over coordinates, or a model without ``posterior``) its
-    activity Var_x(E[z_j | x]) (:func:`ppl_vae.compare.activity`). Ties go to the lower index.
+    activity Var_x(E[z_j | x]) (:func:`ppl_vae.diagnostics.kl.activity`). Ties go to the lower index.
 
     Returns a dict: ``dims`` (the chosen ``k`` dimensions in increasing order), ``criterion``
     (``"kl"`` or ``"activity"``), ``scores`` (one per latent dimension), ``units`` (``"nats"`` or
     ``"variance"``), ``collapsed`` (the chosen dimensions whose score is at most :data:`COLLAPSED_BELOW`:
     nothing to see along them) and ``reason`` (one line for a figure title or a printed message).
     """
-    from ppl_vae.compare import activity, kl_to_prior
+    from ppl_vae.diagnostics.kl import activity, kl_to_prior
 
     d = int(vae.latent_dim)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
@@ -316,165 +317,3 @@ def project_2d(z: torch.Tensor, method: str = "pca", *, random_state: int = 0) -
     embedding = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state).fit_transform(
         z.double().numpy())
     return torch.as_tensor(embedding, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# figures
-# ---------------------------------------------------------------------------------------------
-
-def _imshow(ax, grid: torch.Tensor) -> None:
-    if grid.shape[-1] == 1:
-        ax.imshow(grid[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(grid.numpy(), interpolation="nearest")
-
-
-def _cell_centres(count: int, size: int, pad: int = 1) -> list[float]:
-    """Pixel coordinates of the centres of ``count`` cells of ``size`` pixels in an ``image_grid``."""
-    return [pad + i * (size + pad) + (size - 1) / 2 for i in range(count)]
-
-
-def _require_images(x: torch.Tensor) -> torch.Tensor:
-    images = _as_images(x)
-    if images is None:
-        raise ConfigError(f"examples of shape {tuple(x.shape[1:])} cannot be drawn as images")
-    return images
-
-
-def interpolation_figure(paths: torch.Tensor, inputs: torch.Tensor | None = None, method: str = "linear") -> Figure:
-    """Interpolation strips, one row per pair.
-
-    Args:
-        paths: ``(P, S, *data_shape)`` decoded paths (:func:`interpolate_inputs` for each pair).
-        inputs: optional ``(P, 2, *data_shape)``, the two inputs of each pair, drawn at the ends of
-            their row (left of and right of the path, after a gap column).
-    """
-    p, s = paths.shape[:2]
-    pictures = _require_images(paths[0, :1])
-    w = pictures.shape[-1]
-    rows = []
-    blank = torch.zeros_like(paths[0, :1])
-    for i in range(p):
-        row = [paths[i]]
-        if inputs is not None:
-            row = [inputs[i, :1], blank, paths[i], blank, inputs[i, 1:]]
-        rows.append(torch.cat(row))
-    ncol = rows[0].shape[0]
-    grid = image_grid(torch.cat(rows), ncol=ncol)
-    if inputs is not None:                       # the gap columns: background, no tile frames
-        white = 0.0 if grid.shape[-1] == 1 else 1.0
-        for c in (1, ncol - 2):
-            grid[:, 1 + c * (w + 1):1 + c * (w + 1) + w] = white
-    title = f"{method} interpolation between posterior means E[z | x],\ndecoded (mean of p(x | z))"
-    if inputs is not None:
-        title += "; inputs at both ends"
-    return _grid_figure(grid, title, width=min(0.4 + 0.5 * ncol, 16), title_height=0.5)
-
-
-def _grid_figure(grid: torch.Tensor, title: str, width: float, title_height: float = 0.35,
-                 margins: tuple[float, float, float] = (0.1, 0.1, 0.1)) -> Figure:
-    """A figure holding one image grid, shaped to the grid's aspect ratio so that no blank bands are left
-    around it; ``margins`` (left, right, bottom) in inches, e.g. for tick labels."""
-    left, right, bottom = margins
-    inner = width - left - right
-    height = inner * grid.shape[0] / grid.shape[1] + title_height + bottom + 0.1
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
-                        top=1 - (title_height + 0.05) / height)
-    ax = fig.add_subplot(1, 1, 1)
-    _imshow(ax, grid)
-    ax.axis("off")
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
-def traversal_figure(images: torch.Tensor, dims: Sequence[int], values) -> Figure:
-    """Latent traversals: row ``i`` decodes latent dimension ``dims[i]`` set to each of ``values``.
-
-    Args:
-        images: ``(len(dims), len(values), *data_shape)`` (:func:`traverse` per dimension).
-    """
-    rows, cols = images.shape[:2]
-    values = [float(v) for v in torch.as_tensor(values).reshape(-1)]
-    flat = images.reshape(rows * cols, *images.shape[2:])
-    pictures = _require_images(flat[:1])
-    h, w = pictures.shape[-2:]
-    fig = Figure(figsize=(min(1.2 + 0.6 * cols, 16), 0.8 + 0.6 * rows))
-    ax = fig.add_subplot(1, 1, 1)
-    _imshow(ax, image_grid(flat, ncol=cols))
-    ax.set_yticks(_cell_centres(rows, h), [f"z[{d}]" for d in dims])
-    ax.set_xticks(_cell_centres(cols, w), [f"{v:.3g}" for v in values], fontsize=7)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_xlabel("value of the latent coordinate (the others held fixed)")
-    ax.set_title("latent traversals: mean of p(x | z)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims: Sequence[int] = (0, 1),
-                    why: str | None = None) -> Figure:
-    """The decoded latent grid of :func:`latent_grid`, ``images (n * n, *data_shape)``, with axes in
-    latent units: ``z[dims[0]]`` to the right, ``z[dims[1]]`` upwards. The title names the two dimensions
-    and, with ``why``, why they were chosen (e.g. the ``reason`` of :func:`informative_dims`)."""
-    n = num_per_side
-    pictures = _require_images(images[:1])
-    h, w = pictures.shape[-2:]
-    values = _symmetric_values(extent, n).tolist()
-    ticks = sorted({0, n // 2, n - 1}) if n % 2 else [0, n - 1]     # the middle cell is z = 0 only for odd n
-    fig = Figure(figsize=(7, 7.3))
-    ax = fig.add_subplot(1, 1, 1)
-    _imshow(ax, image_grid(images, ncol=n))
-    xc, yc = _cell_centres(n, w), _cell_centres(n, h)
-    ax.set_xticks([xc[i] for i in ticks], [f"{values[i]:.3g}" for i in ticks])
-    ax.set_yticks([yc[i] for i in ticks], [f"{values[n - 1 - i]:.3g}" for i in ticks])
-    ax.set_xlabel(f"z[{dims[0]}]")
-    ax.set_ylabel(f"z[{dims[1]}]")
-    title = f"latent manifold over z[{dims[0]}], z[{dims[1]}]: mean of p(x | z) on a grid (other coordinates fixed)"
-    ax.set_title(title if why is None else f"{title}\n{why}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def scatter_figure(points: torch.Tensor, labels: torch.Tensor | None = None, *, latent_dim: int = 2,
-                   method: str = "pca") -> Figure:
-    """Scatter of 2-D points ``(N, 2)`` (posterior means, projected when ``latent_dim > 2``),
-    coloured by integer ``labels (N,)``: a legend for up to 20 classes, a colour bar beyond."""
-    points = torch.as_tensor(points).detach().cpu().double()
-    fig = Figure(figsize=(6.4, 5.6))
-    ax = fig.add_subplot(1, 1, 1)
-    if labels is None:
-        ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=8, alpha=0.7)
-    else:
-        labels = torch.as_tensor(labels).detach().cpu().reshape(-1)
-        classes = torch.unique(labels).tolist()
-        if len(classes) <= 20:
-            from matplotlib import colormaps
-
-            cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-            for i, c in enumerate(classes):
-                mask = (labels == c).numpy()
-                ax.scatter(points[mask, 0].numpy(), points[mask, 1].numpy(), s=8, alpha=0.7, color=cmap(i),
-                           label=str(c))
-            ax.legend(title="label", fontsize=7, markerscale=2, loc="best", ncol=2 if len(classes) > 10 else 1)
-        else:
-            sc = ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=8, alpha=0.7, c=labels.numpy(),
-                            cmap="viridis")
-            fig.colorbar(sc, ax=ax, label="label")
-    if latent_dim <= 2:
-        ax.set_xlabel("E[z_0 | x]")
-        ax.set_ylabel("E[z_1 | x]" if latent_dim == 2 else "(none: latent_dim is 1)")
-        title = "held-out posterior means"
-    elif method == "pca":
-        ax.set_xlabel("principal component 1")
-        ax.set_ylabel("principal component 2")
-        title = f"held-out posterior means ({latent_dim}-D), PCA"
-    else:
-        ax.set_xlabel("t-SNE 1")
-        ax.set_ylabel("t-SNE 2")
-        title = f"held-out posterior means ({latent_dim}-D), t-SNE"
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig

@@ -16,10 +16,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ppl_vae.checkpoint import atomic_write
+from ppl_vae.app.checkpoint import atomic_write
 
 
-def _as_images(x: torch.Tensor) -> torch.Tensor | None:
+def as_images(x: torch.Tensor) -> torch.Tensor | None:
     """``(N, *data_shape)`` -> ``(N, C, H, W)`` in [0, 1], or None when the data are not images."""
     x = x.detach().float().cpu()
     if x.dim() == 4 and x.shape[1] in (1, 3):
@@ -50,7 +50,7 @@ def image_grid(x: torch.Tensor, ncol: int | None = None, pad: int = 1, spacers=(
     Indices in ``spacers`` (gaps in a layout: their images are ignored) and the cells after the last
     image are background (:func:`background_value`, white) with no frame, so gaps do not look like tiles.
     """
-    images = _as_images(x)
+    images = as_images(x)
     if images is None:
         raise ValueError(f"cannot draw examples of shape {tuple(x.shape[1:])} as images")
     n, c, h, w = images.shape

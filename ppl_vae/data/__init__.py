@@ -1,0 +1,14 @@
+"""Data: the train/held-out split, the image and table sources (the embedded digits, MNIST-family
+files, npz archives, image folders, CSV/npz tables), binarization, support checks and fingerprints.
+
+:func:`load_dataset` is the entry point; the submodules are ``split``, ``sources``, ``npz``, ``support``
+and ``tables``.
+"""
+
+
+from ppl_vae.data.split import DataSplit, split_examples
+from ppl_vae.data.sources import DATASETS, DEFAULT_ROOT, IMAGE_EXTENSIONS, SPEC_PREFIXES, PathLike, data_fingerprint, load_dataset
+from ppl_vae.data.npz import open_npz, check_npz_members, read_npz_member, require_file, one_line
+from ppl_vae.data.support import BINARIZE_MODES, binarize, check_data_support
+
+__all__ = ['DataSplit', 'split_examples', 'DATASETS', 'SPEC_PREFIXES', 'IMAGE_EXTENSIONS', 'DEFAULT_ROOT', 'PathLike', 'load_dataset', 'open_npz', 'check_npz_members', 'read_npz_member', 'require_file', 'one_line', 'BINARIZE_MODES', 'binarize', 'data_fingerprint', 'check_data_support']

@@ -1,0 +1,294 @@
+"""The guide against references for p(z | x): PSIS k-hat and importance-sampled log p(x), the posterior as ArviZ InferenceData, and NUTS on p(z | x) with the decoder fixed.
+
+Every ArviZ call of the project lives in this module, so that a move from ArviZ 0.x (InferenceData)
+to 1.x touches one file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pyro.infer import Predictive
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.infer.evaluate import chunk_sizes, log_weight_chunk, max_plate_nesting
+from ppl_vae.rng import seeded
+
+
+def _arviz():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)      # ArviZ 0.23 announces its 1.0 refactor on import
+        import arviz
+
+    return arviz
+
+
+@torch.no_grad()
+def importance_log_ratios(model, guide, data: torch.Tensor, num_samples: int = 1000, *,
+                          batch_size: int | None = None, seed: int | None = None) -> torch.Tensor:
+    """log p(x_n, z_s) - log q(z_s | x_n) for S draws from the guide per observation: ``(S, N)``
+    float64. Chunked over observations and draws so that memory stays bounded."""
+    if num_samples < 2:
+        raise ConfigError(f"num_samples must be at least 2, got {num_samples}")
+    with seeded(seed, data.device):
+        nesting = max_plate_nesting(model, guide, data[:1])
+        batch, per_pass = chunk_sizes(data, num_samples, batch_size)
+        chunks = [log_weight_chunk(model, guide, data[i:i + batch], num_samples, per_pass, nesting)["log_weight"]
+                  for i in range(0, data.shape[0], batch)]
+    return torch.cat(chunks, dim=1).double().cpu()
+
+
+@dataclass(frozen=True)
+class PSISResult:
+    """Pareto-smoothed importance sampling diagnostics of a guide as a proposal for p(z | x).
+
+    Attributes:
+        log_ratios: ``(S, N)`` log p(x_n, z_s) - log q(z_s | x_n); recompute anything from these.
+        khat: ``(N,)`` Pareto shape estimate per observation (ArviZ ``psislw``). Below 0.5 the
+            importance estimate is reliable; above 0.7 (or the sample-size threshold) it is not.
+            ``-inf`` where all S weights are equal (to 1e-6 relative): the guide is the exact posterior.
+        log_likelihood: mean over observations of the importance-sampled log p(x_n), nats.
+        log_likelihood_se: its Monte Carlo standard error (delta method; optimistic where k-hat is high).
+        per_example: ``(N,)`` arrays ``log_likelihood`` and ``log_likelihood_se``.
+        fraction_above: share of observations with k-hat above 0.5, 0.7 and the sample-size-aware
+            threshold ``min(1 - 1/log10(S), 0.7)`` (keys ``"0.5"``, ``"0.7"``, ``"sample_size"``).
+        sample_size_threshold: that threshold for this S.
+        worst: up to 10 ``(index, khat)`` pairs, highest k-hat first.
+    """
+
+    log_ratios: torch.Tensor = field(repr=False)
+    khat: np.ndarray = field(repr=False)
+    log_likelihood: float
+    log_likelihood_se: float
+    fraction_above: dict
+    sample_size_threshold: float
+    worst: list
+    per_example: dict = field(repr=False, default_factory=dict)
+
+
+def psis(model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_size: int | None = None,
+         seed: int | None = None) -> PSISResult:
+    """Per-observation PSIS k-hat of the guide and the importance-sampled log p(x).
+
+    Args:
+        model, guide: Pyro programs taking ``(x)``; every per-example site inside ``pyro.plate("data")``.
+        data: ``(N, ...)`` observations in the form the likelihood scores (binarized for Bernoulli).
+        num_samples: S draws from the guide per observation.
+    """
+    log_ratios = importance_log_ratios(model, guide, data, num_samples, batch_size=batch_size, seed=seed)
+    with np.errstate(invalid="ignore", divide="ignore"):     # degenerate fits: handled below
+        _, khat = _arviz().psislw(log_ratios.T.numpy().copy())                # (N, S) -> (N,)
+    khat = np.asarray(khat, dtype=float)
+    # Equal weights (the exact posterior as proposal) leave the Pareto fit undefined and ArviZ returns
+    # inf or nan; the proposal is perfect there, so report -inf.
+    spread = (log_ratios.max(0).values - log_ratios.min(0).values).numpy()
+    khat = np.where(spread < 1e-6 * np.maximum(1.0, np.abs(log_ratios.mean(0).numpy())), -np.inf, khat)
+    s = log_ratios.shape[0]
+    per_example = torch.logsumexp(log_ratios, 0) - math.log(s)
+    w = (log_ratios - log_ratios.max(0).values).exp()
+    per_example_var = w.var(0) / (s * w.mean(0) ** 2)
+    threshold = min(1 - 1 / math.log10(s), 0.7)
+    order = np.argsort(-khat)[:10]
+    return PSISResult(
+        log_ratios=log_ratios,
+        khat=khat,
+        log_likelihood=per_example.mean().item(),
+        log_likelihood_se=(per_example_var.sum().sqrt() / len(per_example)).item(),
+        fraction_above={"0.5": float(np.mean(khat > 0.5)), "0.7": float(np.mean(khat > 0.7)),
+                        "sample_size": float(np.mean(khat > threshold))},
+        sample_size_threshold=threshold,
+        worst=[(int(i), float(khat[i])) for i in order],
+        per_example={"log_likelihood": per_example.numpy(), "log_likelihood_se": per_example_var.sqrt().numpy()},
+    )
+
+
+@torch.no_grad()
+def to_inference_data(model, guide, data: torch.Tensor, *, num_samples: int = 100, seed: int | None = None,
+                      latent_site: str = "z", observed_site: str = "x"):
+    """An ArviZ ``InferenceData`` of the amortized posterior and the model's predictions.
+
+    Groups (one chain, ``num_samples`` draws):
+
+    * ``posterior``: ``z`` drawn from the guide for every observation, dims (chain, draw, obs, latent_dim);
+    * ``posterior_predictive``: ``x`` drawn from p(x | z) at those draws (reconstructions);
+    * ``log_likelihood``: pointwise log p(x_n | z_s), dims (chain, draw, obs);
+    * ``prior`` and ``prior_predictive``: z ~ p(z) and x ~ p(x | z) from the model run generatively
+      (``model(None, num_samples=N)``), so they have the same dims;
+    * ``observed_data``: the data.
+    """
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be positive, got {num_samples}")
+    n = data.shape[0]
+    with seeded(seed, data.device):
+        posterior = Predictive(model, guide=guide, num_samples=num_samples,
+                               return_sites=[latent_site, observed_site])(data)
+        z = posterior[latent_site]                                                    # (S, N, d)
+        # log p(x_n | z_s): replay the model's observed site at each posterior draw of z.
+        log_lik = _pointwise_log_likelihood(model, data, z, latent_site, observed_site)   # (S, N)
+        prior = Predictive(model, num_samples=num_samples, return_sites=[latent_site, observed_site])(
+            None, num_samples=n)
+        predictive = Predictive(model, posterior_samples={latent_site: z}, return_sites=[observed_site])(
+            None, num_samples=n)
+
+    def arr(t):
+        return t.detach().cpu().numpy()[None]                                          # add the chain dim
+
+    d = z.shape[-1]
+    x_dims = [f"{observed_site}_dim_{i}" for i in range(data.dim() - 1)]
+    dims = {latent_site: ["obs", "latent_dim"], observed_site: ["obs", *x_dims]}
+    coords = {"obs": np.arange(n), "latent_dim": np.arange(d)}
+    az = _arviz()
+    return az.from_dict(
+        posterior={latent_site: arr(z)},
+        posterior_predictive={observed_site: arr(predictive[observed_site])},
+        log_likelihood={observed_site: arr(log_lik)},
+        prior={latent_site: arr(prior[latent_site])},
+        prior_predictive={observed_site: arr(prior[observed_site])},
+        observed_data={observed_site: data.detach().cpu().numpy()},
+        dims={**dims},
+        coords=coords,
+    )
+
+
+def _pointwise_log_likelihood(model, data, z, latent_site, observed_site) -> torch.Tensor:
+    from pyro import poutine
+
+    out = []
+    for s in range(z.shape[0]):
+        conditioned = poutine.condition(model, data={latent_site: z[s]})
+        trace = poutine.trace(conditioned).get_trace(data)
+        site = trace.nodes[observed_site]
+        out.append(site["fn"].log_prob(site["value"]))
+    return torch.stack(out)                                                            # (S, N)
+
+
+# ---------------------------------------------------------------------------------------------------
+# NUTS reference posteriors
+
+
+def _split_global_sites(guide, x, plate_name: str = "data") -> dict:
+    """One draw of every latent site the guide samples outside the data plate (global latents)."""
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide).get_trace(x)
+    return {name: site["value"].detach() for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and plate_name not in {f.name for f in site["cond_indep_stack"]}}
+
+
+@dataclass(frozen=True)
+class NUTSResult:
+    """NUTS on p(z | x) (decoder fixed) for chosen observations, against the guide's q(z | x).
+
+    Attributes:
+        samples: ``(chains, draws, obs, latent_dim)`` NUTS draws of z.
+        guide_samples: ``(draws, obs, latent_dim)`` draws of z from the guide.
+        nuts_mean, nuts_sd, guide_mean, guide_sd: ``(obs, latent_dim)``.
+        standardized_mean_error: ``(guide_mean - nuts_mean) / nuts_sd``; |values| above ~0.5 mean the
+            guide is off-centre by a sizeable fraction of the posterior's width.
+        sd_ratio: ``guide_sd / nuts_sd``: below 1 an under-dispersed (over-confident) guide.
+        rhat, ess_bulk, ess_tail: ``(obs, latent_dim)`` from ArviZ (rank-normalized R-hat, ESS).
+        max_rhat, min_ess_bulk: the worst of each; trust the comparison when R-hat < 1.01 and ESS > 400.
+        global_values: values of global latents held fixed (one guide draw), if the model has any.
+        inference_data: ArviZ InferenceData of the NUTS draws (``posterior``) and the sampler's stats.
+    """
+
+    samples: np.ndarray = field(repr=False)
+    guide_samples: np.ndarray = field(repr=False)
+    nuts_mean: np.ndarray = field(repr=False)
+    nuts_sd: np.ndarray = field(repr=False)
+    guide_mean: np.ndarray = field(repr=False)
+    guide_sd: np.ndarray = field(repr=False)
+    standardized_mean_error: np.ndarray = field(repr=False)
+    sd_ratio: np.ndarray = field(repr=False)
+    rhat: np.ndarray = field(repr=False)
+    ess_bulk: np.ndarray = field(repr=False)
+    ess_tail: np.ndarray = field(repr=False)
+    max_rhat: float
+    min_ess_bulk: float
+    divergences: int
+    global_values: dict = field(repr=False, default_factory=dict)
+    inference_data: object = field(repr=False, default=None)
+
+    def summary(self) -> dict:
+        """JSON-ready numbers: per observation and overall."""
+        return {
+            "max_rhat": self.max_rhat, "min_ess_bulk": self.min_ess_bulk, "divergences": self.divergences,
+            "max_abs_standardized_mean_error": float(np.abs(self.standardized_mean_error).max()),
+            "median_sd_ratio": float(np.median(self.sd_ratio)),
+            "sd_ratio_range": [float(self.sd_ratio.min()), float(self.sd_ratio.max())],
+            "per_observation": [
+                {"standardized_mean_error": self.standardized_mean_error[i].tolist(),
+                 "sd_ratio": self.sd_ratio[i].tolist(), "rhat": self.rhat[i].tolist(),
+                 "ess_bulk": self.ess_bulk[i].tolist()}
+                for i in range(self.sd_ratio.shape[0])],
+        }
+
+
+def nuts_reference(model, guide, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
+                   num_samples: int = 500, guide_samples: int = 2000, latent_site: str = "z",
+                   seed: int = 0, progress: bool = False) -> NUTSResult:
+    """A gold-standard posterior for chosen observations: NUTS on p(z | x) with the model's parameters
+    (decoder, likelihood scale, learned prior) fixed at their current values, compared with the guide.
+
+    Args:
+        model, guide: Pyro programs taking ``(x)``; per-example sites inside ``pyro.plate("data")``.
+        x: ``(N, ...)`` the observations (tens at most: all are sampled jointly, one block of z each).
+        num_chains: independent chains (run one after another, each started from a prior draw, so the
+            starts are over-dispersed and R-hat means something). At least 4 is the usual advice.
+        num_warmup, num_samples: per chain.
+        guide_samples: draws from the guide for its mean and sd.
+
+    Global latents (a sample site the guide draws outside the data plate, such as the scale of a
+    hierarchical prior) are held at one draw from their guide, so NUTS targets p(z | x, globals).
+    """
+    import pyro
+    from pyro import poutine
+    from pyro.infer import MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_sample
+
+    if num_chains < 2:
+        raise ConfigError(f"num_chains must be at least 2 for R-hat, got {num_chains}")
+    if num_samples < 10 or num_warmup < 0:
+        raise ConfigError(f"need num_samples >= 10 and num_warmup >= 0, got {num_samples} and {num_warmup}")
+    with seeded(seed, x.device):
+        globals_ = _split_global_sites(guide, x)
+        # Parameters are read from the param store as constants; no gradient flows into them.
+        target = poutine.condition(model, data=globals_) if globals_ else model
+        chains, divergences = [], 0
+        nesting = max_plate_nesting(model, guide, x[:1])
+        for chain in range(num_chains):
+            pyro.set_rng_seed(seed * 1000 + chain)
+            kernel = NUTS(target, init_strategy=init_to_sample, max_plate_nesting=nesting)
+            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
+                        disable_progbar=not progress)
+            mcmc.run(x)
+            chains.append(mcmc.get_samples()[latent_site].detach())
+            divergences += int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values()))
+        samples = torch.stack(chains).double().cpu()                               # (C, S, N, d)
+        with torch.no_grad():
+            draws = Predictive(guide, num_samples=guide_samples, return_sites=[latent_site])(x)[latent_site]
+    draws = draws.double().cpu().reshape(guide_samples, *samples.shape[2:])          # (S, N, d)
+    nuts_mean, nuts_sd = samples.mean((0, 1)), samples.std((0, 1))
+    guide_mean, guide_sd = draws.mean(0), draws.std(0)
+    az = _arviz()
+    n, d = samples.shape[2], samples.shape[3]
+    idata = az.from_dict(posterior={latent_site: samples.numpy()}, dims={latent_site: ["obs", "latent_dim"]},
+                         coords={"obs": np.arange(n), "latent_dim": np.arange(d)})
+    rhat = az.rhat(idata)[latent_site].values
+    ess_bulk = az.ess(idata, method="bulk")[latent_site].values
+    ess_tail = az.ess(idata, method="tail")[latent_site].values
+    return NUTSResult(
+        samples=samples.numpy(), guide_samples=draws.numpy(),
+        nuts_mean=nuts_mean.numpy(), nuts_sd=nuts_sd.numpy(), guide_mean=guide_mean.numpy(), guide_sd=guide_sd.numpy(),
+        standardized_mean_error=((guide_mean - nuts_mean) / nuts_sd).numpy(), sd_ratio=(guide_sd / nuts_sd).numpy(),
+        rhat=rhat, ess_bulk=ess_bulk, ess_tail=ess_tail, max_rhat=float(np.max(rhat)),
+        min_ess_bulk=float(np.min(ess_bulk)), divergences=divergences,
+        global_values={k: v.cpu().tolist() for k, v in globals_.items()}, inference_data=idata)
