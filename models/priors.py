@@ -181,7 +181,7 @@ class FlowPrior(nn.Module):
 
 def _manifold(name):
     def build(latent_dim, **_):
-        from ppl_vae.models import manifold
+        from ppl_vae.models import manifold     # a sibling module, imported when a manifold prior is built
 
         return getattr(manifold, name)(latent_dim)
 

@@ -1,0 +1,63 @@
+"""The one result convention: every public computation returns a frozen dataclass.
+
+Subclass :class:`Result` with ``@dataclass(frozen=True)``. :meth:`Result.to_dict` gives plain data
+(numbers, strings, lists, nested dicts; tensors and arrays become lists) for JSON files and reports;
+presentation lives in ``format_*`` functions, the app layer and the CLI. Results also read like the
+mappings some of them used to be (``result["total"]``, ``"total" in result``, ``result.get(...)``), so
+code written against the earlier dicts keeps working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain data: results and dataclasses to dicts, tensors and arrays to (nested) lists,
+    tuples to lists, NaN kept as float('nan')."""
+    if isinstance(value, Result):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    tolist = getattr(value, "tolist", None)           # torch tensors, numpy arrays and scalars
+    if callable(tolist):
+        return tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return float("nan")
+    return value
+
+
+class Result:
+    """Base of the frozen dataclasses that public computations return."""
+
+    def to_dict(self) -> dict:
+        """Every field as plain data (see :func:`plain`)."""
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    # -- read-only mapping access, for code written against the earlier dict results --------------
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self._names() else default
+
+    def keys(self) -> list[str]:
+        return list(self._names())
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in self._names()]
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))
