@@ -44,7 +44,7 @@ from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 import ppl_vae
-from ppl_vae.infer.fit import TrainStep
+from ppl_vae.infer.step import TrainStep
 from benchmarks import parity
 from benchmarks.reference_vae import ReferenceVAE, reference_log_likelihood
 

@@ -32,7 +32,7 @@ def _spin(stop) -> None:
 
 
 def measure(sizes, thread_counts, rounds: int, steps: int) -> list[dict]:
-    from ppl_vae.infer.fit import TrainStep
+    from ppl_vae.infer.step import TrainStep
     from ppl_vae.vae import VAE
 
     pyro.enable_validation(False)

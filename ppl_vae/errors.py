@@ -22,6 +22,28 @@ class CheckpointError(PplVaeError):
     """A checkpoint or run folder is missing, damaged, or does not match its configuration."""
 
 
+class TrainingDiverged(PplVaeError):
+    """The ELBO or a gradient became NaN or infinite (:func:`ppl_vae.infer.fit.fit`)."""
+
+
+class TrainingInterrupted(PplVaeError):
+    """SIGINT or SIGTERM (or ``stop``) ended training at a step boundary; ``state`` continues it exactly.
+
+    Attributes:
+        state: the training state at the stop (the dict that ``fit``'s ``resume`` takes).
+        signal_name: ``"SIGINT"``, ``"SIGTERM"`` or ``"stop"``.
+    """
+
+    def __init__(self, message: str, state: dict, signal_name: str):
+        super().__init__(message)
+        self.state = state
+        self.signal_name = signal_name
+
+
+class DistributedError(PplVaeError):
+    """A collective failed or timed out: another process of the job died or stopped."""
+
+
 def require_int(value, name: str, minimum: int = 1) -> int:
     """``value`` when it is an integer (not a bool) of at least ``minimum``; ConfigError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

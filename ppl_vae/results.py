@@ -5,13 +5,20 @@ Subclass :class:`Result` with ``@dataclass(frozen=True)``. :meth:`Result.to_dict
 presentation lives in ``format_*`` functions, the app layer and the CLI. Results also read like the
 mappings some of them used to be (``result["total"]``, ``"total" in result``, ``result.get(...)``), so
 code written against the earlier dicts keeps working.
+
+A field that is not data (an ArviZ object, bulky per-example tensors kept for further analysis) can be
+left out of :meth:`Result.to_dict` with ``field(..., metadata=NOT_IN_DICT)``; it stays an attribute.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from types import MappingProxyType
 from typing import Any
+
+#: ``dataclasses.field(metadata=NOT_IN_DICT)``: the field is left out of :meth:`Result.to_dict`.
+NOT_IN_DICT = MappingProxyType({"in_dict": False})
 
 
 def plain(value: Any) -> Any:
@@ -37,8 +44,9 @@ class Result:
     """Base of the frozen dataclasses that public computations return."""
 
     def to_dict(self) -> dict:
-        """Every field as plain data (see :func:`plain`)."""
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Every field as plain data (see :func:`plain`), but those marked :data:`NOT_IN_DICT`."""
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.metadata.get("in_dict", True)}
 
     # -- read-only mapping access, for code written against the earlier dict results --------------
 

@@ -13,7 +13,7 @@ import ppl_vae
 from benchmarks import quality
 from benchmarks.parity import copy_weights, ours_layers, reference_layers
 from benchmarks.reference_vae import TextbookVAE
-from ppl_vae.infer.fit import make_elbo
+from ppl_vae.infer.step import make_elbo
 
 NUMBER = r"-?\d+\.\d+"
 

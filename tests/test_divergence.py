@@ -8,15 +8,13 @@ import pyro
 import pytest
 import torch
 
-from ppl_vae import VAE, Config, fit, load_dataset
+from ppl_vae import Config, fit
 from ppl_vae.app.checkpoint import load_checkpoint
 from ppl_vae.app.run import train_run
-from ppl_vae.infer.fit import TrainingDiverged
+from ppl_vae.errors import TrainingDiverged
+from tests.common import seeded_vae
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+# The ``digits`` fixture (load_dataset("digits"), once per module) comes from conftest.py.
 
 
 class _NanGradient(torch.autograd.Function):
@@ -45,8 +43,7 @@ def _sabotage(module, at_calls, kind):
 
 
 def _vae(data):
-    pyro.set_rng_seed(0)
-    return VAE(data.data_shape, latent_dim=3, hidden_dims=(32,))
+    return seeded_vae(data.data_shape, seed=0, latent_dim=3, hidden_dims=(32,))
 
 
 def test_a_nan_gradient_stops_training_naming_parameters_and_keeps_them_finite(digits):

@@ -14,7 +14,7 @@ from torch.distributions import Normal, kl_divergence
 from ppl_vae import VAE, Config, fit
 from ppl_vae.cli import main
 from ppl_vae.infer.objectives import ANALYTIC, IMPORTANCE, MONTE_CARLO, check_compatible
-from ppl_vae.infer.fit import make_elbo
+from ppl_vae.infer.step import make_elbo
 from tests.ppca import make_ppca
 
 SHAPE = (1, 4, 4)

@@ -50,7 +50,7 @@ def test_iwae_with_beta_is_refused(x):
 
 def test_iwae_objective_is_tighter_than_the_elbo_in_expectation(x):
     vae = VAE(SHAPE, latent_dim=2, hidden_dims=(8,))
-    from ppl_vae.infer.fit import make_elbo
+    from ppl_vae.infer.step import make_elbo
 
     iwae = torch.tensor([make_elbo("iwae", 64).loss(vae.model, vae.guide, x) for _ in range(30)])
     elbo = torch.tensor([make_elbo("trace", 64).loss(vae.model, vae.guide, x) for _ in range(30)])

@@ -11,14 +11,11 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppl_vae import evaluate, fit, log_weights
-from tests.ppca import make_ppca
+from tests.common import assert_within_se
 
 Z = 4.0  # tolerance in Monte Carlo standard errors
 
-
-@pytest.fixture
-def ppca():
-    return make_ppca()
+# The ``ppca`` fixture (a fresh tests.ppca.make_ppca() per test) comes from conftest.py.
 
 
 @pytest.fixture
@@ -50,7 +47,7 @@ def test_iwae_estimate_matches_exact_log_marginal_within_mc_error(ppca, x):
     exact = ppca.log_marginal(x).mean().item()
     result = evaluate(ppca.vae, x, num_particles=4000, seed=0, max_elements=2**16)
     assert result.log_likelihood_se > 0
-    assert abs(result.log_likelihood - exact) < Z * result.log_likelihood_se
+    assert_within_se(result.log_likelihood, exact, result.log_likelihood_se, z=Z, what="IWAE log p(x)")
     # The ELBO is a strict lower bound for this guide; its gap is far larger than its error.
     assert result.elbo + Z * result.elbo_se < exact
     assert result.elbo < result.log_likelihood
@@ -65,7 +62,7 @@ def test_elbo_gap_is_the_kl_between_guide_and_exact_posterior(ppca, x):
     gap = torch.distributions.kl_divergence(q, p).sum(-1).mean().item()
     result = evaluate(ppca.vae, x, num_particles=2000, seed=1)
     exact = ppca.log_marginal(x).mean().item()
-    assert abs((exact - result.elbo) - gap) < Z * result.elbo_se
+    assert_within_se(exact - result.elbo, gap, result.elbo_se, z=Z, what="log p(x) - ELBO vs KL(q || p(z|x))")
 
 
 def _closed_form_kl(loc, scale):
@@ -78,7 +75,7 @@ def test_monte_carlo_kl_agrees_with_closed_form(ppca, x):
     exact_kl = _closed_form_kl(loc, scale).mean().item()
     result = evaluate(ppca.vae, x, num_particles=3000, seed=2)
     assert result.kl_se > 0
-    assert abs(result.kl - exact_kl) < Z * result.kl_se
+    assert_within_se(result.kl, exact_kl, result.kl_se, z=Z, what="Monte Carlo KL")
 
 
 def _closed_form_elbo(ppca, x):
@@ -99,7 +96,7 @@ def test_pyro_elbo_estimates_agree_with_closed_form_elbo(ppca, x, elbo):
     losses = torch.tensor([estimator.loss(ppca.vae.model, ppca.vae.guide, x) for _ in range(300)], dtype=torch.float64)
     mean, se = -losses.mean().item(), (losses.std() / math.sqrt(len(losses))).item()
     assert se > 0
-    assert abs(mean - exact) < Z * se
+    assert_within_se(mean, exact, se, z=Z, what="Pyro ELBO")
 
 
 def _kl_to_exact_posterior(ppca, x):
@@ -127,4 +124,4 @@ def test_svi_recovers_the_exact_posterior_with_the_decoder_fixed(ppca):
     # log p(x) - ELBO is exactly that KL: the evaluator must see the same gap, within its MC error.
     result = evaluate(ppca.vae, x, num_particles=1000, seed=0)
     gap = ppca.log_marginal(x).mean().item() - result.elbo
-    assert abs(gap - after) < Z * result.elbo_se
+    assert_within_se(gap, after, result.elbo_se, z=Z, what="log p(x) - ELBO after training")

@@ -12,21 +12,18 @@ import pyro
 import pytest
 import torch
 
-from ppl_vae import VAE, Config, ConfigError, fit, load_dataset
+from ppl_vae import Config, ConfigError, fit
 from ppl_vae.app.checkpoint import load_checkpoint
 from ppl_vae.cli import main
 from ppl_vae.app.run import resume_run, train_run
-from ppl_vae.infer.fit import TrainingInterrupted
+from ppl_vae.errors import TrainingInterrupted
+from tests.common import seeded_vae
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+# The ``digits`` fixture (load_dataset("digits"), once per module) comes from conftest.py.
 
 
 def _vae(data, seed=1):
-    pyro.set_rng_seed(seed)
-    return VAE(data.data_shape, latent_dim=3, hidden_dims=(32,))
+    return seeded_vae(data.data_shape, seed=seed, latent_dim=3, hidden_dims=(32,))
 
 
 def _without_seconds(history):

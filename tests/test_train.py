@@ -7,17 +7,14 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
-from ppl_vae import VAE, ConfigError, DataError, fit, load_dataset
+from ppl_vae import ConfigError, DataError, fit
+from tests.common import seeded_vae
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+# The ``digits`` fixture (load_dataset("digits"), once per module) comes from conftest.py.
 
 
 def _vae(data, seed=0):
-    pyro.set_rng_seed(seed)
-    return VAE(data.data_shape, latent_dim=4, hidden_dims=(64,))
+    return seeded_vae(data.data_shape, seed=seed, latent_dim=4, hidden_dims=(64,))
 
 
 def test_training_on_digits_raises_the_heldout_elbo(digits):

@@ -12,7 +12,7 @@ from ppl_vae.diagnostics import latent_space
 
 from ppl_vae.app import plots
 from ppl_vae.cli import build_parser
-from ppl_vae.cli import latent as latent_cli
+from ppl_vae.app import latent as latent_app
 from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.vae import VAE
 
@@ -70,7 +70,7 @@ def test_informative_dims_excludes_dimensions_collapsed_by_construction(guide, c
 
 def _run_latent_map(monkeypatch, tmp_path, *extra):
     vae, x = _collapsed_01_vae(), _data()
-    monkeypatch.setattr(latent_cli, "_load_images_run", lambda run_dir: (vae, x, torch.arange(len(x)) % 3))
+    monkeypatch.setattr(latent_app, "load_image_run", lambda run_dir: (vae, x, torch.arange(len(x)) % 3))
     saved = {}
     original = plots.save_figure
 

@@ -20,9 +20,9 @@ claims usually made for the VAE are turned into measurements:
 * **collapse** -- :func:`collapse_reason`: a model with no active unit or a rate below
   :data:`COLLAPSE_KL_NATS` is named as collapsed, and the verdict draws no conclusions from it.
 
-:func:`compare_ae` trains the models and returns plain data; :func:`compare_ae_run` also writes
-``comparison.json``, ``comparison.md`` and ``figures/``; :func:`register` adds the ``compare-ae`` CLI
-command.
+:func:`compare_ae` trains the models and returns a :class:`Comparison`; :func:`compare_ae_run` also writes
+``comparison.json``, ``comparison.md`` and ``figures/`` (``ppl-vae compare-ae``) and returns a
+:class:`ComparisonRun`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -54,13 +55,60 @@ from ppl_vae.diagnostics.sample_quality import (
     sample_quality,
     train_domain_classifier,
 )
+from ppl_vae.app.formatting import format_number
+from ppl_vae.app.plots import grid_figure, image_grid
 from ppl_vae.errors import ConfigError
+from ppl_vae.results import Result
+from ppl_vae.rng import seeded
 
 #: Epochs per model of ``compare-ae`` by default: 7 models on the digits in a few minutes on 2 CPU cores.
 DEFAULT_EPOCHS = 150
 
 
 DEFAULT_BETAS = (0.0, 0.1, 0.5, 1.0, 2.0, 4.0)
+
+#: What each measurement means, stored with every comparison (``notes``).
+NOTES = {
+    "autoencoder": "AE = guide 'delta' (deterministic encoder) trained with beta=0: a plain autoencoder",
+    "sample_quality": CLASSIFIER_NOTE,
+    "smoothness": "decoded straight latent paths between held-out encodings: path length / end-to-end "
+                  "distance (1 = straight) and largest / mean step (1 = even, num_steps = one jump); a collapsed "
+                  "model (no active units) decodes every path to nearly one image and scores about 1 "
+                  "trivially, see decoded_end_distance",
+    "coverage": "unbiased MMD^2 between one draw of q(z|x) per held-out example and as many prior draws, "
+                "sum of Gaussian kernels with fixed bandwidths; mmd2_threshold is the 95% permutation "
+                "quantile (what two samples of one distribution give)",
+    "rate": "KL(q(z|x) || p(z)) to the model's own prior per example, nats (closed form for the diagonal "
+            "Normal guide and the N(0, I) prior used here; see compare.kl_to_prior); None for the "
+            "point-mass encoder (infinite)",
+    "collapse": f"a model is collapsed when it has no active unit or its rate is below {COLLAPSE_KL_NATS} "
+                "nats per example: its encodings carry (almost) no information about x, so its "
+                "smoothness, sample quality and coverage describe the decoder alone and say nothing "
+                "about the encoder; the verdict draws no conclusions from it",
+    "distortion": "-E_q log p(x|z) on the fixed-binarized held-out set, nats per example",
+}
+
+
+@dataclass(frozen=True)
+class Comparison(Result):
+    """What :func:`compare_ae` measured: ``models`` (one dict per model, see :func:`compare_ae`),
+    ``reference`` (the domain classifier on real data, None without labels), ``settings`` and ``notes``."""
+
+    dataset: str
+    settings: dict
+    models: list[dict]
+    reference: dict | None
+    notes: dict
+
+
+@dataclass(frozen=True)
+class ComparisonRun(Comparison):
+    """A :class:`Comparison` written to a folder by :func:`compare_ae_run` (``comparison.json`` holds all of
+    it): the folder, the files written in it and the wall time in seconds."""
+
+    out_dir: str
+    files: list[str]
+    seconds: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +139,7 @@ def _measure(vae, *, data, heldout, classifier, pairs, seed, num_steps, bandwidt
 
     mean, _ = vae.encode(heldout)
     smooth = path_smoothness(vae.decode, mean[pairs[0]], mean[pairs[1]], num_steps=num_steps)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed, vae.device):
         samples = vae.sample(len(heldout))
         z_q = vae.posterior(heldout).sample()
         z_p = vae.prior_distribution().sample(torch.Size([len(heldout)]))
@@ -125,86 +172,78 @@ def _measure(vae, *, data, heldout, classifier, pairs, seed, num_steps, bandwidt
     }
 
 
+def _domain_reference(data, seed: int):
+    """The domain classifier of the data's labels and its numbers on real data, or ``(None, None)``
+    without labels."""
+    if data.train_labels is None:
+        return None, None
+    classifier = train_domain_classifier(data.train, data.train_labels, seed=seed)
+    n = min(len(data.train), len(data.heldout))
+    heldout = as_numpy(data.heldout).reshape(len(data.heldout), -1)
+    reference = {
+        "name": "real data",
+        "confidence": float(classifier.predict_proba(heldout).max(1).mean()),
+        "frechet": frechet_distance(classifier_features(classifier, data.train[:n]),
+                                    classifier_features(classifier, data.heldout[:n])),
+        "classifier_heldout_accuracy": float(
+            (classifier.predict(heldout) == as_numpy(data.heldout_labels).astype(np.int64)).mean()),
+    }
+    return classifier, reference
+
+
+def _heldout_pairs(num_heldout: int, num_pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_pairs`` random pairs of two different held-out indices (the same for every model)."""
+    gen = torch.Generator().manual_seed(seed)
+    first = torch.randint(num_heldout, (num_pairs,), generator=gen)
+    second = (first + 1 + torch.randint(max(1, num_heldout - 1), (num_pairs,), generator=gen)) % num_heldout
+    return first, second
+
+
+def _train(spec: dict, data, *, epochs, latent_dim, hidden_dims, seed, batch_size, lr):
+    """One model of the comparison, trained from the same seed as every other; returns it and the seconds."""
+    from ppl_vae.infer.fit import fit
+    from ppl_vae.vae import VAE
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    vae = VAE(data.data_shape, latent_dim, hidden_dims, guide=spec["guide"])
+    start = time.perf_counter()
+    fit(vae, data.train, None, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, beta=spec["beta"],
+        progress=False)
+    return vae, time.perf_counter() - start
+
+
 def _compare(data, *, epochs, betas, latent_dim, hidden_dims, seed, batch_size, lr, num_pairs, num_steps,
              progress):
-    """The work of :func:`compare_ae`; also returns the trained models and the binarized held-out set."""
-    from ppl_vae.infer.fit import fit, fixed_binarization
-    from ppl_vae.vae import VAE
+    """The work of :func:`compare_ae`; also returns the trained models, the binarized held-out set and the pairs."""
+    from ppl_vae.infer.fit import fixed_binarization
 
     betas = tuple(float(b) for b in betas)
     _check_arguments(epochs, betas, latent_dim)
     heldout = fixed_binarization(data.heldout, "dynamic", seed)
-    classifier = None
-    reference = None
-    if data.train_labels is not None:
-        classifier = train_domain_classifier(data.train, data.train_labels, seed=seed)
-        n = min(len(data.train), len(data.heldout))
-        reference = {
-            "name": "real data",
-            "confidence": float(classifier.predict_proba(as_numpy(data.heldout).reshape(len(data.heldout), -1))
-                                .max(1).mean()),
-            "frechet": frechet_distance(classifier_features(classifier, data.train[:n]),
-                                        classifier_features(classifier, data.heldout[:n])),
-            "classifier_heldout_accuracy": float(
-                (classifier.predict(as_numpy(data.heldout).reshape(len(data.heldout), -1))
-                 == as_numpy(data.heldout_labels).astype(np.int64)).mean()),
-        }
-    gen = torch.Generator().manual_seed(seed)
-    first = torch.randint(len(heldout), (num_pairs,), generator=gen)
-    second = (first + 1 + torch.randint(max(1, len(heldout) - 1), (num_pairs,), generator=gen)) % len(heldout)
-    pairs = (first, second)
+    classifier, reference = _domain_reference(data, seed)
+    pairs = _heldout_pairs(len(heldout), num_pairs, seed)
     bandwidths = [h * math.sqrt(latent_dim) for h in (0.25, 0.5, 1.0, 2.0)]   # fixed, in prior units
     models, rows = {}, []
     for spec in _model_specs(betas):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        vae = VAE(data.data_shape, latent_dim, hidden_dims, guide=spec["guide"])
-        start = time.perf_counter()
-        fit(vae, data.train, None, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, beta=spec["beta"],
-            progress=False)
-        seconds = time.perf_counter() - start
-        row = dict(spec)
-        row.update(_measure(vae, data=data, heldout=heldout, classifier=classifier, pairs=pairs, seed=seed,
-                            num_steps=num_steps, bandwidths=bandwidths))
-        row["train_seconds"] = seconds
-        rows.append(row)
+        vae, seconds = _train(spec, data, epochs=epochs, latent_dim=latent_dim, hidden_dims=hidden_dims, seed=seed,
+                              batch_size=batch_size, lr=lr)
+        measured = _measure(vae, data=data, heldout=heldout, classifier=classifier, pairs=pairs, seed=seed,
+                            num_steps=num_steps, bandwidths=bandwidths)
+        rows.append({**spec, **measured, "train_seconds": seconds})
         models[spec["name"]] = vae
         if progress:
             print(f"{spec['name']}: trained in {seconds:.1f} s", flush=True)
-    result = {
-        "dataset": data.name,
-        "settings": {"epochs": epochs, "betas": list(betas), "latent_dim": latent_dim,
-                     "hidden_dims": list(hidden_dims), "seed": seed, "batch_size": batch_size, "lr": lr,
-                     "num_pairs": num_pairs, "num_steps": num_steps, "mmd_bandwidths": bandwidths,
-                     "num_heldout": len(heldout), "num_train": len(data.train)},
-        "models": rows,
-        "reference": reference,
-        "notes": {
-            "autoencoder": "AE = guide 'delta' (deterministic encoder) trained with beta=0: a plain autoencoder",
-            "sample_quality": CLASSIFIER_NOTE,
-            "smoothness": "decoded straight latent paths between held-out encodings: path length / end-to-end "
-                          "distance (1 = straight) and largest / mean step (1 = even, num_steps = one jump); a collapsed "
-                          "model (no active units) decodes every path to nearly one image and scores about 1 "
-                          "trivially, see decoded_end_distance",
-            "coverage": "unbiased MMD^2 between one draw of q(z|x) per held-out example and as many prior draws, "
-                        "sum of Gaussian kernels with fixed bandwidths; mmd2_threshold is the 95% permutation "
-                        "quantile (what two samples of one distribution give)",
-            "rate": "KL(q(z|x) || p(z)) to the model's own prior per example, nats (closed form for the diagonal "
-                    "Normal guide and the N(0, I) prior used here; see compare.kl_to_prior); None for the "
-                    "point-mass encoder (infinite)",
-            "collapse": f"a model is collapsed when it has no active unit or its rate is below {COLLAPSE_KL_NATS} "
-                        "nats per example: its encodings carry (almost) no information about x, so its "
-                        "smoothness, sample quality and coverage describe the decoder alone and say nothing "
-                        "about the encoder; the verdict draws no conclusions from it",
-            "distortion": "-E_q log p(x|z) on the fixed-binarized held-out set, nats per example",
-        },
-    }
+    settings = {"epochs": epochs, "betas": list(betas), "latent_dim": latent_dim, "hidden_dims": list(hidden_dims),
+                "seed": seed, "batch_size": batch_size, "lr": lr, "num_pairs": num_pairs, "num_steps": num_steps,
+                "mmd_bandwidths": bandwidths, "num_heldout": len(heldout), "num_train": len(data.train)}
+    result = Comparison(dataset=data.name, settings=settings, models=rows, reference=reference, notes=dict(NOTES))
     return result, models, heldout, pairs
 
 
 def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = DEFAULT_BETAS, latent_dim: int = 2,
                hidden_dims: Sequence[int] = (256, 128), seed: int = 0, batch_size: int = 128, lr: float = 1e-3,
-               num_pairs: int = 64, num_steps: int = 16, progress: bool = False) -> dict:
+               num_pairs: int = 64, num_steps: int = 16, progress: bool = False) -> Comparison:
     """Train a plain autoencoder (``guide="delta"``, ``beta=0``) and a Normal-guide VAE for every beta in
     ``betas`` (beta=1 is the VAE) on the same data, budget and seed, and measure each.
 
@@ -215,7 +254,7 @@ def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = D
         latent_dim, hidden_dims: the architecture, shared by every model.
         num_pairs, num_steps: held-out pairs (the same for every model) and segments per decoded path.
 
-    Returns plain data (JSON-ready): ``models`` (one dict per model: name, guide, beta,
+    Returns a :class:`Comparison` (``to_dict()`` is JSON-ready): ``models`` (one dict per model: name, guide, beta,
     ``smoothness_ratio``, ``max_step_ratio``, ``confidence``, ``frechet``, ``class_fractions``, ``mmd2``,
     ``mmd2_threshold``, ``mmd_p_value``, ``rate`` (KL to the model's prior, :func:`kl_to_prior`) with
     ``rate_se`` and ``rate_method``, ``distortion``, ``kl_per_dimension`` (None, with
@@ -232,27 +271,6 @@ def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = D
 # Figures
 
 
-def _image_panels_figure(panels: list, panel_width: float = 4.2, title_height: float = 0.35) -> Figure:
-    """One row of image-grid panels, ``panels = [(images (N, *data_shape), title, ncol), ...]``, in a
-    figure shaped to the grids (no blank bands above or below them)."""
-    from ppl_vae.app.plots import image_grid
-
-    grids = [image_grid(images, ncol=ncol) for images, _, ncol in panels]
-    aspect = max(g.shape[0] / g.shape[1] for g in grids)           # height / width of the tallest grid
-    gap = 0.15
-    width = len(panels) * panel_width + (len(panels) + 1) * gap
-    height = panel_width * aspect + title_height + 2 * gap
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=gap / width, right=1 - gap / width, bottom=gap / height,
-                        top=1 - (title_height + gap) / height, wspace=gap / panel_width)
-    for i, (grid, (_, title, _)) in enumerate(zip(grids, panels)):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        ax.imshow(grid[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=10)
-        ax.axis("off")
-    return fig
-
-
 @torch.no_grad()
 def interpolation_figure(models: dict, heldout: torch.Tensor, pairs, num_steps: int = 10, max_pairs: int = 8) -> Figure:
     """Decoded straight latent paths between the encodings of the same held-out pairs, one panel per
@@ -264,8 +282,9 @@ def interpolation_figure(models: dict, heldout: torch.Tensor, pairs, num_steps: 
         mean = vae.encode(heldout)[0]
         z0, z1 = mean[first], mean[second]
         z = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None]
-        panels.append((vae.decode(z.reshape(-1, z.shape[-1])), f"{name}: straight latent paths", num_steps + 1))
-    return _image_panels_figure(panels)
+        images = vae.decode(z.reshape(-1, z.shape[-1]))
+        panels.append((image_grid(images, ncol=num_steps + 1), f"{name}: straight latent paths"))
+    return grid_figure(panels, panel_width=4.2)
 
 
 @torch.no_grad()
@@ -273,11 +292,10 @@ def samples_figure(models: dict, num_samples: int = 64, seed: int = 0) -> Figure
     """Decoded prior samples (mean of p(x | z), z ~ p(z), the model's prior) of each model side by side."""
     panels = []
     for name, vae in models.items():
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with seeded(seed, vae.device):
             x = vae.sample(num_samples)
-        panels.append((x, f"{name}: z ~ p(z)", math.ceil(math.sqrt(num_samples))))
-    return _image_panels_figure(panels, panel_width=4.0)
+        panels.append((image_grid(x, ncol=math.ceil(math.sqrt(num_samples))), f"{name}: z ~ p(z)"))
+    return grid_figure(panels, panel_width=4.0)
 
 
 def _two_dims(z: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -326,11 +344,12 @@ def rate_distortion_figure(result: dict) -> Figure:
         note = ", collapsed" if r["name"] in collapsed else ""
         ax.plot(r["rate"], r["distortion"], markers[i % len(markers)], ms=8 - 0.5 * (i % 4), alpha=0.85,
                 color=f"C{i % 10}", zorder=2,
-                label=f"β={r['beta']:g}: rate {_fmt(r['rate'])}, distortion {_fmt(r['distortion'])}{note}")
+                label=f"β={r['beta']:g}: rate {format_number(r['rate'])}, distortion "
+                      f"{format_number(r['distortion'])}{note}")
     for r in result["models"]:
         if r["rate"] is None:
             ax.axhline(r["distortion"], color="k", ls="--", lw=1,
-                       label=f"{r['name']}: rate ∞, distortion {_fmt(r['distortion'])}")
+                       label=f"{r['name']}: rate ∞, distortion {format_number(r['distortion'])}")
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats")
     ax.set_ylabel("distortion: −E log p(x|z), nats")
     ax.set_title("rate and distortion per example, Normal-guide VAEs over β", fontsize=9)
@@ -377,16 +396,6 @@ def posterior_clouds_figure(models: dict, heldout: torch.Tensor, labels=None, nu
 # Report and run folder
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
-
-
 def markdown_table(result: dict) -> str:
     """One row per model (and one for real data): smoothness ratio, max/mean step, domain-classifier
     confidence and Fréchet distance, coverage MMD², rate, distortion, active units."""
@@ -396,14 +405,15 @@ def markdown_table(result: dict) -> str:
              "Fréchet (domain clf) ↓ | MMD² q vs prior ↓ | rate (nats) | distortion (nats) | active units |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["models"]:
-        lines.append(f"| {r['name']} | {_fmt(r['smoothness_ratio'])} | {_fmt(r['max_step_ratio'])} | "
-                     f"{_fmt(r['confidence'])} | {_fmt(r['frechet'])} | {_fmt(r['mmd2'])} | "
-                     f"{'∞ (point mass)' if r['rate'] is None else _fmt(r['rate'])} | {_fmt(r['distortion'])} | "
-                     f"{r['active_units']}/{latent_dim}{' (collapsed)' if r['name'] in collapsed else ''} |")
+        numbers = [format_number(r[key]) for key in ("smoothness_ratio", "max_step_ratio", "confidence", "frechet",
+                                                     "mmd2")]
+        rate = "∞ (point mass)" if r["rate"] is None else format_number(r["rate"])
+        units = f"{r['active_units']}/{latent_dim}{' (collapsed)' if r['name'] in collapsed else ''}"
+        lines.append(f"| {r['name']} | {' | '.join(numbers)} | {rate} | {format_number(r['distortion'])} | {units} |")
     ref = result.get("reference")
     if ref:
-        lines.append(f"| real data (train vs held-out) | — | — | {_fmt(ref['confidence'])} | {_fmt(ref['frechet'])} "
-                     "| — | — | — | — |")
+        lines.append(f"| real data (train vs held-out) | — | — | {format_number(ref['confidence'])} | "
+                     f"{format_number(ref['frechet'])} | — | — | — | — |")
     return "\n".join(lines)
 
 
@@ -423,7 +433,7 @@ def collapse_reason(row: dict, latent_dim: int | None = None) -> str | None:
         reasons.append(f"0 of {latent_dim} active units" if latent_dim else "0 active units")
     rate = row.get("rate")
     if rate is not None and math.isfinite(rate) and rate < COLLAPSE_KL_NATS:
-        reasons.append(f"KL to the prior {_fmt(rate)} nats per example")
+        reasons.append(f"KL to the prior {format_number(rate)} nats per example")
     return ", ".join(reasons) or None
 
 
@@ -488,8 +498,9 @@ def _comparison(ae: dict, vae: dict) -> str:
              f"is mixed against the AE ({'straighter' if straighter else 'less straight'} but "
              f"{'more even' if evener else 'less even'})")
     first = (f"On smoothness the {name} {claim}: decoded paths "
-             f"are {_fmt(vae['smoothness_ratio'])}× vs {_fmt(ae['smoothness_ratio'])}× the end-to-end distance, "
-             f"with largest/mean step {_fmt(vae['max_step_ratio'])} vs {_fmt(ae['max_step_ratio'])}.")
+             f"are {format_number(vae['smoothness_ratio'])}× vs {format_number(ae['smoothness_ratio'])}× the "
+             f"end-to-end distance, with largest/mean step {format_number(vae['max_step_ratio'])} vs "
+             f"{format_number(ae['max_step_ratio'])}.")
     parts = []
     if vae["frechet"] is not None and ae["frechet"] is not None:
         quality = vae["frechet"] < ae["frechet"]
@@ -497,12 +508,12 @@ def _comparison(ae: dict, vae: dict) -> str:
         caveat = "" if more_confident == quality else (
             f" by Fréchet distance, though its classifier confidence is {'higher' if more_confident else 'lower'}")
         parts.append(f"on sample quality it {word(quality)} the AE{caveat} (domain-classifier Fréchet distance "
-                     f"{_fmt(vae['frechet'])} vs {_fmt(ae['frechet'])}, confidence {_fmt(vae['confidence'])} vs "
-                     f"{_fmt(ae['confidence'])})")
+                     f"{format_number(vae['frechet'])} vs {format_number(ae['frechet'])}, confidence "
+                     f"{format_number(vae['confidence'])} vs {format_number(ae['confidence'])})")
     coverage = vae["mmd2"] < ae["mmd2"]
-    parts.append(f"on coverage of the prior it {word(coverage)} the AE (MMD² {_fmt(vae['mmd2'])} vs "
-                 f"{_fmt(ae['mmd2'])}; two samples of one distribution give up to about "
-                 f"{_fmt(vae['mmd2_threshold'])})")
+    parts.append(f"on coverage of the prior it {word(coverage)} the AE (MMD² {format_number(vae['mmd2'])} vs "
+                 f"{format_number(ae['mmd2'])}; two samples of one distribution give up to about "
+                 f"{format_number(vae['mmd2_threshold'])})")
     second = parts[0][0].upper() + parts[0][1:] + (", and " + parts[1] if len(parts) > 1 else "") + "."
     return first + " " + second
 
@@ -552,21 +563,29 @@ def _subset(data, max_train: int | None, max_heldout: int | None):
                      None if data.heldout_labels is None else data.heldout_labels[:b], data.kind)
 
 
-def compare_ae_run(out_dir, *, dataset: str = "digits", epochs: int = DEFAULT_EPOCHS,
+def default_comparison_dir(dataset: str) -> Path:
+    """Where ``ppl-vae compare-ae`` writes without ``--out``: ``runs/compare-ae-<dataset>-<time>``."""
+    name = str(dataset).replace(":", "_").replace("/", "_")
+    return Path("runs") / f"compare-ae-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def compare_ae_run(out_dir: str | Path | None = None, *, dataset: str = "digits", epochs: int = DEFAULT_EPOCHS,
                    betas: Sequence[float] = DEFAULT_BETAS, latent_dim: int = 2, hidden_dims: Sequence[int] = (256, 128),
                    seed: int = 0, batch_size: int = 128, lr: float = 1e-3, overwrite: bool = False,
-                   max_train: int | None = None, max_heldout: int | None = None, progress: bool = False) -> dict:
-    """Load ``dataset``, run :func:`compare_ae` and write into ``out_dir``: ``comparison.json`` (the result),
-    ``comparison.md`` (table and verdict) and ``figures/`` (``interpolations.png``, ``samples.png``,
-    ``latent_scatter.png``, ``rate_distortion.png``, ``posterior_clouds.png``). ``max_train`` /
-    ``max_heldout`` keep only the first examples (smoke runs). Refuses an existing non-empty ``out_dir``
-    unless ``overwrite``. Returns the result with ``out_dir``, ``files`` and ``seconds`` added.
+                   max_train: int | None = None, max_heldout: int | None = None,
+                   progress: bool = False) -> ComparisonRun:
+    """Load ``dataset``, run :func:`compare_ae` and write into ``out_dir`` (default:
+    :func:`default_comparison_dir`): ``comparison.json`` (the result), ``comparison.md`` (table and verdict)
+    and ``figures/`` (``interpolations.png``, ``samples.png``, ``latent_scatter.png``, ``rate_distortion.png``,
+    ``posterior_clouds.png``). ``max_train`` / ``max_heldout`` keep only the first examples (smoke runs).
+    Refuses an existing non-empty ``out_dir`` unless ``overwrite``. Returns the :class:`ComparisonRun`.
     """
     from ppl_vae.app.checkpoint import atomic_write, write_json
     from ppl_vae.app.folders import check_output_dir, claimed_output_dir
     from ppl_vae.app.plots import save_figure
     from ppl_vae.data.sources import load_dataset
 
+    out_dir = default_comparison_dir(dataset) if out_dir is None else out_dir
     out_dir = check_output_dir(out_dir, "compare-ae", overwrite=overwrite, inputs=_dataset_paths(dataset))
     start = time.perf_counter()
     data = _subset(load_dataset(dataset), max_train, max_heldout)
@@ -575,27 +594,33 @@ def compare_ae_run(out_dir, *, dataset: str = "digits", epochs: int = DEFAULT_EP
     result, models, heldout, pairs = _compare(
         data, epochs=epochs, betas=betas, latent_dim=latent_dim, hidden_dims=hidden_dims, seed=seed,
         batch_size=batch_size, lr=lr, num_pairs=64, num_steps=16, progress=progress)
+    figures = _figures(result, models, heldout, pairs, data.heldout_labels, seed)
+    files = ["comparison.json", "comparison.md"] + [f"figures/{n}" for n in figures]
+    with claimed_output_dir(out_dir, "compare-ae", replace=overwrite, action="compare-ae"):
+        for name, fig in figures.items():
+            save_figure(fig, out_dir / "figures" / name)
+        run = ComparisonRun(**result, out_dir=str(out_dir), files=files, seconds=time.perf_counter() - start)
+        write_json(out_dir / "comparison.json", run.to_dict())
+        text = report_markdown(run)
+        atomic_write(out_dir / "comparison.md", lambda handle: handle.write(text.encode()))
+    return run
+
+
+def _figures(result: Comparison, models: dict, heldout: torch.Tensor, pairs, labels, seed: int) -> dict:
+    """The figures of :func:`compare_ae_run` by file name: the AE against the VAE with beta=1 (or the first
+    other model), the rate-distortion curve, and the posterior clouds of beta=0 and beta=1."""
     vae_name = "VAE β=1" if "VAE β=1" in models else next(n for n in models if n != "AE")
     pair = {"AE": models["AE"], vae_name: models[vae_name]}
     figures = {
         "interpolations.png": interpolation_figure(pair, heldout, pairs),
         "samples.png": samples_figure(pair, seed=seed),
-        "latent_scatter.png": latent_scatter_figure(pair, heldout, data.heldout_labels),
+        "latent_scatter.png": latent_scatter_figure(pair, heldout, labels),
         "rate_distortion.png": rate_distortion_figure(result),
     }
     clouds = {n: models[n] for n in ("VAE β=0", "VAE β=1") if n in models}
     if clouds:
-        figures["posterior_clouds.png"] = posterior_clouds_figure(clouds, heldout, data.heldout_labels)
-    result["out_dir"] = str(out_dir)
-    result["files"] = ["comparison.json", "comparison.md"] + [f"figures/{n}" for n in figures]
-    with claimed_output_dir(out_dir, "compare-ae", replace=overwrite, action="compare-ae"):
-        for name, fig in figures.items():
-            save_figure(fig, out_dir / "figures" / name)
-        result["seconds"] = time.perf_counter() - start
-        write_json(out_dir / "comparison.json", result)
-        text = report_markdown(result)
-        atomic_write(out_dir / "comparison.md", lambda handle: handle.write(text.encode()))
-    return result
+        figures["posterior_clouds.png"] = posterior_clouds_figure(clouds, heldout, labels)
+    return figures
 
 
 def _dataset_paths(dataset: str) -> list[Path]:

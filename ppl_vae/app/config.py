@@ -141,3 +141,14 @@ class Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field names to values")
         return cls.from_dict(values, source=f"config file {path}")
+
+
+def resolve_config(config_file: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """The config of a new run: the fields of ``config_file`` (JSON or TOML; default: every default), with
+    ``overrides`` (field name -> value, e.g. from command-line flags) replacing single fields, validated."""
+    config = Config.from_file(config_file) if config_file is not None else Config()
+    values = config.to_dict()
+    for name, value in (overrides or {}).items():
+        if name in values and value is not None:
+            values[name] = value
+    return Config.from_dict(values, source="flags and config").validate()

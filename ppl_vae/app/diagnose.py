@@ -31,11 +31,15 @@ Files written (each atomically; the folder is filled only after every computatio
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import math
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +48,71 @@ from ppl_vae import diagnostics
 from ppl_vae.app import plots
 from ppl_vae.app.checkpoint import atomic_write, write_json
 from ppl_vae.app.folders import check_output_dir, locked, write_marker
+from ppl_vae.app.formatting import format_number
 from ppl_vae.errors import ConfigError
 from ppl_vae.limits import check_bytes
+from ppl_vae.results import Result, plain
 from ppl_vae.validation import Bound, check_number
+
+#: Accepted ranges of diagnose_run's sizes (the lower ends are what each method needs to mean anything).
+LIMITS = {"num_samples": Bound(int, 2, 100_000), "nuts_observations": Bound(int, 0, 10_000),
+          "nuts_chains": Bound(int, 2, 64), "nuts_samples": Bound(int, 10, 100_000),
+          "nuts_warmup": Bound(int, 0, 100_000), "sbc_simulations": Bound(int, 20, 1_000_000),
+          "sbc_draws": Bound(int, 1, 10_000), "gap_observations": Bound(int, 0, 100_000),
+          "gap_steps": Bound(int, 1, 1_000_000), "idata_samples": Bound(int, 1, 100_000)}
+
+#: The steps of a diagnosis, in order (the progress bar counts them; ``seconds`` times each).
+STEPS = ("psis", "inference data", "nuts", "sbc", "amortization gap", "collapse", "figures")
+
+
+@dataclass(frozen=True)
+class DiagnoseSettings(Result):
+    """The sizes of a diagnosis (``settings`` in ``diagnostics.json``); see :func:`diagnose_run`."""
+
+    num_samples: int = 1000
+    nuts_observations: int = 8
+    nuts_chains: int = 4
+    nuts_warmup: int = 300
+    nuts_samples: int = 500
+    sbc_simulations: int = 1000
+    sbc_draws: int = 99
+    gap_observations: int = 100
+    gap_steps: int = 300
+    idata_samples: int = 100
+    seed: int = 0
+
+    def check(self) -> DiagnoseSettings:
+        """Refuse a size outside :data:`LIMITS` with a one-line :class:`ConfigError`."""
+        for name, bound in LIMITS.items():
+            check_number(getattr(self, name), name, bound)
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiagnoseResult(Result):
+    """What :func:`diagnose_run` found: the contents of ``diagnostics.json`` (see the module docstring).
+    ``nuts`` and ``amortization_gap`` are None when their step was skipped, and then absent, as from the
+    file: ``"nuts" in result`` is False and ``to_dict()`` leaves them out."""
+
+    run_dir: str
+    dataset: str
+    num_heldout: int
+    psis: dict
+    nuts: dict | None = None
+    sbc: dict
+    amortization_gap: dict | None = None
+    collapse: dict
+    units: str
+    seconds: dict
+    settings: dict
+
+    def _names(self) -> tuple[str, ...]:
+        skipped = {name for name in ("nuts", "amortization_gap") if getattr(self, name) is None}
+        return tuple(f.name for f in dataclasses.fields(self) if f.name not in skipped)
+
+    def to_dict(self) -> dict:
+        """The sections that ran, as plain data (``diagnostics.json``)."""
+        return {name: plain(getattr(self, name)) for name in self._names()}
 
 
 def _choose_observations(khat: np.ndarray, count: int, seed: int) -> list[int]:
@@ -72,34 +138,34 @@ def _finite(value):
     return value
 
 
+def default_diagnostics_dir(run_dir: str | Path) -> Path:
+    """Where ``ppl-vae diagnose`` writes without ``--out``: ``RUN_DIR/diagnostics``."""
+    return Path(run_dir) / "diagnostics"
+
+
 def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samples: int = 1000,
                  nuts_observations: int = 8, nuts_warmup: int = 300, nuts_samples: int = 500, nuts_chains: int = 4,
                  sbc_simulations: int = 1000, sbc_draws: int = 99, gap_observations: int = 100, gap_steps: int = 300,
                  idata_samples: int = 100, seed: int = 0, device: str = "cpu", progress: bool = False,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False) -> DiagnoseResult:
     """Run every diagnostic on a run folder's held-out data and write the files listed in the module
-    docstring. Returns the contents of ``diagnostics.json``.
+    docstring into ``out`` (default: :func:`default_diagnostics_dir`). Returns the contents of
+    ``diagnostics.json`` as a :class:`DiagnoseResult`.
 
     The output folder is checked before any work (:func:`ppl_vae.app.folders.check_output_dir`: never the
     run itself or a folder that contains it; ``overwrite`` replaces only a diagnostics folder ppl_vae
     made), the run folder is locked while the diagnostics run, and the files appear together at the end
     (written into a hidden sibling folder, then renamed into place)."""
-
     run_dir = Path(run_dir)
-    for name, value in (("num_samples", num_samples), ("nuts_observations", nuts_observations),
-                        ("nuts_chains", nuts_chains), ("nuts_samples", nuts_samples), ("nuts_warmup", nuts_warmup),
-                        ("sbc_simulations", sbc_simulations), ("sbc_draws", sbc_draws),
-                        ("gap_observations", gap_observations), ("gap_steps", gap_steps),
-                        ("idata_samples", idata_samples)):
-        check_number(value, name, LIMITS[name])
-    out = Path(out) if out is not None else run_dir / "diagnostics"
-    check_output_dir(out, "diagnostics", overwrite=overwrite, inputs=[run_dir])
-    with locked(run_dir, "diagnose"):
-        return _diagnose_locked(run_dir, out, num_samples=num_samples, nuts_observations=nuts_observations,
-                                nuts_warmup=nuts_warmup, nuts_samples=nuts_samples, nuts_chains=nuts_chains,
+    settings = DiagnoseSettings(num_samples=num_samples, nuts_observations=nuts_observations,
+                                nuts_chains=nuts_chains, nuts_warmup=nuts_warmup, nuts_samples=nuts_samples,
                                 sbc_simulations=sbc_simulations, sbc_draws=sbc_draws,
                                 gap_observations=gap_observations, gap_steps=gap_steps, idata_samples=idata_samples,
-                                seed=seed, device=device, progress=progress)
+                                seed=seed).check()
+    out = Path(out) if out is not None else default_diagnostics_dir(run_dir)
+    check_output_dir(out, "diagnostics", overwrite=overwrite, inputs=[run_dir])
+    with locked(run_dir, "diagnose"):
+        return _diagnose_locked(run_dir, out, settings, device=device, progress=progress)
 
 
 def _report_in_data_units(results: dict, scaling) -> None:
@@ -118,128 +184,135 @@ def _report_in_data_units(results: dict, scaling) -> None:
             gap[key] += shift
 
 
-#: Accepted ranges of diagnose_run's sizes (the lower ends are what each method needs to mean anything).
-LIMITS = {"num_samples": Bound(int, 2, 100_000), "nuts_observations": Bound(int, 0, 10_000),
-          "nuts_chains": Bound(int, 2, 64), "nuts_samples": Bound(int, 10, 100_000),
-          "nuts_warmup": Bound(int, 0, 100_000), "sbc_simulations": Bound(int, 20, 1_000_000),
-          "sbc_draws": Bound(int, 1, 10_000), "gap_observations": Bound(int, 0, 100_000),
-          "gap_steps": Bound(int, 1, 1_000_000), "idata_samples": Bound(int, 1, 100_000)}
+class _Steps:
+    """The wall time of each step of a diagnosis, and a progress bar over :data:`STEPS` when asked."""
+
+    def __init__(self, progress: bool):
+        self.seconds: dict = {}
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(STEPS), desc="diagnose", unit="step", dynamic_ncols=True)
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        if self.bar is not None:
+            self.bar.set_postfix_str(name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _diagnose_locked(run_dir: Path, out: Path, *, num_samples, nuts_observations, nuts_warmup, nuts_samples,
-                     nuts_chains, sbc_simulations, sbc_draws, gap_observations, gap_steps, idata_samples, seed,
-                     device, progress) -> dict:
+def _psis_section(p, num_samples: int, num_observations: int) -> dict:
+    quantiles = np.quantile(p.khat, [0, .05, .25, .5, .75, .95, 1]).tolist()
+    return plain({"num_samples": num_samples, "num_observations": num_observations,
+                  "log_likelihood": p.log_likelihood, "log_likelihood_se": p.log_likelihood_se,
+                  "khat_quantiles": dict(zip(("min", "5%", "25%", "50%", "75%", "95%", "max"), quantiles)),
+                  "fraction_above": p.fraction_above, "sample_size_threshold": p.sample_size_threshold,
+                  "worst": p.worst})
+
+
+def _nuts(model, guide, heldout, khat, settings: DiagnoseSettings):
+    """NUTS on the chosen held-out examples: the :class:`~ppl_vae.diagnostics.NUTSResult` and its section
+    of ``diagnostics.json``, or ``(None, None)`` when skipped."""
+    if not settings.nuts_observations:
+        return None, None
+    chosen = _choose_observations(khat, min(settings.nuts_observations, heldout.shape[0]), settings.seed)
+    nuts = diagnostics.nuts_reference(model, guide, heldout[chosen], num_chains=settings.nuts_chains,
+                                      num_warmup=settings.nuts_warmup, num_samples=settings.nuts_samples,
+                                      seed=settings.seed)
+    section = {"observations": chosen, "khat": [float(khat[i]) for i in chosen], "num_chains": settings.nuts_chains,
+               "num_warmup": settings.nuts_warmup, "num_samples": settings.nuts_samples, **plain(nuts.summary())}
+    return nuts, section
+
+
+def _amortization_gap(vae, heldout, settings: DiagnoseSettings) -> dict | None:
+    if not settings.gap_observations:
+        return None
+    try:
+        return plain(diagnostics.amortization_gap(
+            vae.model, vae.guide, heldout[:settings.gap_observations], posterior=vae.posterior,
+            num_steps=settings.gap_steps, num_particles=settings.num_samples, seed=settings.seed))
+    except ConfigError as error:
+        return {"skipped": str(error)}
+
+
+def _figures(p, s, nuts, nuts_section: dict | None, num_chains: int) -> dict:
+    """The figures of ``figures/`` by file name: k-hat, SBC ranks and one corner plot per NUTS example."""
+    threshold = {"k-hat 0.5": 0.5, "k-hat 0.7": 0.7,
+                 f"sample-size threshold {p.sample_size_threshold:.2f}": p.sample_size_threshold}
+    figures = {"khat.png": plots.khat_figure(p.khat, threshold),
+               "sbc_ranks.png": plots.rank_histograms_figure(s.ranks, s.num_draws, s.num_bins, s.p_values)}
+    if nuts is None:
+        return figures
+    for k, index in enumerate(nuts_section["observations"]):
+        title = f"held-out #{index}: NUTS (blue, {num_chains} chains) vs guide (orange); k-hat {p.khat[index]:.2f}"
+        # the dimensions x informs most (narrowest posterior), not collapsed ones equal to the prior
+        dims = sorted(np.argsort(nuts.nuts_sd[k])[:4].tolist())
+        figures[f"nuts_pair_{index}.png"] = plots.pair_figure(
+            nuts.samples[:, :, k].reshape(-1, nuts.samples.shape[-1]), nuts.guide_samples[:, k], title, dims)
+    return figures
+
+
+def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, device, progress) -> DiagnoseResult:
     from ppl_vae.app.run import load_run, model_input
 
     run = load_run(run_dir, device=device)
-    vae, config = run.vae, run.config
-    heldout = model_input(run.data.heldout, vae, config)
-    check_bytes(num_samples * heldout.shape[0] * 8 * 4, f"{num_samples} importance draws for each of "
-                f"{heldout.shape[0]} held-out examples")
-    model, guide = vae.model, vae.guide
-
-    steps = ["psis", "inference data", "nuts", "sbc", "amortization gap", "collapse", "figures"]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(steps), desc="diagnose", unit="step", dynamic_ncols=True)
-    seconds, figures = {}, {}
-    results: dict = {"run_dir": str(run_dir), "dataset": run.data.name, "num_heldout": int(heldout.shape[0])}
-
-    def step(name):
-        if bar is not None:
-            bar.set_postfix_str(name)
-        seconds[name] = time.perf_counter()
-
-    def done(name):
-        seconds[name] = round(time.perf_counter() - seconds[name], 2)
-        if bar is not None:
-            bar.update(1)
-
+    vae, seed = run.vae, settings.seed
+    heldout = model_input(run.data.heldout, vae, run.config)
+    n = int(heldout.shape[0])
+    check_bytes(settings.num_samples * n * 8 * 4, f"{settings.num_samples} importance draws for each of {n} "
+                "held-out examples")
+    results: dict = {"run_dir": str(run_dir), "dataset": run.data.name, "num_heldout": n}
+    steps = _Steps(progress)
     try:
-        step("psis")
-        p = diagnostics.psis(model, guide, heldout, num_samples=num_samples, seed=seed)
-        results["psis"] = {
-            "num_samples": num_samples, "num_observations": int(heldout.shape[0]),
-            "log_likelihood": p.log_likelihood, "log_likelihood_se": p.log_likelihood_se,
-            "khat_quantiles": dict(zip(("min", "5%", "25%", "50%", "75%", "95%", "max"),
-                                       np.quantile(p.khat, [0, .05, .25, .5, .75, .95, 1]).tolist())),
-            "fraction_above": p.fraction_above, "sample_size_threshold": p.sample_size_threshold, "worst": p.worst}
-        done("psis")
-
-        step("inference data")
-        idata = diagnostics.to_inference_data(model, guide, heldout, num_samples=idata_samples, seed=seed)
-        done("inference data")
-
-        step("nuts")
-        nuts = None
-        if nuts_observations:
-            chosen = _choose_observations(p.khat, min(nuts_observations, heldout.shape[0]), seed)
-            nuts = diagnostics.nuts_reference(model, guide, heldout[chosen], num_chains=nuts_chains,
-                                              num_warmup=nuts_warmup, num_samples=nuts_samples, seed=seed)
-            results["nuts"] = {"observations": chosen, "khat": [float(p.khat[i]) for i in chosen],
-                               "num_chains": nuts_chains, "num_warmup": nuts_warmup, "num_samples": nuts_samples,
-                               **nuts.summary()}
-        done("nuts")
-
-        step("sbc")
-        s = diagnostics.sbc(model, guide, num_simulations=sbc_simulations, num_draws=sbc_draws, seed=seed)
-        results["sbc"] = s.summary()
-        done("sbc")
-
-        step("amortization gap")
-        if gap_observations:
-            try:
-                results["amortization_gap"] = diagnostics.amortization_gap(
-                    model, guide, heldout[:gap_observations], posterior=vae.posterior, num_steps=gap_steps,
-                    num_particles=num_samples, seed=seed)
-            except ConfigError as error:
-                results["amortization_gap"] = {"skipped": str(error)}
-        done("amortization gap")
-
-        step("collapse")
-        results["collapse"] = diagnostics.collapse_report(vae, heldout, seed=seed)
-        done("collapse")
+        with steps.step("psis"):
+            p = diagnostics.psis(vae.model, vae.guide, heldout, num_samples=settings.num_samples, seed=seed)
+            results["psis"] = _psis_section(p, settings.num_samples, n)
+        with steps.step("inference data"):
+            idata = diagnostics.to_inference_data(vae.model, vae.guide, heldout, num_samples=settings.idata_samples,
+                                                  seed=seed)
+        with steps.step("nuts"):
+            nuts, results["nuts"] = _nuts(vae.model, vae.guide, heldout, p.khat, settings)
+        with steps.step("sbc"):
+            s = diagnostics.sbc(vae.model, vae.guide, num_simulations=settings.sbc_simulations,
+                                num_draws=settings.sbc_draws, seed=seed)
+            results["sbc"] = plain(s.summary())
+        with steps.step("amortization gap"):
+            results["amortization_gap"] = _amortization_gap(vae, heldout, settings)
+        with steps.step("collapse"):
+            results["collapse"] = plain(diagnostics.collapse_report(vae, heldout, seed=seed))
+        results = {k: v for k, v in results.items() if v is not None}          # skipped steps leave no section
         _report_in_data_units(results, run.scaling)
-
-        step("figures")
-        threshold = {"k-hat 0.5": 0.5, "k-hat 0.7": 0.7,
-                     f"sample-size threshold {p.sample_size_threshold:.2f}": p.sample_size_threshold}
-        figures["khat.png"] = plots.khat_figure(p.khat, threshold)
-        figures["sbc_ranks.png"] = plots.rank_histograms_figure(s.ranks, s.num_draws, s.num_bins, s.p_values)
-        if nuts is not None:
-            for k, index in enumerate(results["nuts"]["observations"]):
-                title = (f"held-out #{index}: NUTS (blue, {nuts_chains} chains) vs guide (orange); "
-                         f"k-hat {p.khat[index]:.2f}")
-                # the dimensions x informs most (narrowest posterior), not collapsed ones equal to the prior
-                dims = sorted(np.argsort(nuts.nuts_sd[k])[:4].tolist())
-                figures[f"nuts_pair_{index}.png"] = plots.pair_figure(
-                    nuts.samples[:, :, k].reshape(-1, nuts.samples.shape[-1]), nuts.guide_samples[:, k], title, dims)
-        done("figures")
+        with steps.step("figures"):
+            figures = _figures(p, s, nuts, results.get("nuts"), settings.nuts_chains)
     finally:
-        if bar is not None:
-            bar.close()
-    results["seconds"] = seconds
-    results["settings"] = {"num_samples": num_samples, "nuts_observations": nuts_observations,
-                           "nuts_chains": nuts_chains, "nuts_warmup": nuts_warmup, "nuts_samples": nuts_samples,
-                           "sbc_simulations": sbc_simulations, "sbc_draws": sbc_draws,
-                           "gap_observations": gap_observations, "gap_steps": gap_steps,
-                           "idata_samples": idata_samples, "seed": seed}
-    results = _finite(results)
+        steps.close()
+    result = DiagnoseResult(**_finite({**results, "seconds": steps.seconds, "settings": settings.to_dict()}))
+    _write_outputs(out, result, p.log_ratios, idata, nuts, figures)
+    return result
 
-    # Write everything into a temporary sibling folder, then move it into place: no half-written output.
+
+def _write_outputs(out: Path, result: DiagnoseResult, log_ratios, idata, nuts, figures: dict) -> None:
+    """Write every file into a temporary sibling folder, then move it into place: no half-written output."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        write_json(staging / "diagnostics.json", results)
-        atomic_write(staging / "log_ratios.npy", lambda handle: np.save(handle, p.log_ratios.numpy()))
+        write_json(staging / "diagnostics.json", result.to_dict())
+        atomic_write(staging / "log_ratios.npy", lambda handle: np.save(handle, log_ratios.numpy()))
         idata.to_netcdf(str(staging / "inference_data.nc"))
         if nuts is not None:
             nuts.inference_data.to_netcdf(str(staging / "nuts.nc"))
         for name, fig in figures.items():
             plots.save_figure(fig, staging / "figures" / name)
-        atomic_write(staging / "report.md", lambda handle: handle.write(report(results).encode()))
+        atomic_write(staging / "report.md", lambda handle: handle.write(report(result).encode()))
         write_marker(staging, "diagnostics")
         aside = None
         if out.exists():                      # checked above: empty, or a diagnostics folder to replace
@@ -251,24 +324,25 @@ def _diagnose_locked(run_dir: Path, out: Path, *, num_samples, nuts_observations
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return results
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+# -- report.md ---------------------------------------------------------------------------------------
+
+#: Numbers in ``report.md``: fixed decimals, ``n/a`` for a value that does not exist.
+_number = functools.partial(format_number, fixed=True, missing="n/a")
 
 
 def _list(values, digits: int = 2) -> str:
-    return "[" + ", ".join(_fmt(v, digits) for v in values) + "]"
+    return "[" + ", ".join(_number(v, digits) for v in values) + "]"
 
 
-def _collapsed(results: dict) -> bool:
+def _collapsed(results) -> bool:
     """Whether the collapse step found a collapsed model (older diagnostics.json: no active unit)."""
     c = results.get("collapse", {})
     return bool(c.get("collapsed", c.get("active_units") == 0))
 
 
-def report_warnings(results: dict) -> list[str]:
+def report_warnings(results) -> list[str]:
     """Warning lines for the top of the report: a collapsed model, an unreliable importance estimate."""
     lines = []
     c = results.get("collapse", {})
@@ -288,70 +362,77 @@ def report_warnings(results: dict) -> list[str]:
         lines.append(f"> **Warning: the importance estimate is unreliable for {share} examples** "
                      f"({above:.1%} with k-hat above the sample-size threshold {p['sample_size_threshold']:.2f}, "
                      f"{above_07:.1%} above 0.7): the importance-sampled log p(x) "
-                     f"({_fmt(p['log_likelihood'])}) and the amortization gap's log p(x) may be far off, and their "
+                     f"({_number(p['log_likelihood'])}) and the amortization gap's log p(x) may be far off, and their "
                      "standard errors are optimistic. q(z | x) misses parts of p(z | x).")
     if lines:
         lines = [line for warning in lines for line in (warning, ">")][:-1] + [""]
     return lines
 
 
-def report(results: dict) -> str:
-    """``report.md``: the diagnostics in words."""
+def warning_texts(results) -> list[str]:
+    """The warnings of :func:`report_warnings` as plain one-line texts (no Markdown), for a terminal."""
+    texts = []
+    for line in report_warnings(results):
+        text = line.removeprefix(">").replace("**", "").strip().removeprefix("Warning: ")   # ">" alone: a separator
+        if text:
+            texts.append(text)
+    return texts
+
+
+def _psis_lines(results) -> list[str]:
     p = results["psis"]
     q = p["khat_quantiles"]
-    lines = [
-        f"# Posterior diagnostics: {results['dataset']}",
-        "",
-        f"Run folder `{results['run_dir']}`, {results['num_heldout']} held-out examples. "
-        f"Numbers are per example, in nats ({results.get('units', 'log-densities per example in nats')}).",
-        "",
-        *report_warnings(results),
+    return [
         "## The guide as an importance proposal (PSIS)",
         "",
         f"With S = {p['num_samples']} draws from q(z | x) per example, the importance-sampled log p(x) is "
-        f"**{_fmt(p['log_likelihood'])} ± {_fmt(p['log_likelihood_se'])}** (Monte Carlo s.e.; optimistic "
+        f"**{_number(p['log_likelihood'])} ± {_number(p['log_likelihood_se'])}** (Monte Carlo s.e.; optimistic "
         "where k-hat is high).",
         "",
         "| k-hat | min | 5% | 25% | median | 75% | 95% | max |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        "| | " + " | ".join(_fmt(q[k], 2) for k in ("min", "5%", "25%", "50%", "75%", "95%", "max")) + " |",
+        "| | " + " | ".join(_number(q[k], 2) for k in ("min", "5%", "25%", "50%", "75%", "95%", "max")) + " |",
         "",
         f"Share of examples with k-hat above 0.5: {p['fraction_above']['0.5']:.1%}; above 0.7: "
         f"{p['fraction_above']['0.7']:.1%}; above the sample-size threshold {p['sample_size_threshold']:.2f}: "
         f"{p['fraction_above']['sample_size']:.1%}. Above 0.7 the importance estimate of that example is not "
         "reliable: q(z | x) misses parts of p(z | x) that matter.",
         "",
-        "Worst examples (held-out index: k-hat): " + ", ".join(f"{i}: {_fmt(k, 2)}" for i, k in p["worst"][:5]) + ".",
+        "Worst examples (held-out index: k-hat): " + ", ".join(f"{i}: {_number(k, 2)}" for i, k in p["worst"][:5])
+        + ".",
         "",
         "![k-hat](figures/khat.png)",
         "",
     ]
-    if "nuts" in results:
-        n = results["nuts"]
-        lines += [
-            "## NUTS reference posterior",
-            "",
-            f"NUTS on p(z | x) with the decoder fixed, {n['num_chains']} chains x {n['num_samples']} draws "
-            f"({n['num_warmup']} warm-up) for held-out examples {n['observations']} (half the worst by k-hat, "
-            f"half at random). Max R-hat {_fmt(n['max_rhat'], 4)}, min bulk ESS {_fmt(n['min_ess_bulk'], 0)}, "
-            f"{n['divergences']} divergences"
-            + (" — converged." if n["max_rhat"] is not None and n["max_rhat"] < 1.01 and n["min_ess_bulk"] > 400
-               else " — treat the comparison with care (R-hat >= 1.01 or ESS <= 400)."),
-            "",
-            f"Against it, the guide's means are off by up to {_fmt(n['max_abs_standardized_mean_error'], 2)} posterior "
-            f"sds; the guide's sd is {_fmt(n['median_sd_ratio'], 2)} times the posterior's (median; range "
-            f"{_fmt(n['sd_ratio_range'][0], 2)} to {_fmt(n['sd_ratio_range'][1], 2)}). Below 1 the guide is "
-            "over-confident.",
-            "",
-            "| held-out index | k-hat | max abs std. mean error | sd ratio (min–max) | max R-hat |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for index, khat, row in zip(n["observations"], n["khat"], n["per_observation"]):
-            lines.append(f"| {index} | {_fmt(khat, 2)} | {max(abs(v) for v in row['standardized_mean_error']):.2f} | "
-                         f"{min(row['sd_ratio']):.2f}–{max(row['sd_ratio']):.2f} | {max(row['rhat']):.4f} |")
-        lines += ["", *[f"![NUTS vs guide, #{i}](figures/nuts_pair_{i}.png)" for i in n["observations"][:2]], ""]
-    s = results["sbc"]
-    lines += [
+
+
+def _nuts_lines(n) -> list[str]:
+    converged = n["max_rhat"] is not None and n["max_rhat"] < 1.01 and n["min_ess_bulk"] > 400
+    lines = [
+        "## NUTS reference posterior",
+        "",
+        f"NUTS on p(z | x) with the decoder fixed, {n['num_chains']} chains x {n['num_samples']} draws "
+        f"({n['num_warmup']} warm-up) for held-out examples {n['observations']} (half the worst by k-hat, "
+        f"half at random). Max R-hat {_number(n['max_rhat'], 4)}, min bulk ESS {_number(n['min_ess_bulk'], 0)}, "
+        f"{n['divergences']} divergences"
+        + (" — converged." if converged else " — treat the comparison with care (R-hat >= 1.01 or ESS <= 400)."),
+        "",
+        f"Against it, the guide's means are off by up to {_number(n['max_abs_standardized_mean_error'], 2)} "
+        f"posterior sds; the guide's sd is {_number(n['median_sd_ratio'], 2)} times the posterior's (median; range "
+        f"{_number(n['sd_ratio_range'][0], 2)} to {_number(n['sd_ratio_range'][1], 2)}). Below 1 the guide is "
+        "over-confident.",
+        "",
+        "| held-out index | k-hat | max abs std. mean error | sd ratio (min–max) | max R-hat |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for index, khat, row in zip(n["observations"], n["khat"], n["per_observation"]):
+        lines.append(f"| {index} | {_number(khat, 2)} | {max(abs(v) for v in row['standardized_mean_error']):.2f} | "
+                     f"{min(row['sd_ratio']):.2f}–{max(row['sd_ratio']):.2f} | {max(row['rhat']):.4f} |")
+    return lines + ["", *[f"![NUTS vs guide, #{i}](figures/nuts_pair_{i}.png)" for i in n["observations"][:2]], ""]
+
+
+def _sbc_lines(s, collapsed: bool) -> list[str]:
+    return [
         "## Simulation-based calibration",
         "",
         f"{s['num_simulations']} simulations z ~ p(z), x ~ p(x | z); rank of each true z_j among "
@@ -365,51 +446,97 @@ def report(results: dict) -> str:
         *([f"Fitted per dimension (guide vs posterior): shift {_list(s['shift'], 2)} posterior sds, "
            f"sd ratio {_list(s['width_ratio'], 2)}.", ""] if s.get("shift") is not None else []),
         *(["A collapsed model is calibrated trivially (q(z | x) = p(z) = p(z | x)): this verdict says nothing about "
-           "an informative encoder.", ""] if _collapsed(results) else []),
+           "an informative encoder.", ""] if collapsed else []),
         "![SBC ranks](figures/sbc_ranks.png)",
         "",
     ]
-    g = results.get("amortization_gap")
-    if g is not None:
-        lines += ["## Amortization gap", ""]
-        if "skipped" in g:
-            lines += [f"Skipped: {g['skipped']}", ""]
-        else:
-            lines += [
-                f"On {g['num_examples']} held-out examples, with a per-example diagonal Normal refined for "
-                f"{g['num_steps']} SVI steps from the encoder's output (Cremer et al. 2018):",
-                "",
-                "| quantity | nats per example | s.e. |",
-                "| --- | --- | --- |",
-                f"| ELBO of the encoder's q(z \\| x) | {_fmt(g['elbo_amortized'])} | {_fmt(g['elbo_amortized_se'])} |",
-                f"| ELBO of the refined local guide | {_fmt(g['elbo_local'])} | {_fmt(g['elbo_local_se'])} |",
-                f"| log p(x) (IS from the local guide) | {_fmt(g['log_likelihood'])} | {_fmt(g['log_likelihood_se'])} |",
-                f"| **amortization gap** | {_fmt(g['amortization_gap'])} | {_fmt(g['amortization_gap_se'])} |",
-                f"| **approximation gap** | {_fmt(g['approximation_gap'])} | {_fmt(g['approximation_gap_se'])} |",
-                "",
-            ]
-    c = results["collapse"]
-    lines += [
+
+
+def _gap_lines(g) -> list[str]:
+    if "skipped" in g:
+        return ["## Amortization gap", "", f"Skipped: {g['skipped']}", ""]
+    return [
+        "## Amortization gap",
+        "",
+        f"On {g['num_examples']} held-out examples, with a per-example diagonal Normal refined for "
+        f"{g['num_steps']} SVI steps from the encoder's output (Cremer et al. 2018):",
+        "",
+        "| quantity | nats per example | s.e. |",
+        "| --- | --- | --- |",
+        f"| ELBO of the encoder's q(z \\| x) | {_number(g['elbo_amortized'])} | {_number(g['elbo_amortized_se'])} |",
+        f"| ELBO of the refined local guide | {_number(g['elbo_local'])} | {_number(g['elbo_local_se'])} |",
+        f"| log p(x) (IS from the local guide) | {_number(g['log_likelihood'])} | {_number(g['log_likelihood_se'])} |",
+        f"| **amortization gap** | {_number(g['amortization_gap'])} | {_number(g['amortization_gap_se'])} |",
+        f"| **approximation gap** | {_number(g['approximation_gap'])} | {_number(g['approximation_gap_se'])} |",
+        "",
+    ]
+
+
+def _collapse_lines(c, collapsed: bool) -> list[str]:
+    lines = [
         "## Posterior collapse",
         "",
         f"{c['active_units']} of {c['latent_dim']} latent dimensions are active (activity > 0.01). "
-        f"I(x; z) under the aggregate posterior: {_fmt(c['mutual_information'])} ± {_fmt(c['mutual_information_se'])} "
-        f"nats (at most log N = {_fmt(c['log_num_examples'], 2)}).",
+        f"I(x; z) under the aggregate posterior: {_number(c['mutual_information'])} ± "
+        f"{_number(c['mutual_information_se'])} nats (at most log N = {_number(c['log_num_examples'], 2)}).",
         "",
     ]
     if c.get("kl_total") is not None:
-        lines += [f"KL(q(z | x) || p(z)) to the model's own prior: {_fmt(c['kl_total'])} ± {_fmt(c.get('kl_total_se'))} "
-                  "nats per example.", ""]
+        lines += [f"KL(q(z | x) || p(z)) to the model's own prior: {_number(c['kl_total'])} ± "
+                  f"{_number(c.get('kl_total_se'))} nats per example.", ""]
     if c.get("kl_per_dimension"):
         lines += ["KL per dimension (to the model's prior): " + ", ".join(f"{v:.2f}" for v in c["kl_per_dimension"])
                   + " nats.", ""]
     elif c.get("kl_note"):
         lines += [f"KL per dimension: not available ({c['kl_note']}).", ""]
-    if _collapsed(results):
+    if collapsed:
         lines += [f"**Collapsed:** {c.get('warning') or 'no latent dimension is active'}.", ""]
     elif c.get("warning"):
         lines += [f"**Note:** {c['warning']}.", ""]
     else:
         lines += ["Not collapsed: the encodings carry information about x.", ""]
+    return lines
+
+
+def report(results) -> str:
+    """``report.md``: the diagnostics in words (``results``: a :class:`DiagnoseResult` or the dict of a
+    ``diagnostics.json``)."""
+    collapsed = _collapsed(results)
+    lines = [
+        f"# Posterior diagnostics: {results['dataset']}",
+        "",
+        f"Run folder `{results['run_dir']}`, {results['num_heldout']} held-out examples. "
+        f"Numbers are per example, in nats ({results.get('units', 'log-densities per example in nats')}).",
+        "",
+        *report_warnings(results),
+        *_psis_lines(results),
+    ]
+    if "nuts" in results:
+        lines += _nuts_lines(results["nuts"])
+    lines += _sbc_lines(results["sbc"], collapsed)
+    if results.get("amortization_gap") is not None:
+        lines += _gap_lines(results["amortization_gap"])
+    lines += _collapse_lines(results["collapse"], collapsed)
     lines += ["## Time", "", ", ".join(f"{k}: {v:.1f} s" for k, v in results["seconds"].items()) + ".", ""]
     return "\n".join(lines)
+
+
+def summary_lines(results) -> list[str]:
+    """The headline numbers of a diagnosis, one line per method, for a terminal (``n/a`` where a number
+    does not exist, e.g. an infinite k-hat)."""
+    p = results["psis"]
+    lines = [f"PSIS: log p(x) {_number(p['log_likelihood'])} ± {_number(p['log_likelihood_se'])} nats per example; "
+             f"k-hat median {_number(p['khat_quantiles']['50%'], 2)}, {p['fraction_above']['0.7']:.1%} of examples "
+             "above 0.7"]
+    if "nuts" in results:
+        n = results["nuts"]
+        lines.append(f"NUTS: max R-hat {_number(n['max_rhat'], 4)}; guide sd / NUTS sd median "
+                     f"{_number(n['median_sd_ratio'], 2)}; max |standardized mean error| "
+                     f"{_number(n['max_abs_standardized_mean_error'], 2)}")
+    lines.append(f"SBC: {results['sbc']['verdict']} (p = {results['sbc']['p_value']:.3g})")
+    g = results.get("amortization_gap") or {}
+    if "amortization_gap" in g:
+        lines.append(f"gaps: amortization {_number(g['amortization_gap'])} ± {_number(g['amortization_gap_se'])}, "
+                     f"approximation {_number(g['approximation_gap'])} ± {_number(g['approximation_gap_se'])} nats "
+                     "per example")
+    return lines

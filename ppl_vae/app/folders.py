@@ -61,6 +61,22 @@ def _check_parent_writable(path: Path, what: str) -> None:
                           "can write")
 
 
+def is_empty_dir(path: str | Path, *, ignore=()) -> bool:
+    """Whether the folder ``path`` holds nothing but entries named in ``ignore``; a folder that cannot be
+    read is refused (:class:`FolderError`)."""
+    try:
+        return not any(entry.name not in ignore for entry in Path(path).iterdir())
+    except OSError as error:
+        raise FolderError(f"cannot read {path} ({error.strerror}); choose another --out") from None
+
+
+def require_empty_dir(path: str | Path, refusal: str, *, ignore=()) -> None:
+    """Refuse, with the one-line ``refusal``, a folder that holds anything but entries named in ``ignore``
+    (see :func:`is_empty_dir`)."""
+    if not is_empty_dir(path, ignore=ignore):
+        raise FolderError(refusal)
+
+
 def read_marker(folder: Path) -> dict | None:
     """The marker of a folder ppl_vae made, or None."""
     path = Path(folder) / MARKER
@@ -117,14 +133,10 @@ def check_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, in
     if path.exists():
         if not path.is_dir():
             raise FolderError(f"{path} exists and is not a folder; choose another --out")
-        try:
-            empty = not any(path.iterdir())
-        except OSError as error:
-            raise FolderError(f"cannot read {path} ({error.strerror}); choose another --out") from None
-        if not empty:
-            if not overwrite:
-                raise FolderError(f"{what} {path} already exists and is not empty; choose another --out or pass "
-                                  "--overwrite")
+        if not overwrite:
+            require_empty_dir(path, f"{what} {path} already exists and is not empty; choose another --out or pass "
+                                    "--overwrite")
+        elif not is_empty_dir(path):
             found = owned_kind(path)
             if found != kind:
                 held = "a folder ppl_vae did not make" if found is None else f"a ppl_vae {found} folder"
@@ -143,19 +155,20 @@ def claimed_output_dir(path: Path, kind: str, *, replace: bool = False, action: 
     never while another process works in it) and deleted. Of two processes racing for one folder, the
     one that does not hold the lock is refused."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        if not replace or owned_kind(path) != kind:
-            raise FolderError(f"{kind} folder {path} was created by someone else meanwhile; choose another --out")
-        aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
-        with locked(path, f"replace the {kind} folder"):
-            os.replace(path, aside)
-        shutil.rmtree(aside, ignore_errors=True)
+    if path.exists():
+        if replace and owned_kind(path) == kind:        # a folder of this kind holds files: it is never empty
+            aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+            with locked(path, f"replace the {kind} folder"):
+                os.replace(path, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            require_empty_dir(path, f"{kind} folder {path} was created by someone else meanwhile; choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         path.mkdir()
     with locked(path, action):
-        if (path / MARKER).exists() or any(p.name != LOCK for p in path.iterdir()):
-            raise FolderError(f"{kind} folder {path} was created by another process meanwhile; choose another --out")
+        require_empty_dir(path, f"{kind} folder {path} was created by another process meanwhile; choose another "
+                                "--out", ignore={LOCK})       # the marker too: another process made it first
         write_marker(path, kind)
         yield path
 

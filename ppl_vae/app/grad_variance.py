@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ppl_vae.diagnostics.gradients import DEFAULT_LOO_PARTICLES, gradient_variance, summary
 from ppl_vae.errors import ConfigError, require_int
+from ppl_vae.results import Result, plain
 
 # -- figures -------------------------------------------------------------------------------------------
 
@@ -65,12 +67,37 @@ def spread_figure(draws: dict[str, torch.Tensor], exact: float, xlabel: str = "g
 # -- run folders and the command line -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GradVarianceReport(Result):
+    """What :func:`grad_variance_run` measured: the :func:`summary` of the three estimators (``num_repeats``
+    ... ``estimators``), where it was measured, and the ``paths`` written (``grad_variance.json`` holds every
+    field but ``paths``)."""
+
+    num_repeats: int
+    num_params: int
+    batch_size: int
+    seed: int
+    loo_particles: int
+    loss: str
+    estimators: dict
+    run_dir: str
+    dataset: str
+    examples: str
+    parameters: str
+    paths: list[str]
+
+    def to_json(self) -> dict:
+        """The contents of ``grad_variance.json``."""
+        return {name: value for name, value in self.to_dict().items() if name != "paths"}
+
+
 def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeats: int = 200, seed: int = 0,
-                      out_dir: str | Path | None = None, loo_particles: int = DEFAULT_LOO_PARTICLES) -> dict:
+                      out_dir: str | Path | None = None,
+                      loo_particles: int = DEFAULT_LOO_PARTICLES) -> GradVarianceReport:
     """Measure the three estimators for the encoder of a trained run, on its first ``num_examples``
     training examples (binarized once, as for held-out data). Writes ``grad_variance.json`` and
-    ``figures/grad_variance.png`` into ``out_dir`` (default: the run folder) and returns the
-    :func:`summary` with ``paths`` added. ``loo_particles``: K of the leave-one-out estimator."""
+    ``figures/grad_variance.png`` into ``out_dir`` (default: the run folder) and returns them as a
+    :class:`GradVarianceReport`. ``loo_particles``: K of the leave-one-out estimator."""
     from ppl_vae.app.checkpoint import write_json
     from ppl_vae.app.folders import check_output_file
     from ppl_vae.app.plots import save_figure
@@ -93,12 +120,12 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
     params = list(vae.encoder.parameters())
     result = gradient_variance(vae.model, vae.guide, x, params, num_repeats=num_repeats, seed=seed,
                                loo_particles=loo_particles)
-    report = {**summary(result), "run_dir": str(run_dir), "dataset": data.name, "examples": "first training examples",
-              "parameters": "encoder (guide network)"}
-    write_json(json_path, report)
+    report = GradVarianceReport(**plain(summary(result)), run_dir=str(run_dir), dataset=data.name,
+                                examples="first training examples", parameters="encoder (guide network)",
+                                paths=[str(json_path), str(png_path)])
+    write_json(json_path, report.to_json())
     save_figure(variance_figure(result, title=f"{data.name}: encoder gradient variance, batch {num_examples}, "
                                               f"{num_repeats} draws (×: ratio to reparam)"), png_path)
-    report["paths"] = [str(json_path), str(png_path)]
     return report
 
 

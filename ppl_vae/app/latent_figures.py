@@ -8,19 +8,9 @@ from collections.abc import Sequence
 import torch
 from matplotlib.figure import Figure
 
-from ppl_vae.app.plots import as_images, image_grid
+from ppl_vae.app.plots import as_images, grid_figure, image_grid, show_grid
 from ppl_vae.diagnostics.latent_space import symmetric_values
 from ppl_vae.errors import ConfigError
-
-# ---------------------------------------------------------------------------------------------
-# figures
-# ---------------------------------------------------------------------------------------------
-
-def _imshow(ax, grid: torch.Tensor) -> None:
-    if grid.shape[-1] == 1:
-        ax.imshow(grid[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(grid.numpy(), interpolation="nearest")
 
 
 def _cell_centres(count: int, size: int, pad: int = 1) -> list[float]:
@@ -43,9 +33,8 @@ def interpolation_figure(paths: torch.Tensor, inputs: torch.Tensor | None = None
         inputs: optional ``(P, 2, *data_shape)``, the two inputs of each pair, drawn at the ends of
             their row (left of and right of the path, after a gap column).
     """
-    p, s = paths.shape[:2]
-    pictures = _require_images(paths[0, :1])
-    w = pictures.shape[-1]
+    p = paths.shape[0]
+    _require_images(paths[0, :1])
     rows = []
     blank = torch.zeros_like(paths[0, :1])
     for i in range(p):
@@ -54,32 +43,13 @@ def interpolation_figure(paths: torch.Tensor, inputs: torch.Tensor | None = None
             row = [inputs[i, :1], blank, paths[i], blank, inputs[i, 1:]]
         rows.append(torch.cat(row))
     ncol = rows[0].shape[0]
-    grid = image_grid(torch.cat(rows), ncol=ncol)
-    if inputs is not None:                       # the gap columns: background, no tile frames
-        white = 0.0 if grid.shape[-1] == 1 else 1.0
-        for c in (1, ncol - 2):
-            grid[:, 1 + c * (w + 1):1 + c * (w + 1) + w] = white
+    # the gap columns are spacers: background, no tile frames
+    spacers = [r * ncol + c for r in range(p) for c in (1, ncol - 2)] if inputs is not None else []
+    grid = image_grid(torch.cat(rows), ncol=ncol, spacers=spacers)
     title = f"{method} interpolation between posterior means E[z | x],\ndecoded (mean of p(x | z))"
     if inputs is not None:
         title += "; inputs at both ends"
-    return _grid_figure(grid, title, width=min(0.4 + 0.5 * ncol, 16), title_height=0.5)
-
-
-def _grid_figure(grid: torch.Tensor, title: str, width: float, title_height: float = 0.35,
-                 margins: tuple[float, float, float] = (0.1, 0.1, 0.1)) -> Figure:
-    """A figure holding one image grid, shaped to the grid's aspect ratio so that no blank bands are left
-    around it; ``margins`` (left, right, bottom) in inches, e.g. for tick labels."""
-    left, right, bottom = margins
-    inner = width - left - right
-    height = inner * grid.shape[0] / grid.shape[1] + title_height + bottom + 0.1
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
-                        top=1 - (title_height + 0.05) / height)
-    ax = fig.add_subplot(1, 1, 1)
-    _imshow(ax, grid)
-    ax.axis("off")
-    ax.set_title(title, fontsize=9)
-    return fig
+    return grid_figure([(grid, title)], panel_width=min(0.2 + 0.5 * ncol, 15.8), gap=0.1, fontsize=9)
 
 
 def traversal_figure(images: torch.Tensor, dims: Sequence[int], values) -> Figure:
@@ -95,7 +65,7 @@ def traversal_figure(images: torch.Tensor, dims: Sequence[int], values) -> Figur
     h, w = pictures.shape[-2:]
     fig = Figure(figsize=(min(1.2 + 0.6 * cols, 16), 0.8 + 0.6 * rows))
     ax = fig.add_subplot(1, 1, 1)
-    _imshow(ax, image_grid(flat, ncol=cols))
+    show_grid(ax, image_grid(flat, ncol=cols))
     ax.set_yticks(_cell_centres(rows, h), [f"z[{d}]" for d in dims])
     ax.set_xticks(_cell_centres(cols, w), [f"{v:.3g}" for v in values], fontsize=7)
     ax.tick_params(length=0)
@@ -119,7 +89,7 @@ def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims
     ticks = sorted({0, n // 2, n - 1}) if n % 2 else [0, n - 1]     # the middle cell is z = 0 only for odd n
     fig = Figure(figsize=(7, 7.3))
     ax = fig.add_subplot(1, 1, 1)
-    _imshow(ax, image_grid(images, ncol=n))
+    show_grid(ax, image_grid(images, ncol=n))
     xc, yc = _cell_centres(n, w), _cell_centres(n, h)
     ax.set_xticks([xc[i] for i in ticks], [f"{values[i]:.3g}" for i in ticks])
     ax.set_yticks([yc[i] for i in ticks], [f"{values[n - 1 - i]:.3g}" for i in ticks])

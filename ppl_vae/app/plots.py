@@ -68,26 +68,40 @@ def image_grid(x: torch.Tensor, ncol: int | None = None, pad: int = 1, spacers=(
     return grid.permute(1, 2, 0)
 
 
-def _show(ax, grid: torch.Tensor, title: str) -> None:
+def show_grid(ax, grid: torch.Tensor, title: str | None = None, *, fontsize: int = 10) -> None:
+    """Draw an :func:`image_grid` on ``ax``: one channel with ``gray_r`` over [0, 1] (0 is white), RGB as it
+    is. With a ``title``, as a bare panel: the title above the grid and no axes."""
     if grid.shape[-1] == 1:
         ax.imshow(grid[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     else:
         ax.imshow(grid.numpy(), interpolation="nearest")
-    ax.set_title(title, fontsize=10)
-    ax.axis("off")
+    if title is not None:
+        ax.set_title(title, fontsize=fontsize)
+        ax.axis("off")
 
 
-def _grid_figure(grid: torch.Tensor, title: str, width: float) -> Figure:
-    """One image grid under a title, in a figure of the grid's aspect ratio (no blank bands)."""
-    title_lines = title.count("\n") + 1
-    fig = Figure(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.25 * title_lines + 0.15))
-    _show(fig.add_subplot(1, 1, 1), grid, title)
-    fig.tight_layout(pad=0.3)
+def grid_figure(panels: list[tuple[torch.Tensor, str]], panel_width: float, *, title_height: float | None = None,
+                gap: float = 0.15, fontsize: int = 10) -> Figure:
+    """One row of image grids, ``panels = [(grid, title), ...]`` with each ``grid`` from :func:`image_grid`,
+    in a figure shaped to the tallest grid, so that no blank bands are left around them.
+
+    Every panel is ``panel_width`` inches wide, with ``gap`` inches between and around the panels and
+    ``title_height`` inches above them for the titles (default: room for the longest title's lines)."""
+    lines = max(title.count("\n") + 1 for _, title in panels)
+    title_height = 0.15 + 0.2 * lines if title_height is None else title_height
+    aspect = max(grid.shape[0] / grid.shape[1] for grid, _ in panels)       # height / width of the tallest grid
+    width = len(panels) * panel_width + (len(panels) + 1) * gap
+    height = panel_width * aspect + title_height + 2 * gap
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=gap / width, right=1 - gap / width, bottom=gap / height,
+                        top=1 - (title_height + gap) / height, wspace=gap / panel_width)
+    for i, (grid, title) in enumerate(panels):
+        show_grid(fig.add_subplot(1, len(panels), i + 1), grid, title, fontsize=fontsize)
     return fig
 
 
 def samples_figure(samples: torch.Tensor, title: str = "samples from the prior: mean of p(x | z), z ~ p(z)") -> Figure:
-    return _grid_figure(image_grid(samples), title, width=6)
+    return grid_figure([(image_grid(samples), title)], panel_width=6)
 
 
 def reconstructions_figure(inputs: torch.Tensor, reconstructions: torch.Tensor) -> Figure:
@@ -102,9 +116,8 @@ def reconstructions_figure(inputs: torch.Tensor, reconstructions: torch.Tensor) 
             rows.append(torch.cat([part, part[:1].expand(missing, *part.shape[1:])]) if missing else part)
             spacers += range(count + part.shape[0], count + ncol)
             count += ncol
-    return _grid_figure(image_grid(torch.cat(rows), ncol=ncol, spacers=spacers),
-                        "held-out inputs (odd rows) and reconstructions,\nmean of p(x | z = E[z | x]) (even rows)",
-                        width=8)
+    title = "held-out inputs (odd rows) and reconstructions,\nmean of p(x | z = E[z | x]) (even rows)"
+    return grid_figure([(image_grid(torch.cat(rows), ncol=ncol, spacers=spacers), title)], panel_width=8)
 
 
 def elbo_figure(history: list[dict]) -> Figure:

@@ -47,6 +47,8 @@ from ppl_vae.infer.evaluate import EvalResult, evaluate
 from ppl_vae.infer.fit import FitResult, fit, fixed_binarization
 from ppl_vae.infer.objectives import resolve_binarize, to_likelihood_space
 from ppl_vae.limits import check_bytes, check_disk
+from ppl_vae.results import Result
+from ppl_vae.rng import seeded
 from ppl_vae.vae import VAE
 from ppl_vae.validation import BOUNDS, check_number
 
@@ -205,7 +207,7 @@ class _RunWriter:
         self.objective = None         # the objective fit used per latent site, from its training state
 
     def train(self, *, progress, handle_signals, on_start=None) -> TrainRun:
-        from ppl_vae.infer.fit import TrainingDiverged, TrainingInterrupted
+        from ppl_vae.errors import TrainingDiverged, TrainingInterrupted
 
         config = self.config
         try:
@@ -381,8 +383,7 @@ def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, 
         return [folder / "elbo.png"]
     device = vae.device
     binarize = resolve_binarize(binarize, vae.likelihood)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         inputs = fixed_binarization(to_likelihood_space(data.heldout[:32].to(device), vae.likelihood), binarize,
                                     heldout_seed)
         recon = vae.reconstruct(inputs)
@@ -515,6 +516,31 @@ def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch
     return result
 
 
+def evaluation_lines(result: EvalResult, units: str) -> list[str]:
+    """``ppl-vae evaluate``'s table of a :func:`evaluate_run` result (per example, in nats, of ``units``),
+    with a warning line when the model ignores its latent code (posterior collapse)."""
+    from ppl_vae.infer.evaluate import COLLAPSE_NATS, ELBO
+
+    given_globals = result.elbo_kind != ELBO
+    rows = [("ELBO given q(globals), not a bound" if given_globals else "ELBO", result.elbo, result.elbo_se,
+             result.elbo_data_se),
+            (f"log p(x), IWAE K={result.num_particles}", result.log_likelihood, result.log_likelihood_se,
+             result.log_likelihood_data_se),
+            ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
+            ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None)]
+    if given_globals:       # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
+        rows.insert(1, ("joint ELBO (bound on log p(x_1..N)/N)", result.joint_elbo, result.joint_elbo_se, None))
+    lines = [f"{result.num_examples} held-out examples, per example in nats, {units}",
+             f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}"]
+    for name, mean, se, data_se in rows:
+        lines.append(f"{name:<40}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
+    if result.kl < COLLAPSE_NATS:
+        lines.append(f"warning: posterior collapse: KL(q(z|x) || p(z)) is {result.kl:.3f} nats per example, so the "
+                     "model ignores its latent code and decodes every x the same way; the numbers above describe a "
+                     "model that does not use z")
+    return lines
+
+
 def default_sample_path(run_dir: str | Path, seed: int = 0) -> Path:
     """Where ``ppl-vae sample`` writes by default: an image grid, or a CSV table for table runs."""
     table = str(read_config(Path(run_dir)).dataset).startswith("table:")
@@ -545,8 +571,7 @@ def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | Non
                           f"{Path(out).with_suffix('.csv')}")
     if mean is None:
         mean = out is not None and not table
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed, vae.device):
         samples = vae.sample(num_samples, mean=mean).cpu()
     if scaling is not None:
         samples = scaling.invert(samples)                 # back to the original units
@@ -556,6 +581,23 @@ def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | Non
         else:
             plots.save_figure(plots.samples_figure(samples), Path(out))
     return samples
+
+
+@dataclass(frozen=True)
+class SamplesWritten(Result):
+    """What :func:`write_samples` wrote: ``num_samples`` samples to ``path``."""
+
+    path: Path
+    num_samples: int
+
+
+def write_samples(run_dir: str | Path, num_samples: int = 64, out: str | Path | None = None, *, seed: int = 0,
+                  device: str = "cpu", mean: bool | None = None) -> SamplesWritten:
+    """``ppl-vae sample``: :func:`sample_run` into ``out``, by default :func:`default_sample_path` (an image
+    grid, or a CSV table for runs trained on tables)."""
+    out = Path(out) if out is not None else default_sample_path(run_dir, seed)
+    sample_run(run_dir, num_samples, out, seed=seed, device=device, mean=mean)
+    return SamplesWritten(path=out, num_samples=num_samples)
 
 
 def _column_names(config: Config) -> list[str] | None:

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from ppl_vae.errors import PplVaeError
+from ppl_vae.errors import PplVaeError, TrainingInterrupted
 
 EXIT_BUG = 1
 EXIT_USAGE = 2
@@ -25,8 +25,8 @@ EXIT_INTERRUPTED = 130          # 128 + SIGINT, the shell's convention
 EXIT_SIGTERM = 143              # 128 + SIGTERM
 
 #: Modules that contribute subcommands through ``register(subparsers) -> {name: handler}``.
-COMMAND_MODULES = ("ppl_vae.cli.run_commands", "ppl_vae.cli.latent", "ppl_vae.cli.compare_ae", "ppl_vae.cli.grad_variance",
-                   "ppl_vae.cli.diagnose")
+COMMAND_MODULES = ("ppl_vae.cli.run_commands", "ppl_vae.cli.latent", "ppl_vae.cli.compare_ae",
+                   "ppl_vae.cli.grad_variance", "ppl_vae.cli.diagnose")
 
 
 class UsageError(PplVaeError):
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:          # noqa: BLE001 - the one place every error becomes one line
         if debug:
             raise
-        train = sys.modules.get("ppl_vae.infer.fit")      # loaded if training ran; never imported just to check
-        if train is not None and isinstance(error, train.TrainingInterrupted):
+        if isinstance(error, TrainingInterrupted):
             print(f"{prefix}: {one_line(error)}", file=sys.stderr)
             return EXIT_SIGTERM if error.signal_name == "SIGTERM" else EXIT_INTERRUPTED
         if isinstance(error, PplVaeError):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from pathlib import Path
-
 from ppl_vae.validation import arg, path_arg
 
 #: The defaults of :func:`ppl_vae.app.compare_ae.compare_ae_run`, repeated here so that ``--help`` needs no
@@ -13,7 +10,7 @@ DEFAULT_EPOCHS = 150
 DEFAULT_BETAS = (0.0, 0.1, 0.5, 1.0, 2.0, 4.0)
 
 
-def _handle(args) -> dict:
+def _handle(args):
     from ppl_vae.app.compare_ae import (
         collapse_paragraph,
         compare_ae_run,
@@ -21,9 +18,7 @@ def _handle(args) -> dict:
         verdict,
     )
 
-    out = args.out or Path("runs") / f"compare-ae-{args.dataset.replace(':', '_').replace('/', '_')}-" \
-        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    result = compare_ae_run(out, dataset=args.dataset, epochs=args.epochs, betas=tuple(args.betas),
+    result = compare_ae_run(args.out, dataset=args.dataset, epochs=args.epochs, betas=tuple(args.betas),
                             latent_dim=args.latent_dim, seed=args.seed, overwrite=args.overwrite,
                             progress=not args.quiet)
     print(markdown_table(result))
@@ -31,7 +26,7 @@ def _handle(args) -> dict:
     print(verdict(result))
     for line in collapse_paragraph(result)[:1]:
         print(line)
-    print(f"wrote {out}/ (comparison.json, comparison.md, figures/) in {result['seconds']:.0f} s")
+    print(f"wrote {result.out_dir}/ (comparison.json, comparison.md, figures/) in {result.seconds:.0f} s")
     return result
 
 

@@ -39,7 +39,7 @@ def register(sub) -> dict:
 
 
 def _diagnose(args) -> None:
-    from ppl_vae.app.diagnose import diagnose_run, report_warnings
+    from ppl_vae.app.diagnose import default_diagnostics_dir, diagnose_run, summary_lines, warning_texts
 
     results = diagnose_run(args.run_dir, args.out, num_samples=args.num_samples,
                            nuts_observations=args.nuts_observations, nuts_chains=args.nuts_chains,
@@ -47,21 +47,9 @@ def _diagnose(args) -> None:
                            sbc_simulations=args.sbc_simulations, sbc_draws=args.sbc_draws,
                            gap_observations=args.gap_observations, gap_steps=args.gap_steps, seed=args.seed,
                            device=args.device, progress=not args.quiet, overwrite=args.overwrite)
-    out = args.out or args.run_dir / "diagnostics"
-    for line in report_warnings(results):           # a collapsed model, unreliable importance weights
-        text = line.removeprefix("> ").replace("**", "").strip().removeprefix("Warning: ")
-        if text:
-            print(f"warning: {text}")
-    p = results["psis"]
-    print(f"PSIS: log p(x) {p['log_likelihood']:.3f} ± {p['log_likelihood_se']:.3f} nats per example; k-hat "
-          f"median {p['khat_quantiles']['50%']:.2f}, {p['fraction_above']['0.7']:.1%} of examples above 0.7")
-    if "nuts" in results:
-        n = results["nuts"]
-        print(f"NUTS: max R-hat {n['max_rhat']:.4f}; guide sd / NUTS sd median {n['median_sd_ratio']:.2f}; "
-              f"max |standardized mean error| {n['max_abs_standardized_mean_error']:.2f}")
-    print(f"SBC: {results['sbc']['verdict']} (p = {results['sbc']['p_value']:.3g})")
-    g = results.get("amortization_gap", {})
-    if "amortization_gap" in g:
-        print(f"gaps: amortization {g['amortization_gap']:.3f} ± {g['amortization_gap_se']:.3f}, "
-              f"approximation {g['approximation_gap']:.3f} ± {g['approximation_gap_se']:.3f} nats per example")
+    for text in warning_texts(results):           # a collapsed model, unreliable importance weights
+        print(f"warning: {text}")
+    for line in summary_lines(results):
+        print(line)
+    out = args.out or default_diagnostics_dir(args.run_dir)
     print(f"wrote {out}/ (report.md, diagnostics.json, inference_data.nc, nuts.nc, log_ratios.npy, figures/)")

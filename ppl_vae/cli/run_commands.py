@@ -1,14 +1,13 @@
 """``ppl-vae train | evaluate | sample | list``: the commands of a run folder's life.
 
 Flags are checked by :mod:`ppl_vae.validation` as argparse parses them (types and ranges); the work is
-done by :mod:`ppl_vae.app.run`, imported only when a handler runs.
+done by :mod:`ppl_vae.app.train` and :mod:`ppl_vae.app.run`, imported only when a handler runs.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ppl_vae.errors import ConfigError
 from ppl_vae.validation import arg, count, path_arg
 
 #: Config fields a train flag may set (the flag is the field with - for _).
@@ -19,8 +18,8 @@ TRAIN_FIELDS = ("dataset", "data_root", "download", "image_size", "binarize", "l
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a VAE and write a run folder",
-                       description="Train a VAE by SVI (a Pyro ELBO, see --elbo) and write a run folder with config, checkpoint, "
-                                   "metrics and figures. With no arguments: the embedded digits data.")
+                       description="Train a VAE by SVI (a Pyro ELBO, see --elbo) and write a run folder with config, "
+                                   "checkpoint, metrics and figures. With no arguments: the embedded digits data.")
     # Defaults are None so that a --config file's values survive unless a flag overrides them.
     p.add_argument("--dataset", help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | "
                    "table:PATH (.csv or .npz of real or count features)")
@@ -40,7 +39,8 @@ def _add_train(sub) -> None:
     p.add_argument("--particles", type=arg("particles"),
                    help="draws of z per example and step; K of the iwae bound (default: 1)")
     p.add_argument("--beta", type=arg("beta"), help="weight of the KL part of the ELBO (default: 1)")
-    p.add_argument("--kl-schedule", help="constant (default) | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; rises to --beta")
+    p.add_argument("--kl-schedule",
+                   help="constant (default) | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; rises to --beta")
     p.add_argument("--epochs", type=arg("epochs"), help="passes over the training data (default: 200)")
     p.add_argument("--batch-size", type=arg("batch_size"), help="examples per SVI step (default: 128)")
     p.add_argument("--lr", type=arg("lr"), help="Adam learning rate (default: 1e-3)")
@@ -87,96 +87,42 @@ def _add_sample(sub) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def config_from_args(args: argparse.Namespace):
-    from ppl_vae.app.config import Config
-
-    config = Config.from_file(args.config) if args.config is not None else Config()
-    values = config.to_dict()
-    for name in values:
-        given = getattr(args, name, None)
-        if given is not None:
-            values[name] = given
-    return Config.from_dict(values, source="flags and config").validate()
+def train_overrides(args: argparse.Namespace) -> dict:
+    """The config fields the train flags set (field -> value), in the order of :data:`TRAIN_FIELDS`."""
+    return {name: getattr(args, name) for name in TRAIN_FIELDS if getattr(args, name, None) is not None}
 
 
 def _train(args) -> None:
-    from ppl_vae.infer import distributed
-    from ppl_vae.app.run import read_config, resume_run, train_run
+    from ppl_vae.app.train import train_command
 
-    progress = False if args.quiet else None
-    command = ["ppl-vae", *args.argv]
-    if args.resume is not None:
-        given = [name for name in TRAIN_FIELDS if name != "epochs" and getattr(args, name, None) is not None]
-        if given or args.config is not None or args.out is not None or args.overwrite:
-            extra = [f"--{n.replace('_', '-')}" for n in given] + (["--config"] if args.config else []) + \
-                (["--out"] if args.out else []) + (["--overwrite"] if args.overwrite else [])
-            raise ConfigError(f"--resume continues {args.resume} as configured in its config.json; drop "
-                              f"{' '.join(extra)} (only --epochs may change, to train longer)")
-        config = read_config(args.resume)
-    else:
-        config = config_from_args(args)
-    context = distributed.init_from_environment(config.device)     # torchrun: join the process group
-    failed = True
-    try:
-        if args.resume is not None:
-            run = resume_run(args.resume, epochs=args.epochs, progress=progress, command=command,
-                             handle_signals=True, distributed=context)
-            config = read_config(run.run_dir)
-        else:
-            if context is not None and args.out is None:
-                raise ConfigError("distributed training needs --out RUN_DIR, the same for every process")
-            run = train_run(config, args.out, overwrite=args.overwrite, progress=progress, command=command,
-                            handle_signals=True, distributed=context)
-        failed = False
-    finally:
-        distributed.shutdown(context, wait=not failed)
-    if context is not None and not context.is_main:
+    done = train_command(overrides=train_overrides(args), config_file=args.config, out=args.out,
+                         overwrite=args.overwrite, resume=args.resume, progress=False if args.quiet else None,
+                         command=["ppl-vae", *args.argv], handle_signals=True)
+    if not done.is_main:
         return
-    final = run.result.history[-1]
-    processes = f", {context.world_size} processes" if context is not None else ""
-    print(f"trained on {run.data.name}: {run.data.train.shape[0]} train / {run.data.heldout.shape[0]} held-out "
-          f"examples of shape {tuple(run.data.data_shape)}, {config.epochs} epochs{processes}")
-    shift, units = run.units_shift, run.units
-    print(f"held-out ELBO {final['heldout_elbo'] + shift:.2f} nats per example, {units} (train "
-          f"{final['train_elbo'] + shift:.2f})")
-    print(f"run folder: {run.run_dir}  (next: ppl-vae evaluate {run.run_dir})")
+    processes = f", {done.processes} processes" if done.processes is not None else ""
+    print(f"trained on {done.dataset}: {done.num_train} train / {done.num_heldout} held-out examples of shape "
+          f"{done.data_shape}, {done.epochs} epochs{processes}")
+    print(f"held-out ELBO {done.heldout_elbo:.2f} nats per example, {done.units} (train {done.train_elbo:.2f})")
+    print(f"run folder: {done.run_dir}  (next: ppl-vae evaluate {done.run_dir})")
 
 
 def _evaluate(args) -> None:
-    from ppl_vae.app.run import evaluate_run
+    from ppl_vae.app.run import evaluate_run, evaluation_lines, load_units
 
     result = evaluate_run(args.run_dir, num_particles=args.num_particles, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, progress=not args.quiet)
-    from ppl_vae.infer.evaluate import COLLAPSE_NATS, ELBO
-
-    given_globals = result.elbo_kind != ELBO
-    rows = [("ELBO given q(globals), not a bound" if given_globals else "ELBO", result.elbo, result.elbo_se,
-             result.elbo_data_se),
-            (f"log p(x), IWAE K={result.num_particles}", result.log_likelihood, result.log_likelihood_se,
-             result.log_likelihood_data_se),
-            ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
-            ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None)]
-    if given_globals:       # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
-        rows.insert(1, ("joint ELBO (bound on log p(x_1..N)/N)", result.joint_elbo, result.joint_elbo_se, None))
-    from ppl_vae.app.run import load_units
-
-    print(f"{result.num_examples} held-out examples, per example in nats, {load_units(args.run_dir)[1]}")
-    print(f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}")
-    for name, mean, se, data_se in rows:
-        print(f"{name:<40}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
-    if result.kl < COLLAPSE_NATS:
-        print(f"warning: posterior collapse: KL(q(z|x) || p(z)) is {result.kl:.3f} nats per example, so the "
-              "model ignores its latent code and decodes every x the same way; the numbers above describe a "
-              "model that does not use z")
+    for line in evaluation_lines(result, load_units(args.run_dir)[1]):
+        print(line)
     print(f"wrote {args.run_dir / 'eval.json'}")
 
 
 def _sample(args) -> None:
-    from ppl_vae.app.run import default_sample_path, sample_run
+    from ppl_vae.app.run import write_samples
 
-    out = args.out if args.out is not None else default_sample_path(args.run_dir, args.seed)
-    sample_run(args.run_dir, args.num_samples, out, seed=args.seed, device=args.device, mean=args.mean)
-    print(f"wrote {args.num_samples} samples to {out}")
+    done = write_samples(args.run_dir, args.num_samples, args.out, seed=args.seed, device=args.device,
+                         mean=args.mean)
+    print(f"wrote {done.num_samples} samples to {done.path}")
 
 
 def _list(args) -> None:

@@ -10,13 +10,60 @@ functions that take ``(model, guide, data)`` or a VAE and return results; files 
   information, KL to the model's own prior, active units;
 * :mod:`~ppl_vae.diagnostics.sample_quality`, :mod:`~ppl_vae.diagnostics.gradients`,
   :mod:`~ppl_vae.diagnostics.latent_space`: sample-quality metrics, gradient variance, latent-space tools.
+
+Every public computation returns a frozen dataclass deriving from :class:`ppl_vae.results.Result`
+(``to_dict()`` for plain data; ``result["name"]`` still works where a dict used to be returned).
 """
 
 
-from ppl_vae.diagnostics.posterior import importance_log_ratios, PSISResult, psis, to_inference_data, NUTSResult, nuts_reference
-from ppl_vae.diagnostics.calibration import SBCResult, sbc_ranks, flags_description, sbc
-from ppl_vae.diagnostics.gaps import amortization_gap
-from ppl_vae.diagnostics.collapse import mutual_information, collapse_report
-from ppl_vae.diagnostics.kl import is_point_mass, KL_NUM_SAMPLES, COLLAPSE_KL_NATS, kl_to_prior, kl_per_dimension, activity, active_units
+from ppl_vae.diagnostics.calibration import SBCResult, flags_description, sbc, sbc_ranks
+from ppl_vae.diagnostics.collapse import (
+    CollapseReport,
+    collapse_report,
+    mutual_information,
+)
+from ppl_vae.diagnostics.gaps import AmortizationGap, amortization_gap
+from ppl_vae.diagnostics.kl import (
+    COLLAPSE_KL_NATS,
+    KL_NUM_SAMPLES,
+    KLToPrior,
+    active_units,
+    activity,
+    is_point_mass,
+    kl_per_dimension,
+    kl_to_prior,
+)
+from ppl_vae.diagnostics.posterior import (
+    NUTSResult,
+    PSISResult,
+    importance_log_ratios,
+    nuts_reference,
+    psis,
+    to_inference_data,
+)
 
-__all__ = ['importance_log_ratios', 'PSISResult', 'psis', 'to_inference_data', 'NUTSResult', 'nuts_reference', 'SBCResult', 'sbc_ranks', 'flags_description', 'sbc', 'amortization_gap', 'mutual_information', 'collapse_report', 'is_point_mass', 'KL_NUM_SAMPLES', 'COLLAPSE_KL_NATS', 'kl_to_prior', 'kl_per_dimension', 'activity', 'active_units']
+__all__ = [
+    "COLLAPSE_KL_NATS",
+    "KL_NUM_SAMPLES",
+    "AmortizationGap",
+    "CollapseReport",
+    "KLToPrior",
+    "NUTSResult",
+    "PSISResult",
+    "SBCResult",
+    "active_units",
+    "activity",
+    "amortization_gap",
+    "collapse_report",
+    "flags_description",
+    "importance_log_ratios",
+    "is_point_mass",
+    "kl_per_dimension",
+    "kl_to_prior",
+    "mutual_information",
+    "nuts_reference",
+    "psis",
+    "sbc",
+    "sbc_ranks",
+    "to_inference_data",
+]

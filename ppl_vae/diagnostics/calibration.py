@@ -11,14 +11,16 @@ import torch
 from pyro.infer import Predictive
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.results import Result
 from ppl_vae.rng import seeded
+from ppl_vae.validation import BOUNDS, Bound, check_number
 
 # ---------------------------------------------------------------------------------------------------
 # Simulation-based calibration
 
 
 @dataclass(frozen=True)
-class SBCResult:
+class SBCResult(Result):
     """Simulation-based calibration of an amortized guide (Talts et al. 2018).
 
     For each simulation z* ~ p(z), x ~ p(x | z*), the rank of z*_j among L draws from q(z | x) is
@@ -78,8 +80,7 @@ def sbc_ranks(model, guide, *, num_simulations: int = 1000, num_draws: int = 99,
 
     Simulations come from the model run generatively, ``model(None, num_samples=num_simulations)``;
     the guide is then run on the simulated x."""
-    if num_simulations < 2 or num_draws < 1:
-        raise ConfigError(f"need num_simulations >= 2 and num_draws >= 1, got {num_simulations} and {num_draws}")
+    _check_sizes(num_simulations, num_draws)
     from pyro import poutine
 
     device = _device_of(model, guide)
@@ -93,6 +94,11 @@ def sbc_ranks(model, guide, *, num_simulations: int = 1000, num_draws: int = 99,
         draws = Predictive(guide, num_samples=num_draws, return_sites=[latent_site])(x)[latent_site]
     draws = draws.reshape(num_draws, *z_true.shape)
     return (draws < z_true).sum(0).reshape(num_simulations, -1).cpu().numpy()
+
+
+def _check_sizes(num_simulations: int, num_draws: int) -> None:
+    check_number(num_simulations, "num_simulations", Bound(int, 2, BOUNDS["num_samples"].high))
+    check_number(num_draws, "num_draws", Bound(int, 1, 100_000))
 
 
 def _device_of(*programs) -> torch.device:
@@ -123,7 +129,7 @@ class _RankModel:
         from scipy import stats
 
         step = min(0.02, 0.2 / math.sqrt(num_draws + 1))       # resolves the binomial's width in w
-        self.w = np.linspace(-self.HALF_WIDTH, self.HALF_WIDTH, int(round(2 * self.HALF_WIDTH / step)) + 1)
+        self.w = np.linspace(-self.HALF_WIDTH, self.HALF_WIDTH, round(2 * self.HALF_WIDTH / step) + 1)
         weights = np.full_like(self.w, self.w[1] - self.w[0])
         weights[[0, -1]] /= 2
         ranks = np.arange(num_draws + 1)[:, None]
@@ -229,12 +235,30 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
     of delta = 0 with s free; each is N(0, 1) under calibration (Wilks), and a pure shift leaves the
     width test at N(0, 1) whatever its size. ``shift`` and ``width_ratio`` are the fitted delta and s.
     """
-    from scipy import stats
-
+    _check_sizes(num_simulations, num_draws)
+    check_number(alpha, "alpha", Bound(float, 0, 1, open_low=True))
+    if num_bins is not None:
+        check_number(num_bins, "num_bins", Bound(int, 2, num_draws + 1))
     ranks = sbc_ranks(model, guide, num_simulations=num_simulations, num_draws=num_draws, latent_site=latent_site,
                       observed_site=observed_site, seed=seed)
     n, d = ranks.shape
     num_bins = num_bins or int(max(2, min(20, n // 20, num_draws + 1)))
+    p_values = _uniformity_p_values(ranks, num_draws, num_bins)
+    model_of_ranks = _RankModel(num_draws)
+    fits = [model_of_ranks.fit(np.bincount(ranks[:, j], minlength=num_draws + 1).astype(float)) for j in range(d)]
+    corrected = np.minimum(p_values * d, 1.0)
+    flags = _sbc_flags(corrected, fits, alpha)
+    return SBCResult(ranks=ranks, num_draws=num_draws, p_values=p_values, p_value=float(corrected.min()),
+                     num_bins=num_bins, dispersion_z=np.array([f["dispersion_z"] for f in fits]),
+                     bias_z=np.array([f["bias_z"] for f in fits]), flags=flags, verdict=_sbc_verdict(flags, d),
+                     shift=np.array([f["shift"] for f in fits]), width_ratio=np.array([f["width_ratio"] for f in fits]))
+
+
+def _uniformity_p_values(ranks: np.ndarray, num_draws: int, num_bins: int) -> np.ndarray:
+    """``(latent_dim,)`` p-values of the chi-square test of uniform ranks (0..L) in ``num_bins`` bins."""
+    from scipy import stats
+
+    n, d = ranks.shape
     # Equal-width bins over the L + 1 rank values; exact expected counts when L + 1 is not a multiple.
     edges = np.linspace(0, num_draws + 1, num_bins + 1)
     values = np.arange(num_draws + 1)
@@ -244,26 +268,27 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
         observed = np.histogram(ranks[:, j], bins=edges)[0]
         statistic = ((observed - expected) ** 2 / expected).sum()
         p_values[j] = stats.chi2.sf(statistic, num_bins - 1)
-    model_of_ranks = _RankModel(num_draws)
-    fits = [model_of_ranks.fit(np.bincount(ranks[:, j], minlength=num_draws + 1).astype(float)) for j in range(d)]
-    dispersion_z = np.array([f["dispersion_z"] for f in fits])
-    bias_z = np.array([f["bias_z"] for f in fits])
-    corrected = np.minimum(p_values * d, 1.0)
+    return p_values
+
+
+def _sbc_flags(corrected: np.ndarray, fits: list[dict], alpha: float) -> list[dict]:
+    """One flag per dimension whose Bonferroni-corrected p-value is below ``alpha``, named by the
+    z-scores of :class:`_RankModel` beyond the two-sided Bonferroni critical value."""
+    from scipy import stats
+
+    d = len(fits)
     critical = stats.norm.isf(alpha / (2 * d))          # two-sided, Bonferroni over dimensions
     flags = []
-    for j in range(d):
+    for j, fit in enumerate(fits):
         if corrected[j] >= alpha:
             continue
         found = []
-        if abs(dispersion_z[j]) > critical:
-            found.append("under-dispersed" if dispersion_z[j] > 0 else "over-dispersed")
-        if abs(bias_z[j]) > critical:
-            found.append("biased high" if bias_z[j] < 0 else "biased low")   # truth below most draws: q too high
+        if abs(fit["dispersion_z"]) > critical:
+            found.append("under-dispersed" if fit["dispersion_z"] > 0 else "over-dispersed")
+        if abs(fit["bias_z"]) > critical:
+            found.append("biased high" if fit["bias_z"] < 0 else "biased low")   # truth below most draws: q too high
         finding = " and ".join(found) or "non-uniform"
         flags.append({"latent_dim": j, "finding": finding, "description": flags_description(finding),
-                      "p_value": float(corrected[j]), "shift": fits[j]["shift"], "width_ratio": fits[j]["width_ratio"],
-                      "dispersion_z": float(dispersion_z[j]), "bias_z": float(bias_z[j])})
-    return SBCResult(ranks=ranks, num_draws=num_draws, p_values=p_values, p_value=float(corrected.min()),
-                     num_bins=num_bins, dispersion_z=dispersion_z, bias_z=bias_z, flags=flags,
-                     verdict=_sbc_verdict(flags, d), shift=np.array([f["shift"] for f in fits]),
-                     width_ratio=np.array([f["width_ratio"] for f in fits]))
+                      "p_value": float(corrected[j]), "shift": fit["shift"], "width_ratio": fit["width_ratio"],
+                      "dispersion_z": float(fit["dispersion_z"]), "bias_z": float(fit["bias_z"])})
+    return flags

@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from ppl_vae.diagnostics.kl import KLToPrior, activity, kl_to_prior
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.evaluate import COLLAPSE_NATS
+from ppl_vae.results import Result
 from ppl_vae.rng import seeded
 
 
 @torch.no_grad()
-def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10, seed: int | None = None) -> tuple[float, float]:
-    """I(x; z) under the aggregate posterior q(z) = (1/N) sum_m q(z | x_m), with its Monte Carlo s.e.
+def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10,
+                       seed: int | None = None) -> tuple[float, float]:
+    """I(x; z) under the aggregate posterior q(z) = (1/N) sum_m q(z | x_m), nats: the pair ``(value, se)``
+    of the estimate and its Monte Carlo standard error.
 
     I = E_n E_{z ~ q(z|x_n)}[log q(z | x_n) - log q(z)], estimated with ``num_samples`` draws per
     example. ``posterior(x)`` returns q(z | x) with batch shape ``(N,)``. 0 means the encodings carry no
@@ -33,10 +38,31 @@ def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10, 
     return per_example.mean().item(), (terms.std() / math.sqrt(terms.numel())).item()
 
 
+@dataclass(frozen=True)
+class CollapseReport(Result):
+    """Posterior-collapse monitors of an amortized model on some data (see :func:`collapse_report`)."""
+
+    kl_per_dimension: list | None
+    kl_per_dimension_se: list | None
+    kl_total: float | None
+    kl_total_se: float | None
+    kl_note: str | None
+    activity: list
+    active_units: int
+    latent_dim: int
+    mutual_information: float
+    mutual_information_se: float
+    log_num_examples: float
+    collapsed: bool
+    mostly_inactive: bool
+    warning: str | None
+
+
 def collapse_report(vae, data: torch.Tensor, *, num_samples: int = 10, threshold: float = 0.01,
-                    seed: int | None = 0) -> dict:
+                    seed: int | None = 0) -> CollapseReport:
     """Posterior-collapse monitors for an amortized model (anything with ``encode``, ``posterior`` and,
-    for the KL, ``prior_distribution``), on ``data (N, *data_shape)``. Returns a JSON-ready dict:
+    for the KL, ``prior_distribution``), on ``data (N, *data_shape)``. Returns a :class:`CollapseReport`
+    of plain numbers and lists:
 
     * ``kl_per_dimension``: KL(q(z_j | x) || p(z_j)) per latent dimension, to the VAE's **own prior**
       ``vae.prior_distribution()`` (any loc and scale, learned or not; not N(0, I) unless that is the
@@ -55,40 +81,45 @@ def collapse_report(vae, data: torch.Tensor, *, num_samples: int = 10, threshold
       the prior. ``mostly_inactive``: True when more than half the units are inactive.
       ``warning``: one line saying so (None when neither holds).
     """
-    from ppl_vae.diagnostics.kl import activity, kl_to_prior
-
-    kl = {"total": None, "total_se": None, "per_dimension": None, "per_dimension_se": None,
-          "per_dimension_note": None}
     try:
         kl = kl_to_prior(vae, data, seed=seed)
     except ConfigError as error:
-        kl["per_dimension_note"] = str(error)
+        kl = KLToPrior(per_dimension_note=str(error))
     act = activity(vae, data)
     mi, mi_se = mutual_information(vae.posterior, data, num_samples=num_samples, seed=seed)
     active, dims = int((act > threshold).sum()), int(act.numel())
-    reasons = []
-    if active == 0:
-        reasons.append(f"0 of {dims} latent units active")
-    if kl["total"] is not None and kl["total"] < max(COLLAPSE_NATS, 2 * (kl["total_se"] or 0.0)):
-        reasons.append(f"KL to the prior {kl['total']:.3g} nats")
-    if mi < max(COLLAPSE_NATS, 2 * mi_se):
-        reasons.append(f"I(x; z) {mi:.3g} ± {mi_se:.2g} nats")
-    collapsed = bool(reasons)
+    reasons = _collapse_reasons(kl, mi, mi_se, active, dims)
     mostly_inactive = active < dims / 2
-    if collapsed:
-        warning = ("the model is collapsed (" + "; ".join(reasons) + "): q(z | x) ignores x, so the guide "
-                   "diagnostics describe the prior, not an informative encoder")
-    elif mostly_inactive:
-        warning = (f"most latent units are inactive ({active} of {dims} active): the guide diagnostics "
-                   f"describe the {active} informative dimensions; the others are collapsed to the prior")
-    else:
-        warning = None
 
     def listed(t):
         return None if t is None else [float(v) for v in t]
 
-    return {"kl_per_dimension": listed(kl["per_dimension"]), "kl_per_dimension_se": listed(kl["per_dimension_se"]),
-            "kl_total": kl["total"], "kl_total_se": kl["total_se"], "kl_note": kl["per_dimension_note"],
-            "activity": act.tolist(), "active_units": active, "latent_dim": dims,
-            "mutual_information": mi, "mutual_information_se": mi_se, "log_num_examples": math.log(data.shape[0]),
-            "collapsed": collapsed, "mostly_inactive": mostly_inactive, "warning": warning}
+    return CollapseReport(
+        kl_per_dimension=listed(kl.per_dimension), kl_per_dimension_se=listed(kl.per_dimension_se),
+        kl_total=kl.total, kl_total_se=kl.total_se, kl_note=kl.per_dimension_note,
+        activity=act.tolist(), active_units=active, latent_dim=dims,
+        mutual_information=mi, mutual_information_se=mi_se, log_num_examples=math.log(data.shape[0]),
+        collapsed=bool(reasons), mostly_inactive=mostly_inactive,
+        warning=_collapse_warning(reasons, mostly_inactive, active, dims))
+
+
+def _collapse_reasons(kl: KLToPrior, mi: float, mi_se: float, active: int, dims: int) -> list[str]:
+    """What says the model is collapsed: no active unit, a KL or I(x; z) of ~0 (one phrase each)."""
+    reasons = []
+    if active == 0:
+        reasons.append(f"0 of {dims} latent units active")
+    if kl.total is not None and kl.total < max(COLLAPSE_NATS, 2 * (kl.total_se or 0.0)):
+        reasons.append(f"KL to the prior {kl.total:.3g} nats")
+    if mi < max(COLLAPSE_NATS, 2 * mi_se):
+        reasons.append(f"I(x; z) {mi:.3g} ± {mi_se:.2g} nats")
+    return reasons
+
+
+def _collapse_warning(reasons: list[str], mostly_inactive: bool, active: int, dims: int) -> str | None:
+    if reasons:
+        return ("the model is collapsed (" + "; ".join(reasons) + "): q(z | x) ignores x, so the guide "
+                "diagnostics describe the prior, not an informative encoder")
+    if mostly_inactive:
+        return (f"most latent units are inactive ({active} of {dims} active): the guide diagnostics "
+                f"describe the {active} informative dimensions; the others are collapsed to the prior")
+    return None

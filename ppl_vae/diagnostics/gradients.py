@@ -43,7 +43,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import pyro.distributions as dist
@@ -56,6 +56,10 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.evaluate import max_plate_nesting
+from ppl_vae.results import Result
+from ppl_vae.rng import isolated, seeded
+from ppl_vae.validation import Bound, check_number
 
 ESTIMATORS = ("reparam", "score", "score-loo")
 
@@ -117,10 +121,7 @@ def loo_loss(model, guide, x, sites: Sequence[str], num_particles: int, *, nesti
     the detached learning signal log p(x, z_k) − log q(z_k) summed down to the site's plates (one per
     example for a site in the data plate) and ``b_k = (Σ_j c_j − c_k) / (K − 1)``, the mean over the
     other particles. Stateless: nothing but these K particles of this batch is used."""
-    from ppl_vae.infer.evaluate import max_plate_nesting
-
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
-        raise ConfigError(f"the leave-one-out baseline needs at least 2 particles, got {num_particles!r}")
+    check_number(num_particles, "num_particles of the leave-one-out baseline", Bound(int, 2, 100_000))
     if nesting is None:
         nesting = max_plate_nesting(model, guide, x, **model_kwargs)
     particle_dim = -(nesting + 1)
@@ -168,7 +169,7 @@ def loo_loss(model, guide, x, sites: Sequence[str], num_particles: int, *, nesti
 # -- the measurement -------------------------------------------------------------------------------
 
 def _check_sites(guide, x, sites, guide_kwargs) -> None:
-    with poutine.block(), torch.random.fork_rng(devices=[]):
+    with poutine.block(), isolated(x.device):
         trace = poutine.trace(guide).get_trace(x, **guide_kwargs)
     latent = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
     for name in sites:
@@ -207,10 +208,79 @@ def _summarize(grads: torch.Tensor) -> dict:
             "mean_variance": total / grads.shape[1]}
 
 
+@dataclass(frozen=True)
+class EstimatorVariance(Result):
+    """The spread of one gradient estimator over independent draws (see :func:`gradient_variance`).
+
+    Attributes:
+        mean: ``(P,)`` flattened mean gradient; mean_se: ``(P,)`` its per-coordinate Monte Carlo s.e.
+        variance: ``(P,)`` per-coordinate variance of one draw.
+        total_variance, total_variance_se: the sum over coordinates, with its s.e.; mean_variance: total / P.
+        particles: particles per step (the estimator's cost); description: one line; seconds: wall time.
+        variance_ratio, variance_ratio_se: total variance over the one-particle reparameterized one (delta
+            method s.e.), None without ``"reparam"``.
+        variance_ratio_equal_particles, variance_ratio_equal_particles_se: total variance over the
+            reparameterized one averaged over as many particles (``variance_ratio * particles``).
+        agreement_rms_z: root mean square over coordinates of (mean - reparam mean) / combined s.e.:
+            about 1 when both are unbiased.
+    """
+
+    mean: torch.Tensor = field(repr=False)
+    mean_se: torch.Tensor = field(repr=False)
+    variance: torch.Tensor = field(repr=False)
+    total_variance: float
+    total_variance_se: float
+    mean_variance: float
+    particles: int
+    description: str
+    seconds: float
+    variance_ratio: float | None = None
+    variance_ratio_se: float | None = None
+    variance_ratio_equal_particles: float | None = None
+    variance_ratio_equal_particles_se: float | None = None
+    agreement_rms_z: float | None = None
+
+    def summary(self) -> dict:
+        """The numbers without the per-coordinate tensors (the mean gradient's norm instead)."""
+        return {"description": self.description, "total_variance": self.total_variance,
+                "total_variance_se": self.total_variance_se, "mean_variance": self.mean_variance,
+                "particles": self.particles,
+                "variance_ratio": self.variance_ratio, "variance_ratio_se": self.variance_ratio_se,
+                "variance_ratio_equal_particles": self.variance_ratio_equal_particles,
+                "variance_ratio_equal_particles_se": self.variance_ratio_equal_particles_se,
+                "agreement_rms_z": self.agreement_rms_z, "mean_gradient_norm": float(self.mean.norm()),
+                "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class GradientVariance(Result):
+    """Gradient estimators of the ELBO loss compared on one batch (see :func:`gradient_variance`).
+
+    Attributes:
+        num_repeats: independent draws per estimator; num_params: P; batch_size: examples in ``x``.
+        seed, loo_particles: as given; loss: what was differentiated (one line).
+        estimators: ``{name: EstimatorVariance}`` in the order asked for.
+    """
+
+    num_repeats: int
+    num_params: int
+    batch_size: int
+    seed: int
+    loo_particles: int
+    loss: str
+    estimators: dict
+
+    def summary(self) -> dict:
+        """The JSON-friendly part (no per-coordinate tensors)."""
+        out = {k: v for k, v in self.items() if k != "estimators"}
+        out["estimators"] = {name: r.summary() for name, r in self.estimators.items()}
+        return out
+
+
 def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params: Sequence[torch.Tensor], *,
                       num_repeats: int = 200, estimators: Sequence[str] = ESTIMATORS, seed: int = 0,
                       sites: Sequence[str] = ("z",), loo_particles: int = DEFAULT_LOO_PARTICLES,
-                      model_kwargs: dict | None = None) -> dict:
+                      model_kwargs: dict | None = None) -> GradientVariance:
     """Mean and variance of the gradient of the ELBO loss w.r.t. ``params`` under several estimators.
 
     Args:
@@ -227,14 +297,14 @@ def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params:
         loo_particles: K, the particles per example (and per step) of ``"score-loo"``, at least 2.
         model_kwargs: keyword arguments for both programs (e.g. ``{"beta": 0.5}``).
 
-    Returns a dict with ``num_repeats``, ``num_params``, ``batch_size``, ``loss`` (what was
-    differentiated) and ``estimators``: per name a dict with ``particles`` (per step: its cost),
-    ``mean`` (flattened mean gradient, ``(P,)``), ``mean_se`` (its per-coordinate Monte Carlo s.e.),
-    ``variance`` (per coordinate), ``total_variance`` (sum over coordinates) with ``total_variance_se``,
-    ``mean_variance`` (total / P), ``variance_ratio`` (total variance over the one-particle
-    reparameterized one, None without ``"reparam"``) with ``variance_ratio_se`` (delta method),
-    ``variance_ratio_equal_particles`` (total variance over the reparameterized one averaged over as
-    many particles, i.e. ``variance_ratio * particles``) with its s.e., ``agreement_rms_z`` (root mean
+    Returns a :class:`GradientVariance`: ``num_repeats``, ``num_params``, ``batch_size``, ``loss`` (what
+    was differentiated) and ``estimators``, per name an :class:`EstimatorVariance` with ``particles`` (per
+    step: its cost), ``mean`` (flattened mean gradient, ``(P,)``), ``mean_se`` (its per-coordinate Monte
+    Carlo s.e.), ``variance`` (per coordinate), ``total_variance`` (sum over coordinates) with
+    ``total_variance_se``, ``mean_variance`` (total / P), ``variance_ratio`` (total variance over the
+    one-particle reparameterized one, None without ``"reparam"``) with ``variance_ratio_se`` (delta
+    method), ``variance_ratio_equal_particles`` (total variance over the reparameterized one averaged over
+    as many particles, i.e. ``variance_ratio * particles``) with its s.e., ``agreement_rms_z`` (root mean
     square over coordinates of (mean − reparam mean) / combined s.e.: about 1 when both are unbiased),
     ``description``, ``seconds``.
     """
@@ -242,82 +312,75 @@ def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params:
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown or not estimators:
         raise ConfigError(f"unknown estimator(s) {unknown or '(none given)'}; choose from: {', '.join(ESTIMATORS)}")
-    if isinstance(num_repeats, bool) or not isinstance(num_repeats, int) or num_repeats < 2:
-        raise ConfigError(f"num_repeats must be an integer >= 2 (a variance needs two draws), got {num_repeats!r}")
-    if isinstance(loo_particles, bool) or not isinstance(loo_particles, int) or loo_particles < 2:
-        raise ConfigError(f"loo_particles must be an integer >= 2 (a leave-one-out baseline needs another particle), "
-                          f"got {loo_particles!r}")
+    check_number(num_repeats, "num_repeats (a variance needs two draws)", Bound(int, 2, 1_000_000))
+    check_number(loo_particles, "loo_particles (a leave-one-out baseline needs another particle)",
+                 Bound(int, 2, 100_000))
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("no parameters to differentiate (none given, or none requires grad)")
     model_kwargs = dict(model_kwargs or {})
     sites = tuple(sites)
     _check_sites(guide, x, sites, model_kwargs)
-
-    results = {}
-    with torch.random.fork_rng(devices=[]):
-        for k, name in enumerate(estimators):
-            pyro.set_rng_seed(seed + 1000 * k)
-            particles = 1
-            if name == "reparam":
-                def loss_fn():
-                    return Trace_ELBO().differentiable_loss(model, guide, x, **model_kwargs)
-            elif name == "score":
-                score_guide = _ScoreFunction(sites)(guide)
-
-                def loss_fn():
-                    return Trace_ELBO().differentiable_loss(model, score_guide, x, **model_kwargs)
-            else:
-                from ppl_vae.infer.evaluate import max_plate_nesting
-
-                particles = loo_particles
-                nesting = max_plate_nesting(model, guide, x, **model_kwargs)
-
-                def loss_fn():
-                    return loo_loss(model, guide, x, sites, loo_particles, nesting=nesting, **model_kwargs)
+    measured = {}
+    for k, name in enumerate(estimators):
+        with seeded(seed + 1000 * k, x.device):
+            loss_fn, particles = _loss_function(name, model, guide, x, sites, loo_particles, model_kwargs)
             started = time.perf_counter()
             grads = _draw_gradients(loss_fn, params, num_repeats)
-            results[name] = {**_summarize(grads), "particles": particles, "description": DESCRIPTIONS[name],
-                             "seconds": round(time.perf_counter() - started, 3)}
-    ref = results.get("reparam")
-    for name, r in results.items():
-        if ref is None or ref["total_variance"] <= 0:
-            r["variance_ratio"] = r["variance_ratio_se"] = r["agreement_rms_z"] = None
-            r["variance_ratio_equal_particles"] = r["variance_ratio_equal_particles_se"] = None
-            continue
-        ratio = r["total_variance"] / ref["total_variance"]
-        r["variance_ratio"] = ratio
-        if name == "reparam":
-            r["variance_ratio_se"], r["agreement_rms_z"] = 0.0, 0.0
-            r["variance_ratio_equal_particles"], r["variance_ratio_equal_particles_se"] = 1.0, 0.0
-            continue
-        r["variance_ratio_se"] = ratio * math.sqrt((r["total_variance_se"] / r["total_variance"]) ** 2
-                                                   + (ref["total_variance_se"] / ref["total_variance"]) ** 2)
-        r["variance_ratio_equal_particles"] = ratio * r["particles"]
-        r["variance_ratio_equal_particles_se"] = r["variance_ratio_se"] * r["particles"]
-        se = (r["mean_se"] ** 2 + ref["mean_se"] ** 2).sqrt().clamp_min(1e-30)
-        r["agreement_rms_z"] = float((((r["mean"] - ref["mean"]) / se) ** 2).mean().sqrt())
-    return {"num_repeats": num_repeats, "num_params": int(sum(p.numel() for p in params)),
-            "batch_size": int(x.shape[0]), "seed": seed, "loo_particles": loo_particles,
-            "loss": "-ELBO summed over the batch (Pyro's loss): one particle for reparam and score, the mean over "
-                    f"{loo_particles} particles for score-loo; gradient w.r.t. the given parameters",
-            "estimators": results}
+        measured[name] = {**_summarize(grads), "particles": particles, "description": DESCRIPTIONS[name],
+                          "seconds": round(time.perf_counter() - started, 3)}
+    return GradientVariance(
+        num_repeats=num_repeats, num_params=int(sum(p.numel() for p in params)), batch_size=int(x.shape[0]),
+        seed=seed, loo_particles=loo_particles,
+        loss="-ELBO summed over the batch (Pyro's loss): one particle for reparam and score, the mean over "
+             f"{loo_particles} particles for score-loo; gradient w.r.t. the given parameters",
+        estimators={name: EstimatorVariance(**r, **_against_reparam(name, r, measured.get("reparam")))
+                    for name, r in measured.items()})
 
 
-def summary(result: dict) -> dict:
-    """The JSON-friendly part of a :func:`gradient_variance` result (no per-coordinate tensors)."""
-    out = {k: v for k, v in result.items() if k != "estimators"}
-    out["estimators"] = {
-        name: {"description": r["description"], "total_variance": r["total_variance"],
-               "total_variance_se": r["total_variance_se"], "mean_variance": r["mean_variance"],
-               "particles": r["particles"],
-               "variance_ratio": r["variance_ratio"], "variance_ratio_se": r["variance_ratio_se"],
-               "variance_ratio_equal_particles": r["variance_ratio_equal_particles"],
-               "variance_ratio_equal_particles_se": r["variance_ratio_equal_particles_se"],
-               "agreement_rms_z": r["agreement_rms_z"], "mean_gradient_norm": float(r["mean"].norm()),
-               "seconds": r["seconds"]}
-        for name, r in result["estimators"].items()}
-    return out
+def _loss_function(name: str, model, guide, x, sites: tuple, loo_particles: int,
+                   model_kwargs: dict) -> tuple[Callable[[], torch.Tensor], int]:
+    """``(loss_fn, particles)``: a fresh differentiable loss of estimator ``name`` per call, and its
+    particles per step."""
+    if name == "reparam":
+        def loss_fn():
+            return Trace_ELBO().differentiable_loss(model, guide, x, **model_kwargs)
+        return loss_fn, 1
+    if name == "score":
+        score_guide = _ScoreFunction(sites)(guide)
+
+        def loss_fn():
+            return Trace_ELBO().differentiable_loss(model, score_guide, x, **model_kwargs)
+        return loss_fn, 1
+    nesting = max_plate_nesting(model, guide, x, **model_kwargs)
+
+    def loss_fn():
+        return loo_loss(model, guide, x, sites, loo_particles, nesting=nesting, **model_kwargs)
+    return loss_fn, loo_particles
+
+
+def _against_reparam(name: str, r: dict, ref: dict | None) -> dict:
+    """The ratios and agreement of :class:`EstimatorVariance` for the summary ``r`` of estimator ``name``
+    against the reparameterized one ``ref`` (none when there is no usable reference)."""
+    if ref is None or ref["total_variance"] <= 0:
+        return {}
+    ratio = r["total_variance"] / ref["total_variance"]
+    if name == "reparam":
+        return {"variance_ratio": ratio, "variance_ratio_se": 0.0, "agreement_rms_z": 0.0,
+                "variance_ratio_equal_particles": 1.0, "variance_ratio_equal_particles_se": 0.0}
+    ratio_se = ratio * math.sqrt((r["total_variance_se"] / r["total_variance"]) ** 2
+                                 + (ref["total_variance_se"] / ref["total_variance"]) ** 2)
+    se = (r["mean_se"] ** 2 + ref["mean_se"] ** 2).sqrt().clamp_min(1e-30)
+    return {"variance_ratio": ratio, "variance_ratio_se": ratio_se,
+            "variance_ratio_equal_particles": ratio * r["particles"],
+            "variance_ratio_equal_particles_se": ratio_se * r["particles"],
+            "agreement_rms_z": float((((r["mean"] - ref["mean"]) / se) ** 2).mean().sqrt())}
+
+
+def summary(result: GradientVariance) -> dict:
+    """The JSON-friendly part of a :func:`gradient_variance` result (no per-coordinate tensors):
+    ``result.summary()``."""
+    return result.summary()
 
 
 # -- a 1-D example with a closed form ----------------------------------------------------------------

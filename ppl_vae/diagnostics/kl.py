@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
+from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.evaluate import COLLAPSE_NATS
+from ppl_vae.results import Result
+from ppl_vae.rng import seeded
+from ppl_vae.validation import BOUNDS, Bound, check_number
 
 
 def is_point_mass(q) -> bool:
@@ -90,9 +93,33 @@ def _kl_rows(posteriors: list, prior, num_samples: int, per_dimension: bool) -> 
     return total, False
 
 
+@dataclass(frozen=True)
+class KLToPrior(Result):
+    """KL(q(z | x) || p(z)) to a model's own prior, per example in nats, averaged over the examples.
+
+    Attributes:
+        total: the whole KL (the rate), or None for a point-mass guide (infinite KL to a density).
+        total_se: its Monte Carlo standard error for these examples (0 when exact).
+        per_dimension: ``(latent_dim,)`` per-coordinate KLs summing to ``total``, or None where the KL
+            does not split over coordinates; ``per_dimension_se`` their Monte Carlo standard errors.
+        per_dimension_note: why ``per_dimension`` is None (one line), else None.
+        exact: True when the KL is in closed form (no Monte Carlo error).
+        method: how it was computed (one line); prior: the prior's class name.
+    """
+
+    total: float | None = None
+    total_se: float | None = None
+    per_dimension: torch.Tensor | None = field(default=None, repr=False)
+    per_dimension_se: torch.Tensor | None = field(default=None, repr=False)
+    per_dimension_note: str | None = None
+    exact: bool = False
+    method: str | None = None
+    prior: str | None = None
+
+
 @torch.no_grad()
 def kl_to_prior(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0,
-                chunk_size: int = 1024) -> dict:
+                chunk_size: int = 1024) -> KLToPrior:
     """KL(q(z | x) || p(z)) to the VAE's own prior (``vae.prior_distribution()``), per example in nats,
     averaged over the examples ``x (N, *data_shape)``, split per latent dimension where the split exists.
 
@@ -112,34 +139,26 @@ def kl_to_prior(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed
       :func:`ppl_vae.evaluate` does; the result is a Monte Carlo average over the globals.
     * a point-mass guide (``delta``): the KL to a density is infinite; ``total`` is None.
 
-    Returns a dict: ``total`` (nats per example, or None) with ``total_se`` (Monte Carlo standard error
-    for these examples, 0 when exact), ``per_dimension`` (``(latent_dim,)`` tensor summing to ``total``,
-    or None) with ``per_dimension_se``, ``per_dimension_note`` (why it is None, else None), ``exact``,
-    ``method`` (one line) and ``prior`` (the prior's class name). ``seed`` fixes the Monte Carlo draws
-    (the global random state is left alone); ``chunk_size`` examples are encoded at a time.
+    Returns a :class:`KLToPrior`: ``total`` (nats per example, or None) with ``total_se`` (Monte Carlo
+    standard error for these examples, 0 when exact), ``per_dimension`` (``(latent_dim,)`` tensor summing
+    to ``total``, or None) with ``per_dimension_se``, ``per_dimension_note`` (why it is None, else None),
+    ``exact``, ``method`` (one line) and ``prior`` (the prior's class name). ``seed`` fixes the Monte
+    Carlo draws (the global random state is left alone); ``chunk_size`` examples are encoded at a time.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ConfigError(f"num_samples must be an integer >= 2 (a standard error needs two draws), got {num_samples!r}")
+    check_number(num_samples, "num_samples (a standard error needs two draws)",
+                 Bound(int, 2, BOUNDS["num_samples"].high))
+    check_number(chunk_size, "chunk_size", BOUNDS["batch_size"])
     n = x.shape[0]
     if n < 1:
         raise ConfigError("the KL to the prior needs at least one example")
     posteriors = [vae.posterior(chunk) for chunk in x.split(chunk_size)]
-    result = {"total": None, "total_se": None, "per_dimension": None, "per_dimension_se": None,
-              "per_dimension_note": None, "exact": False, "method": None, "prior": None}
     if is_point_mass(posteriors[0]):
-        result.update(method="none: a point-mass guide has infinite KL to a density",
-                      per_dimension_note="the guide is a point mass (delta): its KL to a density is infinite")
-        return result
-    fork = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with fork:
-        if seed is not None:
-            torch.manual_seed(seed)
-        globals_ = bool(getattr(vae, "has_global_latents", False))
+        return KLToPrior(method="none: a point-mass guide has infinite KL to a density",
+                         per_dimension_note="the guide is a point mass (delta): its KL to a density is infinite")
+    globals_ = bool(getattr(vae, "has_global_latents", False))
+    with seeded(seed, x.device):
         priors = _prior_draws(vae, num_samples)
-        result["prior"] = type(priors[0]).__name__ if not isinstance(priors[0], dist.Independent) else \
-            f"{type(_unwrap_independent(priors[0])[0]).__name__} (independent per coordinate)"
-        q_ok, p_ok = _univariate_per_coordinate(posteriors[0]), _univariate_per_coordinate(priors[0])
-        per_dimension = q_ok and p_ok
+        per_dimension = _univariate_per_coordinate(posteriors[0]) and _univariate_per_coordinate(priors[0])
         if globals_:                            # one draw of the globals (and of z, if needed) per row
             pieces = [_kl_rows(posteriors, p, 1, per_dimension) for p in priors]
             rows, exact_given = torch.cat([r for r, _ in pieces]), pieces[0][1]
@@ -147,32 +166,38 @@ def kl_to_prior(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed
         else:
             rows, exact = _kl_rows(posteriors, priors[0], num_samples, per_dimension)
             exact_given = exact
-    rows = rows / n                                                 # (S, d) or (S,): means over examples
-    estimate = rows.mean(0)
-    se = rows.std(0) / math.sqrt(rows.shape[0]) if rows.shape[0] > 1 else torch.zeros_like(estimate)
-    if per_dimension:
-        result["per_dimension"], result["per_dimension_se"] = estimate.float(), se.float()
-        result["total"] = float(estimate.sum())
-        total_rows = rows.sum(-1)
-        result["total_se"] = float(total_rows.std() / math.sqrt(len(total_rows))) if len(total_rows) > 1 else 0.0
-    else:
-        result["total"], result["total_se"] = float(estimate), float(se)
-        why = []
-        if not q_ok:
-            why.append(f"the guide's q(z|x) ({type(_unwrap_independent(posteriors[0])[0]).__name__}) is not a "
-                       "product over coordinates")
-        if not p_ok:
-            why.append(f"the prior ({type(_unwrap_independent(priors[0])[0]).__name__}) is not a product over "
-                       "coordinates")
-        result["per_dimension_note"] = ("no per-dimension split: " + " and ".join(why)
-                                        + "; only the total KL is reported")
     how = ("closed form / torch.distributions.kl_divergence" if exact_given
            else f"Monte Carlo, {num_samples} draws of z per example")
     if globals_:
         how += f", averaged over {num_samples} draws of the prior's global latents from their guide"
-    result["exact"] = exact
-    result["method"] = ("per coordinate, " if per_dimension else "whole vector, ") + how
-    return result
+    method = ("per coordinate, " if per_dimension else "whole vector, ") + how
+    return _kl_result(rows / n, posteriors[0], priors[0], per_dimension, exact=exact, method=method)
+
+
+def _kl_result(rows: torch.Tensor, q, prior, per_dimension: bool, *, exact: bool, method: str) -> KLToPrior:
+    """The :class:`KLToPrior` of ``rows``: ``(S, latent_dim)`` (``per_dimension``) or ``(S,)`` draws of the
+    KL averaged over the examples; their mean is the estimate and their spread its Monte Carlo error."""
+    estimate = rows.mean(0)
+    se = rows.std(0) / math.sqrt(rows.shape[0]) if rows.shape[0] > 1 else torch.zeros_like(estimate)
+    common = {"exact": exact, "method": method, "prior": _prior_name(prior)}
+    if per_dimension:
+        total_rows = rows.sum(-1)
+        total_se = float(total_rows.std() / math.sqrt(len(total_rows))) if len(total_rows) > 1 else 0.0
+        return KLToPrior(total=float(estimate.sum()), total_se=total_se, per_dimension=estimate.float(),
+                         per_dimension_se=se.float(), **common)
+    why = []
+    if not _univariate_per_coordinate(q):
+        why.append(f"the guide's q(z|x) ({type(_unwrap_independent(q)[0]).__name__}) is not a product over coordinates")
+    if not _univariate_per_coordinate(prior):
+        why.append(f"the prior ({type(_unwrap_independent(prior)[0]).__name__}) is not a product over coordinates")
+    note = "no per-dimension split: " + " and ".join(why) + "; only the total KL is reported"
+    return KLToPrior(total=float(estimate), total_se=float(se), per_dimension_note=note, **common)
+
+
+def _prior_name(prior) -> str:
+    if not isinstance(prior, dist.Independent):
+        return type(prior).__name__
+    return f"{type(_unwrap_independent(prior)[0]).__name__} (independent per coordinate)"
 
 
 @torch.no_grad()
@@ -188,12 +213,12 @@ def kl_per_dimension(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES,
     not a product over coordinates); :func:`kl_to_prior` then still gives the total.
     """
     kl = kl_to_prior(vae, x, num_samples=num_samples, seed=seed)
-    if kl["total"] is None:
+    if kl.total is None:
         return None
-    if kl["per_dimension"] is None:
-        raise ConfigError(f"KL per dimension is unavailable: {kl['per_dimension_note']}; use "
+    if kl.per_dimension is None:
+        raise ConfigError(f"KL per dimension is unavailable: {kl.per_dimension_note}; use "
                           "ppl_vae.diagnostics.kl.kl_to_prior for the total")
-    return kl["per_dimension"]
+    return kl.per_dimension
 
 
 @torch.no_grad()

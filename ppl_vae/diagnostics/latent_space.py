@@ -1,8 +1,8 @@
 """Latent-space tools: interpolation, traversals, the decoded latent manifold and 2-D projections.
 
-The first half is pure computation on tensors (no files, no printing); the second half builds
-matplotlib ``Figure`` objects from its results, without pyplot, in the style of :mod:`ppl_vae.app.plots`.
-``ppl_vae.cli.latent`` turns both into the ``interpolate``, ``traverse`` and ``latent-map`` commands.
+Pure computation on tensors (no files, no printing, no figures): :mod:`ppl_vae.app.latent_figures`
+draws the results, and ``ppl_vae.cli.latent`` turns both into the ``interpolate``, ``traverse`` and
+``latent-map`` commands.
 
 Shapes: ``d`` is ``vae.latent_dim``; ``data_shape`` is the shape of one example, e.g. ``(1, 8, 8)``.
 """
@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from ppl_vae.diagnostics.kl import activity, kl_to_prior
 from ppl_vae.errors import ConfigError
+from ppl_vae.results import Result
+from ppl_vae.validation import Bound, check_number
 
 INTERPOLATION_METHODS = ("linear", "slerp")
 
@@ -216,8 +220,20 @@ def latent_grid(vae, num_per_side: int, extent: float, dims: Sequence[int] = (0,
 COLLAPSED_BELOW = 0.01
 
 
+@dataclass(frozen=True)
+class InformativeDims(Result):
+    """The latent dimensions that carry the most information (see :func:`informative_dims`)."""
+
+    dims: list
+    criterion: str
+    scores: list
+    units: str
+    collapsed: list
+    reason: str
+
+
 @torch.no_grad()
-def informative_dims(vae, x: torch.Tensor, k: int = 2) -> dict:
+def informative_dims(vae, x: torch.Tensor, k: int = 2) -> InformativeDims:
     """The ``k`` latent dimensions that carry the most information about the examples ``x (N, *data_shape)``
     (held-out data), for figures that can show only a few of them (the latent map shows 2).
 
@@ -226,24 +242,21 @@ def informative_dims(vae, x: torch.Tensor, k: int = 2) -> dict:
     guide, a prior or guide that is not a product over coordinates, or a model without ``posterior``) its
     activity Var_x(E[z_j | x]) (:func:`ppl_vae.diagnostics.kl.activity`). Ties go to the lower index.
 
-    Returns a dict: ``dims`` (the chosen ``k`` dimensions in increasing order), ``criterion``
+    Returns an :class:`InformativeDims`: ``dims`` (the chosen ``k`` dimensions in increasing order), ``criterion``
     (``"kl"`` or ``"activity"``), ``scores`` (one per latent dimension), ``units`` (``"nats"`` or
     ``"variance"``), ``collapsed`` (the chosen dimensions whose score is at most :data:`COLLAPSED_BELOW`:
     nothing to see along them) and ``reason`` (one line for a figure title or a printed message).
     """
-    from ppl_vae.diagnostics.kl import activity, kl_to_prior
-
     d = int(vae.latent_dim)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
-        raise ConfigError(f"k must be an integer from 1 to the latent dimension {d}, got {k!r}")
+    check_number(k, "k", Bound(int, 1, d))
     scores, criterion = None, "activity"
     if callable(getattr(vae, "posterior", None)) and callable(getattr(vae, "prior_distribution", None)):
         try:
-            kl = kl_to_prior(vae, x)
+            per_dimension = kl_to_prior(vae, x).per_dimension
         except ConfigError:
-            kl = {"per_dimension": None}
-        if kl["per_dimension"] is not None:
-            scores, criterion = kl["per_dimension"].double(), "kl"
+            per_dimension = None
+        if per_dimension is not None:
+            scores, criterion = per_dimension.double(), "kl"
     if scores is None:
         scores = activity(vae, x).double()
     order = sorted(range(d), key=lambda j: (-float(scores[j]), j))
@@ -255,8 +268,8 @@ def informative_dims(vae, x: torch.Tensor, k: int = 2) -> dict:
     reason = f"largest {what}: {values}" + (" nats" if criterion == "kl" else "")
     if collapsed:
         reason += f"; z[{'], z['.join(map(str, collapsed))}] collapsed"
-    return {"dims": dims, "criterion": criterion, "scores": [float(v) for v in scores], "units": units,
-            "collapsed": collapsed, "reason": reason}
+    return InformativeDims(dims=dims, criterion=criterion, scores=[float(v) for v in scores], units=units,
+                           collapsed=collapsed, reason=reason)
 
 
 def pca(z: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

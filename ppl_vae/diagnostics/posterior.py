@@ -1,4 +1,5 @@
-"""The guide against references for p(z | x): PSIS k-hat and importance-sampled log p(x), the posterior as ArviZ InferenceData, and NUTS on p(z | x) with the decoder fixed.
+"""The guide against references for p(z | x): PSIS k-hat and importance-sampled log p(x), the posterior as
+ArviZ InferenceData, and NUTS on p(z | x) with the decoder fixed.
 
 Every ArviZ call of the project lives in this module, so that a move from ArviZ 0.x (InferenceData)
 to 1.x touches one file.
@@ -13,9 +14,16 @@ import numpy as np
 import torch
 from pyro.infer import Predictive
 
-from ppl_vae.errors import ConfigError
-from ppl_vae.infer.evaluate import chunk_sizes, log_weight_chunk, max_plate_nesting
-from ppl_vae.rng import seeded
+from ppl_vae.infer.evaluate import (
+    chunk_sizes,
+    global_values,
+    iwae_log_likelihood,
+    log_weight_chunk,
+    max_plate_nesting,
+)
+from ppl_vae.results import NOT_IN_DICT, Result
+from ppl_vae.rng import reseed, seeded
+from ppl_vae.validation import BOUNDS, Bound, check_number
 
 
 def _arviz():
@@ -33,18 +41,17 @@ def importance_log_ratios(model, guide, data: torch.Tensor, num_samples: int = 1
                           batch_size: int | None = None, seed: int | None = None) -> torch.Tensor:
     """log p(x_n, z_s) - log q(z_s | x_n) for S draws from the guide per observation: ``(S, N)``
     float64. Chunked over observations and draws so that memory stays bounded."""
-    if num_samples < 2:
-        raise ConfigError(f"num_samples must be at least 2, got {num_samples}")
+    check_number(num_samples, "num_samples", Bound(int, 2, BOUNDS["num_samples"].high))
     with seeded(seed, data.device):
         nesting = max_plate_nesting(model, guide, data[:1])
         batch, per_pass = chunk_sizes(data, num_samples, batch_size)
-        chunks = [log_weight_chunk(model, guide, data[i:i + batch], num_samples, per_pass, nesting)["log_weight"]
+        chunks = [log_weight_chunk(model, guide, data[i:i + batch], num_samples, per_pass, nesting).log_weight
                   for i in range(0, data.shape[0], batch)]
     return torch.cat(chunks, dim=1).double().cpu()
 
 
 @dataclass(frozen=True)
-class PSISResult:
+class PSISResult(Result):
     """Pareto-smoothed importance sampling diagnostics of a guide as a proposal for p(z | x).
 
     Attributes:
@@ -89,9 +96,7 @@ def psis(model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_siz
     spread = (log_ratios.max(0).values - log_ratios.min(0).values).numpy()
     khat = np.where(spread < 1e-6 * np.maximum(1.0, np.abs(log_ratios.mean(0).numpy())), -np.inf, khat)
     s = log_ratios.shape[0]
-    per_example = torch.logsumexp(log_ratios, 0) - math.log(s)
-    w = (log_ratios - log_ratios.max(0).values).exp()
-    per_example_var = w.var(0) / (s * w.mean(0) ** 2)
+    per_example, per_example_var = iwae_log_likelihood(log_ratios)
     threshold = min(1 - 1 / math.log10(s), 0.7)
     order = np.argsort(-khat)[:10]
     return PSISResult(
@@ -121,8 +126,7 @@ def to_inference_data(model, guide, data: torch.Tensor, *, num_samples: int = 10
       (``model(None, num_samples=N)``), so they have the same dims;
     * ``observed_data``: the data.
     """
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be positive, got {num_samples}")
+    check_number(num_samples, "num_samples")
     n = data.shape[0]
     with seeded(seed, data.device):
         posterior = Predictive(model, guide=guide, num_samples=num_samples,
@@ -171,20 +175,8 @@ def _pointwise_log_likelihood(model, data, z, latent_site, observed_site) -> tor
 # NUTS reference posteriors
 
 
-def _split_global_sites(guide, x, plate_name: str = "data") -> dict:
-    """One draw of every latent site the guide samples outside the data plate (global latents)."""
-    from pyro import poutine
-    from pyro.poutine.util import site_is_subsample
-
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(guide).get_trace(x)
-    return {name: site["value"].detach() for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-            and plate_name not in {f.name for f in site["cond_indep_stack"]}}
-
-
 @dataclass(frozen=True)
-class NUTSResult:
+class NUTSResult(Result):
     """NUTS on p(z | x) (decoder fixed) for chosen observations, against the guide's q(z | x).
 
     Attributes:
@@ -197,7 +189,8 @@ class NUTSResult:
         rhat, ess_bulk, ess_tail: ``(obs, latent_dim)`` from ArviZ (rank-normalized R-hat, ESS).
         max_rhat, min_ess_bulk: the worst of each; trust the comparison when R-hat < 1.01 and ESS > 400.
         global_values: values of global latents held fixed (one guide draw), if the model has any.
-        inference_data: ArviZ InferenceData of the NUTS draws (``posterior``) and the sampler's stats.
+        inference_data: ArviZ InferenceData of the NUTS draws (``posterior``) and the sampler's stats
+            (not in :meth:`to_dict`).
     """
 
     samples: np.ndarray = field(repr=False)
@@ -215,7 +208,7 @@ class NUTSResult:
     min_ess_bulk: float
     divergences: int
     global_values: dict = field(repr=False, default_factory=dict)
-    inference_data: object = field(repr=False, default=None)
+    inference_data: object = field(repr=False, default=None, metadata=NOT_IN_DICT)
 
     def summary(self) -> dict:
         """JSON-ready numbers: per observation and overall."""
@@ -249,23 +242,22 @@ def nuts_reference(model, guide, x: torch.Tensor, *, num_chains: int = 4, num_wa
     Global latents (a sample site the guide draws outside the data plate, such as the scale of a
     hierarchical prior) are held at one draw from their guide, so NUTS targets p(z | x, globals).
     """
-    import pyro
     from pyro import poutine
     from pyro.infer import MCMC, NUTS
     from pyro.infer.autoguide.initialization import init_to_sample
 
-    if num_chains < 2:
-        raise ConfigError(f"num_chains must be at least 2 for R-hat, got {num_chains}")
-    if num_samples < 10 or num_warmup < 0:
-        raise ConfigError(f"need num_samples >= 10 and num_warmup >= 0, got {num_samples} and {num_warmup}")
+    check_number(num_chains, "num_chains (R-hat compares chains)", Bound(int, 2))
+    check_number(num_samples, "num_samples", Bound(int, 10, BOUNDS["num_samples"].high))
+    check_number(num_warmup, "num_warmup", Bound(int, 0, BOUNDS["num_samples"].high))
+    check_number(guide_samples, "guide_samples", Bound(int, 2, BOUNDS["num_samples"].high))
     with seeded(seed, x.device):
-        globals_ = _split_global_sites(guide, x)
+        globals_ = global_values(guide, x)
         # Parameters are read from the param store as constants; no gradient flows into them.
         target = poutine.condition(model, data=globals_) if globals_ else model
         chains, divergences = [], 0
         nesting = max_plate_nesting(model, guide, x[:1])
         for chain in range(num_chains):
-            pyro.set_rng_seed(seed * 1000 + chain)
+            reseed(seed * 1000 + chain, x.device)
             kernel = NUTS(target, init_strategy=init_to_sample, max_plate_nesting=nesting)
             mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
                         disable_progbar=not progress)
@@ -276,6 +268,12 @@ def nuts_reference(model, guide, x: torch.Tensor, *, num_chains: int = 4, num_wa
         with torch.no_grad():
             draws = Predictive(guide, num_samples=guide_samples, return_sites=[latent_site])(x)[latent_site]
     draws = draws.double().cpu().reshape(guide_samples, *samples.shape[2:])          # (S, N, d)
+    return _nuts_result(samples, draws, divergences, globals_, latent_site)
+
+
+def _nuts_result(samples: torch.Tensor, draws: torch.Tensor, divergences: int, globals_: dict,
+                 latent_site: str) -> NUTSResult:
+    """NUTS draws ``(C, S, N, d)`` against guide draws ``(S', N, d)``, with ArviZ's R-hat and ESS."""
     nuts_mean, nuts_sd = samples.mean((0, 1)), samples.std((0, 1))
     guide_mean, guide_sd = draws.mean(0), draws.std(0)
     az = _arviz()

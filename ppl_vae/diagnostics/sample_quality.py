@@ -1,14 +1,18 @@
-"""Sample-quality and latent-geometry metrics: path smoothness of decoded interpolations, a domain classifier's confidence and Frechet distance, and the maximum mean discrepancy (with a permutation test).
+"""Sample-quality and latent-geometry metrics: path smoothness of decoded interpolations, a domain
+classifier's confidence and Frechet distance, and the maximum mean discrepancy (with a permutation test).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.results import Result
+from ppl_vae.validation import Bound, check_number
 
 CLASSIFIER_NOTE = ("sample quality uses a domain classifier (an MLP with one hidden layer of 64 units trained "
                    "on the real training images), not Inception: its Fréchet distance is an FID-like number "
@@ -25,9 +29,22 @@ def as_numpy(x) -> np.ndarray:
 # Metrics
 
 
+@dataclass(frozen=True)
+class PathSmoothness(Result):
+    """How smooth a decoder is along straight latent lines (see :func:`path_smoothness`)."""
+
+    ratio: float
+    max_step_ratio: float
+    end_distance: float
+    ratio_per_pair: list
+    max_step_ratio_per_pair: list
+    num_pairs: int
+    num_steps: int
+
+
 @torch.no_grad()
 def path_smoothness(decode: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, z1: torch.Tensor,
-                    num_steps: int = 16, eps: float = 1e-8) -> dict:
+                    num_steps: int = 16, eps: float = 1e-8) -> PathSmoothness:
     """How smooth the decoder is along straight latent lines.
 
     Args:
@@ -38,7 +55,7 @@ def path_smoothness(decode: Callable[[torch.Tensor], torch.Tensor], z0: torch.Te
         eps: pairs whose decoded ends are closer than this (or whose decoded path has zero length)
             are left out, their ratios being undefined.
 
-    Returns a dict with
+    Returns a :class:`PathSmoothness` with
         ``ratio``: mean over pairs of (decoded path length, the sum of the L2 norms of the steps in data
         space) / (L2 distance between the decoded ends): 1 for a straight, evenly decoded line, large
         for detours;
@@ -49,8 +66,7 @@ def path_smoothness(decode: Callable[[torch.Tensor], torch.Tensor], z0: torch.Te
         ``ratio_per_pair``, ``max_step_ratio_per_pair``: the per-pair values (lists);
         ``num_pairs``: pairs used; ``num_steps``.
     """
-    if num_steps < 1:
-        raise ConfigError(f"num_steps must be at least 1, got {num_steps}")
+    check_number(num_steps, "num_steps", Bound(int, 1, 100_000))
     z0, z1 = torch.as_tensor(z0), torch.as_tensor(z1)
     if z0.dim() == 1:
         z0, z1 = z0[None], z1[None]
@@ -66,15 +82,15 @@ def path_smoothness(decode: Callable[[torch.Tensor], torch.Tensor], z0: torch.Te
     keep = (chord > eps) & (length > eps)
     ratio = (length / chord)[keep]
     max_step = (steps.max(1).values / steps.mean(1))[keep]
-    return {
-        "ratio": float(ratio.mean()) if keep.any() else float("nan"),
-        "max_step_ratio": float(max_step.mean()) if keep.any() else float("nan"),
-        "end_distance": float(chord.mean()),
-        "ratio_per_pair": ratio.tolist(),
-        "max_step_ratio_per_pair": max_step.tolist(),
-        "num_pairs": int(keep.sum()),
-        "num_steps": int(num_steps),
-    }
+    return PathSmoothness(
+        ratio=float(ratio.mean()) if keep.any() else float("nan"),
+        max_step_ratio=float(max_step.mean()) if keep.any() else float("nan"),
+        end_distance=float(chord.mean()),
+        ratio_per_pair=ratio.tolist(),
+        max_step_ratio_per_pair=max_step.tolist(),
+        num_pairs=int(keep.sum()),
+        num_steps=int(num_steps),
+    )
 
 
 def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
@@ -129,7 +145,17 @@ def classifier_features(classifier, images) -> np.ndarray:
     return np.maximum(x @ classifier.coefs_[0] + classifier.intercepts_[0], 0.0)
 
 
-def sample_quality(classifier, samples, heldout) -> dict:
+@dataclass(frozen=True)
+class SampleQuality(Result):
+    """Generated samples judged by a domain classifier (see :func:`sample_quality`)."""
+
+    confidence: float
+    frechet: float
+    class_fractions: list
+    note: str
+
+
+def sample_quality(classifier, samples, heldout) -> SampleQuality:
     """Sample quality judged by a domain classifier (trained on the real training data; not Inception).
 
     Args:
@@ -138,21 +164,22 @@ def sample_quality(classifier, samples, heldout) -> dict:
         heldout: ``(M, ...)`` real held-out images in [0, 1]; use M = N, the Fréchet distance is biased
             by the sample sizes.
 
-    Returns ``confidence`` (mean over samples of the top-class probability: near 1 when every sample
-    looks clearly like one class), ``frechet`` (Fréchet distance between the classifier's hidden-layer
-    features of samples and of held-out data; 0 is best), ``class_fractions`` (share of samples
-    predicted as each class: mode coverage) and ``note`` (that this is a domain classifier).
+    Returns a :class:`SampleQuality`: ``confidence`` (mean over samples of the top-class probability:
+    near 1 when every sample looks clearly like one class), ``frechet`` (Fréchet distance between the
+    classifier's hidden-layer features of samples and of held-out data; 0 is best), ``class_fractions``
+    (share of samples predicted as each class: mode coverage) and ``note`` (that this is a domain
+    classifier).
     """
     x = as_numpy(samples).reshape(len(samples), -1)
     proba = classifier.predict_proba(x)
     predicted = proba.argmax(1)
     fractions = np.bincount(predicted, minlength=proba.shape[1]) / len(predicted)
-    return {
-        "confidence": float(proba.max(1).mean()),
-        "frechet": frechet_distance(classifier_features(classifier, samples), classifier_features(classifier, heldout)),
-        "class_fractions": [float(f) for f in fractions],
-        "note": "domain classifier (MLP trained on the real training images), not Inception",
-    }
+    return SampleQuality(
+        confidence=float(proba.max(1).mean()),
+        frechet=frechet_distance(classifier_features(classifier, samples), classifier_features(classifier, heldout)),
+        class_fractions=[float(f) for f in fractions],
+        note="domain classifier (MLP trained on the real training images), not Inception",
+    )
 
 
 def _sq_dists(z: np.ndarray) -> np.ndarray:
@@ -189,20 +216,38 @@ def mmd(x, y, bandwidths: Sequence[float] | None = None) -> float:
     Used for coverage: x = the aggregate posterior (one draw of q(z | x) per held-out example), y = prior
     samples. Use fixed bandwidths to compare models: the median heuristic adapts to each model's scale.
     """
+    a, b = _mmd_samples(x, y)
+    bandwidths = [median_bandwidth(a, b)] if bandwidths is None else [float(h) for h in bandwidths]
+    return _mmd_from_kernel(_kernel(np.concatenate([a, b]), bandwidths), len(a))
+
+
+def _mmd_samples(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """``x (m, d)`` and ``y (n, d)`` as float64 arrays, checked for the unbiased MMD."""
     a, b = as_numpy(x), as_numpy(y)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ConfigError(f"samples must be (N, d) with the same d, got {a.shape} and {b.shape}")
     if len(a) < 2 or len(b) < 2:
         raise ConfigError("the unbiased MMD needs at least 2 points in each sample")
-    bandwidths = [median_bandwidth(a, b)] if bandwidths is None else [float(h) for h in bandwidths]
-    return _mmd_from_kernel(_kernel(np.concatenate([a, b]), bandwidths), len(a))
+    return a, b
 
 
-def mmd_test(x, y, bandwidths: Sequence[float] | None = None, num_permutations: int = 200, seed: int = 0) -> dict:
-    """:func:`mmd` with a permutation test: ``mmd2``, ``threshold`` (the 95% quantile of MMD² over random
-    relabellings of the pooled sample: what two samples of one distribution give), ``p_value`` and the
-    ``bandwidths`` used."""
-    a, b = as_numpy(x), as_numpy(y)
+@dataclass(frozen=True)
+class MMDTest(Result):
+    """:func:`mmd` with a permutation test (see :func:`mmd_test`)."""
+
+    mmd2: float
+    threshold: float
+    p_value: float
+    bandwidths: list
+
+
+def mmd_test(x, y, bandwidths: Sequence[float] | None = None, num_permutations: int = 200,
+             seed: int = 0) -> MMDTest:
+    """:func:`mmd` with a permutation test. Returns an :class:`MMDTest`: ``mmd2``, ``threshold`` (the 95%
+    quantile of MMD² over ``num_permutations`` random relabellings of the pooled sample: what two samples
+    of one distribution give), ``p_value`` and the ``bandwidths`` used."""
+    a, b = _mmd_samples(x, y)
+    check_number(num_permutations, "num_permutations", Bound(int, 1, 1_000_000))
     bandwidths = [median_bandwidth(a, b)] if bandwidths is None else [float(h) for h in bandwidths]
     k = _kernel(np.concatenate([a, b]), bandwidths)
     observed = _mmd_from_kernel(k, len(a))
@@ -212,5 +257,5 @@ def mmd_test(x, y, bandwidths: Sequence[float] | None = None, num_permutations: 
         order = rng.permutation(len(k))
         null.append(_mmd_from_kernel(k[np.ix_(order, order)], len(a)))
     null = np.array(null)
-    return {"mmd2": observed, "threshold": float(np.quantile(null, 0.95)),
-            "p_value": float((1 + (null >= observed).sum()) / (1 + num_permutations)), "bandwidths": bandwidths}
+    return MMDTest(mmd2=observed, threshold=float(np.quantile(null, 0.95)),
+                   p_value=float((1 + (null >= observed).sum()) / (1 + num_permutations)), bandwidths=bandwidths)

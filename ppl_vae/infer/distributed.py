@@ -28,11 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ppl_vae.errors import ConfigError, PplVaeError
-
-
-class DistributedError(PplVaeError):
-    """A collective failed or timed out: another process of the job died or stopped."""
+from ppl_vae.errors import ConfigError, DistributedError, PplVaeError
 
 
 @dataclass(frozen=True)
@@ -138,12 +134,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
     _collective(dist.all_reduce, tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def any_true(flag: bool, context: Context) -> bool:
-    """True on every process when it is True on any (stop signals)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=context.device)
-    return bool(all_reduce_sum(t).item() > 0)
 
 
 def gather_objects(obj, context: Context) -> list:

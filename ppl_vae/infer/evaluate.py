@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyro
 import torch
@@ -22,6 +22,9 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.results import NOT_IN_DICT, Result
+from ppl_vae.rng import seeded
+from ppl_vae.validation import check_number
 
 #: Upper bound on the number of elements of the largest per-chunk tensor (draws x examples x features)
 #: that evaluation creates: 2**22 float32 values are 16 MiB. Small chunks stay in cache and keep the
@@ -70,9 +73,40 @@ def max_plate_nesting(model, guide, x, **kwargs) -> int:
     return max(dims, default=0)
 
 
+def _is_global(site, plate_name: str) -> bool:
+    """Whether a trace node is a latent sample site outside the ``plate_name`` plate (a global latent)."""
+    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and plate_name not in {f.name for f in site["cond_indep_stack"]})
+
+
+@dataclass(frozen=True)
+class LogWeights(Result):
+    """Per-draw, per-example log-densities of K draws from the guide for N examples, in nats.
+
+    Attributes:
+        log_likelihood: ``(K, N)`` log p(x_n | z_k), the observed sites.
+        log_prior: ``(K, N)`` log p(z_k), the model's latent sites in the data plate.
+        log_guide: ``(K, N)`` log q(z_k | x_n).
+        log_weight: ``(K, N)`` ``log_likelihood + log_prior - log_guide``.
+        log_global: ``(K,)`` log p(g_k) - log q(g_k) summed over the global latent sites (zeros when
+            there are none).
+    """
+
+    log_likelihood: torch.Tensor = field(repr=False)
+    log_prior: torch.Tensor = field(repr=False)
+    log_guide: torch.Tensor = field(repr=False)
+    log_weight: torch.Tensor = field(repr=False)
+    log_global: torch.Tensor = field(repr=False)
+
+    @staticmethod
+    def concat(parts: list[LogWeights]) -> LogWeights:
+        """The draws of several results for the same examples, one after the other: ``(sum K, N)``."""
+        return LogWeights(*(torch.cat([getattr(part, f.name) for part in parts]) for f in fields(LogWeights)))
+
+
 @torch.no_grad()
 def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name: str = "data",
-                nesting: int | None = None, **kwargs) -> dict[str, torch.Tensor]:
+                nesting: int | None = None, **kwargs) -> LogWeights:
     """Per-draw, per-example log-densities for ``num_particles`` draws from the guide.
 
     Args:
@@ -80,7 +114,7 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
         x: ``(N, ...)`` data.
         num_particles: K, the number of draws of z per example (vectorized in one pass).
 
-    Returns a dict of ``(K, N)`` tensors: ``log_likelihood`` (observed sites, log p(x | z)),
+    Returns :class:`LogWeights`: the ``(K, N)`` tensors ``log_likelihood`` (observed sites, log p(x | z)),
     ``log_prior`` (latent sites of the model, log p(z)), ``log_guide`` (log q(z | x)) and
     ``log_weight = log_likelihood + log_prior - log_guide``; and the ``(K,)`` tensor ``log_global``,
     log p(g_k) - log q(g_k) summed over the global latent sites (zeros when there are none).
@@ -110,12 +144,10 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
     # Global latents (sites the guide draws outside the data plate) are not scored: each draw k shares
     # one value of them across examples, so every example's weights estimate the posterior predictive
     # p(x_n | globals ~ q) = E_q(globals)[p(x_n | globals)], one bound per example.
-    global_sites = {name for name, site in guide_trace.nodes.items()
-                    if site["type"] == "sample" and not site_is_subsample(site)
-                    and plate_name not in {f.name for f in site["cond_indep_stack"]}}
+    global_names = {name for name, site in guide_trace.nodes.items() if _is_global(site, plate_name)}
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for site in trace.nodes.values():
-            if site["type"] != "sample" or site_is_subsample(site) or site["name"] in global_sites:
+            if site["type"] != "sample" or site_is_subsample(site) or site["name"] in global_names:
                 continue
             lp = _per_example(_site_log_prob(site), site, num_particles, num_examples, plate_dim, plate_name)
             if sign < 0:
@@ -125,15 +157,21 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
             else:
                 parts["log_prior"] += lp
     parts = {k: torch.as_tensor(v, device=x.device).expand(num_particles, num_examples) for k, v in parts.items()}
-    parts["log_weight"] = parts["log_likelihood"] + parts["log_prior"] - parts["log_guide"]
-    log_global = torch.zeros(num_particles, device=x.device)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name in global_sites:
+    return LogWeights(**parts, log_weight=parts["log_likelihood"] + parts["log_prior"] - parts["log_guide"],
+                      log_global=_global_term((model_trace, guide_trace), global_names, num_particles, plate_dim,
+                                              x.device))
+
+
+def _global_term(traces: tuple, names: set, num_particles: int, plate_dim: int, device) -> torch.Tensor:
+    """``(num_particles,)`` log p(g_k) - log q(g_k) over the global sites ``names`` of the (model, guide)
+    traces."""
+    log_global = torch.zeros(num_particles, device=device)
+    for trace, sign in zip(traces, (1.0, -1.0)):
+        for name in names:
             site = trace.nodes.get(name)
             if site is not None and site["type"] == "sample":
                 log_global = log_global + sign * _per_draw(_site_log_prob(site), num_particles, plate_dim)
-    parts["log_global"] = log_global
-    return parts
+    return log_global
 
 
 def _per_draw(log_prob: torch.Tensor, num_particles: int, plate_dim: int) -> torch.Tensor:
@@ -151,7 +189,7 @@ ELBO_GIVEN_GLOBALS = "per-example ELBO given q(global)"
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(Result):
     """Held-out numbers, each a mean over examples, per example, in nats (higher is better).
 
     ``*_se`` is the Monte Carlo standard error of the mean: the spread due to the random draws of z
@@ -181,11 +219,12 @@ class EvalResult:
     Monte Carlo errors with global latents account for the draws of g shared by the examples of a
     chunk (the variance of each chunk's per-draw sum, not the sum of per-example variances).
 
-    Caveat on ``log_likelihood_se``: it is the delta-method error Var(w) / (K mean(w)^2) with the
-    variance of the importance weights w estimated from the same K draws. When the weights are
-    heavy-tailed (a guide much narrower than the posterior) that sample variance is too small: on a
-    784-400-50 VAE trained on 28x28 digits, repeated evaluations spread 1.6-1.8 times more than the
-    reported error. Treat it as a lower bound there; per-example Pareto k-hat diagnostics say when.
+    Caveat on ``log_likelihood_se``: it is the delta-method error Var(w) / (K mean(w)^2) of
+    :func:`iwae_log_likelihood`, with the variance of the importance weights w estimated from the same
+    K draws. When the weights are heavy-tailed (a guide much narrower than the posterior) that sample
+    variance is too small: on a 784-400-50 VAE trained on 28x28 digits, repeated evaluations spread
+    1.6-1.8 times more than the reported error. Treat it as a lower bound there; per-example Pareto
+    k-hat diagnostics say when.
     """
 
     elbo: float
@@ -205,13 +244,9 @@ class EvalResult:
     global_kl: float = 0.0
     global_kl_se: float = 0.0
     elbo_kind: str = ELBO
-    per_example: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def to_dict(self) -> dict:
-        """The scalar fields (what ``eval.json`` holds), including ``elbo_kind`` (what ``elbo`` is)."""
-        out = asdict(self)
-        out.pop("per_example")
-        return out
+    #: ``(N,)`` tensors ``elbo`` and ``log_likelihood``; not in :meth:`to_dict`, which gives the scalar
+    #: fields (what ``eval.json`` holds), including ``elbo_kind`` (what ``elbo`` is).
+    per_example: dict = field(default_factory=dict, repr=False, compare=False, metadata=NOT_IN_DICT)
 
 
 def _mean_and_se(values: torch.Tensor, mc_var: torch.Tensor) -> tuple[float, float, float]:
@@ -235,13 +270,17 @@ def chunk_sizes(x: torch.Tensor, num_particles: int, batch_size: int | None = No
     return batch, particles
 
 
-def global_sites(guide, x: torch.Tensor, plate_name: str = "data", **kwargs) -> list[str]:
-    """Names of the latent sites the guide draws outside ``plate_name`` (global latents), from one trace."""
+def global_values(guide, x: torch.Tensor, plate_name: str = "data", **kwargs) -> dict[str, torch.Tensor]:
+    """One draw of every latent site the guide draws outside ``plate_name`` (global latents), from one
+    trace of the guide: ``{name: value}``, detached."""
     with torch.no_grad(), poutine.block():
         trace = poutine.trace(guide).get_trace(x, **kwargs)
-    return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-            and plate_name not in {f.name for f in site["cond_indep_stack"]}]
+    return {name: site["value"].detach() for name, site in trace.nodes.items() if _is_global(site, plate_name)}
+
+
+def global_sites(guide, x: torch.Tensor, plate_name: str = "data", **kwargs) -> list[str]:
+    """Names of the latent sites the guide draws outside ``plate_name`` (global latents), from one trace."""
+    return list(global_values(guide, x, plate_name, **kwargs))
 
 
 @torch.no_grad()
@@ -264,16 +303,26 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
     ``log_likelihood`` for further analysis. With global latents, ``elbo`` is the per-example ELBO
     given q(globals) and ``joint_elbo`` the bound on the data set's evidence (see :class:`EvalResult`).
     """
-    if num_particles < 1:
-        raise ConfigError(f"num_particles must be at least 1, got {num_particles}")
+    check_number(num_particles, "num_particles")
     if data.shape[0] < 1:
         raise ConfigError("evaluation needs at least one example; the data set is empty")
     if isinstance(vae, torch.nn.Module):
         vae.eval()
-    device = data.device
-    fork = contextlib.nullcontext() if seed is None else torch.random.fork_rng(
-        devices=[device] if device.type == "cuda" else [], device_type=device.type)
     batch, particles = chunk_sizes(data, num_particles, batch_size, max_elements)
+    with seeded(seed, data.device):
+        with seeded(seed, data.device):       # a trace whose draws are undone: the seeded stream starts below
+            has_globals = bool(global_sites(vae.guide, data[:batch]))
+        sums, chunks = _score_chunks(vae, data, num_particles, batch, particles, has_globals, progress)
+    return _eval_result(sums, chunks if has_globals else None, num_particles, int(data.shape[0]))
+
+
+def _score_chunks(vae, data: torch.Tensor, num_particles: int, batch: int, particles: int, has_globals: bool,
+                  progress: bool) -> tuple[dict, list]:
+    """Score ``data`` in chunks of ``batch`` examples with ``num_particles`` draws, ``particles`` per pass.
+
+    Returns ``(sums, chunks)``: per-example ``(N,)`` float64 estimates and Monte Carlo variances
+    (``elbo``, ``iwae``, ``rec``, ``kl`` and their ``*_var``), and, with global latents, per chunk the
+    ``(K,)`` per-draw sums of :func:`_chunk_draws` (empty otherwise)."""
     sums = {k: [] for k in ("elbo", "elbo_var", "iwae", "iwae_var", "rec", "rec_var", "kl", "kl_var")}
     chunks: list[dict] = []        # per chunk, per draw: sums over the chunk's examples (global latents)
     starts = range(0, data.shape[0], batch)
@@ -281,55 +330,57 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"evaluate (K={num_particles})", unit="chunk", leave=False)
-    with fork:
-        has_globals = bool(global_sites(vae.guide, data[:batch]))     # before seeding: the draws stay as they were
-        if seed is not None:
-            torch.manual_seed(seed)
-        nesting = max_plate_nesting(vae.model, vae.guide, data[:batch])
-        for i, start in enumerate(starts):
-            # Pyro's validation checks the first chunk; the rest are the same programs on more of the data.
-            with contextlib.nullcontext() if i == 0 else pyro.validation_enabled(False):
-                parts = log_weight_chunk(vae.model, vae.guide, data[start:start + batch], num_particles, particles,
-                                         nesting)
-            kl_table = parts["log_guide"] - parts["log_prior"]
-            _accumulate(sums, parts["log_weight"], parts["log_likelihood"], kl_table)
-            if has_globals:
-                chunks.append(_chunk_draws(parts["log_weight"], parts["log_likelihood"], kl_table,
-                                           parts["log_global"]))
-    cat = {k: torch.cat(v).double() for k, v in sums.items()}
-    n = int(data.shape[0])
-    elbo = _mean_and_se(cat["elbo"], cat["elbo_var"])
-    ll = _mean_and_se(cat["iwae"], cat["iwae_var"])
-    rec = _mean_and_se(cat["rec"], cat["rec_var"])
-    kl = _mean_and_se(cat["kl"], cat["kl_var"])
+    nesting = max_plate_nesting(vae.model, vae.guide, data[:batch])
+    for i, start in enumerate(starts):
+        # Pyro's validation checks the first chunk; the rest are the same programs on more of the data.
+        with contextlib.nullcontext() if i == 0 else pyro.validation_enabled(False):
+            parts = log_weight_chunk(vae.model, vae.guide, data[start:start + batch], num_particles, particles,
+                                     nesting)
+        kl_table = parts.log_guide - parts.log_prior
+        _accumulate(sums, parts.log_weight, parts.log_likelihood, kl_table)
+        if has_globals:
+            chunks.append(_chunk_draws(parts.log_weight, parts.log_likelihood, kl_table, parts.log_global))
+    return {k: torch.cat(v).double() for k, v in sums.items()}, chunks
+
+
+def _eval_result(sums: dict, chunks: list | None, num_particles: int, n: int) -> EvalResult:
+    """The :class:`EvalResult` of :func:`_score_chunks`'s sums; ``chunks`` None without global latents."""
+    elbo, ll, rec, kl = (_mean_and_se(sums[k], sums[k + "_var"]) for k in ("elbo", "iwae", "rec", "kl"))
     joint = {"joint_elbo": elbo[0], "joint_elbo_se": elbo[1], "global_kl": 0.0, "global_kl_se": 0.0,
              "elbo_kind": ELBO}
-    if has_globals:
-        # Examples of a chunk share each draw of the globals, so their errors are correlated: the Monte
-        # Carlo variance of a chunk's total is the variance over draws of its per-draw sum. Chunks are
-        # independent. The global term is averaged over every chunk's draws.
-        c = len(chunks)
-
-        def chunk_se(key, extra=None):
-            var = sum(_var_of_mean(ch[key] + (0.0 if extra is None else extra(ch))) for ch in chunks)
-            return math.sqrt(var) / n
-
-        global_kl = -sum(ch["global"].mean().item() for ch in chunks) / c
-        global_kl_se = math.sqrt(sum(_var_of_mean(ch["global"]) for ch in chunks)) / c
-        elbo = (elbo[0], chunk_se("elbo"), elbo[2])
-        ll = (ll[0], chunk_se("iwae"), ll[2])
-        rec = (rec[0], chunk_se("rec"), rec[2])
-        kl = (kl[0], chunk_se("kl"), kl[2])
-        joint = {"joint_elbo": elbo[0] - global_kl / n,
-                 "joint_elbo_se": chunk_se("elbo", lambda ch: ch["global"] / c),
-                 "global_kl": global_kl, "global_kl_se": global_kl_se, "elbo_kind": ELBO_GIVEN_GLOBALS}
+    if chunks is not None:
+        elbo, ll, rec, kl, joint = _with_shared_globals(chunks, n, elbo, ll, rec, kl)
     return EvalResult(
         elbo=elbo[0], elbo_se=elbo[1], elbo_data_se=elbo[2],
         log_likelihood=ll[0], log_likelihood_se=ll[1], log_likelihood_data_se=ll[2],
         reconstruction=rec[0], reconstruction_se=rec[1], kl=kl[0], kl_se=kl[1],
         num_particles=num_particles, num_examples=n, **joint,
-        per_example={"elbo": cat["elbo"].float().cpu(), "log_likelihood": cat["iwae"].float().cpu()},
+        per_example={"elbo": sums["elbo"].float().cpu(), "log_likelihood": sums["iwae"].float().cpu()},
     )
+
+
+def _with_shared_globals(chunks: list[dict], n: int, elbo, ll, rec, kl) -> tuple:
+    """The ``(mean, mc_se, data_se)`` triples with Monte Carlo errors that account for global latents,
+    and the joint ELBO and global KL.
+
+    Examples of a chunk share each draw of the globals, so their errors are correlated: the Monte Carlo
+    variance of a chunk's total is the variance over draws of its per-draw sum. Chunks are independent.
+    The global term is averaged over every chunk's draws."""
+    c = len(chunks)
+
+    def chunk_se(key, extra=None):
+        var = sum(_var_of_mean(ch[key] + (0.0 if extra is None else extra(ch))) for ch in chunks)
+        return math.sqrt(var) / n
+
+    global_kl = -sum(ch["global"].mean().item() for ch in chunks) / c
+    global_kl_se = math.sqrt(sum(_var_of_mean(ch["global"]) for ch in chunks)) / c
+    elbo = (elbo[0], chunk_se("elbo"), elbo[2])
+    ll = (ll[0], chunk_se("iwae"), ll[2])
+    rec = (rec[0], chunk_se("rec"), rec[2])
+    kl = (kl[0], chunk_se("kl"), kl[2])
+    joint = {"joint_elbo": elbo[0] - global_kl / n, "joint_elbo_se": chunk_se("elbo", lambda ch: ch["global"] / c),
+             "global_kl": global_kl, "global_kl_se": global_kl_se, "elbo_kind": ELBO_GIVEN_GLOBALS}
+    return elbo, ll, rec, kl, joint
 
 
 def _var_of_mean(per_draw: torch.Tensor) -> float:
@@ -349,16 +400,14 @@ def _chunk_draws(log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, log_g
 
 
 def log_weight_chunk(model, guide, x: torch.Tensor, num_particles: int, particles_per_pass: int,
-                     nesting: int) -> dict[str, torch.Tensor]:
+                     nesting: int) -> LogWeights:
     """:func:`log_weights` for ``num_particles`` draws, taken ``particles_per_pass`` at a time and
     concatenated: the same ``(K, n)`` tables with bounded memory."""
-    tables: dict[str, list] = {}
+    parts = []
     for k0 in range(0, num_particles, particles_per_pass):
-        parts = log_weights(model, guide, x, min(particles_per_pass, num_particles - k0), nesting=nesting)
-        for key, value in parts.items():
-            tables.setdefault(key, []).append(value)
+        parts.append(log_weights(model, guide, x, min(particles_per_pass, num_particles - k0), nesting=nesting))
         _HEAP.passed()
-    return {key: torch.cat(values) for key, values in tables.items()}
+    return LogWeights.concat(parts)
 
 
 class _HeapTrimmer:
@@ -405,10 +454,22 @@ def _accumulate(sums: dict, log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Te
         mean, var = mean_var(table)
         sums[name].append(mean)
         sums[name + "_var"].append(var)
-    # IWAE: log (1/K) sum_k w_k. Delta method for its Monte Carlo variance: Var(w) / (K * mean(w)^2),
-    # computed on weights rescaled by their maximum so nothing overflows.
-    log_w = log_w.double()
-    sums["iwae"].append(torch.logsumexp(log_w, 0) - math.log(k))
-    w = (log_w - log_w.max(0).values).exp()
-    iwae_var = w.var(0) / (k * w.mean(0) ** 2) if k > 1 else torch.full_like(w[0], float("nan"))
+    iwae, iwae_var = iwae_log_likelihood(log_w)
+    sums["iwae"].append(iwae)
     sums["iwae_var"].append(iwae_var)
+
+
+def iwae_log_likelihood(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The importance-sampled log p(x_n) of each example and its Monte Carlo variance, from the
+    log-weights ``(K, N)`` of K draws per example (log p(x_n, z_k) - log q(z_k | x_n), nats).
+
+    Returns ``(estimate, variance)``, both ``(N,)`` float64: ``estimate = log (1/K) sum_k w_kn`` (the
+    IWAE bound) and its delta-method variance ``Var_k(w_kn) / (K mean_k(w_kn)^2)``, computed on weights
+    rescaled by their maximum so that nothing overflows; nan for K = 1. The variance of the weights is
+    estimated from the same K draws, so it is optimistic when they are heavy-tailed (high k-hat)."""
+    log_w = log_weights.double()
+    k = log_w.shape[0]
+    estimate = torch.logsumexp(log_w, 0) - math.log(k)
+    w = (log_w - log_w.max(0).values).exp()
+    variance = w.var(0) / (k * w.mean(0) ** 2) if k > 1 else torch.full_like(w[0], float("nan"))
+    return estimate, variance

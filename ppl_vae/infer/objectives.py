@@ -81,7 +81,7 @@ def check_compatible(vae, x: torch.Tensor, *, elbo: str = "auto", num_particles:
         raise ConfigError(f"unknown objective {elbo!r}; choose one of: {', '.join(OBJECTIVES)}")
     if num_particles < 1:
         raise ConfigError(f"the number of particles must be at least 1, got {num_particles}")
-    if not (beta >= 0 and beta == beta):
+    if not beta >= 0:                      # NaN too
         raise ConfigError(f"beta must be a non-negative number, got {beta}")
     model_trace, guide_trace = _traces(vae, x)
     terms: dict[str, str] = {}

@@ -1,13 +1,18 @@
-"""The optimizer ``fit`` hands to ``pyro.infer.SVI``: Adam over every parameter at once, guarded.
+"""The optimizer of ``fit``: Adam over every parameter at once, guarded.
 
 ``pyro.optim.Adam`` builds one ``torch.optim.Adam`` per parameter tensor and steps them one by one.
-:class:`GuardedAdam` is a :class:`pyro.optim.PyroOptim` that SVI calls the same way, but
+:class:`GuardedAdam` is a :class:`pyro.optim.PyroOptim` that
 
 * keeps one ``torch.optim.Adam`` for all parameters (in the param store's name order, so its state
   is the same from run to run) — the same arithmetic per element, one call per step;
 * looks at the gradients before stepping: if any is NaN or infinite it does not step, and records the
   names of the parameters concerned in :attr:`GuardedAdam.nonfinite`, so that the parameters stay at
   their last good values and training can name what diverged.
+
+:class:`ppl_vae.infer.step.TrainStep` differentiates the ELBO of a :class:`ppl_vae.VAE` itself and calls
+:meth:`GuardedAdam.step` with the VAE's parameters; only for other models and for the iwae objective does
+the loss go through ``pyro.infer.SVI``, which calls the optimizer like any ``PyroOptim``
+(:meth:`GuardedAdam.__call__`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pyro.optim import PyroOptim
 
 
 class GuardedAdam(PyroOptim):
-    """Adam (``torch.optim.Adam``) for SVI that refuses non-finite gradients.
+    """Adam (``torch.optim.Adam``) over all parameters at once that refuses non-finite gradients.
 
     Args:
         lr, betas, eps: Adam's settings.
