@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -52,7 +52,7 @@ OURS = {
     "iaf": ("ppl_vae --guide iaf", {"guide": "iaf"}, {}),
     "iwae-5": ("ppl_vae --elbo iwae --particles 5", {}, {"elbo": "iwae", "num_particles": 5}),
     "iwae-50": ("ppl_vae --elbo iwae --particles 50", {}, {"elbo": "iwae", "num_particles": 50}),
-    "two-layer": ("ppl_vae --hidden 400,400", {"hidden_dims": (HIDDEN, HIDDEN)}, {}),
+    "two-layer": ("ppl_vae --hidden-dims 400 400", {"hidden_dims": (HIDDEN, HIDDEN)}, {}),
 }
 TEXTBOOK = "textbook"
 PEERS = ("numpyro", "pythae")
@@ -265,6 +265,13 @@ def describe(system: str) -> str:
         system, system)
 
 
+def _busy(peak_load: float, jobs: int) -> str:
+    if peak_load <= jobs + 0.5:
+        return ""
+    return (" — **other work shared the cores during this run, so the speed columns are noisy and only roughly "
+            "comparable between rows; the quality columns do not depend on it**")
+
+
 def _num(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.2f}"
 
@@ -280,8 +287,9 @@ def render(args, argv, data_name, n_train, n_heldout, rows, runs, skipped, wall,
     out = [f"# Quality: held-out log p(x) against the textbook VAE and the peers{smoke}", "",
            f"Command (from the repository root): `{cmd}`  ",
            f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; wall time {wall / 60:.1f} min with {args.jobs} worker "
-           f"process(es), one torch thread each; load average {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} at "
-           f"the end; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU. torch "
+           f"process(es), one torch thread each; 1-minute load average {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} "
+           f"at the end, {load_avg[2]:.2f} at most (after each job){_busy(load_avg[2], args.jobs)}; "
+           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU. torch "
            f"{torch.__version__}, pyro-ppl {pyro.__version__}, ppl_vae {ppl_vae.__version__} (git {_git()}).", "",
            "## Budget", "",
            f"- Data: {data_name}; {n_train} training images (grey levels, a fresh Bernoulli draw every epoch) and "
@@ -381,12 +389,21 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     # The slowest jobs first, so that the last worker does not wait alone on an IWAE-50 run.
     order = sorted(range(len(jobs)), key=lambda i: jobs[i]["system"] != "iwae-50")
+    loads = [load_start]              # the 1-minute load average after every job: was the machine shared?
     if args.jobs == 1:
-        results = {i: _dispatch(jobs[i]) for i in order}
+        results = {}
+        for i in order:
+            results[i] = _dispatch(jobs[i])
+            loads.append(os.getloadavg()[0])
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = {i: pool.submit(_dispatch, jobs[i]) for i in order}
-            results = {i: f.result() for i, f in futures.items()}
+            futures = {pool.submit(_dispatch, jobs[i]): i for i in order}
+            results = {}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                loads.append(os.getloadavg()[0])
+                job = jobs[futures[future]]
+                print(f"done {job['system']} seed {job['seed']} ({len(results)}/{len(jobs)})", file=sys.stderr)
     for i, job in enumerate(jobs):
         runs[job["system"]].append(results[i])
         r = results[i]
@@ -394,7 +411,7 @@ def main(argv=None) -> int:
               f"train {r['train_seconds']:.0f} s, eval {r['eval_seconds']:.0f} s", file=sys.stderr)
     rows = summarize(runs)
     text = render(args, argv, data_name, train.shape[0], heldout.shape[0], rows, runs, skipped,
-                  time.perf_counter() - started, (load_start, os.getloadavg()[0]))
+                  time.perf_counter() - started, (load_start, os.getloadavg()[0], max(loads)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     if args.json is not None:
