@@ -20,11 +20,11 @@ import pyro
 import torch
 
 import ppl_vae
-from ppl_vae.infer.objectives import check_compatible
 from ppl_vae.errors import ConfigError
 from ppl_vae.guides import GUIDES
-from ppl_vae.models import PRIORS
 from ppl_vae.infer.fit import fixed_binarization
+from ppl_vae.infer.objectives import check_compatible
+from ppl_vae.models import PRIORS
 
 
 def run_one(data, heldout, prior, guide, args):
@@ -32,14 +32,23 @@ def run_one(data, heldout, prior, guide, args):
     vae = ppl_vae.VAE(data.data_shape, args.latent_dim, args.hidden_dims, prior=prior, guide=guide)
     check_compatible(vae, heldout[:1])
     start = time.perf_counter()
-    fit = ppl_vae.fit(vae, data.train, data.heldout, epochs=args.epochs, batch_size=128, lr=1e-3, seed=args.seed,
-                      progress=False)
+    fit = ppl_vae.fit(
+        vae, data.train, data.heldout, epochs=args.epochs, batch_size=128, lr=1e-3, seed=args.seed, progress=False
+    )
     seconds = time.perf_counter() - start
     result = ppl_vae.evaluate(vae, heldout, num_particles=args.num_particles, seed=0)
-    return {"prior": prior, "guide": vae.spec["guide"], "elbo": result.elbo, "elbo_se": result.elbo_se,
-            "log_likelihood": result.log_likelihood, "log_likelihood_se": result.log_likelihood_se,
-            "data_se": result.log_likelihood_data_se, "kl": result.kl, "seconds": seconds,
-            "final_train_elbo": fit.history[-1]["train_elbo"]}
+    return {
+        "prior": prior,
+        "guide": vae.spec["guide"],
+        "elbo": result.elbo,
+        "elbo_se": result.elbo_se,
+        "log_likelihood": result.log_likelihood,
+        "log_likelihood_se": result.log_likelihood_se,
+        "data_se": result.log_likelihood_data_se,
+        "kl": result.kl,
+        "seconds": seconds,
+        "final_train_elbo": fit.history[-1]["train_elbo"],
+    }
 
 
 def main(argv=None) -> int:
@@ -56,7 +65,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.num_particles, args.hidden_dims, args.latent_dim = 1, 8, [16], 3
-    torch.set_num_threads(1)      # small networks: one thread is fastest and the timing is not disturbed
+    torch.set_num_threads(1)  # small networks: one thread is fastest and the timing is not disturbed
     data = ppl_vae.load_dataset(args.dataset, root=args.data_root)
     heldout = fixed_binarization(data.heldout, "dynamic")
     combos = [(prior, "auto") for prior in PRIORS] + [("normal", g) for g in GUIDES if g != "normal"]
@@ -68,8 +77,12 @@ def main(argv=None) -> int:
             skipped.append(f"prior {prior}, guide {guide}: {error}")
             continue
         rows.append(row)
-        print(f"{row['prior']:>13} {row['guide']:>16}  log p(x) {row['log_likelihood']:9.3f} ± {row['log_likelihood_se']:.3f}"
-              f"  ELBO {row['elbo']:9.3f}  KL {row['kl']:6.2f}  {row['seconds']:6.1f}s", flush=True)
+        print(
+            f"{row['prior']:>13} {row['guide']:>16}  "
+            f"log p(x) {row['log_likelihood']:9.3f} ± {row['log_likelihood_se']:.3f}"
+            f"  ELBO {row['elbo']:9.3f}  KL {row['kl']:6.2f}  {row['seconds']:6.1f}s",
+            flush=True,
+        )
     lines = [
         f"# Priors and guides on `{args.dataset}`: held-out log-likelihood",
         "",
@@ -88,17 +101,26 @@ def main(argv=None) -> int:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        if r["guide"] == "delta":   # a point mass is no importance proposal: its "IWAE" is log p(x, z) at one z
-            lines.append(f"| {r['prior']} | {r['guide']} | n/a | n/a | {r['elbo']:.3f} | n/a | {r['data_se']:.3f} | "
-                         f"{r['seconds']:.1f} |")
+        if r["guide"] == "delta":  # a point mass is no importance proposal: its "IWAE" is log p(x, z) at one z
+            lines.append(
+                f"| {r['prior']} | {r['guide']} | n/a | n/a | {r['elbo']:.3f} | n/a | {r['data_se']:.3f} | "
+                f"{r['seconds']:.1f} |"
+            )
             continue
-        lines.append(f"| {r['prior']} | {r['guide']} | {r['log_likelihood']:.3f} | {r['log_likelihood_se']:.3f} | "
-                     f"{r['elbo']:.3f} | {r['kl']:.2f} | {r['data_se']:.3f} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['prior']} | {r['guide']} | {r['log_likelihood']:.3f} | {r['log_likelihood_se']:.3f} | "
+            f"{r['elbo']:.3f} | {r['kl']:.2f} | {r['data_se']:.3f} | {r['seconds']:.1f} |"
+        )
     collapsed = [f"{r['prior']} / {r['guide']}" for r in rows if r["guide"] != "delta" and r["kl"] < 0.1]
-    lines += ["", "Train seconds are wall time on a shared 2-core machine (other jobs may have been running): "
-              "compare them only roughly."]
+    lines += [
+        "",
+        "Train seconds are wall time on a shared 2-core machine (other jobs may have been running): "
+        "compare them only roughly.",
+    ]
     if collapsed:
-        lines.append(f"Posterior collapse (KL below 0.1 nats: the decoder ignores z) at this budget: {', '.join(collapsed)}.")
+        lines.append(
+            f"Posterior collapse (KL below 0.1 nats: the decoder ignores z) at this budget: {', '.join(collapsed)}."
+        )
     if skipped:
         lines += ["", "Refused combinations:", ""] + [f"- {s}" for s in skipped]
     from pathlib import Path

@@ -43,7 +43,7 @@ DEFAULTS = {"epochs": 400, "num_particles": 1000, "seeds": [0, 1, 2], "train_siz
 SMOKE = {"epochs": 2, "num_particles": 16, "seeds": [0, 1], "train_size": 128, "heldout_size": 32}
 INIT_TEXT = {
     False: "Each model gets PyTorch's default `nn.Linear` init after seeding with the run's seed, in its own "
-           "construction order, so the initial weights differ between the two (independent inits).",
+    "construction order, so the initial weights differ between the two (independent inits).",
     True: "`--same-init`: the reference starts from a copy of ppl_vae's initial weights.",
 }
 GOAL_NATS = 1.0  # the project's goal: |log p(x) ours - reference| within about 1 nat
@@ -55,8 +55,11 @@ def parse_args(argv):
     p.add_argument("--num-particles", type=int, help="K, importance samples per held-out example (default 1000)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset (for the tests)")
-    p.add_argument("--same-init", action="store_true",
-                   help="start the reference from a copy of ppl_vae's initial weights (default: each its own init)")
+    p.add_argument(
+        "--same-init",
+        action="store_true",
+        help="start the reference from a copy of ppl_vae's initial weights (default: each its own init)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "PARITY.md"), help="markdown report to write")
     args = p.parse_args(argv)
     base = SMOKE if args.smoke else DEFAULTS
@@ -107,7 +110,7 @@ def load_data(args):
     split = ppl_vae.load_dataset("digits", image_size=IMAGE_SIZE)
     train, heldout = split.train, split.heldout
     if args.train_size:
-        train, heldout = train[:args.train_size], heldout[:args.heldout_size]
+        train, heldout = train[: args.train_size], heldout[: args.heldout_size]
     return train, fixed_binarization(heldout, "dynamic", seed=0)  # grey training images, binary held-out
 
 
@@ -127,14 +130,19 @@ def lockstep(train, seed):
     order = torch.randperm(num_data, generator=torch.Generator().manual_seed(seed))
     data = binarize_images(train, "dynamic", torch.Generator().manual_seed(seed + 1))
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}), loss=Trace_ELBO())
-    ours = [svi.step(data[order[i:i + BATCH]], num_data=num_data) / num_data for i in range(0, num_data, BATCH)]
+    ours = [svi.step(data[order[i : i + BATCH]], num_data=num_data) / num_data for i in range(0, num_data, BATCH)]
 
     diffs = [abs(a - b) for a, b in zip(ours, ref_losses, strict=True)]
     rel = max(d / abs(b) for d, b in zip(diffs, ref_losses))
-    weight_diff = max((a.weight - b.weight).abs().max().item()
-                      for a, b in zip(ours_layers(vae), reference_layers(ref)))
-    return {"steps": len(diffs), "first_loss": ours[0], "max_loss_diff": max(diffs), "max_rel_loss_diff": rel,
-            "max_weight_diff": weight_diff, "identical": rel < 1e-5 and weight_diff < 1e-4}
+    weight_diff = max((a.weight - b.weight).abs().max().item() for a, b in zip(ours_layers(vae), reference_layers(ref)))
+    return {
+        "steps": len(diffs),
+        "first_loss": ours[0],
+        "max_loss_diff": max(diffs),
+        "max_rel_loss_diff": rel,
+        "max_weight_diff": weight_diff,
+        "identical": rel < 1e-5 and weight_diff < 1e-4,
+    }
 
 
 def per_step(epoch_seconds, steps_per_epoch):
@@ -151,36 +159,63 @@ def run_seed(train, heldout, args, seed):
     if args.same_init:
         copy_weights(ours_layers(vae), reference_layers(ref))
     start = time.perf_counter()
-    fit = ppl_vae.fit(vae, train, None, epochs=args.epochs, batch_size=BATCH, lr=LR, seed=seed,
-                      binarize="dynamic", elbo="trace", progress=False)  # the reference's Monte Carlo KL
+    fit = ppl_vae.fit(
+        vae,
+        train,
+        None,
+        epochs=args.epochs,
+        batch_size=BATCH,
+        lr=LR,
+        seed=seed,
+        binarize="dynamic",
+        elbo="trace",
+        progress=False,
+    )  # the reference's Monte Carlo KL
     train_wall = time.perf_counter() - start
     ev = ppl_vae.evaluate(vae, heldout, num_particles=args.num_particles, seed=0)
-    out["ours"] = {"elbo": ev.elbo, "elbo_se": ev.elbo_se, "ll": ev.log_likelihood, "ll_se": ev.log_likelihood_se,
-                   "ll_data_se": ev.log_likelihood_data_se, "train_wall": train_wall,
-                   "train_elbo": -statistics.fmean(fit.losses[-steps_per_epoch:]),
-                   "per_example": ev.per_example["log_likelihood"].double()}
+    out["ours"] = {
+        "elbo": ev.elbo,
+        "elbo_se": ev.elbo_se,
+        "ll": ev.log_likelihood,
+        "ll_se": ev.log_likelihood_se,
+        "ll_data_se": ev.log_likelihood_data_se,
+        "train_wall": train_wall,
+        "train_elbo": -statistics.fmean(fit.losses[-steps_per_epoch:]),
+        "per_example": ev.per_example["log_likelihood"].double(),
+    }
     out["ours"]["s_step"], out["ours"]["s_step_all"] = per_step([h["seconds"] for h in fit.history], steps_per_epoch)
 
     start = time.perf_counter()
     losses, seconds = train_reference(ref, train, args.epochs, BATCH, LR, seed, binarize="dynamic")
     train_wall = time.perf_counter() - start
     rv = reference_log_likelihood(ref, heldout, num_particles=args.num_particles, seed=0)
-    out["ref"] = {"elbo": rv["elbo"], "elbo_se": rv["elbo_se"], "ll": rv["log_likelihood"],
-                  "ll_se": rv["log_likelihood_se"], "ll_data_se": rv["log_likelihood_data_se"],
-                  "train_elbo": -statistics.fmean(losses[-steps_per_epoch:]), "train_wall": train_wall,
-                  "per_example": rv["per_example"]["log_likelihood"].double()}
+    out["ref"] = {
+        "elbo": rv["elbo"],
+        "elbo_se": rv["elbo_se"],
+        "ll": rv["log_likelihood"],
+        "ll_se": rv["log_likelihood_se"],
+        "ll_data_se": rv["log_likelihood_data_se"],
+        "train_elbo": -statistics.fmean(losses[-steps_per_epoch:]),
+        "train_wall": train_wall,
+        "per_example": rv["per_example"]["log_likelihood"].double(),
+    }
     out["ref"]["s_step"], out["ref"]["s_step_all"] = per_step(seconds, steps_per_epoch)
 
     a, b = out["ours"], out["ref"]
     d = a["per_example"] - b["per_example"]
-    out["diff"] = {"ll": a["ll"] - b["ll"], "mc_se": math.hypot(a["ll_se"], b["ll_se"]),
-                   "paired_data_se": (d.std() / math.sqrt(d.numel())).item() if d.numel() > 1 else float("nan"),
-                   "elbo": a["elbo"] - b["elbo"], "elbo_mc_se": math.hypot(a["elbo_se"], b["elbo_se"])}
+    out["diff"] = {
+        "ll": a["ll"] - b["ll"],
+        "mc_se": math.hypot(a["ll_se"], b["ll_se"]),
+        "paired_data_se": (d.std() / math.sqrt(d.numel())).item() if d.numel() > 1 else float("nan"),
+        "elbo": a["elbo"] - b["elbo"],
+        "elbo_mc_se": math.hypot(a["elbo_se"], b["elbo_se"]),
+    }
     return out
 
 
 def summarize(results):
     """Mean over seeds of each model's numbers and of the difference, with seed-to-seed s.e."""
+
     def mean_se(values):
         se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
         return statistics.fmean(values), se
@@ -202,18 +237,30 @@ def fmt(mean, se, digits=2):
 
 
 def table(results):
-    columns = ["seed", "model", "held-out ELBO ± MC s.e.", "log p(x) ± MC s.e.", "data s.e.",
-               "train ELBO (last epoch)", "s/step (steady)", "s/step (all)"]
+    columns = [
+        "seed",
+        "model",
+        "held-out ELBO ± MC s.e.",
+        "log p(x) ± MC s.e.",
+        "data s.e.",
+        "train ELBO (last epoch)",
+        "s/step (steady)",
+        "s/step (all)",
+    ]
     rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in results:
         for key, name in (("ours", "ppl_vae"), ("ref", "reference")):
             m = r[key]
-            rows.append(f"| {r['seed']} | {name} | {fmt(m['elbo'], m['elbo_se'], 3)} | {fmt(m['ll'], m['ll_se'], 3)} | "
-                        f"{m['ll_data_se']:.2f} | {m['train_elbo']:.2f} | {m['s_step'] * 1e3:.1f} ms | "
-                        f"{m['s_step_all'] * 1e3:.1f} ms |")
+            rows.append(
+                f"| {r['seed']} | {name} | {fmt(m['elbo'], m['elbo_se'], 3)} | {fmt(m['ll'], m['ll_se'], 3)} | "
+                f"{m['ll_data_se']:.2f} | {m['train_elbo']:.2f} | {m['s_step'] * 1e3:.1f} ms | "
+                f"{m['s_step_all'] * 1e3:.1f} ms |"
+            )
         d = r["diff"]
-        rows.append(f"| {r['seed']} | **ours − ref** | {fmt(d['elbo'], d['elbo_mc_se'], 3)} | "
-                    f"{fmt(d['ll'], d['mc_se'], 3)} | {d['paired_data_se']:.2f} (paired) | | | |")
+        rows.append(
+            f"| {r['seed']} | **ours − ref** | {fmt(d['elbo'], d['elbo_mc_se'], 3)} | "
+            f"{fmt(d['ll'], d['mc_se'], 3)} | {d['paired_data_se']:.2f} (paired) | | | |"
+        )
     return "\n".join(rows)
 
 
@@ -223,18 +270,23 @@ def verdict(summary, nseeds):
     diff, se = summary["diff"]["ll"]
     words = f"Mean difference in held-out log p(x) (ours − reference) over {nseeds} seed(s): "
     if not math.isfinite(se):
-        return words + (f"{diff:.3f} nats; one seed, so no estimate of the seed-to-seed spread: run more seeds "
-                        f"before judging the {GOAL_NATS:g}-nat goal (point estimate "
-                        f"{'within' if abs(diff) <= GOAL_NATS else 'outside'} it)")
+        return words + (
+            f"{diff:.3f} nats; one seed, so no estimate of the seed-to-seed spread: run more seeds "
+            f"before judging the {GOAL_NATS:g}-nat goal (point estimate "
+            f"{'within' if abs(diff) <= GOAL_NATS else 'outside'} it)"
+        )
     t = float(student_t.ppf(0.975, nseeds - 1))
     low, high = diff - t * se, diff + t * se
-    words += (f"{diff:.3f} ± {se:.3f} nats (seed-to-seed s.e.; 95% t interval [{low:.2f}, {high:.2f}], "
-              f"{nseeds - 1} d.o.f.): ")
+    words += (
+        f"{diff:.3f} ± {se:.3f} nats (seed-to-seed s.e.; 95% t interval [{low:.2f}, {high:.2f}], {nseeds - 1} d.o.f.): "
+    )
     if -GOAL_NATS <= low and high <= GOAL_NATS:
         return words + f"WITHIN the {GOAL_NATS:g}-nat goal"
     if abs(diff) <= GOAL_NATS:
-        return words + (f"point estimate within the {GOAL_NATS:g}-nat goal, but the uncertainty is too large to "
-                        "confirm it at that resolution (more seeds or epochs needed)")
+        return words + (
+            f"point estimate within the {GOAL_NATS:g}-nat goal, but the uncertainty is too large to "
+            "confirm it at that resolution (more seeds or epochs needed)"
+        )
     if low <= 0 <= high:
         return words + f"point estimate OUTSIDE the {GOAL_NATS:g}-nat goal, though not distinguishable from 0"
     return words + f"NOT within the {GOAL_NATS:g}-nat goal: a significant difference"
@@ -248,13 +300,25 @@ def machine_info():
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "pyro": pyro.__version__, "ppl_vae": ppl_vae.__version__, "git": commit}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "ppl_vae": ppl_vae.__version__,
+        "git": commit,
+    }
 
 
 def report(args, argv, info, check, results, summary, train, heldout, wall, load):
@@ -312,10 +376,13 @@ def report(args, argv, info, check, results, summary, train, heldout, wall, load
         f"largest |loss difference| over the steps {check['max_loss_diff']:.2e} nats per example (relative "
         f"{check['max_rel_loss_diff']:.1e}; first loss {check['first_loss']:.3f}); largest |weight difference| after "
         f"the epoch {check['max_weight_diff']:.2e}. "
-        + ("**Identical up to float32 rounding**: the two compute the same loss, gradients and Adam updates from the "
-           "same draws of eps." if check["identical"] else
-           "**NOT identical** (relative loss difference >= 1e-5 or weight difference >= 1e-4): the two compute "
-           "different losses, gradients or updates, or draw eps differently."),
+        + (
+            "**Identical up to float32 rounding**: the two compute the same loss, gradients and Adam updates from the "
+            "same draws of eps."
+            if check["identical"]
+            else "**NOT identical** (relative loss difference >= 1e-5 or weight difference >= 1e-4): the two compute "
+            "different losses, gradients or updates, or draw eps differently."
+        ),
         "",
         "## Results",
         "",
@@ -343,24 +410,32 @@ def main(argv=None):
     torch.set_num_threads(1)  # small MLPs: 1 thread is faster, and 2 threads on a shared 2-core machine are slow
     wall0, cpu0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     train, heldout = load_data(args)
-    print(f"data: {tuple(train.shape)} train, {tuple(heldout.shape)} held-out; epochs {args.epochs}, "
-          f"K {args.num_particles}, seeds {args.seeds}", flush=True)
+    print(
+        f"data: {tuple(train.shape)} train, {tuple(heldout.shape)} held-out; epochs {args.epochs}, "
+        f"K {args.num_particles}, seeds {args.seeds}",
+        flush=True,
+    )
 
     check = lockstep(train, args.seeds[0])
-    print(f"lockstep ({check['steps']} SVI steps, same init and batches): "
-          f"max |loss diff| {check['max_loss_diff']:.2e}, "
-          f"max |weight diff| {check['max_weight_diff']:.2e}: {'identical' if check['identical'] else 'NOT IDENTICAL'}",
-          flush=True)
+    print(
+        f"lockstep ({check['steps']} SVI steps, same init and batches): "
+        f"max |loss diff| {check['max_loss_diff']:.2e}, "
+        f"max |weight diff| {check['max_weight_diff']:.2e}: {'identical' if check['identical'] else 'NOT IDENTICAL'}",
+        flush=True,
+    )
 
     results = []
     for seed in args.seeds:
         start = time.perf_counter()
         r = run_seed(train, heldout, args, seed)
         results.append(r)
-        print(f"seed {seed} ({time.perf_counter() - start:.0f} s): "
-              f"log p(x) ours {fmt(r['ours']['ll'], r['ours']['ll_se'], 3)}, "
-              f"reference {fmt(r['ref']['ll'], r['ref']['ll_se'], 3)}, "
-              f"difference {fmt(r['diff']['ll'], r['diff']['mc_se'], 3)}", flush=True)
+        print(
+            f"seed {seed} ({time.perf_counter() - start:.0f} s): "
+            f"log p(x) ours {fmt(r['ours']['ll'], r['ours']['ll_se'], 3)}, "
+            f"reference {fmt(r['ref']['ll'], r['ref']['ll_se'], 3)}, "
+            f"difference {fmt(r['diff']['ll'], r['diff']['mc_se'], 3)}",
+            flush=True,
+        )
     summary = summarize(results)
     wall = time.perf_counter() - wall0
     load = {"cpu": time.process_time() - cpu0, "start": load0, "end": os.getloadavg()[0]}
@@ -369,10 +444,12 @@ def main(argv=None):
     print(table(results))
     print()
     print(verdict(summary, len(results)))
-    print(f"speed: ppl_vae {summary['ours']['s_step'][0] * 1e3:.1f} ms/step, reference "
-          f"{summary['ref']['s_step'][0] * 1e3:.1f} ms/step (ratio {summary['speed_ratio']:.2f}); total {wall:.0f} s "
-          f"wall, {load['cpu']:.0f} s CPU; 1-min load average {load['start']:.1f} at the start, "
-          f"{load['end']:.1f} at the end")
+    print(
+        f"speed: ppl_vae {summary['ours']['s_step'][0] * 1e3:.1f} ms/step, reference "
+        f"{summary['ref']['s_step'][0] * 1e3:.1f} ms/step (ratio {summary['speed_ratio']:.2f}); total {wall:.0f} s "
+        f"wall, {load['cpu']:.0f} s CPU; 1-min load average {load['start']:.1f} at the start, "
+        f"{load['end']:.1f} at the end"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report(args, argv, machine_info(), check, results, summary, train, heldout, wall, load))

@@ -57,13 +57,21 @@ OURS = {
 TEXTBOOK = "textbook"
 PEERS = ("numpyro", "pythae")
 FULL = {"epochs": 50, "seeds": [0, 1, 2], "k": 5000}
-SMOKE = {"epochs": 1, "seeds": [0], "k": 16, "train_size": 48, "heldout_size": 12,
-         "systems": [TEXTBOOK, "default", "iwae-5"]}
-ANCHORS = ("Literature, for context only (dynamically binarized MNIST, 60,000 training images, thousands of "
-           "epochs, K = 5000): Burda et al. 2015, Table 1: one-stochastic-layer VAE −86.76 and IWAE k = 50 −84.78 "
-           "nats; Tomczak & Welling 2018: VampPrior −85.57 nats. The numbers above are at a different, much "
-           "smaller budget (and, by default, on the 1,797 scikit-learn digits resized to 28×28, not MNIST), so "
-           "only their differences are meaningful.")
+SMOKE = {
+    "epochs": 1,
+    "seeds": [0],
+    "k": 16,
+    "train_size": 48,
+    "heldout_size": 12,
+    "systems": [TEXTBOOK, "default", "iwae-5"],
+}
+ANCHORS = (
+    "Literature, for context only (dynamically binarized MNIST, 60,000 training images, thousands of "
+    "epochs, K = 5000): Burda et al. 2015, Table 1: one-stochastic-layer VAE −86.76 and IWAE k = 50 −84.78 "
+    "nats; Tomczak & Welling 2018: VampPrior −85.57 nats. The numbers above are at a different, much "
+    "smaller budget (and, by default, on the 1,797 scikit-learn digits resized to 28×28, not MNIST), so "
+    "only their differences are meaningful."
+)
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -90,10 +98,15 @@ def load(spec: str, train_size: int | None, heldout_size: int | None):
 
 
 def _scores(per_example_ll, per_example_elbo, ll_se, seconds_train, seconds_eval, n_train, epochs, n_heldout, k):
-    return {"ll": [float(v) for v in per_example_ll], "elbo": [float(v) for v in per_example_elbo],
-            "ll_mc_se": float(ll_se), "train_seconds": seconds_train, "eval_seconds": seconds_eval,
-            "train_examples_per_s": n_train * epochs / seconds_train,
-            "eval_samples_per_s": n_heldout * k / seconds_eval}
+    return {
+        "ll": [float(v) for v in per_example_ll],
+        "elbo": [float(v) for v in per_example_elbo],
+        "ll_mc_se": float(ll_se),
+        "train_seconds": seconds_train,
+        "eval_seconds": seconds_eval,
+        "train_examples_per_s": n_train * epochs / seconds_train,
+        "eval_samples_per_s": n_heldout * k / seconds_eval,
+    }
 
 
 _WARM = []
@@ -124,7 +137,7 @@ def run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    logging.getLogger("pyro").setLevel(logging.WARNING)     # no "Guessed max_plate_nesting" lines
+    logging.getLogger("pyro").setLevel(logging.WARNING)  # no "Guessed max_plate_nesting" lines
     _warm_up()
     import ppl_vae
     from benchmarks.parity import copy_weights, ours_layers, reference_layers
@@ -139,23 +152,50 @@ def run_one(job: dict) -> dict:
     vae = ppl_vae.VAE(shape, latent_dim=LATENT, hidden_dims=vae_kwargs.pop("hidden_dims", (HIDDEN,)), **vae_kwargs)
     if name == TEXTBOOK:
         model = TextbookVAE(int(np.prod(shape)), LATENT, HIDDEN)
-        copy_weights(ours_layers(vae), reference_layers(model))      # ppl_vae's initial weights for this seed
+        copy_weights(ours_layers(vae), reference_layers(model))  # ppl_vae's initial weights for this seed
         start = time.perf_counter()
         train_reference(model, train, epochs, BATCH, LR, seed, binarize="dynamic")
         seconds = time.perf_counter() - start
         start = time.perf_counter()
         scored = reference_log_likelihood(model, heldout, num_particles=k, seed=seed)
-        return _scores(scored["per_example"]["log_likelihood"], scored["per_example"]["elbo"],
-                       scored["log_likelihood_se"], seconds, time.perf_counter() - start, train.shape[0], epochs,
-                       heldout.shape[0], k)
+        return _scores(
+            scored["per_example"]["log_likelihood"],
+            scored["per_example"]["elbo"],
+            scored["log_likelihood_se"],
+            seconds,
+            time.perf_counter() - start,
+            train.shape[0],
+            epochs,
+            heldout.shape[0],
+            k,
+        )
     start = time.perf_counter()
-    result = ppl_vae.fit(vae, train, None, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed, binarize="dynamic",
-                         progress=False, **fit_kwargs)
+    result = ppl_vae.fit(
+        vae,
+        train,
+        None,
+        epochs=epochs,
+        batch_size=BATCH,
+        lr=LR,
+        seed=seed,
+        binarize="dynamic",
+        progress=False,
+        **fit_kwargs,
+    )
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     scored = ppl_vae.evaluate(vae, heldout, num_particles=k, seed=seed)
-    out = _scores(scored.per_example["log_likelihood"], scored.per_example["elbo"], scored.log_likelihood_se,
-                  seconds, time.perf_counter() - start, train.shape[0], epochs, heldout.shape[0], k)
+    out = _scores(
+        scored.per_example["log_likelihood"],
+        scored.per_example["elbo"],
+        scored.log_likelihood_se,
+        seconds,
+        time.perf_counter() - start,
+        train.shape[0],
+        epochs,
+        heldout.shape[0],
+        k,
+    )
     out["objective"] = result.objective
     return out
 
@@ -169,16 +209,40 @@ def run_peer_job(job: dict) -> dict:
     train, heldout, _ = load(job["data"], job["train_size"], job["heldout_size"])
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.npz"
-        np.savez(data, x_train=train.flatten(1).numpy().astype(np.float32),
-                 x_heldout=heldout.flatten(1).numpy().astype(np.float32))
+        np.savez(
+            data,
+            x_train=train.flatten(1).numpy().astype(np.float32),
+            x_heldout=heldout.flatten(1).numpy().astype(np.float32),
+        )
         del torch
-        result = peers.run_peer(job["system"], data, Path(tmp) / "out.json", epochs=job["epochs"], seed=job["seed"],
-                                k=job["k"], batch_size=BATCH, lr=LR, latent=LATENT, hidden=(HIDDEN,))
-    out = _scores(result["log_px"], result["elbo"], math.sqrt(sum(s * s for s in result["log_px_se"])) /
-                  len(result["log_px_se"]), result["train_seconds"], result["eval_seconds"], train.shape[0],
-                  job["epochs"], heldout.shape[0], job["k"])
-    out["notes"] = [f"objective: {result.get('objective', '?')}", f"binarization: {result.get('binarization', '?')}",
-                    *result.get("notes", [])]
+        result = peers.run_peer(
+            job["system"],
+            data,
+            Path(tmp) / "out.json",
+            epochs=job["epochs"],
+            seed=job["seed"],
+            k=job["k"],
+            batch_size=BATCH,
+            lr=LR,
+            latent=LATENT,
+            hidden=(HIDDEN,),
+        )
+    out = _scores(
+        result["log_px"],
+        result["elbo"],
+        math.sqrt(sum(s * s for s in result["log_px_se"])) / len(result["log_px_se"]),
+        result["train_seconds"],
+        result["eval_seconds"],
+        train.shape[0],
+        job["epochs"],
+        heldout.shape[0],
+        job["k"],
+    )
+    out["notes"] = [
+        f"objective: {result.get('objective', '?')}",
+        f"binarization: {result.get('binarization', '?')}",
+        *result.get("notes", []),
+    ]
     out["versions"] = result.get("versions", {})
     return out
 
@@ -192,19 +256,24 @@ def _dispatch(job: dict) -> dict:
 
 def summarize(runs: dict[str, list[dict]], reference: str = TEXTBOOK) -> list[dict]:
     """One row per system from its per-seed runs (aligned by seed with the reference's)."""
-    ref = np.array([r["ll"] for r in runs[reference]]) if reference in runs else None      # (S, M)
+    ref = np.array([r["ll"] for r in runs[reference]]) if reference in runs else None  # (S, M)
     rows = []
     for system, per_seed in runs.items():
-        ll = np.array([r["ll"] for r in per_seed])                                        # (S, M)
+        ll = np.array([r["ll"] for r in per_seed])  # (S, M)
         elbo = np.array([r["elbo"] for r in per_seed])
         seed_means = ll.mean(1)
-        row = {"system": system, "seeds": len(per_seed), "ll": float(seed_means.mean()),
-               "ll_seed_se": float(seed_means.std(ddof=1) / math.sqrt(len(seed_means))) if len(seed_means) > 1
-               else float("nan"),
-               "ll_mc_se": float(math.sqrt(sum(r["ll_mc_se"] ** 2 for r in per_seed)) / len(per_seed)),
-               "elbo": float(elbo.mean()),
-               "train_examples_per_s": float(np.median([r["train_examples_per_s"] for r in per_seed])),
-               "eval_samples_per_s": float(np.median([r["eval_samples_per_s"] for r in per_seed]))}
+        row = {
+            "system": system,
+            "seeds": len(per_seed),
+            "ll": float(seed_means.mean()),
+            "ll_seed_se": float(seed_means.std(ddof=1) / math.sqrt(len(seed_means)))
+            if len(seed_means) > 1
+            else float("nan"),
+            "ll_mc_se": float(math.sqrt(sum(r["ll_mc_se"] ** 2 for r in per_seed)) / len(per_seed)),
+            "elbo": float(elbo.mean()),
+            "train_examples_per_s": float(np.median([r["train_examples_per_s"] for r in per_seed])),
+            "eval_samples_per_s": float(np.median([r["eval_samples_per_s"] for r in per_seed])),
+        }
         if ref is not None and system != reference and ll.shape == ref.shape:
             row.update(paired_difference(ll, ref))
         rows.append(row)
@@ -217,11 +286,13 @@ def paired_difference(ll: np.ndarray, ref: np.ndarray) -> dict:
     ``diff`` is the mean over seeds and examples; ``paired_se`` the standard error over examples of the
     per-example difference averaged over seeds; ``seed_se`` the standard error over seeds of the
     per-seed mean difference (NaN with one seed)."""
-    d = ll - ref                                                        # (S, M)
+    d = ll - ref  # (S, M)
     per_example, per_seed = d.mean(0), d.mean(1)
-    return {"diff": float(per_example.mean()),
-            "paired_se": float(per_example.std(ddof=1) / math.sqrt(per_example.size)),
-            "seed_se": float(per_seed.std(ddof=1) / math.sqrt(per_seed.size)) if per_seed.size > 1 else float("nan")}
+    return {
+        "diff": float(per_example.mean()),
+        "paired_se": float(per_example.std(ddof=1) / math.sqrt(per_example.size)),
+        "seed_se": float(per_seed.std(ddof=1) / math.sqrt(per_seed.size)) if per_seed.size > 1 else float("nan"),
+    }
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -230,16 +301,23 @@ def verdicts(rows: list[dict]) -> list[str]:
     if "default" in by and "diff" in by["default"]:
         r = by["default"]
         ok = r["diff"] >= -2 * r["paired_se"]
-        out.append(f"- ppl_vae's default vs the textbook VAE: {r['diff']:+.2f} nats per example (paired s.e. "
-                   f"{r['paired_se']:.2f}, seed s.e. {r['seed_se']:.2f}): "
-                   + ("**matches or beats it** (within 2 paired s.e. or in our favour)." if ok else
-                      "**loses** by more than 2 paired s.e."))
+        out.append(
+            f"- ppl_vae's default vs the textbook VAE: {r['diff']:+.2f} nats per example (paired s.e. "
+            f"{r['paired_se']:.2f}, seed s.e. {r['seed_se']:.2f}): "
+            + (
+                "**matches or beats it** (within 2 paired s.e. or in our favour)."
+                if ok
+                else "**loses** by more than 2 paired s.e."
+            )
+        )
     better = [r for r in rows if r["system"] in OURS and "diff" in r and r["diff"] - 2 * r["paired_se"] >= 1.0]
     if better:
         best = max(better, key=lambda r: r["diff"])
         listed = ", ".join(f"`{r['system']}` ({r['diff']:+.2f} ± {r['paired_se']:.2f})" for r in better)
-        out.append(f"- Configurations at least 1 nat better than the textbook VAE (difference minus 2 paired s.e. "
-                   f"≥ 1): {listed}; the best is `{best['system']}`.")
+        out.append(
+            f"- Configurations at least 1 nat better than the textbook VAE (difference minus 2 paired s.e. "
+            f"≥ 1): {listed}; the best is `{best['system']}`."
+        )
     else:
         out.append("- No ppl_vae configuration is ≥ 1 nat (beyond 2 paired s.e.) better than the textbook VAE here.")
     return out
@@ -250,8 +328,12 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 def _git() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "?"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "?"
+        )
     except OSError:
         return "?"
 
@@ -262,14 +344,17 @@ def describe(system: str) -> str:
     if system in OURS:
         return OURS[system][0]
     return {"numpyro": "NumPyro SVI (own environment)", "pythae": "Pythae VAE, its own trainer (own environment)"}.get(
-        system, system)
+        system, system
+    )
 
 
 def _busy(peak_load: float, jobs: int) -> str:
     if peak_load <= jobs + 0.5:
         return ""
-    return (" — **other work shared the cores during this run, so the speed columns are noisy and only roughly "
-            "comparable between rows; the quality columns do not depend on it**")
+    return (
+        " — **other work shared the cores during this run, so the speed columns are noisy and only roughly "
+        "comparable between rows; the quality columns do not depend on it**"
+    )
 
 
 def _num(value: float) -> str:
@@ -284,43 +369,59 @@ def render(args, argv, data_name, n_train, n_heldout, rows, runs, skipped, wall,
 
     smoke = " (SMOKE RUN: numbers not meaningful)" if args.smoke else ""
     cmd = "python -m benchmarks.quality" + ("" if not argv else " " + shlex.join(argv))
-    out = [f"# Quality: held-out log p(x) against the textbook VAE and the peers{smoke}", "",
-           f"Command (from the repository root): `{cmd}`  ",
-           f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; wall time {wall / 60:.1f} min with {args.jobs} worker "
-           f"process(es), one torch thread each; 1-minute load average {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} "
-           f"at the end, {load_avg[2]:.2f} at most (after each job){_busy(load_avg[2], args.jobs)}; "
-           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU. torch "
-           f"{torch.__version__}, pyro-ppl {pyro.__version__}, ppl_vae {ppl_vae.__version__} (git {_git()}).", "",
-           "## Budget", "",
-           f"- Data: {data_name}; {n_train} training images (grey levels, a fresh Bernoulli draw every epoch) and "
-           f"{n_heldout} held-out images binarized once (the same binary images for every system).",
-           f"- Every system: MLP D-{HIDDEN}-{LATENT} unless its row says otherwise, batch {BATCH}, Adam "
-           f"({LR:g}), {args.epochs} epoch(s) ({math.ceil(n_train / BATCH) * args.epochs} steps), seeds "
-           f"{', '.join(map(str, args.seeds))}.",
-           f"- Score: importance-sampled log p(x) with K = {args.k} draws from each model's own q(z|x), in nats per "
-           "held-out example (higher is better); the ELBO column is the mean of the same K log-weights.",
-           "- Δ vs textbook: mean over examples of the per-example difference (seeds averaged); *paired s.e.* "
-           "is its standard error over the held-out examples, *seed s.e.* the standard error of the per-seed "
-           "mean differences (training noise; few seeds). *MC s.e.* is the importance sampler's error of the row's "
-           "mean. Speeds are medians over seeds: training examples per second (the training loop, data "
-           "preparation excluded, first-step overhead included) and evaluation draws per second (N·K / seconds).",
-           "", "## Results", "",
-           "| system | what | log p(x) (nats) | seed s.e. | MC s.e. | ELBO (nats) | Δ log p(x) vs textbook | "
-           "paired s.e. | seed s.e. of Δ | train examples/s | eval draws/s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"# Quality: held-out log p(x) against the textbook VAE and the peers{smoke}",
+        "",
+        f"Command (from the repository root): `{cmd}`  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; wall time {wall / 60:.1f} min with {args.jobs} worker "
+        f"process(es), one torch thread each; 1-minute load average {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} "
+        f"at the end, {load_avg[2]:.2f} at most (after each job){_busy(load_avg[2], args.jobs)}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU. torch "
+        f"{torch.__version__}, pyro-ppl {pyro.__version__}, ppl_vae {ppl_vae.__version__} (git {_git()}).",
+        "",
+        "## Budget",
+        "",
+        f"- Data: {data_name}; {n_train} training images (grey levels, a fresh Bernoulli draw every epoch) and "
+        f"{n_heldout} held-out images binarized once (the same binary images for every system).",
+        f"- Every system: MLP D-{HIDDEN}-{LATENT} unless its row says otherwise, batch {BATCH}, Adam "
+        f"({LR:g}), {args.epochs} epoch(s) ({math.ceil(n_train / BATCH) * args.epochs} steps), seeds "
+        f"{', '.join(map(str, args.seeds))}.",
+        f"- Score: importance-sampled log p(x) with K = {args.k} draws from each model's own q(z|x), in nats per "
+        "held-out example (higher is better); the ELBO column is the mean of the same K log-weights.",
+        "- Δ vs textbook: mean over examples of the per-example difference (seeds averaged); *paired s.e.* "
+        "is its standard error over the held-out examples, *seed s.e.* the standard error of the per-seed "
+        "mean differences (training noise; few seeds). *MC s.e.* is the importance sampler's error of the row's "
+        "mean. Speeds are medians over seeds: training examples per second (the training loop, data "
+        "preparation excluded, first-step overhead included) and evaluation draws per second (N·K / seconds).",
+        "",
+        "## Results",
+        "",
+        "| system | what | log p(x) (nats) | seed s.e. | MC s.e. | ELBO (nats) | Δ log p(x) vs textbook | "
+        "paired s.e. | seed s.e. of Δ | train examples/s | eval draws/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: -r["ll"]):
-        diff = (f"{r['diff']:+.2f} | {r['paired_se']:.2f} | {_num(r['seed_se'])}" if "diff" in r else "— | — | —")
-        out.append(f"| `{r['system']}` | {describe(r['system'])} | {r['ll']:.2f} | {_num(r['ll_seed_se'])} | "
-                   f"{r['ll_mc_se']:.3f} | {r['elbo']:.2f} | {diff} | {r['train_examples_per_s']:.0f} | "
-                   f"{r['eval_samples_per_s']:.0f} |")
+        diff = f"{r['diff']:+.2f} | {r['paired_se']:.2f} | {_num(r['seed_se'])}" if "diff" in r else "— | — | —"
+        out.append(
+            f"| `{r['system']}` | {describe(r['system'])} | {r['ll']:.2f} | {_num(r['ll_seed_se'])} | "
+            f"{r['ll_mc_se']:.3f} | {r['elbo']:.2f} | {diff} | {r['train_examples_per_s']:.0f} | "
+            f"{r['eval_samples_per_s']:.0f} |"
+        )
     out += ["", "## Verdict", "", *verdicts(rows)]
     if args.smoke:
         out.append("- Smoke run: a handful of steps and draws; the verdict above is not meaningful.")
     objectives = {s: runs[s][0].get("objective") for s in runs if runs[s] and runs[s][0].get("objective")}
-    out += ["", "## Notes", "",
-            "- Objective used per latent site (from `FitResult.objective`): "
-            + "; ".join(f"`{s}`: {o['elbo']} (" + ", ".join(f"{k} {v}" for k, v in o["sites"].items()) + ")"
-                        for s, o in objectives.items()) + "."]
+    out += [
+        "",
+        "## Notes",
+        "",
+        "- Objective used per latent site (from `FitResult.objective`): "
+        + "; ".join(
+            f"`{s}`: {o['elbo']} (" + ", ".join(f"{k} {v}" for k, v in o["sites"].items()) + ")"
+            for s, o in objectives.items()
+        )
+        + ".",
+    ]
     for system in PEERS:
         if system in runs:
             notes = runs[system][0].get("notes", [])
@@ -337,15 +438,23 @@ def render(args, argv, data_name, n_train, n_heldout, rows, runs, skipped, wall,
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
-    p.add_argument("--data", default="digits28", help="digits28 (default), or any ppl_vae data spec such as "
-                                                      "npz:PATH (keras-style MNIST npz), mnist, folder:PATH")
+    p.add_argument(
+        "--data",
+        default="digits28",
+        help="digits28 (default), or any ppl_vae data spec such as "
+        "npz:PATH (keras-style MNIST npz), mnist, folder:PATH",
+    )
     p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
     p.add_argument("--heldout-size", type=int, default=None, help="use the first M held-out images")
     p.add_argument("--epochs", type=int, default=None, help=f"default {FULL['epochs']}")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {FULL['seeds']}")
     p.add_argument("--k", type=int, default=None, help=f"importance draws per held-out example (default {FULL['k']})")
-    p.add_argument("--systems", nargs="+", default=None,
-                   help=f"subset of: {TEXTBOOK} {' '.join(OURS)} {' '.join(PEERS)} (default: all; peers if set up)")
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        default=None,
+        help=f"subset of: {TEXTBOOK} {' '.join(OURS)} {' '.join(PEERS)} (default: all; peers if set up)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "QUALITY.md")
     p.add_argument("--json", type=Path, default=None, help="also write every per-seed result here")
@@ -379,17 +488,29 @@ def main(argv=None) -> int:
     systems = []
     for system in args.systems:
         if system in PEERS and peers.python_for(system) is None:
-            skipped[system] = (f"its environment is not set up (`python -m benchmarks.peers setup {system}` "
-                               "installs it into benchmarks/.peers/)")
+            skipped[system] = (
+                f"its environment is not set up (`python -m benchmarks.peers setup {system}` "
+                "installs it into benchmarks/.peers/)"
+            )
             continue
         systems.append(system)
-    jobs = [{"system": s, "seed": seed, "data": args.data, "train_size": args.train_size,
-             "heldout_size": args.heldout_size, "epochs": args.epochs, "k": args.k}
-            for seed in args.seeds for s in systems]
+    jobs = [
+        {
+            "system": s,
+            "seed": seed,
+            "data": args.data,
+            "train_size": args.train_size,
+            "heldout_size": args.heldout_size,
+            "epochs": args.epochs,
+            "k": args.k,
+        }
+        for seed in args.seeds
+        for s in systems
+    ]
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     # The slowest jobs first, so that the last worker does not wait alone on an IWAE-50 run.
     order = sorted(range(len(jobs)), key=lambda i: jobs[i]["system"] != "iwae-50")
-    loads = [load_start]              # the 1-minute load average after every job: was the machine shared?
+    loads = [load_start]  # the 1-minute load average after every job: was the machine shared?
     if args.jobs == 1:
         results = {}
         for i in order:
@@ -407,16 +528,36 @@ def main(argv=None) -> int:
     for i, job in enumerate(jobs):
         runs[job["system"]].append(results[i])
         r = results[i]
-        print(f"{job['system']:>10} seed {job['seed']}: log p(x) {np.mean(r['ll']):.2f}, "
-              f"train {r['train_seconds']:.0f} s, eval {r['eval_seconds']:.0f} s", file=sys.stderr)
+        print(
+            f"{job['system']:>10} seed {job['seed']}: log p(x) {np.mean(r['ll']):.2f}, "
+            f"train {r['train_seconds']:.0f} s, eval {r['eval_seconds']:.0f} s",
+            file=sys.stderr,
+        )
     rows = summarize(runs)
-    text = render(args, argv, data_name, train.shape[0], heldout.shape[0], rows, runs, skipped,
-                  time.perf_counter() - started, (load_start, os.getloadavg()[0], max(loads)))
+    text = render(
+        args,
+        argv,
+        data_name,
+        train.shape[0],
+        heldout.shape[0],
+        rows,
+        runs,
+        skipped,
+        time.perf_counter() - started,
+        (load_start, os.getloadavg()[0], max(loads)),
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(args).items()}, "rows": rows, "runs": runs}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "rows": rows,
+                    "runs": runs,
+                }
+            )
+        )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -44,17 +44,17 @@ class ReferenceVAE(nn.Module):
 
     def log_weight(self, x, z, loc, scale):
         """log p(x|z) + log p(z) - log q(z|x) for draws z (..., B, L) of the examples x (B, ...) -> (..., B)."""
-        x = x.flatten(1)                                             # (B, D)
-        logits = self.decoder(z)                                     # (..., B, D)
+        x = x.flatten(1)  # (B, D)
+        logits = self.decoder(z)  # (..., B, D)
         log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
         log_pz = normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z))
         log_qz = normal_log_prob(z, loc, scale)
-        return log_px + log_pz - log_qz                              # (..., B)
+        return log_px + log_pz - log_qz  # (..., B)
 
     def loss(self, x, num_data=None):
         """Single-draw negative ELBO, summed over the batch x (B, ...), scaled by num_data / B."""
-        loc, scale = self.encode(x)                                  # (B, L)
-        z = loc + scale * torch.randn_like(loc)                      # reparameterized draw, (B, L)
+        loc, scale = self.encode(x)  # (B, L)
+        z = loc + scale * torch.randn_like(loc)  # reparameterized draw, (B, L)
         scale_factor = 1.0 if num_data is None else num_data / x.shape[0]
         return -scale_factor * self.log_weight(x, z, loc, scale).sum()
 
@@ -89,9 +89,9 @@ def train_reference(model, train, epochs, batch_size=128, lr=1e-3, seed=0, binar
     for _ in range(epochs):
         start = time.perf_counter()
         order = torch.randperm(num_data, generator=shuffle)
-        data = binarize_images(train, binarize, noise)               # fresh draw every epoch, (N, ...)
+        data = binarize_images(train, binarize, noise)  # fresh draw every epoch, (N, ...)
         for first in range(0, num_data, batch_size):
-            x = data[order[first:first + batch_size]]                # (B, ...)
+            x = data[order[first : first + batch_size]]  # (B, ...)
             loss = model.loss(x, num_data=num_data)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -116,13 +116,13 @@ def reference_log_likelihood(model, x, num_particles=1000, chunk=8, seed=None):
     k = num_particles
     iwae, iwae_var, elbo, elbo_var = [], [], [], []
     for first in range(0, x.shape[0], chunk):
-        xb = x[first:first + chunk]                                  # (n, ...)
-        loc, scale = model.encode(xb)                                # (n, L)
-        eps = torch.randn((k,) + loc.shape, generator=generator)     # (K, n, L)
+        xb = x[first : first + chunk]  # (n, ...)
+        loc, scale = model.encode(xb)  # (n, L)
+        eps = torch.randn((k,) + loc.shape, generator=generator)  # (K, n, L)
         log_w = model.log_weight(xb, loc + scale * eps, loc, scale).double()  # (K, n)
-        iwae.append(torch.logsumexp(log_w, 0) - math.log(k))        # (n,)
-        w = (log_w - log_w.max(0).values).exp()                      # weights / their max, (K, n)
-        iwae_var.append(w.var(0) / (k * w.mean(0) ** 2))             # delta method: Var(w) / (K mean(w)^2)
+        iwae.append(torch.logsumexp(log_w, 0) - math.log(k))  # (n,)
+        w = (log_w - log_w.max(0).values).exp()  # weights / their max, (K, n)
+        iwae_var.append(w.var(0) / (k * w.mean(0) ** 2))  # delta method: Var(w) / (K mean(w)^2)
         elbo.append(log_w.mean(0))
         elbo_var.append(log_w.var(0) / k)
     iwae, iwae_var, elbo, elbo_var = (torch.cat(t) for t in (iwae, iwae_var, elbo, elbo_var))
@@ -149,9 +149,9 @@ class TextbookVAE(ReferenceVAE):
     def loss(self, x, num_data=None):
         """-log p(x|z) at one reparameterized draw + the closed-form KL, summed over the batch x (B, ...),
         scaled by num_data / B."""
-        loc, scale = self.encode(x)                                  # (B, L)
-        z = loc + scale * torch.randn_like(loc)                      # (B, L)
-        logits = self.decoder(z)                                     # (B, D)
+        loc, scale = self.encode(x)  # (B, L)
+        z = loc + scale * torch.randn_like(loc)  # (B, L)
+        logits = self.decoder(z)  # (B, D)
         reconstruction = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(-1)
         kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(-1)
         scale_factor = 1.0 if num_data is None else num_data / x.shape[0]

@@ -44,19 +44,19 @@ from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 import ppl_vae
-from ppl_vae.infer.step import TrainStep
 from benchmarks import parity
 from benchmarks.reference_vae import ReferenceVAE, reference_log_likelihood
+from ppl_vae.infer.step import TrainStep
 
 ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-3
 
 # Targets (ratio = ppl_vae time / reference time for the same work).
-TRAIN_TARGET = 1.0        # training step at batch 128 and 256
-EVAL_TARGET = 1.2         # importance-sampled log p(x), K = 1000
-MEMORY_TARGET_MB = 2048   # peak RSS of ppl_vae.evaluate at K = 5000 on 10,000 784-dim examples
+TRAIN_TARGET = 1.0  # training step at batch 128 and 256
+EVAL_TARGET = 1.2  # importance-sampled log p(x), K = 1000
+MEMORY_TARGET_MB = 2048  # peak RSS of ppl_vae.evaluate at K = 5000 on 10,000 784-dim examples
 MEMORY_TARGET_N = 10000
-REF_MEMORY_N = 200        # the reference's peak does not grow with N (8 examples per chunk)
+REF_MEMORY_N = 200  # the reference's peak does not grow with N (8 examples per chunk)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Arch:
     data_shape: tuple
     latent: int
     hidden: tuple
-    num_data: int          # the N of num_data=N (the training set size the mini-batch stands for)
+    num_data: int  # the N of num_data=N (the training set size the mini-batch stands for)
 
     @property
     def data_dim(self) -> int:
@@ -80,12 +80,34 @@ MNIST = Arch("mnist", (1, 28, 28), 50, (400,), 60000)
 DIGITS = Arch("digits", (1, 8, 8), 8, (256, 128), 1438)
 TRAIN_CONFIGS = [(MNIST, 128), (MNIST, 256), (DIGITS, 128)]
 
-FULL = {"rounds": 10, "steps": 50, "eval_n": {"mnist": 100, "digits": 359}, "eval_k": 1000, "eval_rounds": 5,
-        "memory_n": 1000, "memory_k": 5000, "quality_epochs": 30, "quality_k": 1000, "quality_seeds": [0, 1, 2],
-        "train_size": None, "heldout_size": None}
-SMOKE = {"rounds": 3, "steps": 3, "eval_n": {"mnist": 4, "digits": 8}, "eval_k": 50, "eval_rounds": 2,
-         "memory_n": 200, "memory_k": 200, "quality_epochs": 1, "quality_k": 16, "quality_seeds": [0, 1],
-         "train_size": 128, "heldout_size": 16}
+FULL = {
+    "rounds": 10,
+    "steps": 50,
+    "eval_n": {"mnist": 100, "digits": 359},
+    "eval_k": 1000,
+    "eval_rounds": 5,
+    "memory_n": 1000,
+    "memory_k": 5000,
+    "quality_epochs": 30,
+    "quality_k": 1000,
+    "quality_seeds": [0, 1, 2],
+    "train_size": None,
+    "heldout_size": None,
+}
+SMOKE = {
+    "rounds": 3,
+    "steps": 3,
+    "eval_n": {"mnist": 4, "digits": 8},
+    "eval_k": 50,
+    "eval_rounds": 2,
+    "memory_n": 200,
+    "memory_k": 200,
+    "quality_epochs": 1,
+    "quality_k": 16,
+    "quality_seeds": [0, 1],
+    "train_size": 128,
+    "heldout_size": 16,
+}
 SECTIONS = ("train", "eval", "memory", "quality")
 
 
@@ -135,14 +157,14 @@ def random_binary(n, shape, seed):
 
 
 class OursStep:
-    """One ppl_vae training step as ppl_vae.fit runs it with elbo="trace": ``ppl_vae.infer.fit.TrainStep`` (Pyro's
+    """One ppl_vae training step as ppl_vae.fit runs it with elbo="trace": ``ppl_vae.infer.step.TrainStep`` (Pyro's
     Trace_ELBO on the VAE's model and guide, GuardedAdam; Pyro validation on the first step only)."""
 
     def __init__(self, vae, num_data):
-        for name in vae.param_store_names():          # as fit: this VAE's own tensors in the param store
+        for name in vae.param_store_names():  # as fit: this VAE's own tensors in the param store
             if name in pyro.get_param_store():
                 del pyro.get_param_store()[name]
-        self.step = TrainStep(vae, LR, "trace")    # the reference computes the Monte Carlo KL too
+        self.step = TrainStep(vae, LR, "trace")  # the reference computes the Monte Carlo KL too
         self.num_data = num_data
 
     def __call__(self, x):
@@ -205,7 +227,7 @@ class ElboTorchAdamStep:
 class Variant:
     name: str
     step: object
-    validate: bool | None = None   # set pyro validation to this before the block; None: leave as is
+    validate: bool | None = None  # set pyro validation to this before the block; None: leave as is
 
 
 def run_block(variant, batches, steps):
@@ -224,7 +246,7 @@ def interleaved(variants, batches, steps, rounds):
     for v in variants:
         run_block(v, batches, max(2, steps // 5))
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             times[v.name].append(run_block(v, batches, steps))
     return times
@@ -244,26 +266,41 @@ def ratio_stats(num, den):
 
 
 def bench_train(cfg, log):
-    fit_validation = is_validation_enabled()   # the global state; TrainStep validates only its first step
+    fit_validation = is_validation_enabled()  # the global state; TrainStep validates only its first step
     rows = []
     for arch, batch in TRAIN_CONFIGS:
         pyro.clear_param_store()
         vae, ref = build_pair(arch)
         vae_svi, _ = build_pair(arch, name="vae_svi")  # its own copy and param-store names, own Adam state
         batches = [random_binary(batch, arch.data_shape, seed) for seed in range(8)]
-        variants = [Variant("fit", OursStep(vae, arch.num_data), fit_validation),
-                    Variant("svi", PlainSVIStep(vae_svi, arch.num_data), fit_validation),
-                    Variant("ref", RefStep(ref, arch.num_data))]
+        variants = [
+            Variant("fit", OursStep(vae, arch.num_data), fit_validation),
+            Variant("svi", PlainSVIStep(vae_svi, arch.num_data), fit_validation),
+            Variant("ref", RefStep(ref, arch.num_data)),
+        ]
         times = interleaved(variants, batches, cfg["steps"], cfg["rounds"])
         pyro.enable_validation(fit_validation)
         ref_ms = statistics.median(times["ref"]) * 1e3
-        for key, label in (("fit", "as fit runs it (TrainStep)"),
-                           ("svi", f"plain SVI + pyro.optim.Adam (validation {'on' if fit_validation else 'off'})")):
+        for key, label in (
+            ("fit", "as fit runs it (TrainStep)"),
+            ("svi", f"plain SVI + pyro.optim.Adam (validation {'on' if fit_validation else 'off'})"),
+        ):
             st = ratio_stats(times[key], times["ref"])
-            rows.append({"arch": arch.label, "batch": batch, "variant": label, "key": key,
-                         "ours_ms": statistics.median(times[key]) * 1e3, "ref_ms": ref_ms, **st})
-            log(f"train {arch.label} b{batch} {label}: ours {rows[-1]['ours_ms']:.2f} ms, ref {ref_ms:.2f} ms, "
-                f"ratio {st['median']:.2f} [{st['q1']:.2f}, {st['q3']:.2f}]")
+            rows.append(
+                {
+                    "arch": arch.label,
+                    "batch": batch,
+                    "variant": label,
+                    "key": key,
+                    "ours_ms": statistics.median(times[key]) * 1e3,
+                    "ref_ms": ref_ms,
+                    **st,
+                }
+            )
+            log(
+                f"train {arch.label} b{batch} {label}: ours {rows[-1]['ours_ms']:.2f} ms, ref {ref_ms:.2f} ms, "
+                f"ratio {st['median']:.2f} [{st['q1']:.2f}, {st['q3']:.2f}]"
+            )
     return {"rows": rows, "fit_validation": fit_validation}
 
 
@@ -288,20 +325,33 @@ def bench_eval(cfg, log):
             values["ref"].append(reference_log_likelihood(ref, x, num_particles=k)["log_likelihood"])
 
         fns = [("ours", ours), ("ref", theirs)]
-        for _, fn in fns:      # warm-up
+        for _, fn in fns:  # warm-up
             fn()
         for r in range(cfg["eval_rounds"]):
-            for name, fn in (fns if r % 2 == 0 else fns[::-1]):
+            for name, fn in fns if r % 2 == 0 else fns[::-1]:
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
         st = ratio_stats(times["ours"], times["ref"])
         ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["ref"])
-        rows.append({"arch": arch.label, "n": n, "k": k, "ours_s": ours_s, "ref_s": ref_s,
-                     "ours_rate": n * k / ours_s, "ref_rate": n * k / ref_s,
-                     "ours_ll": statistics.fmean(values["ours"]), "ref_ll": statistics.fmean(values["ref"]), **st})
-        log(f"eval {arch.label} N={n} K={k}: ours {ours_s:.3f} s, ref {ref_s:.3f} s, ratio {st['median']:.2f} "
-            f"[{st['q1']:.2f}, {st['q3']:.2f}]")
+        rows.append(
+            {
+                "arch": arch.label,
+                "n": n,
+                "k": k,
+                "ours_s": ours_s,
+                "ref_s": ref_s,
+                "ours_rate": n * k / ours_s,
+                "ref_rate": n * k / ref_s,
+                "ours_ll": statistics.fmean(values["ours"]),
+                "ref_ll": statistics.fmean(values["ref"]),
+                **st,
+            }
+        )
+        log(
+            f"eval {arch.label} N={n} K={k}: ours {ours_s:.3f} s, ref {ref_s:.3f} s, ratio {st['median']:.2f} "
+            f"[{st['q1']:.2f}, {st['q3']:.2f}]"
+        )
     return {"rows": rows}
 
 
@@ -340,8 +390,13 @@ print(json.dumps({"base_mb": base, "peak_mb": rss(), "seconds": time.perf_counte
 
 
 def peak_memory(which, n, k, timeout=1800):
-    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, which, str(n), str(k)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, which, str(n), str(k)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory subprocess ({which}) failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -355,8 +410,10 @@ def bench_memory(cfg, log):
         n = cfg["memory_n"] if which == "ours" else min(cfg["memory_n"], REF_MEMORY_N)
         m = peak_memory(which, n, k)
         rows.append({"which": which, "n": n, "k": k, **m})
-        log(f"memory {which} N={n} K={k}: peak {m['peak_mb']:.0f} MB (baseline {m['base_mb']:.0f} MB), "
-            f"{m['seconds']:.1f} s")
+        log(
+            f"memory {which} N={n} K={k}: peak {m['peak_mb']:.0f} MB (baseline {m['base_mb']:.0f} MB), "
+            f"{m['seconds']:.1f} s"
+        )
     return {"rows": rows}
 
 
@@ -366,17 +423,31 @@ def bench_memory(cfg, log):
 def bench_quality(cfg, log):
     # same_init: the reference starts from a copy of ppl_vae's initial weights, so that at this short budget the
     # difference measures the training code, not the luck of two different inits (which is worth ~1 nat here).
-    args = SimpleNamespace(epochs=cfg["quality_epochs"], num_particles=cfg["quality_k"], same_init=True,
-                           seeds=cfg["quality_seeds"], train_size=cfg["train_size"], heldout_size=cfg["heldout_size"])
+    args = SimpleNamespace(
+        epochs=cfg["quality_epochs"],
+        num_particles=cfg["quality_k"],
+        same_init=True,
+        seeds=cfg["quality_seeds"],
+        train_size=cfg["train_size"],
+        heldout_size=cfg["heldout_size"],
+    )
     train, heldout = parity.load_data(args)
     results = []
     for seed in args.seeds:
         r = parity.run_seed(train, heldout, args, seed)
         results.append(r)
-        log(f"quality seed {seed}: ours {r['ours']['ll']:.3f}, ref {r['ref']['ll']:.3f}, "
-            f"diff {r['diff']['ll']:.3f} ± {r['diff']['mc_se']:.3f}")
-    return {"results": results, "summary": parity.summarize(results), "epochs": args.epochs,
-            "k": args.num_particles, "n_train": train.shape[0], "n_heldout": heldout.shape[0]}
+        log(
+            f"quality seed {seed}: ours {r['ours']['ll']:.3f}, ref {r['ref']['ll']:.3f}, "
+            f"diff {r['diff']['ll']:.3f} ± {r['diff']['mc_se']:.3f}"
+        )
+    return {
+        "results": results,
+        "summary": parity.summarize(results),
+        "epochs": args.epochs,
+        "k": args.num_particles,
+        "n_train": train.shape[0],
+        "n_heldout": heldout.shape[0],
+    }
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -393,127 +464,175 @@ def ratio_text(st):
 def render(args, argv, cfg, res, info, wall, load):
     cmd = "python -m benchmarks.run" + ("" if not argv else " " + shlex.join(argv))
     smoke = " (SMOKE RUN: numbers not meaningful)" if args.smoke else ""
-    out = [f"# Performance: ppl_vae vs the hand-written PyTorch VAE{smoke}", "",
-           f"Command (from the repository root): `{cmd}`  ",
-           f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; total wall time {wall:.0f} s; 1-minute load average "
-           f"{load[0]:.2f} at the start, {load[1]:.2f} at the end (above ~1 other processes competed for the cores).",
-           "", "## Machine", "",
-           f"- CPU: {info['cpu']}; `os.cpu_count()` = {info['cpu_count']}; torch threads = {info['torch_threads']} "
-           "(`torch.set_num_threads(1)`); no GPU; shared machine",
-           f"- {info['platform']}, Python {info['python']}",
-           f"- torch {info['torch']}, pyro-ppl {info['pyro']}, ppl_vae {info['ppl_vae']} (git {info['git']}; the "
-           "working tree may hold uncommitted changes)", ""]
+    out = [
+        f"# Performance: ppl_vae vs the hand-written PyTorch VAE{smoke}",
+        "",
+        f"Command (from the repository root): `{cmd}`  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; total wall time {wall:.0f} s; 1-minute load average "
+        f"{load[0]:.2f} at the start, {load[1]:.2f} at the end (above ~1 other processes competed for the cores).",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {info['cpu']}; `os.cpu_count()` = {info['cpu_count']}; torch threads = {info['torch_threads']} "
+        "(`torch.set_num_threads(1)`); no GPU; shared machine",
+        f"- {info['platform']}, Python {info['python']}",
+        f"- torch {info['torch']}, pyro-ppl {info['pyro']}, ppl_vae {info['ppl_vae']} (git {info['git']}; the "
+        "working tree may hold uncommitted changes)",
+        "",
+    ]
     machine_end = len(out)
     targets = []
     if "train" in res:
         t = res["train"]
-        out += ["## 1. Training step", "",
-                "ppl_vae: `SVI(vae.model, vae.guide, pyro.optim.Adam({'lr': 1e-3}), Trace_ELBO()).step(x, "
-                "num_data=N, beta=1.0)` on `ppl_vae.VAE(..., likelihood='bernoulli', prior='normal')` (the work of "
-                "one step of `ppl_vae.fit`). Reference: `ReferenceVAE.loss` + `zero_grad` + `backward` + "
-                "`torch.optim.Adam.step` + `loss.item()` (the work of one step of `train_reference`), with the "
-                "same layer widths and weights copied from ppl_vae's initial weights "
-                "(`DeepReferenceVAE` in benchmarks/run.py for several hidden layers). Random binary images; "
-                f"N = {MNIST.num_data} for 784-dim, {DIGITS.num_data} for the digits. "
-                f"{cfg['rounds']} rounds; each round runs a block of {cfg['steps']} steps of every variant "
-                "(ppl_vae as fit runs it, a plain Pyro SVI step, reference) in a rotating order, after one "
-                "discarded warm-up block each. ms/step = median over rounds; ratio = median over rounds of the "
-                "per-round ratio ours/reference, with its interquartile range (IQR).",
-                "",
-                f"`ppl_vae.fit` runs `ppl_vae.infer.fit.TrainStep`: Pyro's `Trace_ELBO` on the model and guide, one "
-                f"guarded `torch.optim.Adam`, Pyro validation on the first step only (it is "
-                f"**{'on' if t['fit_validation'] else 'off'}** globally in this process; pyro {pyro.__version__} "
-                "turns it on by default). 'plain SVI' is the textbook `SVI(...).step` with `pyro.optim.Adam` and "
-                "validation as set globally, for comparison.", "",
-                "| model | batch | ppl_vae variant | ppl_vae ms/step | reference ms/step | ratio ours/ref | "
-                "IQR of ratio | target | status |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## 1. Training step",
+            "",
+            "ppl_vae: `SVI(vae.model, vae.guide, pyro.optim.Adam({'lr': 1e-3}), Trace_ELBO()).step(x, "
+            "num_data=N, beta=1.0)` on `ppl_vae.VAE(..., likelihood='bernoulli', prior='normal')` (the work of "
+            "one step of `ppl_vae.fit`). Reference: `ReferenceVAE.loss` + `zero_grad` + `backward` + "
+            "`torch.optim.Adam.step` + `loss.item()` (the work of one step of `train_reference`), with the "
+            "same layer widths and weights copied from ppl_vae's initial weights "
+            "(`DeepReferenceVAE` in benchmarks/run.py for several hidden layers). Random binary images; "
+            f"N = {MNIST.num_data} for 784-dim, {DIGITS.num_data} for the digits. "
+            f"{cfg['rounds']} rounds; each round runs a block of {cfg['steps']} steps of every variant "
+            "(ppl_vae as fit runs it, a plain Pyro SVI step, reference) in a rotating order, after one "
+            "discarded warm-up block each. ms/step = median over rounds; ratio = median over rounds of the "
+            "per-round ratio ours/reference, with its interquartile range (IQR).",
+            "",
+            f"`ppl_vae.fit` runs `ppl_vae.infer.step.TrainStep`: Pyro's `Trace_ELBO` on the model and guide, one "
+            f"guarded `torch.optim.Adam`, Pyro validation on the first step only (it is "
+            f"**{'on' if t['fit_validation'] else 'off'}** globally in this process; pyro {pyro.__version__} "
+            "turns it on by default). 'plain SVI' is the textbook `SVI(...).step` with `pyro.optim.Adam` and "
+            "validation as set globally, for comparison.",
+            "",
+            "| model | batch | ppl_vae variant | ppl_vae ms/step | reference ms/step | ratio ours/ref | "
+            "IQR of ratio | target | status |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in t["rows"]:
             med, iqr = ratio_text(r)
             st = status(r["median"], TRAIN_TARGET)
-            out.append(f"| {r['arch']} | {r['batch']} | {r['variant']} | {r['ours_ms']:.2f} | {r['ref_ms']:.2f} | "
-                       f"{med} | {iqr} | ≤ {TRAIN_TARGET:.2f}× | {st} |")
+            out.append(
+                f"| {r['arch']} | {r['batch']} | {r['variant']} | {r['ours_ms']:.2f} | {r['ref_ms']:.2f} | "
+                f"{med} | {iqr} | ≤ {TRAIN_TARGET:.2f}× | {st} |"
+            )
             if r["key"] == "fit" and r["arch"] == MNIST.label:
-                targets.append((f"training step {r['arch']}, batch {r['batch']} (as fit runs it)", med,
-                                f"≤ {TRAIN_TARGET:.2f}×", st))
+                targets.append(
+                    (
+                        f"training step {r['arch']}, batch {r['batch']} (as fit runs it)",
+                        med,
+                        f"≤ {TRAIN_TARGET:.2f}×",
+                        st,
+                    )
+                )
         out.append("")
     if "eval" in res:
-        out += ["## 2. Evaluation (importance-sampled log p(x))", "",
-                f"`ppl_vae.evaluate(vae, x, num_particles=K)` (default chunking, `max_elements=2**25`) vs "
-                "`reference_log_likelihood(ref, x, num_particles=K)` (8 examples per chunk, all K draws at once), "
-                "same weights, random binary x. samples/s = N·K / seconds; seconds = median over "
-                f"{cfg['eval_rounds']} alternating rounds after a warm-up; ratio = median per-round time "
-                "ours/reference. The log p(x) columns are a correctness check (same weights, different draws).", "",
-                "| model | N | K | ppl_vae s | ppl_vae samples/s | reference s | reference samples/s | "
-                "ratio ours/ref | IQR of ratio | ppl_vae log p(x) | reference log p(x) | target | status |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## 2. Evaluation (importance-sampled log p(x))",
+            "",
+            f"`ppl_vae.evaluate(vae, x, num_particles=K)` (default chunking, `max_elements=2**22`) vs "
+            "`reference_log_likelihood(ref, x, num_particles=K)` (8 examples per chunk, all K draws at once), "
+            "same weights, random binary x. samples/s = N·K / seconds; seconds = median over "
+            f"{cfg['eval_rounds']} alternating rounds after a warm-up; ratio = median per-round time "
+            "ours/reference. The log p(x) columns are a correctness check (same weights, different draws).",
+            "",
+            "| model | N | K | ppl_vae s | ppl_vae samples/s | reference s | reference samples/s | "
+            "ratio ours/ref | IQR of ratio | ppl_vae log p(x) | reference log p(x) | target | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in res["eval"]["rows"]:
             med, iqr = ratio_text(r)
             st = status(r["median"], EVAL_TARGET)
-            out.append(f"| {r['arch']} | {r['n']} | {r['k']} | {r['ours_s']:.4g} | {r['ours_rate']:.0f} | "
-                       f"{r['ref_s']:.4g} | {r['ref_rate']:.0f} | {med} | {iqr} | {r['ours_ll']:.2f} | "
-                       f"{r['ref_ll']:.2f} | ≤ {EVAL_TARGET:.2f}× | {st} |")
+            out.append(
+                f"| {r['arch']} | {r['n']} | {r['k']} | {r['ours_s']:.4g} | {r['ours_rate']:.0f} | "
+                f"{r['ref_s']:.4g} | {r['ref_rate']:.0f} | {med} | {iqr} | {r['ours_ll']:.2f} | "
+                f"{r['ref_ll']:.2f} | ≤ {EVAL_TARGET:.2f}× | {st} |"
+            )
             if r["arch"] == MNIST.label:
                 targets.append((f"evaluation {r['arch']}, K = {r['k']}", med, f"≤ {EVAL_TARGET:.2f}×", st))
         out.append("")
     if "memory" in res:
         rows = res["memory"]["rows"]
-        out += ["## 3. Peak memory of evaluation", "",
-                "Each side in a fresh subprocess (`python -c ...`, one thread): build the 784-400-50 models, draw N "
-                "random binary 28x28 images, then evaluate with K draws per example (ppl_vae: `ppl_vae.evaluate` "
-                "with its default `max_elements`, Pyro validation at its default; reference: "
-                "`reference_log_likelihood`). Peak = the child's peak resident set size at the end (`VmHWM` of "
-                "/proc/self/status; `resource.getrusage(RUSAGE_SELF).ru_maxrss` survives exec on Linux, so in a "
-                "child of this benchmark process it would report the parent's peak). The whole process counts: "
-                "interpreter, torch, data, model; baseline = the same just before evaluating (mostly `import torch`). "
-                f"The target is stated at N = {MEMORY_TARGET_N}; "
-                + (f"this run measured ppl_vae at N = {cfg['memory_n']} to keep the run short (N = {MEMORY_TARGET_N} "
-                   "takes about half an hour of CPU: `--only memory --memory-n 10000`). ppl_vae's peak does not "
-                   "decrease with N (each pass holds the same max_elements-sized intermediates and the K x N tables "
-                   "grow with N), so a MISS here is a MISS at N = 10000; a PASS here is not yet a PASS there."
-                   if cfg["memory_n"] < MEMORY_TARGET_N else "measured at that N.")
-                + f" The reference is measured at N = min(N, {REF_MEMORY_N}): its memory is bounded by its "
-                "8-example chunks. benchmarks/PROFILE.md explains where ppl_vae's memory goes.", "",
-                "| implementation | N | K | baseline MB | peak MB | peak − baseline MB | seconds | target | status |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## 3. Peak memory of evaluation",
+            "",
+            "Each side in a fresh subprocess (`python -c ...`, one thread): build the 784-400-50 models, draw N "
+            "random binary 28x28 images, then evaluate with K draws per example (ppl_vae: `ppl_vae.evaluate` "
+            "with its default `max_elements`, Pyro validation at its default; reference: "
+            "`reference_log_likelihood`). Peak = the child's peak resident set size at the end (`VmHWM` of "
+            "/proc/self/status; `resource.getrusage(RUSAGE_SELF).ru_maxrss` survives exec on Linux, so in a "
+            "child of this benchmark process it would report the parent's peak). The whole process counts: "
+            "interpreter, torch, data, model; baseline = the same just before evaluating (mostly `import torch`). "
+            f"The target is stated at N = {MEMORY_TARGET_N}; "
+            + (
+                f"this run measured ppl_vae at N = {cfg['memory_n']} to keep the run short (N = {MEMORY_TARGET_N} "
+                "takes about half an hour of CPU: `--only memory --memory-n 10000`). ppl_vae's peak does not "
+                "decrease with N (each pass holds the same max_elements-sized intermediates and the K x N tables "
+                "grow with N), so a MISS here is a MISS at N = 10000; a PASS here is not yet a PASS there."
+                if cfg["memory_n"] < MEMORY_TARGET_N
+                else "measured at that N."
+            )
+            + f" The reference is measured at N = min(N, {REF_MEMORY_N}): its memory is bounded by its "
+            "8-example chunks. benchmarks/PROFILE.md explains where ppl_vae's memory goes.",
+            "",
+            "| implementation | N | K | baseline MB | peak MB | peak − baseline MB | seconds | target | status |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             st = status(r["peak_mb"], MEMORY_TARGET_MB) if r["which"] == "ours" else "—"
             target = f"≤ {MEMORY_TARGET_MB} MB" if r["which"] == "ours" else "—"
             name = "ppl_vae" if r["which"] == "ours" else "reference"
-            out.append(f"| {name} | {r['n']} | {r['k']} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | "
-                       f"{r['peak_mb'] - r['base_mb']:.0f} | {r['seconds']:.1f} | {target} | {st} |")
+            out.append(
+                f"| {name} | {r['n']} | {r['k']} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | "
+                f"{r['peak_mb'] - r['base_mb']:.0f} | {r['seconds']:.1f} | {target} | {st} |"
+            )
             if r["which"] == "ours":
-                targets.append((f"peak memory, evaluate K = {r['k']}, N = {r['n']}", f"{r['peak_mb']:.0f} MB",
-                                f"≤ {MEMORY_TARGET_MB} MB", st))
+                targets.append(
+                    (
+                        f"peak memory, evaluate K = {r['k']}, N = {r['n']}",
+                        f"{r['peak_mb']:.0f} MB",
+                        f"≤ {MEMORY_TARGET_MB} MB",
+                        st,
+                    )
+                )
         out.append("")
     if "quality" in res:
         q = res["quality"]
         s = q["summary"]
         d, dse = s["diff"]["ll"]
-        out += ["## 4. Quality parity (held-out log p(x) at equal epochs)", "",
-                f"`benchmarks.parity.run_seed`: digits at 28x28 ({q['n_train']} training / {q['n_heldout']} "
-                f"held-out images), 784-400-50, batch 128, Adam 1e-3, {q['epochs']} epoch(s) each, "
-                f"K = {q['k']}; ppl_vae trained by `ppl_vae.fit`, the reference by `train_reference`, the reference "
-                "starting from a copy of ppl_vae's initial weights (`--same-init` of benchmarks.parity). With "
-                "independent inits the reference was 0.7–1.4 nats ahead at 30 epochs in 3 of 3 seeds, while from "
-                "the same weights the two agree to about 0.1 nat: at this budget the gap follows the initial "
-                "weights, not the training code, and would hide the latter. A short budget: this checks that "
-                "the speed numbers compare models that learn the same, not the converged likelihood "
-                "(benchmarks/PARITY.md compares that, after 400 epochs); early in "
-                "training both models still gain several nats per epoch, so differences in the initial weights "
-                "weigh more than they do at convergence.", "",
-                "| seed | ppl_vae log p(x) | reference log p(x) | difference ± MC s.e. |", "|---|---|---|---|"]
+        out += [
+            "## 4. Quality parity (held-out log p(x) at equal epochs)",
+            "",
+            f"`benchmarks.parity.run_seed`: digits at 28x28 ({q['n_train']} training / {q['n_heldout']} "
+            f"held-out images), 784-400-50, batch 128, Adam 1e-3, {q['epochs']} epoch(s) each, "
+            f"K = {q['k']}; ppl_vae trained by `ppl_vae.fit`, the reference by `train_reference`, the reference "
+            "starting from a copy of ppl_vae's initial weights (`--same-init` of benchmarks.parity). With "
+            "independent inits the reference was 0.7–1.4 nats ahead at 30 epochs in 3 of 3 seeds, while from "
+            "the same weights the two agree to about 0.1 nat: at this budget the gap follows the initial "
+            "weights, not the training code, and would hide the latter. A short budget: this checks that "
+            "the speed numbers compare models that learn the same, not the converged likelihood "
+            "(benchmarks/PARITY.md compares that, after 400 epochs); early in "
+            "training both models still gain several nats per epoch, so differences in the initial weights "
+            "weigh more than they do at convergence.",
+            "",
+            "| seed | ppl_vae log p(x) | reference log p(x) | difference ± MC s.e. |",
+            "|---|---|---|---|",
+        ]
         for r in q["results"]:
-            out.append(f"| {r['seed']} | {r['ours']['ll']:.3f} | {r['ref']['ll']:.3f} | "
-                       f"{r['diff']['ll']:.3f} ± {r['diff']['mc_se']:.3f} |")
+            out.append(
+                f"| {r['seed']} | {r['ours']['ll']:.3f} | {r['ref']['ll']:.3f} | "
+                f"{r['diff']['ll']:.3f} ± {r['diff']['mc_se']:.3f} |"
+            )
         se_text = f"{dse:.3f}" if math.isfinite(dse) else "nan"
-        out += ["", f"Mean difference (ours − reference) over {len(q['results'])} seeds: "
-                f"**{d:.3f} ± {se_text} nats** (seed-to-seed s.e.). " + parity.verdict(s, len(q["results"])) + ".",
-                ""]
+        out += [
+            "",
+            f"Mean difference (ours − reference) over {len(q['results'])} seeds: "
+            f"**{d:.3f} ± {se_text} nats** (seed-to-seed s.e.). " + parity.verdict(s, len(q["results"])) + ".",
+            "",
+        ]
         within = abs(d) <= parity.GOAL_NATS
         name = f"quality after {q['epochs']} epoch(s): log p(x) ours − ref, mean over seeds (absolute value)"
-        targets.append((name,
-                        f"{d:.3f} ± {se_text} nats", f"≤ {parity.GOAL_NATS:g} nat", "PASS" if within else "MISS"))
+        targets.append((name, f"{d:.3f} ± {se_text} nats", f"≤ {parity.GOAL_NATS:g} nat", "PASS" if within else "MISS"))
     body = out[machine_end:]
     out = out[:machine_end]
     head = ["## Targets", "", "| target | measured | threshold | status |", "|---|---|---|---|"]
@@ -528,13 +647,24 @@ CATEGORIES = [  # (category, test on (file, function name)); the first match win
     ("autograd backward (C++ engine)", lambda f, n: "run_backward" in n or "torch/autograd" in f),
     ("optimizer: torch.optim.Adam math + pyro.optim wrappers", lambda f, n: "torch/optim" in f or "pyro/optim" in f),
     ("linear layers (matmul)", lambda f, n: "_C._nn.linear" in n or "addmm" in n),
-    ("distribution validation (support/constraint checks)",
-     lambda f, n: "constraints" in f or "validate" in n or "_check" in n or "_is_all_true" in n),
-    ("param store / pyro.module / pyro.param", lambda f, n: "pyro/params" in f or "pyro/nn" in f
-     or ("pyro/primitives.py" in f and n in ("module", "param", "get_param_store"))),
-    ("Pyro poutine messengers / tracing / ELBO bookkeeping",
-     lambda f, n: "pyro/poutine" in f or "pyro/infer" in f or "pyro/primitives" in f or "pyro/util" in f
-     or "pyro/ops" in f),
+    (
+        "distribution validation (support/constraint checks)",
+        lambda f, n: "constraints" in f or "validate" in n or "_check" in n or "_is_all_true" in n,
+    ),
+    (
+        "param store / pyro.module / pyro.param",
+        lambda f, n: (
+            "pyro/params" in f
+            or "pyro/nn" in f
+            or ("pyro/primitives.py" in f and n in ("module", "param", "get_param_store"))
+        ),
+    ),
+    (
+        "Pyro poutine messengers / tracing / ELBO bookkeeping",
+        lambda f, n: (
+            "pyro/poutine" in f or "pyro/infer" in f or "pyro/primitives" in f or "pyro/util" in f or "pyro/ops" in f
+        ),
+    ),
     ("distributions: construction, log_prob, rsample (Python)", lambda f, n: "distributions" in f),
     ("torch.nn module call overhead", lambda f, n: "torch/nn" in f),
     ("benchmark harness / reference model Python", lambda f, n: "/benchmarks/" in f),
@@ -586,31 +716,51 @@ def profile(steps, log):
     batches = [random_binary(batch, arch.data_shape, seed) for seed in range(8)]
     lines = []
     validation = is_validation_enabled()
-    for label, validate, kind in (("TrainStep, as fit runs it", True, OursStep),
-                                  ("plain SVI + pyro.optim.Adam, validation on", True, PlainSVIStep),
-                                  ("plain SVI + pyro.optim.Adam, validation off", False, PlainSVIStep)):
+    for label, validate, kind in (
+        ("TrainStep, as fit runs it", True, OursStep),
+        ("plain SVI + pyro.optim.Adam, validation on", True, PlainSVIStep),
+        ("plain SVI + pyro.optim.Adam, validation off", False, PlainSVIStep),
+    ):
         pyro.clear_param_store()
         vae, _ = build_pair(arch)
         pyro.enable_validation(validate)
         stats = profile_stats(kind(vae, arch.num_data), batches, steps)
         total = stats.total_tt
-        lines += [f"## ppl_vae step, {arch.label}, batch {batch}, {label}: {steps} steps, "
-                  f"{total / steps * 1e3:.2f} ms/step under cProfile", "",
-                  "Self time by category:", "", "| category | ms/step | share |", "|---|---|---|"]
+        lines += [
+            f"## ppl_vae step, {arch.label}, batch {batch}, {label}: {steps} steps, "
+            f"{total / steps * 1e3:.2f} ms/step under cProfile",
+            "",
+            "Self time by category:",
+            "",
+            "| category | ms/step | share |",
+            "|---|---|---|",
+        ]
         lines += [f"| {cat} | {t / steps * 1e3:.3f} | {t / total:.1%} |" for cat, t in self_time_by_category(stats)]
         for key, title in (("cum", "cumulative"), ("self", "self")):
-            lines += ["", f"Top functions by {title} time (ms/step):", "",
-                      "| self ms | cumulative ms | calls/step | function |", "|---|---|---|---|"]
-            lines += [f"| {tt / steps * 1e3:.3f} | {ct / steps * 1e3:.3f} | {nc / steps:.0f} | `{where}` |"
-                      for _, tt, ct, nc, where in top_functions(stats, key, 30)]
+            lines += [
+                "",
+                f"Top functions by {title} time (ms/step):",
+                "",
+                "| self ms | cumulative ms | calls/step | function |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {tt / steps * 1e3:.3f} | {ct / steps * 1e3:.3f} | {nc / steps:.0f} | `{where}` |"
+                for _, tt, ct, nc, where in top_functions(stats, key, 30)
+            ]
         lines.append("")
     pyro.enable_validation(validation)
     _, ref = build_pair(arch)
     stats = profile_stats(RefStep(ref, arch.num_data), batches, steps)
-    lines += [f"## Reference step, {arch.label}, batch {batch}: {stats.total_tt / steps * 1e3:.2f} ms/step under "
-              "cProfile", "", "| category | ms/step | share |", "|---|---|---|"]
-    lines += [f"| {cat} | {t / steps * 1e3:.3f} | {t / stats.total_tt:.1%} |"
-              for cat, t in self_time_by_category(stats)]
+    lines += [
+        f"## Reference step, {arch.label}, batch {batch}: {stats.total_tt / steps * 1e3:.2f} ms/step under cProfile",
+        "",
+        "| category | ms/step | share |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {cat} | {t / steps * 1e3:.3f} | {t / stats.total_tt:.1%} |" for cat, t in self_time_by_category(stats)
+    ]
     lines.append("")
 
     # ablations, timed without the profiler
@@ -623,23 +773,40 @@ def profile(steps, log):
     variants.append(Variant("TrainStep (as fit runs it)", OursStep(v1, arch.num_data), True))
     variants.append(Variant("plain SVI step, validation on", PlainSVIStep(fresh("a0")[0], arch.num_data), True))
     variants.append(Variant("plain SVI step, validation off", PlainSVIStep(fresh("a2")[0], arch.num_data), False))
-    variants.append(Variant("Trace_ELBO.loss_and_grads + torch.optim.Adam, validation off",
-                            ElboTorchAdamStep(fresh("a3")[0], arch.num_data), False))
-    variants.append(Variant("Trace_ELBO.loss_and_grads + torch.optim.Adam(foreach=True), validation off",
-                            ElboTorchAdamStep(fresh("a4")[0], arch.num_data, foreach=True), False))
+    variants.append(
+        Variant(
+            "Trace_ELBO.loss_and_grads + torch.optim.Adam, validation off",
+            ElboTorchAdamStep(fresh("a3")[0], arch.num_data),
+            False,
+        )
+    )
+    variants.append(
+        Variant(
+            "Trace_ELBO.loss_and_grads + torch.optim.Adam(foreach=True), validation off",
+            ElboTorchAdamStep(fresh("a4")[0], arch.num_data, foreach=True),
+            False,
+        )
+    )
     variants.append(Variant("reference (torch.optim.Adam default)", RefStep(ref, arch.num_data), None))
-    variants.append(Variant("reference, torch.optim.Adam(foreach=True)",
-                            RefStep(fresh("a6")[1], arch.num_data, foreach=True), None))
+    variants.append(
+        Variant("reference, torch.optim.Adam(foreach=True)", RefStep(fresh("a6")[1], arch.num_data, foreach=True), None)
+    )
     rounds, block = 6, 40
     times = interleaved(variants, batches, block, rounds)
     pyro.enable_validation(validation)
     ref_name = variants[4].name
-    lines += [f"## Ablation ({arch.label}, batch {batch}; no profiler; {rounds} interleaved rounds of {block} steps)",
-              "", "| step | ms/step (median) | ratio to reference (median [IQR]) |", "|---|---|---|"]
+    lines += [
+        f"## Ablation ({arch.label}, batch {batch}; no profiler; {rounds} interleaved rounds of {block} steps)",
+        "",
+        "| step | ms/step (median) | ratio to reference (median [IQR]) |",
+        "|---|---|---|",
+    ]
     for v in variants:
         st = ratio_stats(times[v.name], times[ref_name])
-        lines.append(f"| {v.name} | {statistics.median(times[v.name]) * 1e3:.2f} | "
-                     f"{st['median']:.2f} [{st['q1']:.2f}–{st['q3']:.2f}] |")
+        lines.append(
+            f"| {v.name} | {statistics.median(times[v.name]) * 1e3:.2f} | "
+            f"{st['median']:.2f} [{st['q1']:.2f}–{st['q3']:.2f}] |"
+        )
         log(f"ablation {v.name}: {statistics.median(times[v.name]) * 1e3:.2f} ms ({st['median']:.2f}x)")
     return "\n".join(lines) + "\n"
 
@@ -653,12 +820,18 @@ def parse_args(argv):
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "BENCHMARKS.md"), help="markdown report to write")
     p.add_argument("--rounds", type=int, help="interleaved rounds of training blocks (default 10; smoke 3)")
     p.add_argument("--steps", type=int, help="steps per training block (default 50; smoke 3)")
-    p.add_argument("--memory-n", type=int,
-                   help=f"examples for ppl_vae's memory measurement (default 1000; the target is stated at "
-                        f"{MEMORY_TARGET_N}, which takes about half an hour of CPU)")
+    p.add_argument(
+        "--memory-n",
+        type=int,
+        help=f"examples for ppl_vae's memory measurement (default 1000; the target is stated at "
+        f"{MEMORY_TARGET_N}, which takes about half an hour of CPU)",
+    )
     p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
-    p.add_argument("--profile", action="store_true",
-                   help="instead of the benchmark: cProfile one SVI step (784-400-50, batch 128) and print markdown")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the benchmark: cProfile one SVI step (784-400-50, batch 128) and print markdown",
+    )
     p.add_argument("--profile-steps", type=int, default=200, help="steps to profile (default 200)")
     args = p.parse_args(argv)
     cfg = dict(SMOKE if args.smoke else FULL)
@@ -673,7 +846,7 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, cfg = parse_args(argv)
-    torch.set_num_threads(1)   # small MLPs on a shared 2-core machine: one intra-op thread
+    torch.set_num_threads(1)  # small MLPs on a shared 2-core machine: one intra-op thread
 
     def log(msg):
         print(msg, flush=True)
@@ -684,8 +857,12 @@ def main(argv=None):
     wall0, load0 = time.perf_counter(), os.getloadavg()[0]
     sections = args.only or SECTIONS
     res = {}
-    for name, fn in (("train", bench_train), ("eval", bench_eval), ("memory", bench_memory),
-                     ("quality", bench_quality)):
+    for name, fn in (
+        ("train", bench_train),
+        ("eval", bench_eval),
+        ("memory", bench_memory),
+        ("quality", bench_quality),
+    ):
         if name in sections:
             start = time.perf_counter()
             res[name] = fn(cfg, log)

@@ -21,8 +21,12 @@ import pyro
 import torch
 
 #: (data shape, latent_dim, hidden_dims, batch size): the digits default up to a large MLP.
-SIZES = [((1, 8, 8), 8, [256, 128], 128), ((1, 28, 28), 50, [400], 128), ((1, 28, 28), 32, [512, 256], 256),
-         ((1, 64, 64), 32, [1024, 512], 128)]
+SIZES = [
+    ((1, 8, 8), 8, [256, 128], 128),
+    ((1, 28, 28), 50, [400], 128),
+    ((1, 28, 28), 32, [512, 256], 256),
+    ((1, 64, 64), 32, [1024, 512], 128),
+]
 SMOKE_SIZES = [((1, 8, 8), 2, [16], 32)]
 
 
@@ -46,7 +50,7 @@ def measure(sizes, thread_counts, rounds: int, steps: int) -> list[dict]:
         for _ in range(rounds):
             for threads in thread_counts:
                 torch.set_num_threads(threads)
-                for _ in range(2):                 # warm-up at this thread count
+                for _ in range(2):  # warm-up at this thread count
                     step(x, num_data=10 * batch)
                 start = time.perf_counter()
                 for _ in range(steps):
@@ -54,17 +58,27 @@ def measure(sizes, thread_counts, rounds: int, steps: int) -> list[dict]:
                 times[threads].append((time.perf_counter() - start) / steps)
         medians = {t: statistics.median(v) for t, v in times.items()}
         params = sum(p.numel() for p in vae.parameters())
-        rows.append({"model": f"{'x'.join(map(str, shape[1:]))}-{'-'.join(map(str, hidden))}-{latent_dim}",
-                     "batch": batch, "work": params * batch, "ms": {t: 1e3 * m for t, m in medians.items()},
-                     "ratio": {t: medians[t] / medians[thread_counts[0]] for t in thread_counts}})
+        rows.append(
+            {
+                "model": f"{'x'.join(map(str, shape[1:]))}-{'-'.join(map(str, hidden))}-{latent_dim}",
+                "batch": batch,
+                "work": params * batch,
+                "ms": {t: 1e3 * m for t, m in medians.items()},
+                "ratio": {t: medians[t] / medians[thread_counts[0]] for t in thread_counts},
+            }
+        )
     return rows
 
 
 def report(rows: list[dict], thread_counts, busy: int, rounds: int) -> str:
     head = " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in thread_counts)
-    lines = [f"# Threads per training step ({busy} spinning processes beside the benchmark; median of {rounds} "
-             f"interleaved rounds; {os.cpu_count()} CPUs; torch {torch.__version__})", "",
-             f"| model | batch | multiply-adds per step | {head} |", "|---|---|---|" + "---|" * len(thread_counts)]
+    lines = [
+        f"# Threads per training step ({busy} spinning processes beside the benchmark; median of {rounds} "
+        f"interleaved rounds; {os.cpu_count()} CPUs; torch {torch.__version__})",
+        "",
+        f"| model | batch | multiply-adds per step | {head} |",
+        "|---|---|---|" + "---|" * len(thread_counts),
+    ]
     for r in rows:
         cells = " | ".join(f"{r['ms'][t]:.2f} ms ({r['ratio'][t]:.2f}x)" for t in thread_counts)
         lines.append(f"| {r['model']} | {r['batch']} | {r['work']:.2g} | {cells} |")

@@ -16,15 +16,22 @@ from ppl_vae.guides.normal import DiagonalNormal
 
 #: Guide families by CLI name; each factory takes ``(data_shape, latent_dim, hidden_dims)``.
 GUIDES = {
-    "normal": DiagonalNormal.mlp,            # R^d: N(mu(x), diag sigma(x)^2)
-    "full-rank": FullRankNormal.mlp,         # R^d: N(mu(x), L(x) L(x)^T)
-    "iaf": InverseAutoregressiveFlow.mlp,    # R^d: diagonal Normal base + 2 IAF layers conditioned on x
-    "delta": PointMass.mlp,                  # R^d: point mass at f(x) (deterministic encoder)
+    "normal": DiagonalNormal.mlp,  # R^d: N(mu(x), diag sigma(x)^2)
+    "full-rank": FullRankNormal.mlp,  # R^d: N(mu(x), L(x) L(x)^T)
+    "iaf": InverseAutoregressiveFlow.mlp,  # R^d: diagonal Normal base + 2 IAF layers conditioned on x
+    "delta": PointMass.mlp,  # R^d: point mass at f(x) (deterministic encoder)
     "power-spherical": PowerSphericalGuide.mlp,  # sphere S^(d-1), d >= 2
-    "dirichlet": DirichletGuide.mlp,         # simplex, d >= 2
+    "dirichlet": DirichletGuide.mlp,  # simplex, d >= 2
 }
 
 __all__ = [
-    "GUIDES", "DiagonalNormal", "FullRankNormal", "InverseAutoregressiveFlow", "FlowPosterior",
-    "PointMass", "PowerSphericalGuide", "DirichletGuide", "MLPEncoder",
+    "GUIDES",
+    "DiagonalNormal",
+    "FullRankNormal",
+    "InverseAutoregressiveFlow",
+    "FlowPosterior",
+    "PointMass",
+    "PowerSphericalGuide",
+    "DirichletGuide",
+    "MLPEncoder",
 ]

@@ -42,8 +42,12 @@ class FlowPosterior(dist.TransformedDistribution):
     def _moment_draws(self) -> torch.Tensor:
         base = self.base_dist.base_dist  # Normal inside Independent
         generator = torch.Generator(device=base.loc.device).manual_seed(0)
-        eps = torch.randn((self.num_moment_samples,) + base.loc.shape, generator=generator,
-                          dtype=base.loc.dtype, device=base.loc.device)
+        eps = torch.randn(
+            (self.num_moment_samples,) + base.loc.shape,
+            generator=generator,
+            dtype=base.loc.dtype,
+            device=base.loc.device,
+        )
         z = base.loc + base.scale * eps
         for transform in self.transforms:
             z = transform(z)
@@ -79,8 +83,16 @@ class InverseAutoregressiveFlow(nn.Module):
 
     support = constraints.real_vector
 
-    def __init__(self, encoder: nn.Module, latent_dim: int, context_dim: int, *, num_flows: int = 2,
-                 flow_hidden_dims: Sequence[int] | None = None, identity_init: bool = True):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        latent_dim: int,
+        context_dim: int,
+        *,
+        num_flows: int = 2,
+        flow_hidden_dims: Sequence[int] | None = None,
+        identity_init: bool = True,
+    ):
         super().__init__()
         self.encoder = encoder
         self.latent_dim = int(latent_dim)
@@ -109,17 +121,31 @@ class InverseAutoregressiveFlow(nn.Module):
         return [max(16, 4 * latent_dim)]
 
     @classmethod
-    def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int], *, num_flows: int = 2,
-            context_dim: int | None = None, flow_hidden_dims: Sequence[int] | None = None,
-            identity_init: bool = True) -> InverseAutoregressiveFlow:
+    def mlp(
+        cls,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        *,
+        num_flows: int = 2,
+        context_dim: int | None = None,
+        flow_hidden_dims: Sequence[int] | None = None,
+        identity_init: bool = True,
+    ) -> InverseAutoregressiveFlow:
         """The default: an :class:`MLPEncoder` with ``2 * latent_dim + context_dim`` outputs;
         ``context_dim = max(8, 2 * latent_dim)`` and one hidden layer of ``max(16, 4 * latent_dim)`` units in
         each autoregressive network unless given."""
         if context_dim is None:
             context_dim = cls.default_context_dim(latent_dim)
         encoder = MLPEncoder(data_shape, hidden_dims, 2 * latent_dim + context_dim)
-        return cls(encoder, latent_dim, context_dim, num_flows=num_flows, flow_hidden_dims=flow_hidden_dims,
-                   identity_init=identity_init)
+        return cls(
+            encoder,
+            latent_dim,
+            context_dim,
+            num_flows=num_flows,
+            flow_hidden_dims=flow_hidden_dims,
+            identity_init=identity_init,
+        )
 
     def base_and_context(self, x: torch.Tensor) -> tuple[dist.Distribution, torch.Tensor]:
         """The base N(μ(x), diag σ(x)^2) (event shape ``(latent_dim,)``) and the context h(x) ``(N, context_dim)``."""

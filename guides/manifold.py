@@ -58,7 +58,8 @@ class DirichletGuide(nn.Module):
     """Amortized Dirichlet posterior on the probability simplex in ``R^latent_dim``.
 
     The encoder maps ``x (N, *data_shape)`` to ``latent_dim`` numbers, the concentrations
-    α = exp(clamp(encoder(x) + 2, -10, 10)) + ``min_concentration``. ``forward(x)`` returns ``Dirichlet(α)``: batch shape
+    α = exp(clamp(encoder(x) + 2, -10, 10)) + ``min_concentration``. ``forward(x)`` returns ``Dirichlet(α)``:
+    batch shape
     ``(N,)``, event shape ``(d,)``; torch's draws are reparameterized implicitly (gradients of the Gamma
     draws w.r.t. α through the CDF), so ``rsample`` carries gradients to the encoder. The floor keeps
     draws away from float underflow at tiny α. Needs ``latent_dim >= 2``; pair with a simplex prior

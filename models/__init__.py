@@ -19,7 +19,23 @@ from ppl_vae.models.priors import (
 )
 
 __all__ = [
-    "LIKELIHOODS", "PRIORS", "PRIOR_DESCRIPTIONS", "Bernoulli", "Gaussian", "MLPDecoder", "StandardNormal",
-    "LearnedNormal", "StandardLaplace", "StudentT", "MixtureOfGaussians", "VampPrior", "Hierarchical", "FlowPrior",
-    "support_name", "DirichletPrior", "HypersphericalUniform", "PowerSpherical", "SphereUniform",
+    "LIKELIHOODS",
+    "PRIORS",
+    "PRIOR_DESCRIPTIONS",
+    "Bernoulli",
+    "Gaussian",
+    "MLPDecoder",
+    "StandardNormal",
+    "LearnedNormal",
+    "StandardLaplace",
+    "StudentT",
+    "MixtureOfGaussians",
+    "VampPrior",
+    "Hierarchical",
+    "FlowPrior",
+    "support_name",
+    "DirichletPrior",
+    "HypersphericalUniform",
+    "PowerSpherical",
+    "SphereUniform",
 ]

@@ -76,23 +76,31 @@ def check_data_kind(x: torch.Tensor, kind: str, name: str) -> None:
     """Raise :class:`DataError` naming likelihood ``name`` unless ``x`` is data of ``kind``."""
     if kind == "binary":
         if not bool(((x == 0) | (x == 1)).all()):
-            raise DataError(f"the {name} likelihood needs binary data but the data has grey levels; "
-                            "binarize it (--binarize dynamic or threshold)")
+            raise DataError(
+                f"the {name} likelihood needs binary data but the data has grey levels; "
+                "binarize it (--binarize dynamic or threshold)"
+            )
     elif kind == "unit":
         if not bool(((x >= 0) & (x <= 1)).all()):  # False for NaN too
-            raise DataError(f"the {name} likelihood needs grey levels in [0, 1]; rescale the data to [0, 1] "
-                            "(divide 8-bit images by 255) and remove NaN values")
+            raise DataError(
+                f"the {name} likelihood needs grey levels in [0, 1]; rescale the data to [0, 1] "
+                "(divide 8-bit images by 255) and remove NaN values"
+            )
     elif kind == "8bit":
         if not bool(_on_grid(x).all()):
-            raise DataError(f"the {name} likelihood needs 8-bit grey levels k/255 in [0, 1]; quantize the data "
-                            "with torch.round(x * 255) / 255 (after any resizing)")
+            raise DataError(
+                f"the {name} likelihood needs 8-bit grey levels k/255 in [0, 1]; quantize the data "
+                "with torch.round(x * 255) / 255 (after any resizing)"
+            )
     elif kind == "real":
         if not bool(torch.isfinite(x).all()):
             raise DataError(f"the {name} likelihood needs finite data; remove NaN and inf values")
     elif kind == "count":
         if not bool(((x >= 0) & (x == x.round()) & torch.isfinite(x)).all()):
-            raise DataError(f"the {name} likelihood needs non-negative integer counts; pass the raw count table "
-                            "(no binarizing, rescaling or normalizing) without NaN values")
+            raise DataError(
+                f"the {name} likelihood needs non-negative integer counts; pass the raw count table "
+                "(no binarizing, rescaling or normalizing) without NaN values"
+            )
     else:
         raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(DATA_KINDS)}")
 
@@ -159,7 +167,6 @@ class ExactContinuousBernoulli(TorchDistribution):
     support = constraints.unit_interval
     has_rsample = True
 
-
     def __init__(self, logits: torch.Tensor, validate_args=None):
         self.logits = torch.as_tensor(logits)
         super().__init__(self.logits.shape, validate_args=validate_args)
@@ -194,7 +201,7 @@ class ExactContinuousBernoulli(TorchDistribution):
         a = torch.where(small, -torch.ones_like(lam), -lam.abs())
         low = torch.exp(a) / torch.expm1(a) - 1 / a  # mean at a <= 0, in [0, 1/2)
         exact = torch.where(lam > 0, 1 - low, low)
-        series = 0.5 + lam / 12 - lam ** 3 / 720 + lam ** 5 / 30240
+        series = 0.5 + lam / 12 - lam**3 / 720 + lam**5 / 30240
         return torch.where(small, series, exact)
 
     def rsample(self, sample_shape=torch.Size()):
@@ -232,8 +239,15 @@ class DiscretizedLogisticDistribution(TorchDistribution):
     arg_constraints = {"loc": constraints.real, "log_scale": constraints.real}
     has_enumerate_support = True
 
-    def __init__(self, loc, log_scale, num_bins: int = 256, min_log_scale: float = -10.0,
-                 max_log_scale: float = 10.0, validate_args=None):
+    def __init__(
+        self,
+        loc,
+        log_scale,
+        num_bins: int = 256,
+        min_log_scale: float = -10.0,
+        max_log_scale: float = 10.0,
+        validate_args=None,
+    ):
         self.loc, self.log_scale = broadcast_all(loc, log_scale)
         self.num_bins = int(num_bins)
         self.min_log_scale, self.max_log_scale = float(min_log_scale), float(max_log_scale)
@@ -265,8 +279,8 @@ class DiscretizedLogisticDistribution(TorchDistribution):
         half = 0.5 / last
         upper = (k / last + half - loc) * inv_scale
         lower = (k / last - half - loc) * inv_scale
-        log_cdf_upper = F.logsigmoid(upper)    # log F(c_k + h)
-        log_sf_lower = F.logsigmoid(-lower)    # log (1 - F(c_k - h))
+        log_cdf_upper = F.logsigmoid(upper)  # log F(c_k + h)
+        log_sf_lower = F.logsigmoid(-lower)  # log (1 - F(c_k - h))
         log_middle = log_cdf_upper + log_sf_lower + _log1mexp(2 * half * inv_scale)
         return torch.where(k == 0, log_cdf_upper, torch.where(k == last, log_sf_lower, log_middle))
 
@@ -595,8 +609,10 @@ class Beta(_Likelihood):
         # The model's support is [-margin, 1 + margin] (so its own draws pass); the data should be in [0, 1].
         m = self.margin
         if not bool(((x >= -m) & (x <= 1 + m)).all()):  # False for NaN too
-            raise DataError(f"the {self.name} likelihood needs grey levels in [0, 1]; rescale the data to [0, 1] "
-                            "(divide 8-bit images by 255) and remove NaN values")
+            raise DataError(
+                f"the {self.name} likelihood needs grey levels in [0, 1]; rescale the data to [0, 1] "
+                "(divide 8-bit images by 255) and remove NaN values"
+            )
 
 
 class DiscretizedLogistic(_Likelihood):
@@ -713,6 +729,16 @@ class NegativeBinomial(_Likelihood):
 #: Likelihoods by CLI name; each factory takes ``data_shape`` and returns a module.
 LIKELIHOODS = {
     cls.name: cls
-    for cls in (Bernoulli, ContinuousBernoulli, Gaussian, GaussianPerFeature, Beta, Laplace,
-                DiscretizedLogistic, Categorical256, Poisson, NegativeBinomial)
+    for cls in (
+        Bernoulli,
+        ContinuousBernoulli,
+        Gaussian,
+        GaussianPerFeature,
+        Beta,
+        Laplace,
+        DiscretizedLogistic,
+        Categorical256,
+        Poisson,
+        NegativeBinomial,
+    )
 }

@@ -125,7 +125,7 @@ class PowerSpherical(TorchDistribution):
         radius = 2.0 * (s * (1.0 - s)).clamp_min(torch.finfo(s.dtype).tiny).sqrt()
         v = torch.randn(sample_shape + self.batch_shape + (self.dim - 1,), dtype=self.loc.dtype, device=self.loc.device)
         v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-        y = torch.cat([t.unsqueeze(-1), radius.unsqueeze(-1) * v], dim=-1)     # a draw for loc = e1
+        y = torch.cat([t.unsqueeze(-1), radius.unsqueeze(-1) * v], dim=-1)  # a draw for loc = e1
         return _householder(y, self.loc)
 
     def log_normalizer(self) -> torch.Tensor:

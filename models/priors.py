@@ -22,8 +22,8 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from torch import nn
 from pyro.distributions import constraints
+from torch import nn
 from torch.nn.functional import softplus
 
 
@@ -95,7 +95,7 @@ class MixtureOfGaussians(nn.Module):
         self.log_scales = nn.Parameter(torch.zeros(num_components, latent_dim))
 
     def forward(self) -> dist.Distribution:
-        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)   # batch (K,), event (d,)
+        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)  # batch (K,), event (d,)
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
 
 
@@ -111,7 +111,7 @@ class VampPrior(nn.Module):
         super().__init__()
         if guide is None:
             raise ValueError("the VampPrior needs the guide (the encoder) to be passed in")
-        self._guide = [guide]          # a list hides it from nn.Module registration
+        self._guide = [guide]  # a list hides it from nn.Module registration
         self.latent_dim = latent_dim
         self.pseudo_logits = nn.Parameter(0.1 * torch.randn(num_components, *data_shape))
 
@@ -120,7 +120,7 @@ class VampPrior(nn.Module):
         return torch.sigmoid(self.pseudo_logits)
 
     def forward(self) -> dist.Distribution:
-        components = self._guide[0](self.pseudo_inputs)                           # batch (K,), event (d,)
+        components = self._guide[0](self.pseudo_inputs)  # batch (K,), event (d,)
         mixing = dist.Categorical(logits=torch.zeros(components.batch_shape[-1], device=self.pseudo_logits.device))
         return dist.MixtureSameFamily(mixing, components)
 
@@ -150,7 +150,7 @@ class Hierarchical(nn.Module):
         return dist.LogNormal(0 * self.ones, self.ones).to_event(1)
 
     def forward(self) -> dist.Distribution:
-        tau = pyro.sample("tau", self.hyperprior_distribution())     # global: outside the data plate
+        tau = pyro.sample("tau", self.hyperprior_distribution())  # global: outside the data plate
         return dist.Normal(torch.zeros_like(tau), tau).to_event(1)
 
     def global_guide(self) -> torch.Tensor:
@@ -167,7 +167,9 @@ class FlowPrior(nn.Module):
             raise ValueError("the flow prior needs latent_dim >= 2 (coupling layers split z in two)")
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
-        self.layers = nn.ModuleList(T.affine_coupling(latent_dim, hidden_dims=[hidden, hidden]) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            T.affine_coupling(latent_dim, hidden_dims=[hidden, hidden]) for _ in range(num_layers)
+        )
         self.register_buffer("permutation", torch.arange(latent_dim - 1, -1, -1))
 
     def forward(self) -> dist.Distribution:
@@ -181,7 +183,7 @@ class FlowPrior(nn.Module):
 
 def _manifold(name):
     def build(latent_dim, **_):
-        from ppl_vae.models import manifold     # a sibling module, imported when a manifold prior is built
+        from ppl_vae.models import manifold  # a sibling module, imported when a manifold prior is built
 
         return getattr(manifold, name)(latent_dim)
 
@@ -220,7 +222,7 @@ PRIOR_DESCRIPTIONS = {
 def support_name(support) -> str:
     """The space a latent lives in: ``"real"``, ``"positive"``, ``"unit_interval"``, ``"sphere"``,
     ``"simplex"``, or the constraint's class name for anything else."""
-    while hasattr(support, "base_constraint"):        # independent(...), mixtures of one family
+    while hasattr(support, "base_constraint"):  # independent(...), mixtures of one family
         support = support.base_constraint
     if support is constraints.real:
         return "real"

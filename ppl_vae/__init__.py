@@ -42,7 +42,7 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'ppl_vae' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
-    globals()[name] = value          # later lookups skip this function
+    globals()[name] = value  # later lookups skip this function
     return value
 
 

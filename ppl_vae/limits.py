@@ -19,9 +19,9 @@ import re
 from ppl_vae.errors import ConfigError, PplVaeError
 
 ENV_VAR = "PPL_VAE_MAX_MEMORY"
-_FRACTION_OF_RAM = 4                  # the default budget is physical memory / 4
-_FALLBACK_BYTES = 2 * 1024 ** 3       # when the machine does not say how much memory it has
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+_FRACTION_OF_RAM = 4  # the default budget is physical memory / 4
+_FALLBACK_BYTES = 2 * 1024**3  # when the machine does not say how much memory it has
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def parse_size(text: str, what: str = ENV_VAR) -> int:
@@ -54,7 +54,7 @@ def format_bytes(n: float) -> str:
         if abs(n) < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} PiB"   # pragma: no cover - loop always returns
+    return f"{n:.1f} PiB"  # pragma: no cover - loop always returns
 
 
 def check_bytes(nbytes: int | float, what: str, *, error: type[PplVaeError] = ConfigError) -> None:
@@ -64,13 +64,16 @@ def check_bytes(nbytes: int | float, what: str, *, error: type[PplVaeError] = Co
     """
     limit = memory_limit()
     if nbytes > limit:
-        raise error(f"{what} would need {format_bytes(nbytes)}, more than the limit of {format_bytes(limit)} "
-                    f"(a quarter of this machine's memory); raise it with --max-memory or {ENV_VAR}=SIZE if "
-                    "this is intended")
+        raise error(
+            f"{what} would need {format_bytes(nbytes)}, more than the limit of {format_bytes(limit)} "
+            f"(a quarter of this machine's memory); raise it with --max-memory or {ENV_VAR}=SIZE if "
+            "this is intended"
+        )
 
 
-def check_elements(count: int | float, what: str, *, bytes_per_element: int = 4,
-                   error: type[PplVaeError] = ConfigError) -> None:
+def check_elements(
+    count: int | float, what: str, *, bytes_per_element: int = 4, error: type[PplVaeError] = ConfigError
+) -> None:
     """:func:`check_bytes` for ``count`` elements of ``bytes_per_element`` bytes (float32 by default)."""
     check_bytes(count * bytes_per_element, what, error=error)
 
@@ -89,5 +92,7 @@ def check_disk(folder, nbytes: int | float, what: str, *, error: type[PplVaeErro
     except OSError:
         return
     if nbytes > free:
-        raise error(f"{what} needs about {format_bytes(nbytes)} of disk but {path} has {format_bytes(free)} free; "
-                    "free disk space or write elsewhere (--out)")
+        raise error(
+            f"{what} needs about {format_bytes(nbytes)} of disk but {path} has {format_bytes(free)} free; "
+            "free disk space or write elsewhere (--out)"
+        )

@@ -32,7 +32,7 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    tolist = getattr(value, "tolist", None)           # torch tensors, numpy arrays and scalars
+    tolist = getattr(value, "tolist", None)  # torch tensors, numpy arrays and scalars
     if callable(tolist):
         return tolist()
     if isinstance(value, float) and math.isnan(value):
@@ -45,8 +45,9 @@ class Result:
 
     def to_dict(self) -> dict:
         """Every field as plain data (see :func:`plain`), but those marked :data:`NOT_IN_DICT`."""
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.metadata.get("in_dict", True)}
+        return {
+            f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("in_dict", True)
+        }
 
     # -- read-only mapping access, for code written against the earlier dict results --------------
 

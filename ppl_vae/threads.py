@@ -59,8 +59,10 @@ def adapt(work: float) -> int:
         idle = idle_cores()
         if idle > 1:
             count = min(idle, int(work // WORK_PER_THREAD) + 1)
-            _state.update(threads=count, reason=f"auto: {count} threads for {work:.2g} multiply-adds per step "
-                                                f"with {idle} idle cores")
+            _state.update(
+                threads=count,
+                reason=f"auto: {count} threads for {work:.2g} multiply-adds per step with {idle} idle cores",
+            )
             torch.set_num_threads(count)
         else:
             _state["reason"] = f"auto: one thread ({work:.2g} multiply-adds per step, but no idle core)"

@@ -36,7 +36,7 @@ def _build(kind: str, registry: dict, spec, *args, **kwargs):
             raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
         try:
             return registry[spec](*args, **kwargs)
-        except ValueError as error:                # e.g. a sphere latent needs latent_dim >= 2
+        except ValueError as error:  # e.g. a sphere latent needs latent_dim >= 2
             raise ConfigError(f"{kind} {spec!r}: {error}") from None
     return spec
 
@@ -109,7 +109,9 @@ class VAE(nn.Module):
         self.name = name
         self.likelihood = _build("likelihood", LIKELIHOODS, likelihood, self.data_shape)
         out_features = self.likelihood.params_per_feature * math.prod(self.data_shape)
-        self.decoder = decoder if decoder is not None else MLPDecoder(self.latent_dim, self.hidden_dims[::-1], out_features)
+        self.decoder = (
+            decoder if decoder is not None else MLPDecoder(self.latent_dim, self.hidden_dims[::-1], out_features)
+        )
         if guide == "auto":
             guide = default_guide(prior)
         self.encoder = _build("guide", GUIDES, guide, self.data_shape, self.latent_dim, self.hidden_dims)
@@ -128,8 +130,14 @@ class VAE(nn.Module):
 
     # -- the two Pyro programs -------------------------------------------------------------------
 
-    def model(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None,
-              beta: float = 1.0):
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        num_samples: int | None = None,
+        num_data: int | None = None,
+        beta: float = 1.0,
+    ):
         """p(z) p(x | z). Scores ``x (N, *data_shape)``, or generates ``num_samples`` examples.
 
         ``beta`` scales the log-density of ``"z"`` here and in the guide, hence the KL part of the ELBO
@@ -141,14 +149,20 @@ class VAE(nn.Module):
         self._register("prior", self.prior)
         self._register("likelihood", self.likelihood)
         batch = self._batch_size(x, num_samples)
-        prior = self.prior_distribution()       # may draw global latents (outside the plate)
+        prior = self.prior_distribution()  # may draw global latents (outside the plate)
         with self._data_plate(batch, num_data, x):
             with _kl_weight(beta):
                 z = pyro.sample("z", prior)
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
-    def guide(self, x: torch.Tensor | None = None, *, num_samples: int | None = None, num_data: int | None = None,
-              beta: float = 1.0):
+    def guide(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        num_samples: int | None = None,
+        num_data: int | None = None,
+        beta: float = 1.0,
+    ):
         """q(z | x), amortized: one encoder pass for the whole batch ``x (N, *data_shape)``.
 
         Takes the same arguments as :meth:`model` so that both run under one SVI call; it needs ``x``.
@@ -205,7 +219,7 @@ class VAE(nn.Module):
         a draw of x.
         """
         with poutine.block():
-            if self.has_global_latents:       # generate with the globals drawn from their posterior
+            if self.has_global_latents:  # generate with the globals drawn from their posterior
                 globals_trace = poutine.trace(self.prior.global_guide).get_trace()
                 prior = poutine.replay(self.prior_distribution, trace=globals_trace)()
             else:
@@ -228,7 +242,11 @@ class VAE(nn.Module):
     _pyro_registration = True
 
     def _register(self, part: str, module) -> None:
-        if self._pyro_registration and isinstance(module, nn.Module) and any(p.requires_grad for p in module.parameters()):
+        if (
+            self._pyro_registration
+            and isinstance(module, nn.Module)
+            and any(p.requires_grad for p in module.parameters())
+        ):
             pyro.module(f"{self.name}.{part}", module)
 
     def named_trainable_parameters(self) -> list[tuple[str, torch.Tensor]]:

@@ -23,17 +23,17 @@ from ppl_vae.errors import ConfigError
 
 #: Seeds go to Python's ``random``, NumPy's legacy ``np.random.seed`` (which accepts < 2**32) and
 #: torch generators, some offset by small constants; 2**31 - 1 leaves room for the offsets.
-MAX_SEED = 2 ** 31 - 1
+MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class Bound:
     """An integer or real field's accepted range (``low``/``high`` inclusive unless ``open_low``)."""
 
-    kind: type                 # int or float
+    kind: type  # int or float
     low: float | None = None
     high: float | None = None
-    open_low: bool = False     # exclusive lower bound (e.g. a learning rate > 0)
+    open_low: bool = False  # exclusive lower bound (e.g. a learning rate > 0)
 
     def describe(self) -> str:
         kind = "an integer" if self.kind is int else "a number"
@@ -52,7 +52,7 @@ def _show(value: float) -> str:
 #: Every bounded number, by field name (config fields and CLI flags share names with ``_`` for ``-``).
 BOUNDS: dict[str, Bound] = {
     "latent_dim": Bound(int, 1, 4096),
-    "hidden_dim": Bound(int, 1, 65536),           # one entry of hidden_dims
+    "hidden_dim": Bound(int, 1, 65536),  # one entry of hidden_dims
     "epochs": Bound(int, 1, 1_000_000),
     "batch_size": Bound(int, 1, 1_048_576),
     "lr": Bound(float, 0, 10, open_low=True),
@@ -135,10 +135,10 @@ def arg(name: str, bound: Bound | None = None):
         try:
             value = _parse_number(text, bound.kind)
             return check_number(value, flag, bound)
-        except (ValueError, ConfigError):          # argparse prefixes "argument --flag: "
+        except (ValueError, ConfigError):  # argparse prefixes "argument --flag: "
             raise argparse.ArgumentTypeError(f"must be {bound.describe()}, got {text!r}") from None
 
-    parse.__name__ = bound.kind.__name__          # argparse names the type in some messages
+    parse.__name__ = bound.kind.__name__  # argparse names the type in some messages
     return parse
 
 

@@ -26,8 +26,10 @@ def assert_within_se(estimate, reference, se, *, z: float = 4.0, what: str = "",
         ok = ok.all()
     label = f"{what}: " if what else ""
     extra = f" + {slack}" if slack else ""
-    assert bool(ok), (f"{label}estimate {estimate} vs reference {reference}: |difference| {diff} is not below "
-                      f"{z} x se {se}{extra} = {bound}")
+    assert bool(ok), (
+        f"{label}estimate {estimate} vs reference {reference}: |difference| {diff} is not below "
+        f"{z} x se {se}{extra} = {bound}"
+    )
 
 
 def seeded_vae(data_shape, *, seed: int = 0, **kwargs):

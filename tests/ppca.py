@@ -20,8 +20,8 @@ from ppl_vae.models import Gaussian
 @dataclass
 class PPCA:
     vae: VAE
-    W: torch.Tensor      # (D, d)
-    b: torch.Tensor      # (D,)
+    W: torch.Tensor  # (D, d)
+    b: torch.Tensor  # (D,)
     sigma: float
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ class PPCA:
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact posterior mean ``(N, d)`` and standard deviation ``(d,)``."""
-        m_diag = (self.W**2).sum(0) + self.sigma**2       # M = W^T W + sigma^2 I is diagonal
+        m_diag = (self.W**2).sum(0) + self.sigma**2  # M = W^T W + sigma^2 I is diagonal
         loc = (x - self.b) @ self.W / m_diag
         scale = (self.sigma**2 / m_diag).sqrt()
         return loc, scale
@@ -40,7 +40,7 @@ class PPCA:
     def set_guide(self, loc_shift: float = 0.0, scale_factor: float = 1.0) -> None:
         """Make the linear encoder output the exact posterior (optionally shifted / widened)."""
         m_diag = (self.W**2).sum(0) + self.sigma**2
-        A = self.W.T / m_diag[:, None]                      # (d, D): loc = A (x - b)
+        A = self.W.T / m_diag[:, None]  # (d, D): loc = A (x - b)
         _, scale = self.posterior(self.b[None])
         layer = self.vae.encoder.encoder.net[0]
         d = self.W.shape[1]
@@ -61,7 +61,7 @@ class PPCA:
 def make_ppca(D: int = 6, d: int = 2, sigma: float = 0.5, seed: int = 0) -> PPCA:
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
-    W = Q[:, :d] * torch.tensor([2.0, 1.0, 0.7, 0.5][:d], dtype=torch.float64)   # orthogonal columns
+    W = Q[:, :d] * torch.tensor([2.0, 1.0, 0.7, 0.5][:d], dtype=torch.float64)  # orthogonal columns
     b = torch.randn(D, generator=g, dtype=torch.float64)
     vae = VAE((D,), d, hidden_dims=(), likelihood=Gaussian((D,), scale=sigma, learn_scale=False)).double()
     with torch.no_grad():

@@ -23,17 +23,24 @@ from nbclient.exceptions import CellExecutionError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # Register each notebook here; test_every_notebook_is_registered fails when one is missing.
-NOTEBOOKS = ["01_vae_as_a_pyro_program.ipynb", "02_swapping_priors.ipynb", "03_autoencoder_vs_vae.ipynb",
-             "04_reparameterization_trick.ipynb", "05_posterior_diagnostics.ipynb"]
+NOTEBOOKS = [
+    "01_vae_as_a_pyro_program.ipynb",
+    "02_swapping_priors.ipynb",
+    "03_autoencoder_vs_vae.ipynb",
+    "04_reparameterization_trick.ipynb",
+    "05_posterior_diagnostics.ipynb",
+]
 
 KERNEL_NAME = "ppl-vae-tests"
-CELL_TIMEOUT = 300          # seconds per cell; the slowest smoke-mode cell takes a few seconds
+CELL_TIMEOUT = 300  # seconds per cell; the slowest smoke-mode cell takes a few seconds
 KERNEL_ENV = {"PPL_VAE_SMOKE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # Appended (in memory only) to every notebook: proves which interpreter, directory and settings ran it.
-PROBE = ("import json as _j, os as _o, sys as _s\n"
-         "print(_j.dumps({'executable': _s.executable, 'prefix': _s.prefix, 'cwd': _o.getcwd(),\n"
-         "                'env': {k: _o.environ.get(k) for k in %r}}))" % sorted(KERNEL_ENV))
+PROBE = (
+    "import json as _j, os as _o, sys as _s\n"
+    "print(_j.dumps({'executable': _s.executable, 'prefix': _s.prefix, 'cwd': _o.getcwd(),\n"
+    "                'env': {k: _o.environ.get(k) for k in %r}}))" % sorted(KERNEL_ENV)
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -54,13 +61,17 @@ def jupyter_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("jupyter")
     spec_dir = root / "data" / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "ppl_vae tests (venv)",
-        "language": "python",
-        # Merged into the test process's environment by jupyter_client when it launches the kernel.
-        "env": {**KERNEL_ENV, "IPYTHONDIR": str(root / "ipython")},
-    }))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "ppl_vae tests (venv)",
+                "language": "python",
+                # Merged into the test process's environment by jupyter_client when it launches the kernel.
+                "env": {**KERNEL_ENV, "IPYTHONDIR": str(root / "ipython")},
+            }
+        )
+    )
     (root / "runtime").mkdir()
     return root
 
@@ -72,7 +83,6 @@ def _error_text(cell, exc):
     return _ANSI.sub("", text or f"{type(exc).__name__}: {exc}")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_in_smoke_mode(name, jupyter_root, monkeypatch, tmp_path):
     # Only this process (and the kernel it starts) sees these: the kernel spec and the connection files.
@@ -82,29 +92,37 @@ def test_notebook_runs_in_smoke_mode(name, jupyter_root, monkeypatch, tmp_path):
     workdir.mkdir()
     before = sorted(p.name for p in NOTEBOOK_DIR.iterdir())
 
-    with warnings.catch_warnings():       # older notebooks have no cell ids; nbformat would only warn
+    with warnings.catch_warnings():  # older notebooks have no cell ids; nbformat would only warn
         warnings.simplefilter("ignore", nbformat.validator.MissingIDFieldWarning)
         nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     n_cells = len(nb.cells)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     current = {}
     client = nbclient.NotebookClient(
-        nb, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT, allow_errors=False, shutdown_kernel="immediate",
-        resources={"metadata": {"path": str(workdir)}},   # the kernel's working directory
-        on_cell_start=lambda cell, cell_index: current.update(cell=cell, index=cell_index))
+        nb,
+        kernel_name=KERNEL_NAME,
+        timeout=CELL_TIMEOUT,
+        allow_errors=False,
+        shutdown_kernel="immediate",
+        resources={"metadata": {"path": str(workdir)}},  # the kernel's working directory
+        on_cell_start=lambda cell, cell_index: current.update(cell=cell, index=cell_index),
+    )
     failure = None
     try:
         client.execute()
-    except (CellExecutionError, TimeoutError, RuntimeError) as exc:   # RuntimeError covers DeadKernelError
+    except (CellExecutionError, TimeoutError, RuntimeError) as exc:  # RuntimeError covers DeadKernelError
         failure = exc
-    if failure is not None:          # reported outside the except block: no chained nbclient traceback
+    if failure is not None:  # reported outside the except block: no chained nbclient traceback
         cell, index = current.get("cell"), current.get("index")
         if cell is None:
-            pytest.fail(f"{name}: the kernel failed before any cell ran: {type(failure).__name__}: {failure}",
-                        pytrace=False)
+            pytest.fail(
+                f"{name}: the kernel failed before any cell ran: {type(failure).__name__}: {failure}", pytrace=False
+            )
         where = "the environment probe" if index >= n_cells else f"cell {index}"
-        pytest.fail(f"{name}: {where} failed\n---- source ----\n{cell.source}\n---- error ----\n"
-                    f"{_error_text(cell, failure)}", pytrace=False)
+        pytest.fail(
+            f"{name}: {where} failed\n---- source ----\n{cell.source}\n---- error ----\n{_error_text(cell, failure)}",
+            pytrace=False,
+        )
 
     # The probe: the venv's interpreter ran the notebook, in the temporary directory, in smoke mode.
     probe = json.loads("".join(o["text"] for o in nb.cells[-1].outputs if o.get("output_type") == "stream"))

@@ -17,9 +17,12 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_subpackages_import_and_generic_names_do_not(tmp_path):
-    done = _python("import ppl_vae.models, ppl_vae.guides; "
-                   "print(type(ppl_vae.models.PRIORS['normal'](2)).__name__, type(ppl_vae.guides.GUIDES['normal']((4,), 2, ())).__name__)",
-                   tmp_path)
+    done = _python(
+        "import ppl_vae.models, ppl_vae.guides; "
+        "print(type(ppl_vae.models.PRIORS['normal'](2)).__name__, "
+        "type(ppl_vae.guides.GUIDES['normal']((4,), 2, ())).__name__)",
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["StandardNormal", "DiagonalNormal"]
     for name in ("models", "guides"):
@@ -46,8 +49,9 @@ def test_wheel_contains_the_subpackages_under_ppl_vae(tmp_path):
     for name in ("ppl_vae", "models", "guides"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     code = "import setuptools.build_meta as b, sys; print(b.build_wheel(sys.argv[1]))"
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dist")], cwd=source, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "dist")], cwd=source, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     wheel = tmp_path / "dist" / done.stdout.strip().splitlines()[-1]
     names = zipfile.ZipFile(wheel).namelist()

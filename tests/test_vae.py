@@ -61,10 +61,18 @@ def test_predictive_gives_posterior_predictive_and_prior_predictive(vae, x):
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.trace.*:FutureWarning")
-@pytest.mark.parametrize("elbo", [Trace_ELBO(), TraceMeanField_ELBO(), TraceGraph_ELBO(), RenyiELBO(alpha=0.5),
-                                  Trace_ELBO(num_particles=3, vectorize_particles=True),
-                                  JitTrace_ELBO(ignore_jit_warnings=True)],
-                         ids=["trace", "meanfield", "tracegraph", "renyi", "vectorized", "jit"])
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        Trace_ELBO(),
+        TraceMeanField_ELBO(),
+        TraceGraph_ELBO(),
+        RenyiELBO(alpha=0.5),
+        Trace_ELBO(num_particles=3, vectorize_particles=True),
+        JitTrace_ELBO(ignore_jit_warnings=True),
+    ],
+    ids=["trace", "meanfield", "tracegraph", "renyi", "vectorized", "jit"],
+)
 def test_any_pyro_elbo_trains(vae, x, elbo):
     before = [p.detach().clone() for p in vae.parameters()]
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
@@ -100,7 +108,7 @@ def test_user_distribution_as_prior_trains_and_samples(x):
 
 
 def test_user_module_prior_with_learnable_parameters_trains(x):
-    class ScaledLaplace(torch.nn.Module):          # the README's example of a prior of one's own
+    class ScaledLaplace(torch.nn.Module):  # the README's example of a prior of one's own
         def __init__(self, latent_dim):
             super().__init__()
             self.log_scale = torch.nn.Parameter(torch.zeros(latent_dim))

@@ -66,9 +66,21 @@ PEERS: dict[str, dict[str, Any]] = {
 MARKER = "ppl_vae_peer.json"
 
 RESULT_KEYS = (
-    "system", "versions", "objective", "binarization", "log_px", "log_px_se", "elbo",
-    "train_seconds", "eval_seconds", "train_examples_per_s", "eval_samples_per_s",
-    "epochs", "seed", "k", "notes",
+    "system",
+    "versions",
+    "objective",
+    "binarization",
+    "log_px",
+    "log_px_se",
+    "elbo",
+    "train_seconds",
+    "eval_seconds",
+    "train_examples_per_s",
+    "eval_samples_per_s",
+    "epochs",
+    "seed",
+    "k",
+    "notes",
 )
 PER_EXAMPLE_KEYS = ("log_px", "log_px_se", "elbo")
 
@@ -158,39 +170,62 @@ def setup(name: str, *, force: bool = False, quiet: bool = False) -> Path:
         with open(log_path, "a") as log:
             log.write(f"$ {' '.join(map(str, cmd))}\n")
             log.flush()
-            proc = subprocess.run(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+            proc = subprocess.run(
+                list(map(str, cmd)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            )
             log.write(proc.stdout)
         if proc.returncode != 0:
             last = _tail(proc.stdout, 1) or "(no output)"
-            raise RuntimeError(f"peer {name!r}: {what} failed (exit {proc.returncode}): {last} "
-                               f"[full log: {log_path}]")
+            raise RuntimeError(f"peer {name!r}: {what} failed (exit {proc.returncode}): {last} [full log: {log_path}]")
         return proc.stdout
 
     log_path.write_text("")
     if env.exists():
         shutil.rmtree(env)
     step([sys.executable, "-m", "venv", env], f"creating venv {env}")
-    step([python, "-m", "pip", "install", "--no-input", *spec["requirements"]],
-         "pip install " + " ".join(spec["requirements"]))
-    probe = ("import importlib.metadata as m, json, importlib; "
-             f"mods = {list(spec['imports'])!r}; [importlib.import_module(x) for x in mods]; "
-             f"print(json.dumps({{x: m.version(x) for x in mods}}))")
+    step(
+        [python, "-m", "pip", "install", "--no-input", *spec["requirements"]],
+        "pip install " + " ".join(spec["requirements"]),
+    )
+    probe = (
+        "import importlib.metadata as m, json, importlib; "
+        f"mods = {list(spec['imports'])!r}; [importlib.import_module(x) for x in mods]; "
+        f"print(json.dumps({{x: m.version(x) for x in mods}}))"
+    )
     out = step([python, "-c", probe], "import check")
     versions = json.loads(out.strip().splitlines()[-1])
     seconds = time.perf_counter() - t0
-    marker = {"name": name, "requirements": list(spec["requirements"]), "versions": versions,
-              "python": sys.version.split()[0], "install_seconds": round(seconds, 1),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    marker = {
+        "name": name,
+        "requirements": list(spec["requirements"]),
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "install_seconds": round(seconds, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     (env / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     if not quiet:
         print(f"[{name}] ready in {seconds:.0f} s: {versions}", file=sys.stderr, flush=True)
     return python
 
 
-def build_args(data_npz: os.PathLike | str, out_json: os.PathLike | str, *, epochs: int, seed: int,
-               k: int, batch_size: int = 128, lr: float = 1e-3, latent: int = 50,
-               hidden: Sequence[int] = (400,), eval_batch: Optional[int] = None) -> list[str]:
+def build_args(
+    data_npz: os.PathLike | str,
+    out_json: os.PathLike | str,
+    *,
+    epochs: int,
+    seed: int,
+    k: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    latent: int = 50,
+    hidden: Sequence[int] = (400,),
+    eval_batch: Optional[int] = None,
+) -> list[str]:
     """The peer scripts' command-line arguments (the contract in the module docstring)."""
     hidden = [int(h) for h in hidden]
     if not hidden or min(hidden) < 1:
@@ -200,9 +235,24 @@ def build_args(data_npz: os.PathLike | str, out_json: os.PathLike | str, *, epoc
             raise ValueError(f"{key} must be >= 1, got {value}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    args = ["--data", str(data_npz), "--out", str(out_json), "--epochs", str(int(epochs)),
-            "--seed", str(int(seed)), "--k", str(int(k)), "--batch-size", str(int(batch_size)),
-            "--lr", repr(float(lr)), "--latent", str(int(latent))]
+    args = [
+        "--data",
+        str(data_npz),
+        "--out",
+        str(out_json),
+        "--epochs",
+        str(int(epochs)),
+        "--seed",
+        str(int(seed)),
+        "--k",
+        str(int(k)),
+        "--batch-size",
+        str(int(batch_size)),
+        "--lr",
+        repr(float(lr)),
+        "--latent",
+        str(int(latent)),
+    ]
     for h in hidden:
         args += ["--hidden", str(h)]
     if eval_batch is not None:
@@ -239,10 +289,22 @@ def peer_env(base: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
-def run_peer(name: str, data_npz: os.PathLike | str, out_json: os.PathLike | str, *, epochs: int,
-             seed: int, k: int, batch_size: int = 128, lr: float = 1e-3, latent: int = 50,
-             hidden: Sequence[int] = (400,), eval_batch: Optional[int] = None,
-             timeout: Optional[float] = None, python: Optional[os.PathLike | str] = None) -> dict[str, Any]:
+def run_peer(
+    name: str,
+    data_npz: os.PathLike | str,
+    out_json: os.PathLike | str,
+    *,
+    epochs: int,
+    seed: int,
+    k: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    latent: int = 50,
+    hidden: Sequence[int] = (400,),
+    eval_batch: Optional[int] = None,
+    timeout: Optional[float] = None,
+    python: Optional[os.PathLike | str] = None,
+) -> dict[str, Any]:
     """Train and evaluate a peer VAE in its own env; return its parsed JSON result.
 
     ``python`` overrides the interpreter (default: :func:`python_for`). Raises RuntimeError when the
@@ -260,13 +322,33 @@ def run_peer(name: str, data_npz: os.PathLike | str, out_json: os.PathLike | str
     out_json = Path(out_json).resolve()
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.unlink(missing_ok=True)
-    cmd = [str(python), str(spec["script"]), *build_args(
-        data_npz, out_json, epochs=epochs, seed=seed, k=k, batch_size=batch_size, lr=lr,
-        latent=latent, hidden=hidden, eval_batch=eval_batch)]
+    cmd = [
+        str(python),
+        str(spec["script"]),
+        *build_args(
+            data_npz,
+            out_json,
+            epochs=epochs,
+            seed=seed,
+            k=k,
+            batch_size=batch_size,
+            lr=lr,
+            latent=latent,
+            hidden=hidden,
+            eval_batch=eval_batch,
+        ),
+    ]
     log_path = out_json.with_name(out_json.name + ".log")
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=peer_env(), cwd=str(out_json.parent), timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=peer_env(),
+            cwd=str(out_json.parent),
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
         raise RuntimeError(f"peer {name!r} timed out after {timeout} s; last stderr:\n{_tail(err)}") from None
@@ -277,8 +359,9 @@ def run_peer(name: str, data_npz: os.PathLike | str, out_json: os.PathLike | str
         tail = _tail(proc.stderr) or _tail(proc.stdout) or "(no output)"
         raise RuntimeError(f"peer {name!r} failed (exit {proc.returncode}); last stderr:\n{tail}")
     if not out_json.exists():
-        raise RuntimeError(f"peer {name!r} exited 0 but wrote no result to {out_json}; "
-                           f"last stderr:\n{_tail(proc.stderr)}")
+        raise RuntimeError(
+            f"peer {name!r} exited 0 but wrote no result to {out_json}; last stderr:\n{_tail(proc.stderr)}"
+        )
     return parse_result(out_json)
 
 
@@ -288,9 +371,14 @@ def status() -> dict[str, dict[str, Any]]:
     for name in PEERS:
         python = python_for(name)
         marker = read_marker(name) or {}
-        report[name] = {"ready": python is not None, "python": str(python) if python else None,
-                        "versions": marker.get("versions"), "install_seconds": marker.get("install_seconds"),
-                        "env": str(env_dir(name)), "env_exists": env_dir(name).exists()}
+        report[name] = {
+            "ready": python is not None,
+            "python": str(python) if python else None,
+            "versions": marker.get("versions"),
+            "install_seconds": marker.get("install_seconds"),
+            "env": str(env_dir(name)),
+            "env_exists": env_dir(name).exists(),
+        }
     return report
 
 

@@ -70,8 +70,13 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--latent", type=int, default=50)
-    p.add_argument("--hidden", type=int, action="append", default=None,
-                   help="hidden width; repeat for several layers (default: one layer of 400)")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        action="append",
+        default=None,
+        help="hidden width; repeat for several layers (default: one layer of 400)",
+    )
     p.add_argument("--eval-batch", type=int, default=8, help="held-out examples per evaluation chunk")
     args = p.parse_args(argv)
     args.hidden = args.hidden or [400]
@@ -146,7 +151,7 @@ def main(argv=None):
     x_train_dev = jnp.asarray(x_train)
 
     def step(state, x_all, idx, bin_key):
-        xb = jax.random.bernoulli(bin_key, x_all[idx]).astype(jnp.float32)   # fresh binarization
+        xb = jax.random.bernoulli(bin_key, x_all[idx]).astype(jnp.float32)  # fresh binarization
         return svi.update(state, xb)
 
     shuffle_rng = np.random.default_rng(args.seed)
@@ -170,7 +175,7 @@ def main(argv=None):
         perm = shuffle_rng.permutation(n).astype(np.int32)
         losses = []
         for start in range(0, n, B):
-            idx = jnp.asarray(perm[start:start + B])
+            idx = jnp.asarray(perm[start : start + B])
             state, loss = compiled[idx.shape[0]](state, x_train_dev, idx, jax.random.fold_in(bin_root, step_no))
             losses.append(loss)
             step_no += 1
@@ -191,22 +196,22 @@ def main(argv=None):
         """x (E, D) binary -> log-weights (E, K)."""
         out = enc_apply(enc_params, x)
         loc, log_scale = out[:, :L], out[:, L:]
-        eps = jax.random.normal(key, (K,) + loc.shape)                       # (K, E, L)
+        eps = jax.random.normal(key, (K,) + loc.shape)  # (K, E, L)
         z = loc + jnp.exp(log_scale) * eps
         logits = dec_apply(dec_params, z.reshape(-1, L)).reshape(K, x.shape[0], d)
-        log_px_z = jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)    # Bernoulli(logits)
-        log_pz = jnp.sum(-0.5 * z ** 2 - half_log_2pi, axis=-1)
-        log_qz = jnp.sum(-0.5 * eps ** 2 - log_scale - half_log_2pi, axis=-1)
-        return (log_px_z + log_pz - log_qz).T                               # (E, K)
+        log_px_z = jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)  # Bernoulli(logits)
+        log_pz = jnp.sum(-0.5 * z**2 - half_log_2pi, axis=-1)
+        log_qz = jnp.sum(-0.5 * eps**2 - log_scale - half_log_2pi, axis=-1)
+        return (log_px_z + log_pz - log_qz).T  # (E, K)
 
     t_eval0 = time.perf_counter()
     log_weights = log_weights.lower(jnp.zeros((E, d), jnp.float32), eval_root).compile()
     eval_compile_seconds = time.perf_counter() - t_eval0
     log_px, se, elbo = [], [], []
     for c, start in enumerate(range(0, m, E)):
-        chunk = x_heldout[start:start + E]
+        chunk = x_heldout[start : start + E]
         rows = chunk.shape[0]
-        if rows < E:   # pad the last chunk so the jitted function keeps one shape
+        if rows < E:  # pad the last chunk so the jitted function keeps one shape
             chunk = np.concatenate([chunk, np.zeros((E - rows, d), np.float32)])
         lw = np.asarray(log_weights(jnp.asarray(chunk), jax.random.fold_in(eval_root, c)))[:rows]
         a, b, e = summarize_log_weights(lw)
@@ -218,16 +223,25 @@ def main(argv=None):
         notes.append(f"last mini-batch of each epoch has {n % B} examples (kept)")
     notes.append("networks: jax.example_libraries.stax Dense/Relu; init Glorot-normal weights, N(0,1e-6) biases")
     notes.append("encoder output is [loc, log_scale] (scale = exp(log_scale))")
-    notes.append("train_seconds includes svi.init (init_seconds) and the ahead-of-time jit compilation "
-                 "of the update step (compile_seconds); eval_seconds includes compiling the "
-                 "log-weight function (eval_compile_seconds)")
+    notes.append(
+        "train_seconds includes svi.init (init_seconds) and the ahead-of-time jit compilation "
+        "of the update step (compile_seconds); eval_seconds includes compiling the "
+        "log-weight function (eval_compile_seconds)"
+    )
 
     result = {
         "system": "numpyro",
-        "versions": {"numpyro": numpyro.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-        "objective": ("TraceMeanField_ELBO (1 particle; analytic KL, MC reconstruction), "
-                      "summed over the mini-batch (not scaled to N)"),
+        "versions": {
+            "numpyro": numpyro.__version__,
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "objective": (
+            "TraceMeanField_ELBO (1 particle; analytic KL, MC reconstruction), "
+            "summed over the mini-batch (not scaled to N)"
+        ),
         "binarization": "dynamic",
         "log_px": log_px.tolist(),
         "log_px_se": se.tolist(),
@@ -243,16 +257,26 @@ def main(argv=None):
         "train_examples_per_s": args.epochs * n / train_seconds,
         "eval_samples_per_s": m * K / eval_seconds,
         "train_loss_per_example": epoch_losses,
-        "epochs": args.epochs, "seed": args.seed, "k": K,
-        "batch_size": B, "lr": args.lr, "latent": L, "hidden": args.hidden, "eval_batch": E,
-        "n_train": n, "n_heldout": m, "data_dim": d,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "k": K,
+        "batch_size": B,
+        "lr": args.lr,
+        "latent": L,
+        "hidden": args.hidden,
+        "eval_batch": E,
+        "n_train": n,
+        "n_heldout": m,
+        "data_dim": d,
         "steps": step_no,
         "notes": notes,
     }
     with open(args.out, "w") as f:
         json.dump(result, f)
-    print(f"numpyro: mean log p(x) = {result['mean_log_px']:.3f}, train {train_seconds:.1f} s, "
-          f"eval {eval_seconds:.1f} s", file=sys.stderr)
+    print(
+        f"numpyro: mean log p(x) = {result['mean_log_px']:.3f}, train {train_seconds:.1f} s, eval {eval_seconds:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

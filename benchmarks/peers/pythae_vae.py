@@ -85,11 +85,20 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--latent", type=int, default=50)
-    p.add_argument("--hidden", type=int, action="append", default=None,
-                   help="hidden width; repeat for several layers (default: one layer of 400)")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        action="append",
+        default=None,
+        help="hidden width; repeat for several layers (default: one layer of 400)",
+    )
     p.add_argument("--eval-batch", type=int, default=8, help="held-out examples per evaluation chunk")
-    p.add_argument("--nll-budget", type=float, default=300.0,
-                   help="run Pythae's get_nll only if projected to take at most this many seconds (0: never)")
+    p.add_argument(
+        "--nll-budget",
+        type=float,
+        default=300.0,
+        help="run Pythae's get_nll only if projected to take at most this many seconds (0: never)",
+    )
     args = p.parse_args(argv)
     args.hidden = args.hidden or [400]
     for name in ("epochs", "k", "batch_size", "latent", "eval_batch"):
@@ -117,7 +126,7 @@ def load_data(path):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")        # the trainer's per-batch progress bars
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the trainer's per-batch progress bars
     import torch
     from torch import nn
 
@@ -193,12 +202,25 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix="pythae_peer_") as out_dir:
         trainer_config = BaseTrainerConfig(
-            output_dir=out_dir, num_epochs=args.epochs, learning_rate=args.lr,
-            per_device_train_batch_size=B, per_device_eval_batch_size=B, optimizer_cls="Adam",
-            seed=args.seed, no_cuda=True, steps_saving=None, steps_predict=None)
+            output_dir=out_dir,
+            num_epochs=args.epochs,
+            learning_rate=args.lr,
+            per_device_train_batch_size=B,
+            per_device_eval_batch_size=B,
+            optimizer_cls="Adam",
+            seed=args.seed,
+            no_cuda=True,
+            steps_saving=None,
+            steps_predict=None,
+        )
         t0 = time.perf_counter()
-        trainer = BaseTrainer(model=model, train_dataset=train_set, eval_dataset=None,
-                              training_config=trainer_config, callbacks=[recorder])
+        trainer = BaseTrainer(
+            model=model,
+            train_dataset=train_set,
+            eval_dataset=None,
+            training_config=trainer_config,
+            callbacks=[recorder],
+        )
         trainer.train()
         train_seconds = time.perf_counter() - t0
     model = trainer.model.eval()
@@ -213,16 +235,17 @@ def main(argv=None):
     t_eval0 = time.perf_counter()
     with torch.no_grad():
         for start in range(0, m, E):
-            x = xh[start:start + E]                                          # (E, D)
-            loc, log_scale = model.encoder.loc_log_scale(x)                   # (E, L)
-            eps = torch.randn((K,) + loc.shape, generator=gen)                # (K, E, L)
+            x = xh[start : start + E]  # (E, D)
+            loc, log_scale = model.encoder.loc_log_scale(x)  # (E, L)
+            eps = torch.randn((K,) + loc.shape, generator=gen)  # (K, E, L)
             z = loc + log_scale.exp() * eps
-            logits = model.decoder.logits(z)                                  # (K, E, D)
+            logits = model.decoder.logits(z)  # (K, E, D)
             log_px_z = -nn.functional.binary_cross_entropy_with_logits(
-                logits, x.expand_as(logits), reduction="none").sum(-1)
-            log_pz = (-0.5 * z ** 2 - half_log_2pi).sum(-1)
-            log_qz = (-0.5 * eps ** 2 - log_scale - half_log_2pi).sum(-1)
-            lw = (log_px_z + log_pz - log_qz).T.numpy()                       # (E, K)
+                logits, x.expand_as(logits), reduction="none"
+            ).sum(-1)
+            log_pz = (-0.5 * z**2 - half_log_2pi).sum(-1)
+            log_qz = (-0.5 * eps**2 - log_scale - half_log_2pi).sum(-1)
+            lw = (log_px_z + log_pz - log_qz).T.numpy()  # (E, K)
             a, b, e = summarize_log_weights(lw)
             log_px.append(a), se.append(b), elbo.append(e)
     eval_seconds = time.perf_counter() - t_eval0
@@ -241,34 +264,56 @@ def main(argv=None):
             torch.manual_seed(args.seed)
             t = time.perf_counter()
             value = model.get_nll(xh, n_samples=K, batch_size=bs)
-            pythae_nll = {"mean_log_px": float(value), "seconds": time.perf_counter() - t,
-                          "n_samples": (K // bs) * bs if K > bs else K, "batch_size": bs,
-                          "note": "pythae VAE.get_nll returns the mean over examples of the IS "
-                                  "log p(x) (a log-likelihood despite its name); BCE on sigmoid "
-                                  "probabilities (log clamped at -100 by torch)"}
+            pythae_nll = {
+                "mean_log_px": float(value),
+                "seconds": time.perf_counter() - t,
+                "n_samples": (K // bs) * bs if K > bs else K,
+                "batch_size": bs,
+                "note": "pythae VAE.get_nll returns the mean over examples of the IS "
+                "log p(x) (a log-likelihood despite its name); BCE on sigmoid "
+                "probabilities (log clamped at -100 by torch)",
+            }
         else:
-            notes.append(f"Pythae get_nll skipped: projected {projected:.0f} s > budget "
-                         f"{args.nll_budget:.0f} s (probe on {probe} examples)")
+            notes.append(
+                f"Pythae get_nll skipped: projected {projected:.0f} s > budget "
+                f"{args.nll_budget:.0f} s (probe on {probe} examples)"
+            )
             if probe_value is not None:
-                pythae_nll = {"skipped": True, "projected_seconds": projected,
-                              "probe_examples": probe, "probe_mean_log_px": float(probe_value)}
+                pythae_nll = {
+                    "skipped": True,
+                    "projected_seconds": projected,
+                    "probe_examples": probe,
+                    "probe_mean_log_px": float(probe_value),
+                }
 
     if n % B:
         notes.append(f"last mini-batch of each epoch has {n % B} examples (kept by the DataLoader)")
-    notes.append("networks: torch.nn Linear/ReLU, PyTorch default init; encoder output [loc, log_scale], "
-                 "passed to Pythae as log_covariance = 2*log_scale")
-    notes.append("evaluated the model after the last epoch (trainer.model); Pythae's saved final_model is "
-                 f"the epoch with the lowest training loss (epoch {best_epoch} of {args.epochs})")
-    notes.append("train_seconds covers BaseTrainer construction (incl. its one-batch sanity check) and "
-                 "train() (incl. per-epoch deepcopy of the best model and the final save to a temp dir)")
+    notes.append(
+        "networks: torch.nn Linear/ReLU, PyTorch default init; encoder output [loc, log_scale], "
+        "passed to Pythae as log_covariance = 2*log_scale"
+    )
+    notes.append(
+        "evaluated the model after the last epoch (trainer.model); Pythae's saved final_model is "
+        f"the epoch with the lowest training loss (epoch {best_epoch} of {args.epochs})"
+    )
+    notes.append(
+        "train_seconds covers BaseTrainer construction (incl. its one-batch sanity check) and "
+        "train() (incl. per-epoch deepcopy of the best model and the final save to a temp dir)"
+    )
 
     result = {
         "system": "pythae",
-        "versions": {"pythae": getattr(pythae, "__version__", None) or _dist_version("pythae"),
-                     "torch": torch.__version__, "numpy": np.__version__,
-                     "pydantic": _dist_version("pydantic"), "python": platform.python_version()},
-        "objective": ("Pythae VAE loss: BCE(sigmoid(logits), x) summed over pixels + analytic KL, "
-                      "1 reparameterized draw, mean over the mini-batch (per-example)"),
+        "versions": {
+            "pythae": getattr(pythae, "__version__", None) or _dist_version("pythae"),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "pydantic": _dist_version("pydantic"),
+            "python": platform.python_version(),
+        },
+        "objective": (
+            "Pythae VAE loss: BCE(sigmoid(logits), x) summed over pixels + analytic KL, "
+            "1 reparameterized draw, mean over the mini-batch (per-example)"
+        ),
         "binarization": "dynamic",
         "log_px": log_px.tolist(),
         "log_px_se": se.tolist(),
@@ -283,21 +328,32 @@ def main(argv=None):
         "eval_samples_per_s": m * K / eval_seconds,
         "train_loss_per_example": recorder.losses,
         "best_train_epoch": best_epoch,
-        "epochs": args.epochs, "seed": args.seed, "k": K,
-        "batch_size": B, "lr": args.lr, "latent": L, "hidden": args.hidden, "eval_batch": E,
-        "n_train": n, "n_heldout": m, "data_dim": d,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "k": K,
+        "batch_size": B,
+        "lr": args.lr,
+        "latent": L,
+        "hidden": args.hidden,
+        "eval_batch": E,
+        "n_train": n,
+        "n_heldout": m,
+        "data_dim": d,
         "notes": notes,
     }
     with open(args.out, "w") as f:
         json.dump(result, f)
-    print(f"pythae: mean log p(x) = {result['mean_log_px']:.3f}, train {train_seconds:.1f} s, "
-          f"eval {eval_seconds:.1f} s", file=sys.stderr)
+    print(
+        f"pythae: mean log p(x) = {result['mean_log_px']:.3f}, train {train_seconds:.1f} s, eval {eval_seconds:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _dist_version(name):
     try:
         from importlib.metadata import version
+
         return version(name)
     except Exception:
         return None

@@ -99,7 +99,7 @@ def atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp creates 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException as error:
         if tmp is not None:
@@ -134,7 +134,7 @@ def write_json(path: str | Path, data) -> None:
 
 
 #: The largest run-folder JSON file read (config.json, metrics.json, run.json, scaling.json, ...).
-MAX_JSON_BYTES = 64 * 1024 ** 2
+MAX_JSON_BYTES = 64 * 1024**2
 
 
 def _refuse_constant(name: str):
@@ -154,13 +154,15 @@ def read_json(path: str | Path, what: str = "file", *, allow_nan: bool = False) 
         with open(path, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise CheckpointError(f"{what} {path} is not a regular file; {damaged}")
-            raw = handle.read(bound + 1)          # never more than the bound, even if the file grows
+            raw = handle.read(bound + 1)  # never more than the bound, even if the file grows
     except OSError as error:
-        raise CheckpointError(f"{what} {path} cannot be read ({error.strerror or type(error).__name__}); "
-                              "check its permissions") from None
+        raise CheckpointError(
+            f"{what} {path} cannot be read ({error.strerror or type(error).__name__}); check its permissions"
+        ) from None
     if len(raw) > bound:
-        raise CheckpointError(f"{what} {path} is larger than {format_bytes(bound)}, far more than ppl_vae writes; "
-                              f"{damaged}")
+        raise CheckpointError(
+            f"{what} {path} is larger than {format_bytes(bound)}, far more than ppl_vae writes; {damaged}"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -168,11 +170,12 @@ def read_json(path: str | Path, what: str = "file", *, allow_nan: bool = False) 
     try:
         data = json.loads(text, **({} if allow_nan else {"parse_constant": _refuse_constant}))
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{what} {path} is not valid JSON ({error.msg} at line {error.lineno} column "
-                              f"{error.colno}); {damaged}") from None
+        raise CheckpointError(
+            f"{what} {path} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); {damaged}"
+        ) from None
     except RecursionError:
         raise CheckpointError(f"{what} {path} is nested too deeply to be a ppl_vae file; {damaged}") from None
-    except ValueError as error:                   # NaN/Infinity, or an integer with too many digits
+    except ValueError as error:  # NaN/Infinity, or an integer with too many digits
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{what} {path} is not valid JSON here ({first}); {damaged}") from None
     if not isinstance(data, dict):
@@ -204,13 +207,17 @@ def _compact(obj, memo: dict, storages: set):
         out = tuple(_compact(v, memo, storages) for v in obj)
     else:
         return obj
-    memo[key] = (obj, out)                       # keep obj alive so that its id is not reused
+    memo[key] = (obj, out)  # keep obj alive so that its id is not reused
     return out
 
 
 def _owns_storage(t: torch.Tensor) -> bool:
-    return (t.layout == torch.strided and t.storage_offset() == 0 and _is_dense(tuple(t.shape), t.stride())
-            and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+    return (
+        t.layout == torch.strided
+        and t.storage_offset() == 0
+        and _is_dense(tuple(t.shape), t.stride())
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    )
 
 
 def save_checkpoint(path: str | Path, *, model_spec: dict, state_dict: dict, **extra) -> None:
@@ -226,8 +233,13 @@ def save_checkpoint(path: str | Path, *, model_spec: dict, state_dict: dict, **e
     """
     from ppl_vae.version import __version__
 
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "ppl_vae_version": __version__,
-               "model_spec": model_spec, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ppl_vae_version": __version__,
+        "model_spec": model_spec,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
     payload.update(extra)
     payload = _compact(payload, {}, set())
     atomic_write(Path(path), lambda handle: torch.save(payload, handle))
@@ -243,14 +255,22 @@ MAX_NODES = 1_000_000
 #: Most members of the zip archive (two for every tensor saved is already generous).
 MAX_MEMBERS = 200_000
 #: The largest pickle (``data.pkl``) read: also at most a sixteenth of the memory limit.
-MAX_PICKLE_BYTES = 64 * 1024 ** 2
+MAX_PICKLE_BYTES = 64 * 1024**2
 
 # torch's storage classes in the pickle -> the dtype of their elements
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool, "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
     "UntypedStorage": torch.uint8,
 }
 _ALLOWED_DTYPES = frozenset(_STORAGE_DTYPES.values())
@@ -309,11 +329,14 @@ def _check_tensor_layout(shape, stride, offset, numel_bytes, storage_bytes) -> N
     if offset != 0:
         raise _Refused(f"a tensor of shape {tuple(shape)} starts at offset {offset} into its storage (a view)")
     if not _is_dense(tuple(shape), tuple(stride)):
-        raise _Refused(f"a tensor of shape {tuple(shape)} has strides {tuple(stride)} (zero, overlapping or "
-                       "not contiguous)")
+        raise _Refused(
+            f"a tensor of shape {tuple(shape)} has strides {tuple(stride)} (zero, overlapping or not contiguous)"
+        )
     if numel_bytes != storage_bytes:
-        raise _Refused(f"a tensor of shape {tuple(shape)} ({numel_bytes} bytes) does not own its storage of "
-                       f"{storage_bytes} bytes exactly")
+        raise _Refused(
+            f"a tensor of shape {tuple(shape)} ({numel_bytes} bytes) does not own its storage of "
+            f"{storage_bytes} bytes exactly"
+        )
 
 
 class _DryRun(pickle.Unpickler):
@@ -321,7 +344,7 @@ class _DryRun(pickle.Unpickler):
 
     def __init__(self, data: bytes, records: dict[str, int]):
         super().__init__(io.BytesIO(data))
-        self.records = records                   # storage key -> its zip member's size in bytes
+        self.records = records  # storage key -> its zip member's size in bytes
         self.storages: dict[str, _StorageRecord] = {}
 
     def find_class(self, module, name):
@@ -339,8 +362,14 @@ class _DryRun(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise _Damaged("a storage reference is malformed")
         _, kind, key, location, numel = pid
-        if not isinstance(kind, _StorageKind) or not isinstance(key, str) or not isinstance(location, str) \
-                or not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+        if (
+            not isinstance(kind, _StorageKind)
+            or not isinstance(key, str)
+            or not isinstance(location, str)
+            or not isinstance(numel, int)
+            or isinstance(numel, bool)
+            or numel < 0
+        ):
             raise _Damaged("a storage reference is malformed")
         if not re.fullmatch(r"cpu|cuda(:\d{1,4})?|mps", location):
             raise _Refused(f"a storage is on the unsupported device {location[:40]!r}")
@@ -350,23 +379,26 @@ class _DryRun(pickle.Unpickler):
                 raise _Damaged(f"storage data/{key[:40]} is missing from the archive")
             record = _StorageRecord(key, kind.dtype, numel)
             if record.nbytes != self.records[key]:
-                raise _Damaged(f"storage data/{key[:40]} declares {record.nbytes} bytes but holds "
-                               f"{self.records[key]}")
+                raise _Damaged(f"storage data/{key[:40]} declares {record.nbytes} bytes but holds {self.records[key]}")
             self.storages[key] = record
         elif record.numel != numel or record.dtype != kind.dtype:
             raise _Damaged(f"storage data/{key[:40]} is declared twice with different sizes")
         return record
 
     def _rebuild_tensor(self, storage, storage_offset, size, stride, *rest):
-        if not isinstance(storage, _StorageRecord) or not isinstance(size, tuple) or not isinstance(stride, tuple) \
-                or not isinstance(storage_offset, int) or len(rest) > 3:
+        if (
+            not isinstance(storage, _StorageRecord)
+            or not isinstance(size, tuple)
+            or not isinstance(stride, tuple)
+            or not isinstance(storage_offset, int)
+            or len(rest) > 3
+        ):
             raise _Damaged("a tensor record is malformed")
         if len(size) > 64:
             raise _Refused(f"a tensor has {len(size)} dimensions")
-        _check_tensor_layout(size, stride, storage_offset, math.prod(size) * storage.dtype.itemsize,
-                             storage.nbytes)
+        _check_tensor_layout(size, stride, storage_offset, math.prod(size) * storage.dtype.itemsize, storage.nbytes)
         hooks = rest[1] if len(rest) > 1 else None
-        if hooks:                               # backward hooks are never saved by ppl_vae
+        if hooks:  # backward hooks are never saved by ppl_vae
             raise _Refused("a tensor carries backward hooks")
         storage.tensors += 1
         if storage.tensors > 1:
@@ -386,7 +418,7 @@ def _walk(payload, limit: int, path: Path) -> None:
     types in it, and (for real tensors) their layout and storage ownership."""
     nodes = 0
     total = 0
-    owners: dict[int, int] = {}                  # storage address -> id of the tensor that owns it
+    owners: dict[int, int] = {}  # storage address -> id of the tensor that owns it
     stack = [(payload, 0)]
     while stack:
         obj, depth = stack.pop()
@@ -406,8 +438,13 @@ def _walk(payload, limit: int, path: Path) -> None:
         elif isinstance(obj, _TensorRecord):
             total += obj.nbytes
         elif isinstance(obj, torch.Tensor):
-            if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided \
-                    or obj.device.type != "cpu" or obj.dtype not in _ALLOWED_DTYPES or obj.is_quantized:
+            if (
+                type(obj) not in (torch.Tensor, torch.nn.Parameter)
+                or obj.layout != torch.strided
+                or obj.device.type != "cpu"
+                or obj.dtype not in _ALLOWED_DTYPES
+                or obj.is_quantized
+            ):
                 raise _Refused(f"it holds a {type(obj).__name__} that is not a dense CPU tensor")
             nbytes = obj.numel() * obj.element_size()
             storage = obj.untyped_storage()
@@ -430,8 +467,11 @@ def _walk(payload, limit: int, path: Path) -> None:
         else:
             raise _Refused(f"it holds a {type(obj).__name__}, which ppl_vae never saves")
         if total > limit:
-            check_bytes(total, f"checkpoint {path} (every value it holds, shared references counted again)",
-                        error=CheckpointError)
+            check_bytes(
+                total,
+                f"checkpoint {path} (every value it holds, shared references counted again)",
+                error=CheckpointError,
+            )
 
 
 def _check_archive(handle, path: Path, limit: int) -> tuple[bytes, dict[str, int]]:
@@ -452,7 +492,7 @@ def _check_archive(handle, path: Path, limit: int) -> tuple[bytes, dict[str, int
     pickles = [n for n in names if re.fullmatch(r"[^/]+/data\.pkl", n)]
     if len(pickles) != 1:
         raise _Damaged("its archive has no data.pkl")
-    prefix = pickles[0][:-len("data.pkl")]
+    prefix = pickles[0][: -len("data.pkl")]
     records: dict[str, int] = {}
     total = 0
     for member in members:
@@ -490,7 +530,7 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     limit = memory_limit()
     damaged = "restore it from a copy or train again"
     try:
-        with open(path, "rb") as handle:          # one handle: what is checked is what is loaded
+        with open(path, "rb") as handle:  # one handle: what is checked is what is loaded
             data, records = _check_archive(handle, path, limit)
             dry = _DryRun(data, records)
             tree = dry.load()
@@ -503,27 +543,33 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     except CheckpointError:
         raise
     except _Refused as error:
-        raise CheckpointError(f"checkpoint {path} was refused: {str(error).splitlines()[0]}; only load checkpoints "
-                              "written by ppl_vae") from None
+        raise CheckpointError(
+            f"checkpoint {path} was refused: {str(error).splitlines()[0]}; only load checkpoints written by ppl_vae"
+        ) from None
     except _Damaged as error:
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({str(error).splitlines()[0]}); "
-                              f"{damaged}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated ({str(error).splitlines()[0]}); {damaged}"
+        ) from None
     except OSError as error:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({error.strerror or type(error).__name__}); "
-                              "check its permissions") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({error.strerror or type(error).__name__}); check its permissions"
+        ) from None
     except RecursionError:
-        raise CheckpointError(f"checkpoint {path} was refused: it is nested too deeply; only load checkpoints "
-                              "written by ppl_vae") from None
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it is nested too deeply; only load checkpoints written by ppl_vae"
+        ) from None
     except Exception as error:  # noqa: BLE001 - pickle and torch's readers raise many types on damaged bytes
         # (UnpicklingError, EOFError, RuntimeError, and from the weights-only unpickler IndexError, KeyError...)
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(error).__name__}); "
-                              f"{damaged}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated ({type(error).__name__}); {damaged}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ppl_vae checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {payload.get('format_version')}, this ppl_vae reads version "
-            f"{FORMAT_VERSION}; use the ppl_vae release that wrote it")
+            f"{FORMAT_VERSION}; use the ppl_vae release that wrote it"
+        )
     return payload
 
 
@@ -537,25 +583,33 @@ def validate_state_dict(state_dict, expected, path: str | Path) -> None:
     """
     fix = "does not fit the architecture in its config"
     if not isinstance(state_dict, dict):
-        raise CheckpointError(f"checkpoint {path} {fix} (its state_dict is a {type(state_dict).__name__}); "
-                              "train again")
+        raise CheckpointError(f"checkpoint {path} {fix} (its state_dict is a {type(state_dict).__name__}); train again")
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        detail = "; ".join(part for part in (
-            f"missing {', '.join(map(str, missing[:3]))}" + (" ..." if len(missing) > 3 else "") if missing else "",
-            f"unexpected {', '.join(map(str, unexpected[:3]))}" + (" ..." if len(unexpected) > 3 else "")
-            if unexpected else "") if part)
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(map(str, missing[:3]))}" + (" ..." if len(missing) > 3 else "") if missing else "",
+                f"unexpected {', '.join(map(str, unexpected[:3]))}" + (" ..." if len(unexpected) > 3 else "")
+                if unexpected
+                else "",
+            )
+            if part
+        )
         raise CheckpointError(f"checkpoint {path} {fix} ({detail[:300]}); train again")
     for name, want in expected.items():
         got = state_dict[name]
         shape = tuple(want.shape) if isinstance(want, torch.Tensor) else tuple(want)
         if not isinstance(got, torch.Tensor):
-            raise CheckpointError(f"checkpoint {path} {fix} ({name} is a {type(got).__name__}, not a tensor); "
-                                  "train again")
+            raise CheckpointError(
+                f"checkpoint {path} {fix} ({name} is a {type(got).__name__}, not a tensor); train again"
+            )
         if tuple(got.shape) != shape:
-            raise CheckpointError(f"checkpoint {path} {fix} ({name} has shape {tuple(got.shape)}, the model "
-                                  f"needs {shape}); train again")
+            raise CheckpointError(
+                f"checkpoint {path} {fix} ({name} has shape {tuple(got.shape)}, the model needs {shape}); train again"
+            )
         if isinstance(want, torch.Tensor) and want.is_floating_point() and not got.is_floating_point():
-            raise CheckpointError(f"checkpoint {path} {fix} ({name} is {got.dtype}, the model needs {want.dtype}); "
-                                  "train again")
+            raise CheckpointError(
+                f"checkpoint {path} {fix} ({name} is {got.dtype}, the model needs {want.dtype}); train again"
+            )

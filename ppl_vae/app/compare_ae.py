@@ -39,6 +39,8 @@ import pyro
 import torch
 from matplotlib.figure import Figure
 
+from ppl_vae.app.formatting import format_number
+from ppl_vae.app.plots import grid_figure, image_grid
 from ppl_vae.diagnostics.kl import (
     COLLAPSE_KL_NATS,
     activity,
@@ -55,8 +57,6 @@ from ppl_vae.diagnostics.sample_quality import (
     sample_quality,
     train_domain_classifier,
 )
-from ppl_vae.app.formatting import format_number
-from ppl_vae.app.plots import grid_figure, image_grid
 from ppl_vae.errors import ConfigError
 from ppl_vae.results import Result
 from ppl_vae.rng import seeded
@@ -72,19 +72,19 @@ NOTES = {
     "autoencoder": "AE = guide 'delta' (deterministic encoder) trained with beta=0: a plain autoencoder",
     "sample_quality": CLASSIFIER_NOTE,
     "smoothness": "decoded straight latent paths between held-out encodings: path length / end-to-end "
-                  "distance (1 = straight) and largest / mean step (1 = even, num_steps = one jump); a collapsed "
-                  "model (no active units) decodes every path to nearly one image and scores about 1 "
-                  "trivially, see decoded_end_distance",
+    "distance (1 = straight) and largest / mean step (1 = even, num_steps = one jump); a collapsed "
+    "model (no active units) decodes every path to nearly one image and scores about 1 "
+    "trivially, see decoded_end_distance",
     "coverage": "unbiased MMD^2 between one draw of q(z|x) per held-out example and as many prior draws, "
-                "sum of Gaussian kernels with fixed bandwidths; mmd2_threshold is the 95% permutation "
-                "quantile (what two samples of one distribution give)",
+    "sum of Gaussian kernels with fixed bandwidths; mmd2_threshold is the 95% permutation "
+    "quantile (what two samples of one distribution give)",
     "rate": "KL(q(z|x) || p(z)) to the model's own prior per example, nats (closed form for the diagonal "
-            "Normal guide and the N(0, I) prior used here; see compare.kl_to_prior); None for the "
-            "point-mass encoder (infinite)",
+    "Normal guide and the N(0, I) prior used here; see compare.kl_to_prior); None for the "
+    "point-mass encoder (infinite)",
     "collapse": f"a model is collapsed when it has no active unit or its rate is below {COLLAPSE_KL_NATS} "
-                "nats per example: its encodings carry (almost) no information about x, so its "
-                "smoothness, sample quality and coverage describe the decoder alone and say nothing "
-                "about the encoder; the verdict draws no conclusions from it",
+    "nats per example: its encodings carry (almost) no information about x, so its "
+    "smoothness, sample quality and coverage describe the decoder alone and say nothing "
+    "about the encoder; the verdict draws no conclusions from it",
     "distortion": "-E_q log p(x|z) on the fixed-binarized held-out set, nats per example",
 }
 
@@ -183,10 +183,12 @@ def _domain_reference(data, seed: int):
     reference = {
         "name": "real data",
         "confidence": float(classifier.predict_proba(heldout).max(1).mean()),
-        "frechet": frechet_distance(classifier_features(classifier, data.train[:n]),
-                                    classifier_features(classifier, data.heldout[:n])),
+        "frechet": frechet_distance(
+            classifier_features(classifier, data.train[:n]), classifier_features(classifier, data.heldout[:n])
+        ),
         "classifier_heldout_accuracy": float(
-            (classifier.predict(heldout) == as_numpy(data.heldout_labels).astype(np.int64)).mean()),
+            (classifier.predict(heldout) == as_numpy(data.heldout_labels).astype(np.int64)).mean()
+        ),
     }
     return classifier, reference
 
@@ -208,13 +210,13 @@ def _train(spec: dict, data, *, epochs, latent_dim, hidden_dims, seed, batch_siz
     pyro.set_rng_seed(seed)
     vae = VAE(data.data_shape, latent_dim, hidden_dims, guide=spec["guide"])
     start = time.perf_counter()
-    fit(vae, data.train, None, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, beta=spec["beta"],
-        progress=False)
+    fit(
+        vae, data.train, None, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, beta=spec["beta"], progress=False
+    )
     return vae, time.perf_counter() - start
 
 
-def _compare(data, *, epochs, betas, latent_dim, hidden_dims, seed, batch_size, lr, num_pairs, num_steps,
-             progress):
+def _compare(data, *, epochs, betas, latent_dim, hidden_dims, seed, batch_size, lr, num_pairs, num_steps, progress):
     """The work of :func:`compare_ae`; also returns the trained models, the binarized held-out set and the pairs."""
     from ppl_vae.infer.fit import fixed_binarization
 
@@ -223,27 +225,65 @@ def _compare(data, *, epochs, betas, latent_dim, hidden_dims, seed, batch_size, 
     heldout = fixed_binarization(data.heldout, "dynamic", seed)
     classifier, reference = _domain_reference(data, seed)
     pairs = _heldout_pairs(len(heldout), num_pairs, seed)
-    bandwidths = [h * math.sqrt(latent_dim) for h in (0.25, 0.5, 1.0, 2.0)]   # fixed, in prior units
+    bandwidths = [h * math.sqrt(latent_dim) for h in (0.25, 0.5, 1.0, 2.0)]  # fixed, in prior units
     models, rows = {}, []
     for spec in _model_specs(betas):
-        vae, seconds = _train(spec, data, epochs=epochs, latent_dim=latent_dim, hidden_dims=hidden_dims, seed=seed,
-                              batch_size=batch_size, lr=lr)
-        measured = _measure(vae, data=data, heldout=heldout, classifier=classifier, pairs=pairs, seed=seed,
-                            num_steps=num_steps, bandwidths=bandwidths)
+        vae, seconds = _train(
+            spec,
+            data,
+            epochs=epochs,
+            latent_dim=latent_dim,
+            hidden_dims=hidden_dims,
+            seed=seed,
+            batch_size=batch_size,
+            lr=lr,
+        )
+        measured = _measure(
+            vae,
+            data=data,
+            heldout=heldout,
+            classifier=classifier,
+            pairs=pairs,
+            seed=seed,
+            num_steps=num_steps,
+            bandwidths=bandwidths,
+        )
         rows.append({**spec, **measured, "train_seconds": seconds})
         models[spec["name"]] = vae
         if progress:
             print(f"{spec['name']}: trained in {seconds:.1f} s", flush=True)
-    settings = {"epochs": epochs, "betas": list(betas), "latent_dim": latent_dim, "hidden_dims": list(hidden_dims),
-                "seed": seed, "batch_size": batch_size, "lr": lr, "num_pairs": num_pairs, "num_steps": num_steps,
-                "mmd_bandwidths": bandwidths, "num_heldout": len(heldout), "num_train": len(data.train)}
+    settings = {
+        "epochs": epochs,
+        "betas": list(betas),
+        "latent_dim": latent_dim,
+        "hidden_dims": list(hidden_dims),
+        "seed": seed,
+        "batch_size": batch_size,
+        "lr": lr,
+        "num_pairs": num_pairs,
+        "num_steps": num_steps,
+        "mmd_bandwidths": bandwidths,
+        "num_heldout": len(heldout),
+        "num_train": len(data.train),
+    }
     result = Comparison(dataset=data.name, settings=settings, models=rows, reference=reference, notes=dict(NOTES))
     return result, models, heldout, pairs
 
 
-def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = DEFAULT_BETAS, latent_dim: int = 2,
-               hidden_dims: Sequence[int] = (256, 128), seed: int = 0, batch_size: int = 128, lr: float = 1e-3,
-               num_pairs: int = 64, num_steps: int = 16, progress: bool = False) -> Comparison:
+def compare_ae(
+    data,
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    latent_dim: int = 2,
+    hidden_dims: Sequence[int] = (256, 128),
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    num_pairs: int = 64,
+    num_steps: int = 16,
+    progress: bool = False,
+) -> Comparison:
     """Train a plain autoencoder (``guide="delta"``, ``beta=0``) and a Normal-guide VAE for every beta in
     ``betas`` (beta=1 is the VAE) on the same data, budget and seed, and measure each.
 
@@ -263,8 +303,19 @@ def compare_ae(data, *, epochs: int = DEFAULT_EPOCHS, betas: Sequence[float] = D
     held-out images and the Fréchet distance between training and held-out features), ``settings`` and
     ``notes`` (``notes["collapse"]``: when a model counts as collapsed, see :func:`collapse_reason`).
     """
-    return _compare(data, epochs=epochs, betas=betas, latent_dim=latent_dim, hidden_dims=hidden_dims, seed=seed,
-                    batch_size=batch_size, lr=lr, num_pairs=num_pairs, num_steps=num_steps, progress=progress)[0]
+    return _compare(
+        data,
+        epochs=epochs,
+        betas=betas,
+        latent_dim=latent_dim,
+        hidden_dims=hidden_dims,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        num_pairs=num_pairs,
+        num_steps=num_steps,
+        progress=progress,
+    )[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,14 +393,26 @@ def rate_distortion_figure(result: dict) -> Figure:
     markers = "osD^vP*Xh<>p"
     for i, r in enumerate(vaes):
         note = ", collapsed" if r["name"] in collapsed else ""
-        ax.plot(r["rate"], r["distortion"], markers[i % len(markers)], ms=8 - 0.5 * (i % 4), alpha=0.85,
-                color=f"C{i % 10}", zorder=2,
-                label=f"β={r['beta']:g}: rate {format_number(r['rate'])}, distortion "
-                      f"{format_number(r['distortion'])}{note}")
+        ax.plot(
+            r["rate"],
+            r["distortion"],
+            markers[i % len(markers)],
+            ms=8 - 0.5 * (i % 4),
+            alpha=0.85,
+            color=f"C{i % 10}",
+            zorder=2,
+            label=f"β={r['beta']:g}: rate {format_number(r['rate'])}, distortion "
+            f"{format_number(r['distortion'])}{note}",
+        )
     for r in result["models"]:
         if r["rate"] is None:
-            ax.axhline(r["distortion"], color="k", ls="--", lw=1,
-                       label=f"{r['name']}: rate ∞, distortion {format_number(r['distortion'])}")
+            ax.axhline(
+                r["distortion"],
+                color="k",
+                ls="--",
+                lw=1,
+                label=f"{r['name']}: rate ∞, distortion {format_number(r['distortion'])}",
+            )
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats")
     ax.set_ylabel("distortion: −E log p(x|z), nats")
     ax.set_title("rate and distortion per example, Normal-guide VAEs over β", fontsize=9)
@@ -401,19 +464,24 @@ def markdown_table(result: dict) -> str:
     confidence and Fréchet distance, coverage MMD², rate, distortion, active units."""
     latent_dim = result["settings"]["latent_dim"]
     collapsed = collapsed_models(result)
-    lines = ["| model | path length / end distance (1 best) | max / mean step (1 best) | confidence ↑ | "
-             "Fréchet (domain clf) ↓ | MMD² q vs prior ↓ | rate (nats) | distortion (nats) | active units |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | path length / end distance (1 best) | max / mean step (1 best) | confidence ↑ | "
+        "Fréchet (domain clf) ↓ | MMD² q vs prior ↓ | rate (nats) | distortion (nats) | active units |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["models"]:
-        numbers = [format_number(r[key]) for key in ("smoothness_ratio", "max_step_ratio", "confidence", "frechet",
-                                                     "mmd2")]
+        numbers = [
+            format_number(r[key]) for key in ("smoothness_ratio", "max_step_ratio", "confidence", "frechet", "mmd2")
+        ]
         rate = "∞ (point mass)" if r["rate"] is None else format_number(r["rate"])
         units = f"{r['active_units']}/{latent_dim}{' (collapsed)' if r['name'] in collapsed else ''}"
         lines.append(f"| {r['name']} | {' | '.join(numbers)} | {rate} | {format_number(r['distortion'])} | {units} |")
     ref = result.get("reference")
     if ref:
-        lines.append(f"| real data (train vs held-out) | — | — | {format_number(ref['confidence'])} | "
-                     f"{format_number(ref['frechet'])} | — | — | — | — |")
+        lines.append(
+            f"| real data (train vs held-out) | — | — | {format_number(ref['confidence'])} | "
+            f"{format_number(ref['frechet'])} | — | — | — | — |"
+        )
     return "\n".join(lines)
 
 
@@ -448,9 +516,11 @@ def collapsed_models(result: dict) -> dict[str, str]:
     return out
 
 
-_COLLAPSE_MEANING = ("its smoothness/coverage say nothing about the encoder (its encodings barely depend on x, so a "
-                     "latent path between two of them decodes to nearly one image, which scores as smooth, and a "
-                     "q(z|x) equal to the prior covers the prior trivially), so no conclusion is drawn from it")
+_COLLAPSE_MEANING = (
+    "its smoothness/coverage say nothing about the encoder (its encodings barely depend on x, so a "
+    "latent path between two of them decodes to nearly one image, which scores as smooth, and a "
+    "q(z|x) equal to the prior covers the prior trivially), so no conclusion is drawn from it"
+)
 
 
 def verdict(result: dict) -> str:
@@ -477,13 +547,18 @@ def verdict(result: dict) -> str:
     if vae_reason is None:
         return _comparison(ae, vae)
     text = f"{vae['name']} collapsed ({vae_reason}): {_COLLAPSE_MEANING}."
-    others = [r for r in result["models"] if r["guide"] == "normal" and r["beta"] > 0 and r is not vae
-              and collapse_reason(r, latent_dim) is None]
+    others = [
+        r
+        for r in result["models"]
+        if r["guide"] == "normal" and r["beta"] > 0 and r is not vae and collapse_reason(r, latent_dim) is None
+    ]
     if not others:
         return text + " No Normal-guide VAE with β > 0 avoided collapse, so there is no verdict on the VAE vs the AE."
     other = min(others, key=lambda r: (abs(math.log(r["beta"])), r["beta"]))
-    return (text + f" The non-collapsed VAE with β nearest to 1 is {other['name']} "
-            f"({other.get('active_units', '?')} of {latent_dim or '?'} active units): " + _comparison(ae, other))
+    return (
+        text + f" The non-collapsed VAE with β nearest to 1 is {other['name']} "
+        f"({other.get('active_units', '?')} of {latent_dim or '?'} active units): " + _comparison(ae, other)
+    )
 
 
 def _comparison(ae: dict, vae: dict) -> str:
@@ -494,52 +569,68 @@ def _comparison(ae: dict, vae: dict) -> str:
 
     straighter = vae["smoothness_ratio"] < ae["smoothness_ratio"]
     evener = vae["max_step_ratio"] < ae["max_step_ratio"]
-    claim = (f"{word(straighter)} the AE" if straighter == evener else
-             f"is mixed against the AE ({'straighter' if straighter else 'less straight'} but "
-             f"{'more even' if evener else 'less even'})")
-    first = (f"On smoothness the {name} {claim}: decoded paths "
-             f"are {format_number(vae['smoothness_ratio'])}× vs {format_number(ae['smoothness_ratio'])}× the "
-             f"end-to-end distance, with largest/mean step {format_number(vae['max_step_ratio'])} vs "
-             f"{format_number(ae['max_step_ratio'])}.")
+    claim = (
+        f"{word(straighter)} the AE"
+        if straighter == evener
+        else f"is mixed against the AE ({'straighter' if straighter else 'less straight'} but "
+        f"{'more even' if evener else 'less even'})"
+    )
+    first = (
+        f"On smoothness the {name} {claim}: decoded paths "
+        f"are {format_number(vae['smoothness_ratio'])}× vs {format_number(ae['smoothness_ratio'])}× the "
+        f"end-to-end distance, with largest/mean step {format_number(vae['max_step_ratio'])} vs "
+        f"{format_number(ae['max_step_ratio'])}."
+    )
     parts = []
     if vae["frechet"] is not None and ae["frechet"] is not None:
         quality = vae["frechet"] < ae["frechet"]
         more_confident = vae["confidence"] > ae["confidence"]
-        caveat = "" if more_confident == quality else (
-            f" by Fréchet distance, though its classifier confidence is {'higher' if more_confident else 'lower'}")
-        parts.append(f"on sample quality it {word(quality)} the AE{caveat} (domain-classifier Fréchet distance "
-                     f"{format_number(vae['frechet'])} vs {format_number(ae['frechet'])}, confidence "
-                     f"{format_number(vae['confidence'])} vs {format_number(ae['confidence'])})")
+        caveat = (
+            ""
+            if more_confident == quality
+            else (
+                f" by Fréchet distance, though its classifier confidence is {'higher' if more_confident else 'lower'}"
+            )
+        )
+        parts.append(
+            f"on sample quality it {word(quality)} the AE{caveat} (domain-classifier Fréchet distance "
+            f"{format_number(vae['frechet'])} vs {format_number(ae['frechet'])}, confidence "
+            f"{format_number(vae['confidence'])} vs {format_number(ae['confidence'])})"
+        )
     coverage = vae["mmd2"] < ae["mmd2"]
-    parts.append(f"on coverage of the prior it {word(coverage)} the AE (MMD² {format_number(vae['mmd2'])} vs "
-                 f"{format_number(ae['mmd2'])}; two samples of one distribution give up to about "
-                 f"{format_number(vae['mmd2_threshold'])})")
+    parts.append(
+        f"on coverage of the prior it {word(coverage)} the AE (MMD² {format_number(vae['mmd2'])} vs "
+        f"{format_number(ae['mmd2'])}; two samples of one distribution give up to about "
+        f"{format_number(vae['mmd2_threshold'])})"
+    )
     second = parts[0][0].upper() + parts[0][1:] + (", and " + parts[1] if len(parts) > 1 else "") + "."
     return first + " " + second
 
 
 def report_markdown(result: dict) -> str:
     s = result["settings"]
-    return "\n".join([
-        f"# Autoencoder vs VAE on {result['dataset']}",
-        "",
-        f"Every model: latent dimension {s['latent_dim']}, hidden layers {s['hidden_dims']}, {s['epochs']} epochs, "
-        f"batch {s['batch_size']}, Adam lr {s['lr']:g}, seed {s['seed']}, Bernoulli likelihood on dynamically "
-        f"binarized images. AE = deterministic encoder (guide `delta`) trained with β = 0; VAE β=b = diagonal "
-        f"Normal guide with the KL weighted by b. Measured on {s['num_heldout']} held-out examples (fixed "
-        "binarization).",
-        "",
-        markdown_table(result),
-        "",
-        verdict(result),
-        "",
-        *collapse_paragraph(result),
-        f"Notes: smoothness over {s['num_pairs']} held-out pairs, {s['num_steps']} steps each. "
-        f"Confidence and Fréchet: {CLASSIFIER_NOTE}. MMD²: {result['notes']['coverage']}. "
-        "Rate: KL(q(z|x) || p(z)) to the model's prior per example (closed form here; infinite for the point-mass "
-        "AE). Distortion: −E log p(x|z) per example.",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Autoencoder vs VAE on {result['dataset']}",
+            "",
+            f"Every model: latent dimension {s['latent_dim']}, hidden layers {s['hidden_dims']}, {s['epochs']} epochs, "
+            f"batch {s['batch_size']}, Adam lr {s['lr']:g}, seed {s['seed']}, Bernoulli likelihood on dynamically "
+            f"binarized images. AE = deterministic encoder (guide `delta`) trained with β = 0; VAE β=b = diagonal "
+            f"Normal guide with the KL weighted by b. Measured on {s['num_heldout']} held-out examples (fixed "
+            "binarization).",
+            "",
+            markdown_table(result),
+            "",
+            verdict(result),
+            "",
+            *collapse_paragraph(result),
+            f"Notes: smoothness over {s['num_pairs']} held-out pairs, {s['num_steps']} steps each. "
+            f"Confidence and Fréchet: {CLASSIFIER_NOTE}. MMD²: {result['notes']['coverage']}. "
+            "Rate: KL(q(z|x) || p(z)) to the model's prior per example (closed form here; infinite for the point-mass "
+            "AE). Distortion: −E log p(x|z) per example.",
+            "",
+        ]
+    )
 
 
 def collapse_paragraph(result: dict) -> list[str]:
@@ -547,9 +638,12 @@ def collapse_paragraph(result: dict) -> list[str]:
     if not collapsed:
         return []
     names = "; ".join(f"{name} ({reason})" for name, reason in collapsed.items())
-    return [f"**Collapsed** (no active unit, or KL to the prior below {COLLAPSE_KL_NATS} nats per example): {names}. "
-            "Their encodings carry (almost) no information about x: their smoothness, sample quality and coverage "
-            "describe the decoder alone and say nothing about the encoder.", ""]
+    return [
+        f"**Collapsed** (no active unit, or KL to the prior below {COLLAPSE_KL_NATS} nats per example): {names}. "
+        "Their encodings carry (almost) no information about x: their smoothness, sample quality and coverage "
+        "describe the decoder alone and say nothing about the encoder.",
+        "",
+    ]
 
 
 def _subset(data, max_train: int | None, max_heldout: int | None):
@@ -558,9 +652,14 @@ def _subset(data, max_train: int | None, max_heldout: int | None):
     if max_train is None and max_heldout is None:
         return data
     a, b = max_train or len(data.train), max_heldout or len(data.heldout)
-    return DataSplit(data.name, data.train[:a], data.heldout[:b],
-                     None if data.train_labels is None else data.train_labels[:a],
-                     None if data.heldout_labels is None else data.heldout_labels[:b], data.kind)
+    return DataSplit(
+        data.name,
+        data.train[:a],
+        data.heldout[:b],
+        None if data.train_labels is None else data.train_labels[:a],
+        None if data.heldout_labels is None else data.heldout_labels[:b],
+        data.kind,
+    )
 
 
 def default_comparison_dir(dataset: str) -> Path:
@@ -569,11 +668,22 @@ def default_comparison_dir(dataset: str) -> Path:
     return Path("runs") / f"compare-ae-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def compare_ae_run(out_dir: str | Path | None = None, *, dataset: str = "digits", epochs: int = DEFAULT_EPOCHS,
-                   betas: Sequence[float] = DEFAULT_BETAS, latent_dim: int = 2, hidden_dims: Sequence[int] = (256, 128),
-                   seed: int = 0, batch_size: int = 128, lr: float = 1e-3, overwrite: bool = False,
-                   max_train: int | None = None, max_heldout: int | None = None,
-                   progress: bool = False) -> ComparisonRun:
+def compare_ae_run(
+    out_dir: str | Path | None = None,
+    *,
+    dataset: str = "digits",
+    epochs: int = DEFAULT_EPOCHS,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    latent_dim: int = 2,
+    hidden_dims: Sequence[int] = (256, 128),
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    overwrite: bool = False,
+    max_train: int | None = None,
+    max_heldout: int | None = None,
+    progress: bool = False,
+) -> ComparisonRun:
     """Load ``dataset``, run :func:`compare_ae` and write into ``out_dir`` (default:
     :func:`default_comparison_dir`): ``comparison.json`` (the result), ``comparison.md`` (table and verdict)
     and ``figures/`` (``interpolations.png``, ``samples.png``, ``latent_scatter.png``, ``rate_distortion.png``,
@@ -592,8 +702,18 @@ def compare_ae_run(out_dir: str | Path | None = None, *, dataset: str = "digits"
     if data.kind != "image":
         raise ConfigError(f"compare-ae needs image data, {dataset!r} is a table")
     result, models, heldout, pairs = _compare(
-        data, epochs=epochs, betas=betas, latent_dim=latent_dim, hidden_dims=hidden_dims, seed=seed,
-        batch_size=batch_size, lr=lr, num_pairs=64, num_steps=16, progress=progress)
+        data,
+        epochs=epochs,
+        betas=betas,
+        latent_dim=latent_dim,
+        hidden_dims=hidden_dims,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        num_pairs=64,
+        num_steps=16,
+        progress=progress,
+    )
     figures = _figures(result, models, heldout, pairs, data.heldout_labels, seed)
     files = ["comparison.json", "comparison.md"] + [f"figures/{n}" for n in figures]
     with claimed_output_dir(out_dir, "compare-ae", replace=overwrite, action="compare-ae"):

@@ -22,35 +22,35 @@ MAX_CONFIG_BYTES = 1024 * 1024
 @dataclass
 class Config:
     # -- data
-    dataset: str = "digits"          # digits | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH
-    data_root: str = "data"          # folder holding MNIST-family files in torchvision's layout
-    download: bool = False           # let torchvision download MNIST-family files into data_root
-    image_size: int | None = None    # resize images to image_size x image_size (e.g. 28 for digits)
-    binarize: str = "auto"           # auto (dynamic for binary likelihoods, else none) | dynamic | threshold | none
-    heldout_fraction: float = 0.2    # share held out where the data set has no official test split
-    split_seed: int = 0              # fixes the train/held-out split and the held-out binarization
+    dataset: str = "digits"  # digits | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | table:PATH
+    data_root: str = "data"  # folder holding MNIST-family files in torchvision's layout
+    download: bool = False  # let torchvision download MNIST-family files into data_root
+    image_size: int | None = None  # resize images to image_size x image_size (e.g. 28 for digits)
+    binarize: str = "auto"  # auto (dynamic for binary likelihoods, else none) | dynamic | threshold | none
+    heldout_fraction: float = 0.2  # share held out where the data set has no official test split
+    split_seed: int = 0  # fixes the train/held-out split and the held-out binarization
     # -- model and guide
-    latent_dim: int = 8              # dimension of z
+    latent_dim: int = 8  # dimension of z
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; decoder reversed
-    prior: str = "normal"            # name in ppl_vae.models.PRIORS
-    likelihood: str = "bernoulli"    # name in ppl_vae.models.LIKELIHOODS
-    guide: str = "auto"              # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
+    prior: str = "normal"  # name in ppl_vae.models.PRIORS
+    likelihood: str = "bernoulli"  # name in ppl_vae.models.LIKELIHOODS
+    guide: str = "auto"  # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
     # -- objective
-    elbo: str = "auto"               # auto | trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO)
-    particles: int = 1               # draws of z per example and SVI step (the iwae bound's K)
-    beta: float = 1.0                # weight of the KL part (poutine.scale on "z"); 1 is the ELBO
-    kl_schedule: str = "constant"    # constant | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; schedules rise to beta
+    elbo: str = "auto"  # auto | trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO)
+    particles: int = 1  # draws of z per example and SVI step (the iwae bound's K)
+    beta: float = 1.0  # weight of the KL part (poutine.scale on "z"); 1 is the ELBO
+    kl_schedule: str = "constant"  # constant | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; schedules rise to beta
     # -- training
-    epochs: int = 200                # passes over the training set
-    batch_size: int = 128            # examples per SVI step
-    lr: float = 1e-3                 # Adam learning rate
-    seed: int = 0                    # seeds parameter initialisation, batching, binarization and SVI
-    device: str = "cpu"              # cpu | cuda | cuda:N
-    checkpoint_every: int = 10       # write a resumable checkpoint every N epochs (and on SIGINT/SIGTERM, at the end)
-    keep_best: bool = False          # also keep best.pt, the weights with the best held-out ELBO so far
-    on_divergence: str = "stop"      # stop | restore (skip the step, learning rate / 10, at most 3 times)
+    epochs: int = 200  # passes over the training set
+    batch_size: int = 128  # examples per SVI step
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0  # seeds parameter initialisation, batching, binarization and SVI
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    checkpoint_every: int = 10  # write a resumable checkpoint every N epochs (and on SIGINT/SIGTERM, at the end)
+    keep_best: bool = False  # also keep best.pt, the weights with the best held-out ELBO so far
+    on_divergence: str = "stop"  # stop | restore (skip the step, learning rate / 10, at most 3 times)
     # -- evaluation
-    num_particles: int = 1000        # K, importance samples per example for log p(x)
+    num_particles: int = 1000  # K, importance samples per example for log p(x)
 
     @classmethod
     def tiny(cls, **overrides) -> Config:
@@ -65,8 +65,19 @@ class Config:
         """Check every field's type and range (:mod:`ppl_vae.validation`); raise :class:`ConfigError`
         naming the first bad one. Names of priors, guides and likelihoods are checked where they are
         built, against their registries."""
-        for name in ("latent_dim", "epochs", "batch_size", "num_particles", "particles", "checkpoint_every", "lr",
-                     "beta", "heldout_fraction", "seed", "split_seed"):
+        for name in (
+            "latent_dim",
+            "epochs",
+            "batch_size",
+            "num_particles",
+            "particles",
+            "checkpoint_every",
+            "lr",
+            "beta",
+            "heldout_fraction",
+            "seed",
+            "split_seed",
+        ):
             check_number(getattr(self, name), name)
         if self.image_size is not None:
             check_number(self.image_size, "image_size")
@@ -96,8 +107,10 @@ class Config:
             raise ConfigError(f"{source} has unknown keys {unknown}; valid keys are: {', '.join(sorted(known))}")
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in values] if complete else []
         if missing:
-            raise ConfigError(f"{source} lacks {', '.join(missing)}; a run folder's config.json records every field "
-                              "(restore it from a copy, or train again)")
+            raise ConfigError(
+                f"{source} lacks {', '.join(missing)}; a run folder's config.json records every field "
+                "(restore it from a copy, or train again)"
+            )
         try:
             config = cls(**values)
         except TypeError as error:
@@ -119,25 +132,32 @@ class Config:
             with open(path, "rb") as handle:
                 raw = handle.read(MAX_CONFIG_BYTES + 1)
         except OSError as error:
-            raise ConfigError(f"config file {path} cannot be read ({error.strerror or error}); check its "
-                              "permissions") from None
+            raise ConfigError(
+                f"config file {path} cannot be read ({error.strerror or error}); check its permissions"
+            ) from None
         if len(raw) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; a config holds a "
-                              "few dozen fields, pass a .json or .toml file of config fields")
+            raise ConfigError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; a config holds a "
+                "few dozen fields, pass a .json or .toml file of config fields"
+            )
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not text (binary data, e.g. a pickle or a checkpoint); "
-                              "pass a .json or .toml file of config fields") from None
+            raise ConfigError(
+                f"config file {path} is not text (binary data, e.g. a pickle or a checkpoint); "
+                "pass a .json or .toml file of config fields"
+            ) from None
         kind = "TOML" if path.suffix == ".toml" else "JSON"
         try:
             values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ConfigError(f"config file {path} is not valid {kind}: {first}") from None
-        except (RecursionError, ValueError) as error:      # absurd nesting, integers of thousands of digits
-            raise ConfigError(f"config file {path} is not a usable {kind} file of config fields "
-                              f"({type(error).__name__}); pass a flat mapping of field names to values") from None
+        except (RecursionError, ValueError) as error:  # absurd nesting, integers of thousands of digits
+            raise ConfigError(
+                f"config file {path} is not a usable {kind} file of config fields "
+                f"({type(error).__name__}); pass a flat mapping of field names to values"
+            ) from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field names to values")
         return cls.from_dict(values, source=f"config file {path}")

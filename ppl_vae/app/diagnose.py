@@ -55,11 +55,18 @@ from ppl_vae.results import Result, plain
 from ppl_vae.validation import Bound, check_number
 
 #: Accepted ranges of diagnose_run's sizes (the lower ends are what each method needs to mean anything).
-LIMITS = {"num_samples": Bound(int, 2, 100_000), "nuts_observations": Bound(int, 0, 10_000),
-          "nuts_chains": Bound(int, 2, 64), "nuts_samples": Bound(int, 10, 100_000),
-          "nuts_warmup": Bound(int, 0, 100_000), "sbc_simulations": Bound(int, 20, 1_000_000),
-          "sbc_draws": Bound(int, 1, 10_000), "gap_observations": Bound(int, 0, 100_000),
-          "gap_steps": Bound(int, 1, 1_000_000), "idata_samples": Bound(int, 1, 100_000)}
+LIMITS = {
+    "num_samples": Bound(int, 2, 100_000),
+    "nuts_observations": Bound(int, 0, 10_000),
+    "nuts_chains": Bound(int, 2, 64),
+    "nuts_samples": Bound(int, 10, 100_000),
+    "nuts_warmup": Bound(int, 0, 100_000),
+    "sbc_simulations": Bound(int, 20, 1_000_000),
+    "sbc_draws": Bound(int, 1, 10_000),
+    "gap_observations": Bound(int, 0, 100_000),
+    "gap_steps": Bound(int, 1, 1_000_000),
+    "idata_samples": Bound(int, 1, 100_000),
+}
 
 #: The steps of a diagnosis, in order (the progress bar counts them; ``seconds`` times each).
 STEPS = ("psis", "inference data", "nuts", "sbc", "amortization gap", "collapse", "figures")
@@ -143,11 +150,25 @@ def default_diagnostics_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "diagnostics"
 
 
-def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samples: int = 1000,
-                 nuts_observations: int = 8, nuts_warmup: int = 300, nuts_samples: int = 500, nuts_chains: int = 4,
-                 sbc_simulations: int = 1000, sbc_draws: int = 99, gap_observations: int = 100, gap_steps: int = 300,
-                 idata_samples: int = 100, seed: int = 0, device: str = "cpu", progress: bool = False,
-                 overwrite: bool = False) -> DiagnoseResult:
+def diagnose_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    num_samples: int = 1000,
+    nuts_observations: int = 8,
+    nuts_warmup: int = 300,
+    nuts_samples: int = 500,
+    nuts_chains: int = 4,
+    sbc_simulations: int = 1000,
+    sbc_draws: int = 99,
+    gap_observations: int = 100,
+    gap_steps: int = 300,
+    idata_samples: int = 100,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    overwrite: bool = False,
+) -> DiagnoseResult:
     """Run every diagnostic on a run folder's held-out data and write the files listed in the module
     docstring into ``out`` (default: :func:`default_diagnostics_dir`). Returns the contents of
     ``diagnostics.json`` as a :class:`DiagnoseResult`.
@@ -157,11 +178,19 @@ def diagnose_run(run_dir: str | Path, out: str | Path | None = None, *, num_samp
     made), the run folder is locked while the diagnostics run, and the files appear together at the end
     (written into a hidden sibling folder, then renamed into place)."""
     run_dir = Path(run_dir)
-    settings = DiagnoseSettings(num_samples=num_samples, nuts_observations=nuts_observations,
-                                nuts_chains=nuts_chains, nuts_warmup=nuts_warmup, nuts_samples=nuts_samples,
-                                sbc_simulations=sbc_simulations, sbc_draws=sbc_draws,
-                                gap_observations=gap_observations, gap_steps=gap_steps, idata_samples=idata_samples,
-                                seed=seed).check()
+    settings = DiagnoseSettings(
+        num_samples=num_samples,
+        nuts_observations=nuts_observations,
+        nuts_chains=nuts_chains,
+        nuts_warmup=nuts_warmup,
+        nuts_samples=nuts_samples,
+        sbc_simulations=sbc_simulations,
+        sbc_draws=sbc_draws,
+        gap_observations=gap_observations,
+        gap_steps=gap_steps,
+        idata_samples=idata_samples,
+        seed=seed,
+    ).check()
     out = Path(out) if out is not None else default_diagnostics_dir(run_dir)
     check_output_dir(out, "diagnostics", overwrite=overwrite, inputs=[run_dir])
     with locked(run_dir, "diagnose"):
@@ -211,12 +240,19 @@ class _Steps:
 
 
 def _psis_section(p, num_samples: int, num_observations: int) -> dict:
-    quantiles = np.quantile(p.khat, [0, .05, .25, .5, .75, .95, 1]).tolist()
-    return plain({"num_samples": num_samples, "num_observations": num_observations,
-                  "log_likelihood": p.log_likelihood, "log_likelihood_se": p.log_likelihood_se,
-                  "khat_quantiles": dict(zip(("min", "5%", "25%", "50%", "75%", "95%", "max"), quantiles)),
-                  "fraction_above": p.fraction_above, "sample_size_threshold": p.sample_size_threshold,
-                  "worst": p.worst})
+    quantiles = np.quantile(p.khat, [0, 0.05, 0.25, 0.5, 0.75, 0.95, 1]).tolist()
+    return plain(
+        {
+            "num_samples": num_samples,
+            "num_observations": num_observations,
+            "log_likelihood": p.log_likelihood,
+            "log_likelihood_se": p.log_likelihood_se,
+            "khat_quantiles": dict(zip(("min", "5%", "25%", "50%", "75%", "95%", "max"), quantiles)),
+            "fraction_above": p.fraction_above,
+            "sample_size_threshold": p.sample_size_threshold,
+            "worst": p.worst,
+        }
+    )
 
 
 def _nuts(model, guide, heldout, khat, settings: DiagnoseSettings):
@@ -225,11 +261,23 @@ def _nuts(model, guide, heldout, khat, settings: DiagnoseSettings):
     if not settings.nuts_observations:
         return None, None
     chosen = _choose_observations(khat, min(settings.nuts_observations, heldout.shape[0]), settings.seed)
-    nuts = diagnostics.nuts_reference(model, guide, heldout[chosen], num_chains=settings.nuts_chains,
-                                      num_warmup=settings.nuts_warmup, num_samples=settings.nuts_samples,
-                                      seed=settings.seed)
-    section = {"observations": chosen, "khat": [float(khat[i]) for i in chosen], "num_chains": settings.nuts_chains,
-               "num_warmup": settings.nuts_warmup, "num_samples": settings.nuts_samples, **plain(nuts.summary())}
+    nuts = diagnostics.nuts_reference(
+        model,
+        guide,
+        heldout[chosen],
+        num_chains=settings.nuts_chains,
+        num_warmup=settings.nuts_warmup,
+        num_samples=settings.nuts_samples,
+        seed=settings.seed,
+    )
+    section = {
+        "observations": chosen,
+        "khat": [float(khat[i]) for i in chosen],
+        "num_chains": settings.nuts_chains,
+        "num_warmup": settings.nuts_warmup,
+        "num_samples": settings.nuts_samples,
+        **plain(nuts.summary()),
+    }
     return nuts, section
 
 
@@ -237,19 +285,32 @@ def _amortization_gap(vae, heldout, settings: DiagnoseSettings) -> dict | None:
     if not settings.gap_observations:
         return None
     try:
-        return plain(diagnostics.amortization_gap(
-            vae.model, vae.guide, heldout[:settings.gap_observations], posterior=vae.posterior,
-            num_steps=settings.gap_steps, num_particles=settings.num_samples, seed=settings.seed))
+        return plain(
+            diagnostics.amortization_gap(
+                vae.model,
+                vae.guide,
+                heldout[: settings.gap_observations],
+                posterior=vae.posterior,
+                num_steps=settings.gap_steps,
+                num_particles=settings.num_samples,
+                seed=settings.seed,
+            )
+        )
     except ConfigError as error:
         return {"skipped": str(error)}
 
 
 def _figures(p, s, nuts, nuts_section: dict | None, num_chains: int) -> dict:
     """The figures of ``figures/`` by file name: k-hat, SBC ranks and one corner plot per NUTS example."""
-    threshold = {"k-hat 0.5": 0.5, "k-hat 0.7": 0.7,
-                 f"sample-size threshold {p.sample_size_threshold:.2f}": p.sample_size_threshold}
-    figures = {"khat.png": plots.khat_figure(p.khat, threshold),
-               "sbc_ranks.png": plots.rank_histograms_figure(s.ranks, s.num_draws, s.num_bins, s.p_values)}
+    threshold = {
+        "k-hat 0.5": 0.5,
+        "k-hat 0.7": 0.7,
+        f"sample-size threshold {p.sample_size_threshold:.2f}": p.sample_size_threshold,
+    }
+    figures = {
+        "khat.png": plots.khat_figure(p.khat, threshold),
+        "sbc_ranks.png": plots.rank_histograms_figure(s.ranks, s.num_draws, s.num_bins, s.p_values),
+    }
     if nuts is None:
         return figures
     for k, index in enumerate(nuts_section["observations"]):
@@ -257,7 +318,8 @@ def _figures(p, s, nuts, nuts_section: dict | None, num_chains: int) -> dict:
         # the dimensions x informs most (narrowest posterior), not collapsed ones equal to the prior
         dims = sorted(np.argsort(nuts.nuts_sd[k])[:4].tolist())
         figures[f"nuts_pair_{index}.png"] = plots.pair_figure(
-            nuts.samples[:, :, k].reshape(-1, nuts.samples.shape[-1]), nuts.guide_samples[:, k], title, dims)
+            nuts.samples[:, :, k].reshape(-1, nuts.samples.shape[-1]), nuts.guide_samples[:, k], title, dims
+        )
     return figures
 
 
@@ -268,8 +330,9 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
     vae, seed = run.vae, settings.seed
     heldout = model_input(run.data.heldout, vae, run.config)
     n = int(heldout.shape[0])
-    check_bytes(settings.num_samples * n * 8 * 4, f"{settings.num_samples} importance draws for each of {n} "
-                "held-out examples")
+    check_bytes(
+        settings.num_samples * n * 8 * 4, f"{settings.num_samples} importance draws for each of {n} held-out examples"
+    )
     results: dict = {"run_dir": str(run_dir), "dataset": run.data.name, "num_heldout": n}
     steps = _Steps(progress)
     try:
@@ -277,19 +340,21 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
             p = diagnostics.psis(vae.model, vae.guide, heldout, num_samples=settings.num_samples, seed=seed)
             results["psis"] = _psis_section(p, settings.num_samples, n)
         with steps.step("inference data"):
-            idata = diagnostics.to_inference_data(vae.model, vae.guide, heldout, num_samples=settings.idata_samples,
-                                                  seed=seed)
+            idata = diagnostics.to_inference_data(
+                vae.model, vae.guide, heldout, num_samples=settings.idata_samples, seed=seed
+            )
         with steps.step("nuts"):
             nuts, results["nuts"] = _nuts(vae.model, vae.guide, heldout, p.khat, settings)
         with steps.step("sbc"):
-            s = diagnostics.sbc(vae.model, vae.guide, num_simulations=settings.sbc_simulations,
-                                num_draws=settings.sbc_draws, seed=seed)
+            s = diagnostics.sbc(
+                vae.model, vae.guide, num_simulations=settings.sbc_simulations, num_draws=settings.sbc_draws, seed=seed
+            )
             results["sbc"] = plain(s.summary())
         with steps.step("amortization gap"):
             results["amortization_gap"] = _amortization_gap(vae, heldout, settings)
         with steps.step("collapse"):
             results["collapse"] = plain(diagnostics.collapse_report(vae, heldout, seed=seed))
-        results = {k: v for k, v in results.items() if v is not None}          # skipped steps leave no section
+        results = {k: v for k, v in results.items() if v is not None}  # skipped steps leave no section
         _report_in_data_units(results, run.scaling)
         with steps.step("figures"):
             figures = _figures(p, s, nuts, results.get("nuts"), settings.nuts_chains)
@@ -315,7 +380,7 @@ def _write_outputs(out: Path, result: DiagnoseResult, log_ratios, idata, nuts, f
         atomic_write(staging / "report.md", lambda handle: handle.write(report(result).encode()))
         write_marker(staging, "diagnostics")
         aside = None
-        if out.exists():                      # checked above: empty, or a diagnostics folder to replace
+        if out.exists():  # checked above: empty, or a diagnostics folder to replace
             aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
             os.replace(out, aside)
         staging.rename(out)
@@ -348,22 +413,28 @@ def report_warnings(results) -> list[str]:
     c = results.get("collapse", {})
     if _collapsed(results):
         reason = c.get("warning") or f"0 of {c.get('latent_dim')} latent units active"
-        lines.append(f"> **Warning: collapsed model.** {reason[0].upper() + reason[1:]}. The PSIS, NUTS, SBC and "
-                     "amortization-gap numbers below then compare a guide that ignores x with a posterior close to the "
-                     "prior: good values there are expected and are no evidence of a good model.")
+        lines.append(
+            f"> **Warning: collapsed model.** {reason[0].upper() + reason[1:]}. The PSIS, NUTS, SBC and "
+            "amortization-gap numbers below then compare a guide that ignores x with a posterior close to the "
+            "prior: good values there are expected and are no evidence of a good model."
+        )
     elif c.get("mostly_inactive"):
-        lines.append(f"> **Warning: most latent units are inactive** ({c['active_units']} of {c['latent_dim']} "
-                     "active): the model uses few of its latent dimensions; read the diagnostics below as being "
-                     "about those.")
+        lines.append(
+            f"> **Warning: most latent units are inactive** ({c['active_units']} of {c['latent_dim']} "
+            "active): the model uses few of its latent dimensions; read the diagnostics below as being "
+            "about those."
+        )
     p = results["psis"]
     above, above_07 = p["fraction_above"]["sample_size"], p["fraction_above"]["0.7"]
     if above > 0:
         share = "most" if above > 0.5 else "some"
-        lines.append(f"> **Warning: the importance estimate is unreliable for {share} examples** "
-                     f"({above:.1%} with k-hat above the sample-size threshold {p['sample_size_threshold']:.2f}, "
-                     f"{above_07:.1%} above 0.7): the importance-sampled log p(x) "
-                     f"({_number(p['log_likelihood'])}) and the amortization gap's log p(x) may be far off, and their "
-                     "standard errors are optimistic. q(z | x) misses parts of p(z | x).")
+        lines.append(
+            f"> **Warning: the importance estimate is unreliable for {share} examples** "
+            f"({above:.1%} with k-hat above the sample-size threshold {p['sample_size_threshold']:.2f}, "
+            f"{above_07:.1%} above 0.7): the importance-sampled log p(x) "
+            f"({_number(p['log_likelihood'])}) and the amortization gap's log p(x) may be far off, and their "
+            "standard errors are optimistic. q(z | x) misses parts of p(z | x)."
+        )
     if lines:
         lines = [line for warning in lines for line in (warning, ">")][:-1] + [""]
     return lines
@@ -373,7 +444,7 @@ def warning_texts(results) -> list[str]:
     """The warnings of :func:`report_warnings` as plain one-line texts (no Markdown), for a terminal."""
     texts = []
     for line in report_warnings(results):
-        text = line.removeprefix(">").replace("**", "").strip().removeprefix("Warning: ")   # ">" alone: a separator
+        text = line.removeprefix(">").replace("**", "").strip().removeprefix("Warning: ")  # ">" alone: a separator
         if text:
             texts.append(text)
     return texts
@@ -398,7 +469,8 @@ def _psis_lines(results) -> list[str]:
         f"{p['fraction_above']['sample_size']:.1%}. Above 0.7 the importance estimate of that example is not "
         "reliable: q(z | x) misses parts of p(z | x) that matter.",
         "",
-        "Worst examples (held-out index: k-hat): " + ", ".join(f"{i}: {_number(k, 2)}" for i, k in p["worst"][:5])
+        "Worst examples (held-out index: k-hat): "
+        + ", ".join(f"{i}: {_number(k, 2)}" for i, k in p["worst"][:5])
         + ".",
         "",
         "![k-hat](figures/khat.png)",
@@ -426,8 +498,10 @@ def _nuts_lines(n) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     for index, khat, row in zip(n["observations"], n["khat"], n["per_observation"]):
-        lines.append(f"| {index} | {_number(khat, 2)} | {max(abs(v) for v in row['standardized_mean_error']):.2f} | "
-                     f"{min(row['sd_ratio']):.2f}–{max(row['sd_ratio']):.2f} | {max(row['rhat']):.4f} |")
+        lines.append(
+            f"| {index} | {_number(khat, 2)} | {max(abs(v) for v in row['standardized_mean_error']):.2f} | "
+            f"{min(row['sd_ratio']):.2f}–{max(row['sd_ratio']):.2f} | {max(row['rhat']):.4f} |"
+        )
     return lines + ["", *[f"![NUTS vs guide, #{i}](figures/nuts_pair_{i}.png)" for i in n["observations"][:2]], ""]
 
 
@@ -443,10 +517,25 @@ def _sbc_lines(s, collapsed: bool) -> list[str]:
         "an over-dispersed one; a slope means a biased one. The width is judged with the shift fitted out "
         "(a shifted guide of the right width is not called over-dispersed).",
         "",
-        *([f"Fitted per dimension (guide vs posterior): shift {_list(s['shift'], 2)} posterior sds, "
-           f"sd ratio {_list(s['width_ratio'], 2)}.", ""] if s.get("shift") is not None else []),
-        *(["A collapsed model is calibrated trivially (q(z | x) = p(z) = p(z | x)): this verdict says nothing about "
-           "an informative encoder.", ""] if collapsed else []),
+        *(
+            [
+                f"Fitted per dimension (guide vs posterior): shift {_list(s['shift'], 2)} posterior sds, "
+                f"sd ratio {_list(s['width_ratio'], 2)}.",
+                "",
+            ]
+            if s.get("shift") is not None
+            else []
+        ),
+        *(
+            [
+                "A collapsed model is calibrated trivially (q(z | x) = p(z) = p(z | x)): "
+                "this verdict says nothing about "
+                "an informative encoder.",
+                "",
+            ]
+            if collapsed
+            else []
+        ),
         "![SBC ranks](figures/sbc_ranks.png)",
         "",
     ]
@@ -482,11 +571,18 @@ def _collapse_lines(c, collapsed: bool) -> list[str]:
         "",
     ]
     if c.get("kl_total") is not None:
-        lines += [f"KL(q(z | x) || p(z)) to the model's own prior: {_number(c['kl_total'])} ± "
-                  f"{_number(c.get('kl_total_se'))} nats per example.", ""]
+        lines += [
+            f"KL(q(z | x) || p(z)) to the model's own prior: {_number(c['kl_total'])} ± "
+            f"{_number(c.get('kl_total_se'))} nats per example.",
+            "",
+        ]
     if c.get("kl_per_dimension"):
-        lines += ["KL per dimension (to the model's prior): " + ", ".join(f"{v:.2f}" for v in c["kl_per_dimension"])
-                  + " nats.", ""]
+        lines += [
+            "KL per dimension (to the model's prior): "
+            + ", ".join(f"{v:.2f}" for v in c["kl_per_dimension"])
+            + " nats.",
+            "",
+        ]
     elif c.get("kl_note"):
         lines += [f"KL per dimension: not available ({c['kl_note']}).", ""]
     if collapsed:
@@ -525,18 +621,24 @@ def summary_lines(results) -> list[str]:
     """The headline numbers of a diagnosis, one line per method, for a terminal (``n/a`` where a number
     does not exist, e.g. an infinite k-hat)."""
     p = results["psis"]
-    lines = [f"PSIS: log p(x) {_number(p['log_likelihood'])} ± {_number(p['log_likelihood_se'])} nats per example; "
-             f"k-hat median {_number(p['khat_quantiles']['50%'], 2)}, {p['fraction_above']['0.7']:.1%} of examples "
-             "above 0.7"]
+    lines = [
+        f"PSIS: log p(x) {_number(p['log_likelihood'])} ± {_number(p['log_likelihood_se'])} nats per example; "
+        f"k-hat median {_number(p['khat_quantiles']['50%'], 2)}, {p['fraction_above']['0.7']:.1%} of examples "
+        "above 0.7"
+    ]
     if "nuts" in results:
         n = results["nuts"]
-        lines.append(f"NUTS: max R-hat {_number(n['max_rhat'], 4)}; guide sd / NUTS sd median "
-                     f"{_number(n['median_sd_ratio'], 2)}; max |standardized mean error| "
-                     f"{_number(n['max_abs_standardized_mean_error'], 2)}")
+        lines.append(
+            f"NUTS: max R-hat {_number(n['max_rhat'], 4)}; guide sd / NUTS sd median "
+            f"{_number(n['median_sd_ratio'], 2)}; max |standardized mean error| "
+            f"{_number(n['max_abs_standardized_mean_error'], 2)}"
+        )
     lines.append(f"SBC: {results['sbc']['verdict']} (p = {results['sbc']['p_value']:.3g})")
     g = results.get("amortization_gap") or {}
     if "amortization_gap" in g:
-        lines.append(f"gaps: amortization {_number(g['amortization_gap'])} ± {_number(g['amortization_gap_se'])}, "
-                     f"approximation {_number(g['approximation_gap'])} ± {_number(g['approximation_gap_se'])} nats "
-                     "per example")
+        lines.append(
+            f"gaps: amortization {_number(g['amortization_gap'])} ± {_number(g['amortization_gap_se'])}, "
+            f"approximation {_number(g['approximation_gap'])} ± {_number(g['approximation_gap_se'])} nats "
+            "per example"
+        )
     return lines

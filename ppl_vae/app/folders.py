@@ -28,8 +28,20 @@ from ppl_vae.errors import ConfigError
 MARKER = ".ppl_vae.json"
 LOCK = ".lock"
 #: Files a run folder written before markers existed may hold; such a folder may still be replaced.
-LEGACY_RUN_FILES = {"config.json", "checkpoint.pt", "metrics.json", "run.json", "eval.json", "scaling.json",
-                    "best.pt", "figures", "diagnostics", "samples", "grad_variance.json", LOCK}
+LEGACY_RUN_FILES = {
+    "config.json",
+    "checkpoint.pt",
+    "metrics.json",
+    "run.json",
+    "eval.json",
+    "scaling.json",
+    "best.pt",
+    "figures",
+    "diagnostics",
+    "samples",
+    "grad_variance.json",
+    LOCK,
+}
 
 
 class FolderError(ConfigError):
@@ -57,8 +69,9 @@ def _check_parent_writable(path: Path, what: str) -> None:
     if not parent.is_dir():
         raise FolderError(f"cannot write {what} {path}: {parent} is a file, not a folder; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise FolderError(f"cannot write {what} {path}: {parent} is not writable; choose a path in a folder you "
-                          "can write")
+        raise FolderError(
+            f"cannot write {what} {path}: {parent} is not writable; choose a path in a folder you can write"
+        )
 
 
 def is_empty_dir(path: str | Path, *, ignore=()) -> bool:
@@ -99,16 +112,18 @@ def owned_kind(folder: Path) -> str | None:
     except OSError:
         return None
     if {"config.json", "checkpoint.pt"} <= names and names <= LEGACY_RUN_FILES:
-        return "run"                        # a run folder from before markers
+        return "run"  # a run folder from before markers
     return None
 
 
 def write_marker(folder: Path, kind: str) -> None:
-    from ppl_vae.version import __version__
     from ppl_vae.app.checkpoint import write_json
+    from ppl_vae.version import __version__
 
-    write_json(Path(folder) / MARKER, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                       "ppl_vae_version": __version__})
+    write_json(
+        Path(folder) / MARKER,
+        {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "ppl_vae_version": __version__},
+    )
 
 
 def check_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, inputs=()) -> Path:
@@ -124,8 +139,7 @@ def check_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, in
         raise FolderError(f"the {what} cannot be {resolved}; pass --out NEW_FOLDER")
     for source in inputs:
         if source is not None and _contains(path, Path(source)):
-            raise FolderError(f"the {what} {path} would hold or replace the input {source}; choose an --out "
-                              "outside it")
+            raise FolderError(f"the {what} {path} would hold or replace the input {source}; choose an --out outside it")
     if _contains(path, Path.cwd()):
         raise FolderError(f"the {what} {path} contains the current directory; choose another --out")
     if path.is_symlink():
@@ -134,14 +148,16 @@ def check_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, in
         if not path.is_dir():
             raise FolderError(f"{path} exists and is not a folder; choose another --out")
         if not overwrite:
-            require_empty_dir(path, f"{what} {path} already exists and is not empty; choose another --out or pass "
-                                    "--overwrite")
+            require_empty_dir(
+                path, f"{what} {path} already exists and is not empty; choose another --out or pass --overwrite"
+            )
         elif not is_empty_dir(path):
             found = owned_kind(path)
             if found != kind:
                 held = "a folder ppl_vae did not make" if found is None else f"a ppl_vae {found} folder"
-                raise FolderError(f"--overwrite replaces only a {what} made by ppl_vae, and {path} is {held}; "
-                                  "choose another --out")
+                raise FolderError(
+                    f"--overwrite replaces only a {what} made by ppl_vae, and {path} is {held}; choose another --out"
+                )
         if not os.access(path, os.W_OK | os.X_OK):
             raise FolderError(f"{what} {path} is not writable; choose another --out")
     _check_parent_writable(path, what)
@@ -156,7 +172,7 @@ def claimed_output_dir(path: Path, kind: str, *, replace: bool = False, action: 
     one that does not hold the lock is refused."""
     path = Path(path)
     if path.exists():
-        if replace and owned_kind(path) == kind:        # a folder of this kind holds files: it is never empty
+        if replace and owned_kind(path) == kind:  # a folder of this kind holds files: it is never empty
             aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
             with locked(path, f"replace the {kind} folder"):
                 os.replace(path, aside)
@@ -167,8 +183,9 @@ def claimed_output_dir(path: Path, kind: str, *, replace: bool = False, action: 
     with contextlib.suppress(FileExistsError):
         path.mkdir()
     with locked(path, action):
-        require_empty_dir(path, f"{kind} folder {path} was created by another process meanwhile; choose another "
-                                "--out", ignore={LOCK})       # the marker too: another process made it first
+        require_empty_dir(
+            path, f"{kind} folder {path} was created by another process meanwhile; choose another --out", ignore={LOCK}
+        )  # the marker too: another process made it first
         write_marker(path, kind)
         yield path
 
@@ -201,7 +218,7 @@ def check_figure_dir(path: str | Path, *, inputs=()) -> Path:
     replaced only where they are regular files, see :func:`check_output_file`): not a file, not a link,
     not an input, in a writable place."""
     path = Path(path)
-    for source in inputs:     # the folder is not replaced, only files in it: it may hold inputs, not be one
+    for source in inputs:  # the folder is not replaced, only files in it: it may hold inputs, not be one
         if source is not None and _resolved(path) == _resolved(Path(source)):
             raise FolderError(f"the output folder {path} is the input {source}; choose another")
     if path.is_symlink():
@@ -225,21 +242,23 @@ def locked(folder: str | Path, action: str):
         raise FolderError(f"folder {folder} does not exist; pass the run folder `ppl-vae train` printed")
     try:
         import fcntl
-    except ImportError:          # pragma: no cover - not POSIX: no locking
+    except ImportError:  # pragma: no cover - not POSIX: no locking
         yield
         return
     try:
         fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
-        raise FolderError(f"cannot lock {folder} to {action} ({error.strerror}); check the folder's permissions") \
-            from None
+        raise FolderError(
+            f"cannot lock {folder} to {action} ({error.strerror}); check the folder's permissions"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise FolderError(f"{folder} is in use by {holder}; wait for it to finish, or choose another "
-                              "folder") from None
+            raise FolderError(
+                f"{folder} is in use by {holder}; wait for it to finish, or choose another folder"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({action})".encode(), 0)
         try:

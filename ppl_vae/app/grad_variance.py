@@ -1,5 +1,4 @@
-"""The grad-variance report of a run folder: gradient-variance tables and figures written beside the run.
-"""
+"""The grad-variance report of a run folder: gradient-variance tables and figures written beside the run."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from ppl_vae.results import Result, plain
 
 # -- figures -------------------------------------------------------------------------------------------
 
+
 def variance_figure(result: dict, title: str | None = None) -> Figure:
     """Total gradient variance per estimator (bars, log scale) with ±2 s.e., the particles per step (the
     cost) under each name and the ratio to the one-particle reparameterized estimator on top (for a
@@ -26,10 +26,17 @@ def variance_figure(result: dict, title: str | None = None) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
     colors = {"reparam": "tab:blue", "score": "tab:red", "score-loo": "tab:orange"}
-    labels = [f"{n}\n{r.get('particles', 1)} particle{'s' if r.get('particles', 1) > 1 else ''}/step"
-              for n, r in zip(names, rows)]
-    ax.bar(labels, totals, yerr=[[min(e, 0.999 * t) for e, t in zip(errs, totals)], errs],
-           color=[colors.get(n, "tab:gray") for n in names], capsize=4)
+    labels = [
+        f"{n}\n{r.get('particles', 1)} particle{'s' if r.get('particles', 1) > 1 else ''}/step"
+        for n, r in zip(names, rows)
+    ]
+    ax.bar(
+        labels,
+        totals,
+        yerr=[[min(e, 0.999 * t) for e, t in zip(errs, totals)], errs],
+        color=[colors.get(n, "tab:gray") for n in names],
+        capsize=4,
+    )
     ax.set_yscale("log")
     ax.set_ylim(min(totals) / 10, max(t + e for t, e in zip(totals, errs)) * 5)
     for i, r in enumerate(rows):
@@ -37,11 +44,22 @@ def variance_figure(result: dict, title: str | None = None) -> Figure:
             text = f"{r['variance_ratio']:.3g}×"
             if r.get("particles", 1) > 1 and r.get("variance_ratio_equal_particles") is not None:
                 text += f"\n({r['variance_ratio_equal_particles']:.3g}× at equal particles)"
-            ax.annotate(text, (i, totals[i] + errs[i]), textcoords="offset points", xytext=(0, 3),
-                        ha="center", va="bottom", fontsize=8)
+            ax.annotate(
+                text,
+                (i, totals[i] + errs[i]),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax.set_ylabel("total gradient variance (sum over coordinates)")
-    ax.set_title(title or f"{result['num_params']} parameters, batch {result['batch_size']}, "
-                          f"{result['num_repeats']} draws each (×: ratio to reparam)", fontsize=9)
+    ax.set_title(
+        title
+        or f"{result['num_params']} parameters, batch {result['batch_size']}, "
+        f"{result['num_repeats']} draws each (×: ratio to reparam)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -91,9 +109,15 @@ class GradVarianceReport(Result):
         return {name: value for name, value in self.to_dict().items() if name != "paths"}
 
 
-def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeats: int = 200, seed: int = 0,
-                      out_dir: str | Path | None = None,
-                      loo_particles: int = DEFAULT_LOO_PARTICLES) -> GradVarianceReport:
+def grad_variance_run(
+    run_dir: str | Path,
+    *,
+    num_examples: int = 32,
+    num_repeats: int = 200,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    loo_particles: int = DEFAULT_LOO_PARTICLES,
+) -> GradVarianceReport:
     """Measure the three estimators for the encoder of a trained run, on its first ``num_examples``
     training examples (binarized once, as for held-out data). Writes ``grad_variance.json`` and
     ``figures/grad_variance.png`` into ``out_dir`` (default: the run folder) and returns them as a
@@ -109,23 +133,36 @@ def grad_variance_run(run_dir: str | Path, *, num_examples: int = 32, num_repeat
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
     json_path, png_path = out / "grad_variance.json", out / "figures" / "grad_variance.png"
-    for path in (json_path, png_path):       # before any work: outputs that can be written, never an input
+    for path in (json_path, png_path):  # before any work: outputs that can be written, never an input
         check_output_file(path, inputs=[run_dir / "checkpoint.pt", run_dir / "config.json"])
     run = load_run(run_dir)
     vae, data = run.vae, run.data
     if num_examples > data.train.shape[0]:
-        raise ConfigError(f"the run's training set has {data.train.shape[0]} examples; use --examples "
-                          f"{data.train.shape[0]} or fewer")
+        raise ConfigError(
+            f"the run's training set has {data.train.shape[0]} examples; use --examples {data.train.shape[0]} or fewer"
+        )
     x = model_input(data.train[:num_examples], vae, run.config)
     params = list(vae.encoder.parameters())
-    result = gradient_variance(vae.model, vae.guide, x, params, num_repeats=num_repeats, seed=seed,
-                               loo_particles=loo_particles)
-    report = GradVarianceReport(**plain(summary(result)), run_dir=str(run_dir), dataset=data.name,
-                                examples="first training examples", parameters="encoder (guide network)",
-                                paths=[str(json_path), str(png_path)])
+    result = gradient_variance(
+        vae.model, vae.guide, x, params, num_repeats=num_repeats, seed=seed, loo_particles=loo_particles
+    )
+    report = GradVarianceReport(
+        **plain(summary(result)),
+        run_dir=str(run_dir),
+        dataset=data.name,
+        examples="first training examples",
+        parameters="encoder (guide network)",
+        paths=[str(json_path), str(png_path)],
+    )
     write_json(json_path, report.to_json())
-    save_figure(variance_figure(result, title=f"{data.name}: encoder gradient variance, batch {num_examples}, "
-                                              f"{num_repeats} draws (×: ratio to reparam)"), png_path)
+    save_figure(
+        variance_figure(
+            result,
+            title=f"{data.name}: encoder gradient variance, batch {num_examples}, "
+            f"{num_repeats} draws (×: ratio to reparam)",
+        ),
+        png_path,
+    )
     return report
 
 
@@ -133,16 +170,22 @@ def format_table(report: dict) -> str:
     """Estimator, particles per step (its cost), total variance (± s.e.), the ratio to the one-particle
     reparameterized estimator and the ratio at equal particles (to the reparameterized estimator averaged
     over as many particles), one row each."""
-    lines = [f"{'estimator':<12}{'particles/step':>15}{'total variance':>16}{'s.e.':>11}{'ratio to reparam':>19}"
-             f"{'ratio, equal particles':>25}"]
+    lines = [
+        f"{'estimator':<12}{'particles/step':>15}{'total variance':>16}{'s.e.':>11}{'ratio to reparam':>19}"
+        f"{'ratio, equal particles':>25}"
+    ]
     for name, r in report["estimators"].items():
         ratio = "" if r["variance_ratio"] is None else f"{r['variance_ratio']:.4g} ± {r['variance_ratio_se']:.2g}"
         equal = r.get("variance_ratio_equal_particles")
         equal = "" if equal is None else f"{equal:.4g} ± {r['variance_ratio_equal_particles_se']:.2g}"
-        lines.append(f"{name:<12}{r.get('particles', 1):>15}{r['total_variance']:>16.5g}"
-                     f"{r['total_variance_se']:>11.3g}{ratio:>19}{equal:>25}")
+        lines.append(
+            f"{name:<12}{r.get('particles', 1):>15}{r['total_variance']:>16.5g}"
+            f"{r['total_variance_se']:>11.3g}{ratio:>19}{equal:>25}"
+        )
     k = max((r.get("particles", 1) for r in report["estimators"].values()), default=1)
     if k > 1:
-        lines.append(f"(score-loo costs {k} particles per step; the last column compares it with the reparameterized "
-                     f"gradient averaged over {k} particles, whose variance is 1/{k} of one particle's)")
+        lines.append(
+            f"(score-loo costs {k} particles per step; the last column compares it with the reparameterized "
+            f"gradient averaged over {k} particles, whose variance is 1/{k} of one particle's)"
+        )
     return "\n".join(lines)

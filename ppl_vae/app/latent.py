@@ -67,13 +67,17 @@ def load_image_run(run_dir: str | Path):
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if str(config.dataset).startswith("table:"):
-        raise ConfigError(f"run {run_dir} was trained on a table of numbers ({config.dataset}), not images; "
-                          "latent figures need a run trained on image data")
+        raise ConfigError(
+            f"run {run_dir} was trained on a table of numbers ({config.dataset}), not images; "
+            "latent figures need a run trained on image data"
+        )
     run = load_run(run_dir)
     vae, data = run.vae, run.data
     if data.kind == "table" or plots.as_images(data.heldout[:1]) is None:
-        raise ConfigError(f"run {run_dir} holds examples of shape {tuple(data.data_shape)}, not images; latent "
-                          "figures need a run trained on image data")
+        raise ConfigError(
+            f"run {run_dir} holds examples of shape {tuple(data.data_shape)}, not images; latent "
+            "figures need a run trained on image data"
+        )
     heldout = model_input(data.heldout, vae, run.config)
     return vae, heldout, data.heldout_labels
 
@@ -83,8 +87,15 @@ def run_inputs(run_dir: str | Path) -> list[Path]:
     return [Path(run_dir) / "checkpoint.pt", Path(run_dir) / "config.json"]
 
 
-def interpolate_run(run_dir: str | Path, *, pairs: int = 8, steps: int = 10, method: str = "linear", seed: int = 0,
-                    out: str | Path | None = None) -> Interpolation:
+def interpolate_run(
+    run_dir: str | Path,
+    *,
+    pairs: int = 8,
+    steps: int = 10,
+    method: str = "linear",
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> Interpolation:
     """Decoded paths between the posterior means of ``pairs`` random pairs of held-out examples (drawn
     with ``seed``), ``steps`` points each, one row per pair; written to ``out`` (default:
     ``RUN_DIR/figures/interpolate-<method>-<seed>.png``)."""
@@ -93,13 +104,15 @@ def interpolate_run(run_dir: str | Path, *, pairs: int = 8, steps: int = 10, met
     vae, heldout, _ = load_image_run(run_dir)
     n = heldout.shape[0]
     if 2 * pairs > n:
-        raise ConfigError(f"--pairs {pairs} needs {2 * pairs} held-out examples but the run has {n}; "
-                          f"use --pairs {n // 2} or fewer")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:2 * pairs]
+        raise ConfigError(
+            f"--pairs {pairs} needs {2 * pairs} held-out examples but the run has {n}; use --pairs {n // 2} or fewer"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
     chosen = order.reshape(pairs, 2)
-    paths = torch.stack([latent.interpolate_inputs(vae, heldout[i], heldout[j], steps, method)
-                         for i, j in chosen.tolist()])
-    inputs = heldout[chosen]                                           # (P, 2, *data_shape)
+    paths = torch.stack(
+        [latent.interpolate_inputs(vae, heldout[i], heldout[j], steps, method) for i, j in chosen.tolist()]
+    )
+    inputs = heldout[chosen]  # (P, 2, *data_shape)
     plots.save_figure(latent_figures.interpolation_figure(paths.cpu(), inputs.cpu(), method), out)
     return Interpolation(path=out, pairs=pairs, steps=steps, method=method)
 
@@ -107,12 +120,20 @@ def interpolate_run(run_dir: str | Path, *, pairs: int = 8, steps: int = 10, met
 def _check_dims(dims, latent_dim: int) -> None:
     for dim in dims:
         if not 0 <= dim < latent_dim:
-            raise ConfigError(f"--dims {dim} is out of range; this run's latent space has dimensions 0 to "
-                              f"{latent_dim - 1}")
+            raise ConfigError(
+                f"--dims {dim} is out of range; this run's latent space has dimensions 0 to {latent_dim - 1}"
+            )
 
 
-def traverse_run(run_dir: str | Path, *, dims=None, extent: float = 3.0, steps: int = 9, index: int | None = None,
-                 out: str | Path | None = None) -> Traversal:
+def traverse_run(
+    run_dir: str | Path,
+    *,
+    dims=None,
+    extent: float = 3.0,
+    steps: int = 9,
+    index: int | None = None,
+    out: str | Path | None = None,
+) -> Traversal:
     """Decode z with one coordinate of ``dims`` (default: the first 16) swept over [-extent, extent] in
     ``steps`` values, one row per dimension, starting from z = 0 or from the posterior mean of held-out
     example ``index``; written to ``out`` (default: ``RUN_DIR/figures/traverse.png``)."""
@@ -126,9 +147,10 @@ def traverse_run(run_dir: str | Path, *, dims=None, extent: float = 3.0, steps: 
         base = torch.zeros(d)
     else:
         if not 0 <= index < heldout.shape[0]:
-            raise ConfigError(f"--index {index} is out of range; the run has held-out examples 0 to "
-                              f"{heldout.shape[0] - 1}")
-        base = vae.encode(heldout[index:index + 1])[0][0].cpu()
+            raise ConfigError(
+                f"--index {index} is out of range; the run has held-out examples 0 to {heldout.shape[0] - 1}"
+            )
+        base = vae.encode(heldout[index : index + 1])[0][0].cpu()
     values = latent.symmetric_values(extent, steps)
     images = torch.stack([latent.traverse(vae, base, dim, values) for dim in dims]).cpu()
     plots.save_figure(latent_figures.traversal_figure(images, dims, values), out)
@@ -153,8 +175,13 @@ def manifold_dims(vae, heldout: torch.Tensor, chosen=None) -> tuple[list[int], s
         return best, info["reason"]
     dims = list(chosen)
     what = "KL" if info["criterion"] == "kl" else "activity"
-    why = "chosen with --dims; held-out " + what + ": " + ", ".join(
-        f"z[{j}] {info['scores'][j]:.2f}" for j in dims) + (" nats" if what == "KL" else "")
+    why = (
+        "chosen with --dims; held-out "
+        + what
+        + ": "
+        + ", ".join(f"z[{j}] {info['scores'][j]:.2f}" for j in dims)
+        + (" nats" if what == "KL" else "")
+    )
     dead = [j for j in dims if info["scores"][j] <= latent.COLLAPSED_BELOW]
     if dead:
         why += f"; z[{'], z['.join(map(str, dead))}] collapsed"
@@ -163,8 +190,15 @@ def manifold_dims(vae, heldout: torch.Tensor, chosen=None) -> tuple[list[int], s
     return dims, why
 
 
-def latent_map_run(run_dir: str | Path, *, method: str = "pca", grid: int = 15, extent: float = 2.0, dims=None,
-                   out_dir: str | Path | None = None) -> LatentMap:
+def latent_map_run(
+    run_dir: str | Path,
+    *,
+    method: str = "pca",
+    grid: int = 15,
+    extent: float = 2.0,
+    dims=None,
+    out_dir: str | Path | None = None,
+) -> LatentMap:
     """Write into ``out_dir`` (default: ``RUN_DIR/figures``) the scatter of the held-out posterior means,
     coloured by label and projected to 2-D by ``method`` when the latent space has more dimensions, and,
     for a latent space of at least 2 dimensions, the decoded ``grid`` x ``grid`` manifold over [-extent,
@@ -176,8 +210,9 @@ def latent_map_run(run_dir: str | Path, *, method: str = "pca", grid: int = 15, 
     d = vae.latent_dim
     if dims is not None:
         _check_manifold_dims(dims, d)
-    scatter = check_output_file(out_dir / ("latent-scatter.png" if d <= 2 else f"latent-scatter-{method}.png"),
-                                suffixes=(".png",))
+    scatter = check_output_file(
+        out_dir / ("latent-scatter.png" if d <= 2 else f"latent-scatter-{method}.png"), suffixes=(".png",)
+    )
     manifold = check_output_file(out_dir / "latent-manifold.png", suffixes=(".png",)) if d >= 2 else None
     means = torch.cat([vae.encode(chunk)[0] for chunk in heldout.split(1024)]).cpu()
     points = latent.project_2d(means, method)
@@ -187,5 +222,12 @@ def latent_map_run(run_dir: str | Path, *, method: str = "pca", grid: int = 15, 
         dims, why = manifold_dims(vae, heldout, dims)
         images = latent.latent_grid(vae, grid, extent, dims=dims).cpu()
         plots.save_figure(latent_figures.manifold_figure(images, grid, extent, dims, why=why), manifold)
-    return LatentMap(scatter=scatter, num_examples=int(means.shape[0]), manifold=manifold,
-                     dims=None if manifold is None else list(dims), why=why, grid=grid, extent=extent)
+    return LatentMap(
+        scatter=scatter,
+        num_examples=int(means.shape[0]),
+        manifold=manifold,
+        dims=None if manifold is None else list(dims),
+        why=why,
+        grid=grid,
+        extent=extent,
+    )

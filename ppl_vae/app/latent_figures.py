@@ -1,5 +1,5 @@
-"""Figures of the latent space (interpolations, traversals, the decoded manifold, 2-D scatter), built as matplotlib Figure objects without pyplot from the results of ppl_vae.diagnostics.latent_space.
-"""
+"""Figures of the latent space (interpolations, traversals, the decoded manifold, 2-D scatter), built as
+matplotlib Figure objects without pyplot from the results of :mod:`ppl_vae.diagnostics.latent_space`."""
 
 from __future__ import annotations
 
@@ -77,8 +77,9 @@ def traversal_figure(images: torch.Tensor, dims: Sequence[int], values) -> Figur
     return fig
 
 
-def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims: Sequence[int] = (0, 1),
-                    why: str | None = None) -> Figure:
+def manifold_figure(
+    images: torch.Tensor, num_per_side: int, extent: float, dims: Sequence[int] = (0, 1), why: str | None = None
+) -> Figure:
     """The decoded latent grid of :func:`latent_grid`, ``images (n * n, *data_shape)``, with axes in
     latent units: ``z[dims[0]]`` to the right, ``z[dims[1]]`` upwards. The title names the two dimensions
     and, with ``why``, why they were chosen (e.g. the ``reason`` of :func:`informative_dims`)."""
@@ -86,7 +87,7 @@ def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims
     pictures = _require_images(images[:1])
     h, w = pictures.shape[-2:]
     values = symmetric_values(extent, n).tolist()
-    ticks = sorted({0, n // 2, n - 1}) if n % 2 else [0, n - 1]     # the middle cell is z = 0 only for odd n
+    ticks = sorted({0, n // 2, n - 1}) if n % 2 else [0, n - 1]  # the middle cell is z = 0 only for odd n
     fig = Figure(figsize=(7, 7.3))
     ax = fig.add_subplot(1, 1, 1)
     show_grid(ax, image_grid(images, ncol=n))
@@ -101,8 +102,9 @@ def manifold_figure(images: torch.Tensor, num_per_side: int, extent: float, dims
     return fig
 
 
-def scatter_figure(points: torch.Tensor, labels: torch.Tensor | None = None, *, latent_dim: int = 2,
-                   method: str = "pca") -> Figure:
+def scatter_figure(
+    points: torch.Tensor, labels: torch.Tensor | None = None, *, latent_dim: int = 2, method: str = "pca"
+) -> Figure:
     """Scatter of 2-D points ``(N, 2)`` (posterior means, projected when ``latent_dim > 2``),
     coloured by integer ``labels (N,)``: a legend for up to 20 classes, a colour bar beyond."""
     points = torch.as_tensor(points).detach().cpu().double()
@@ -119,12 +121,14 @@ def scatter_figure(points: torch.Tensor, labels: torch.Tensor | None = None, *, 
             cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
             for i, c in enumerate(classes):
                 mask = (labels == c).numpy()
-                ax.scatter(points[mask, 0].numpy(), points[mask, 1].numpy(), s=8, alpha=0.7, color=cmap(i),
-                           label=str(c))
+                ax.scatter(
+                    points[mask, 0].numpy(), points[mask, 1].numpy(), s=8, alpha=0.7, color=cmap(i), label=str(c)
+                )
             ax.legend(title="label", fontsize=7, markerscale=2, loc="best", ncol=2 if len(classes) > 10 else 1)
         else:
-            sc = ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=8, alpha=0.7, c=labels.numpy(),
-                            cmap="viridis")
+            sc = ax.scatter(
+                points[:, 0].numpy(), points[:, 1].numpy(), s=8, alpha=0.7, c=labels.numpy(), cmap="viridis"
+            )
             fig.colorbar(sc, ax=ax, label="label")
     if latent_dim <= 2:
         ax.set_xlabel("E[z_0 | x]")

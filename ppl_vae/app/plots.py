@@ -63,8 +63,8 @@ def image_grid(x: torch.Tensor, ncol: int | None = None, pad: int = 1, spacers=(
             continue
         r, col = divmod(i, ncol)
         top, left = r * (h + pad), col * (w + pad)
-        grid[:, top:top + h + 2 * pad, left:left + w + 2 * pad] = FRAME      # the frame around this tile
-        grid[:, top + pad:top + pad + h, left + pad:left + pad + w] = images[i]
+        grid[:, top : top + h + 2 * pad, left : left + w + 2 * pad] = FRAME  # the frame around this tile
+        grid[:, top + pad : top + pad + h, left + pad : left + pad + w] = images[i]
     return grid.permute(1, 2, 0)
 
 
@@ -80,8 +80,14 @@ def show_grid(ax, grid: torch.Tensor, title: str | None = None, *, fontsize: int
         ax.axis("off")
 
 
-def grid_figure(panels: list[tuple[torch.Tensor, str]], panel_width: float, *, title_height: float | None = None,
-                gap: float = 0.15, fontsize: int = 10) -> Figure:
+def grid_figure(
+    panels: list[tuple[torch.Tensor, str]],
+    panel_width: float,
+    *,
+    title_height: float | None = None,
+    gap: float = 0.15,
+    fontsize: int = 10,
+) -> Figure:
     """One row of image grids, ``panels = [(grid, title), ...]`` with each ``grid`` from :func:`image_grid`,
     in a figure shaped to the tallest grid, so that no blank bands are left around them.
 
@@ -89,12 +95,17 @@ def grid_figure(panels: list[tuple[torch.Tensor, str]], panel_width: float, *, t
     ``title_height`` inches above them for the titles (default: room for the longest title's lines)."""
     lines = max(title.count("\n") + 1 for _, title in panels)
     title_height = 0.15 + 0.2 * lines if title_height is None else title_height
-    aspect = max(grid.shape[0] / grid.shape[1] for grid, _ in panels)       # height / width of the tallest grid
+    aspect = max(grid.shape[0] / grid.shape[1] for grid, _ in panels)  # height / width of the tallest grid
     width = len(panels) * panel_width + (len(panels) + 1) * gap
     height = panel_width * aspect + title_height + 2 * gap
     fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=gap / width, right=1 - gap / width, bottom=gap / height,
-                        top=1 - (title_height + gap) / height, wspace=gap / panel_width)
+    fig.subplots_adjust(
+        left=gap / width,
+        right=1 - gap / width,
+        bottom=gap / height,
+        top=1 - (title_height + gap) / height,
+        wspace=gap / panel_width,
+    )
     for i, (grid, title) in enumerate(panels):
         show_grid(fig.add_subplot(1, len(panels), i + 1), grid, title, fontsize=fontsize)
     return fig
@@ -111,7 +122,7 @@ def reconstructions_figure(inputs: torch.Tensor, reconstructions: torch.Tensor) 
     ncol = min(n, 16)
     rows, spacers, count = [], [], 0
     for first in range(0, n, ncol):
-        for part in (inputs[first:first + ncol], reconstructions[first:first + ncol]):
+        for part in (inputs[first : first + ncol], reconstructions[first : first + ncol]):
             missing = ncol - part.shape[0]
             rows.append(torch.cat([part, part[:1].expand(missing, *part.shape[1:])]) if missing else part)
             spacers += range(count + part.shape[0], count + ncol)
@@ -125,15 +136,14 @@ def elbo_figure(history: list[dict]) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
     epochs = [r["epoch"] for r in history]
-    marker = "o" if len(epochs) <= 20 else None       # a run of one epoch is a point, not a line
-    ax.plot(epochs, [r["train_elbo"] for r in history], marker=marker, ms=3,
-            label="train (running, during the epoch)")
+    marker = "o" if len(epochs) <= 20 else None  # a run of one epoch is a point, not a line
+    ax.plot(epochs, [r["train_elbo"] for r in history], marker=marker, ms=3, label="train (running, during the epoch)")
     if history and "heldout_elbo" in history[0]:
         ax.plot(epochs, [r["heldout_elbo"] for r in history], marker=marker, ms=3, label="held-out (end of epoch)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per example, higher is better)")
     if 0 < len(set(epochs)) <= 10:
-        ax.set_xticks(sorted(set(epochs)))             # every epoch, and only whole epochs
+        ax.set_xticks(sorted(set(epochs)))  # every epoch, and only whole epochs
         if len(set(epochs)) == 1:
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     else:
@@ -185,7 +195,7 @@ def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) 
     ranks = np.asarray(ranks)
     n, d = ranks.shape
     nrow = math.ceil(d / 4)
-    ncol = math.ceil(d / nrow)                   # rows as full as possible: no empty band of missing panels
+    ncol = math.ceil(d / nrow)  # rows as full as possible: no empty band of missing panels
     fig = Figure(figsize=(3.3 * ncol, 2.7 * nrow + 0.5))
     edges = np.linspace(0, num_draws + 1, num_bins + 1)
     expected = n / num_bins
@@ -194,7 +204,7 @@ def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) 
         ax = fig.add_subplot(nrow, ncol, j + 1)
         ax.axhspan(low, high, color="0.85", lw=0, zorder=0)
         ax.hist(ranks[:, j], bins=edges, histtype="stepfilled", color="C0", alpha=0.55, zorder=1)
-        for bound in (low, high):          # the band's edges drawn over the bars, so a bar below it shows
+        for bound in (low, high):  # the band's edges drawn over the bars, so a bar below it shows
             ax.axhline(bound, color="0.35", lw=0.8, ls="--", zorder=3)
         ax.axhline(expected, color="0.35", lw=1, zorder=3)
         title = f"z[{j}]" + ("" if p_values is None else f"  p = {p_values[j]:.2g}")
@@ -205,7 +215,9 @@ def rank_histograms_figure(ranks, num_draws: int, num_bins: int, p_values=None) 
         ax.set_xlabel(f"rank of the true value among the {num_draws} guide draws", fontsize=7)
         ax.set_ylabel("simulations", fontsize=7)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"SBC rank histograms of the true z, {n} simulations (grey, dashed: 99% band if calibrated)", fontsize=10)
+    fig.suptitle(
+        f"SBC rank histograms of the true z, {n} simulations (grey, dashed: 99% band if calibrated)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 

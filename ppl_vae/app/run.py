@@ -2,7 +2,8 @@
 
 A run folder holds
 ``config.json`` (the resolved :class:`Config`), ``checkpoint.pt``, ``metrics.json`` (per-epoch train
-and held-out ELBO), ``run.json`` (command, package versions, timing, and the objective used at each latent site) and ``figures/``
+and held-out ELBO), ``run.json`` (command, package versions, timing, and the objective used at each latent
+site) and ``figures/``
 (``reconstructions.png``, ``samples.png``, ``elbo.png``); ``ppl-vae evaluate`` adds ``eval.json``.
 Every function here is the Python form of a CLI command.
 """
@@ -75,14 +76,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(config: Config) -> DataSplit:
-    return load_dataset(config.dataset, root=config.data_root, download=config.download, image_size=config.image_size,
-                        heldout_fraction=config.heldout_fraction, split_seed=config.split_seed)
+    return load_dataset(
+        config.dataset,
+        root=config.data_root,
+        download=config.download,
+        image_size=config.image_size,
+        heldout_fraction=config.heldout_fraction,
+        split_seed=config.split_seed,
+    )
 
 
 def build_vae(config: Config, data_shape) -> VAE:
     """The VAE a config describes (parameters initialised from the current RNG state)."""
-    return VAE(data_shape, config.latent_dim, config.hidden_dims, prior=config.prior,
-               likelihood=config.likelihood, guide=config.guide)
+    return VAE(
+        data_shape,
+        config.latent_dim,
+        config.hidden_dims,
+        prior=config.prior,
+        likelihood=config.likelihood,
+        guide=config.guide,
+    )
 
 
 def default_run_dir(config: Config) -> Path:
@@ -107,13 +120,20 @@ class TrainRun:
     run_dir: Path
     data: DataSplit
     result: FitResult
-    units: str = UNITS_AS_SCORED           # what the ELBOs in ``result.history`` are densities of
-    units_shift: float = 0.0               # add to them for the units of the data files (tables)
+    units: str = UNITS_AS_SCORED  # what the ELBOs in ``result.history`` are densities of
+    units_shift: float = 0.0  # add to them for the units of the data files (tables)
 
 
-def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool = False,
-              progress: bool | None = None, command: list[str] | None = None,
-              handle_signals: bool = False, distributed=None) -> TrainRun:
+def train_run(
+    config: Config,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    command: list[str] | None = None,
+    handle_signals: bool = False,
+    distributed=None,
+) -> TrainRun:
     """Train a VAE as ``config`` says and write a run folder (``ppl-vae train``).
 
     Before any work the output is checked (:func:`ppl_vae.app.folders.check_output_dir`: never the current
@@ -131,7 +151,7 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     config.validate()
     run_dir = Path(out) if out is not None else default_run_dir(config)
     main = distributed is None or distributed.is_main
-    if main:            # before any work: refuse an output that would destroy something or cannot be written
+    if main:  # before any work: refuse an output that would destroy something or cannot be written
         check_output_dir(run_dir, "run", overwrite=overwrite, inputs=data_paths(config))
     device = distributed.device if distributed is not None else resolve_device(config.device)
     data = load_data(config)
@@ -139,28 +159,39 @@ def train_run(config: Config, out: str | Path | None = None, *, overwrite: bool 
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, data.data_shape).to(device)
     # Record what "auto" resolved to, so that config.json says exactly what ran.
-    config = replace(config, guide=vae.spec["guide"] or config.guide,
-                     binarize=resolve_binarize(config.binarize, vae.likelihood))
+    config = replace(
+        config, guide=vae.spec["guide"] or config.guide, binarize=resolve_binarize(config.binarize, vae.likelihood)
+    )
     data, scaling = prepare_table(data, vae.likelihood)
     threads.adapt(step_work(vae, config.batch_size * config.particles))
-    if main:        # a checkpoint (weights, Adam's two moments) twice while it is replaced, and figures
-        check_disk(run_dir, sum(p.numel() for p in vae.parameters()) * 4 * 3 * 2 + _FIGURES_BYTES,
-                   f"run folder {run_dir}")
-    writer = _RunWriter(run_dir, config, vae, data, scaling, command, distributed=distributed,
-                        fingerprint=data_fingerprint(config))
+    if main:  # a checkpoint (weights, Adam's two moments) twice while it is replaced, and figures
+        check_disk(
+            run_dir, sum(p.numel() for p in vae.parameters()) * 4 * 3 * 2 + _FIGURES_BYTES, f"run folder {run_dir}"
+        )
+    writer = _RunWriter(
+        run_dir, config, vae, data, scaling, command, distributed=distributed, fingerprint=data_fingerprint(config)
+    )
     if not main:
         return writer.train(progress=progress, handle_signals=handle_signals)
     with contextlib.ExitStack() as claim:
-        def start() -> None:      # fit accepted the data and the model: make the folder, hold it to the end
+
+        def start() -> None:  # fit accepted the data and the model: make the folder, hold it to the end
             claim.enter_context(claimed_output_dir(run_dir, "run", replace=overwrite, action="train"))
             writer.create()
 
         return writer.train(progress=progress, handle_signals=handle_signals, on_start=start)
 
 
-def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool | None = None,
-               command: list[str] | None = None, handle_signals: bool = False, device: str | None = None,
-               distributed=None) -> TrainRun:
+def resume_run(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    progress: bool | None = None,
+    command: list[str] | None = None,
+    handle_signals: bool = False,
+    device: str | None = None,
+    distributed=None,
+) -> TrainRun:
     """Continue an interrupted run (``ppl-vae train --resume RUN_DIR``) from its checkpoint, exactly as if
     it had not stopped, up to ``epochs`` in total (default: the configured number; more trains longer)."""
     run_dir = Path(run_dir)
@@ -169,8 +200,10 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
     payload = load_checkpoint(run_dir / CHECKPOINT_NAME)
     training = payload.get("training")
     if not isinstance(training, dict):
-        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT_NAME} holds no training state (written by an older "
-                              "ppl_vae); it can be evaluated and sampled but not resumed")
+        raise CheckpointError(
+            f"checkpoint {run_dir / CHECKPOINT_NAME} holds no training state (written by an older "
+            "ppl_vae); it can be evaluated and sampled but not resumed"
+        )
     if distributed is not None:
         device = str(distributed.device)
     run = load_run(run_dir, device=device or read_config(run_dir).device)
@@ -179,8 +212,17 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
         config = replace(config, epochs=check_number(epochs, "epochs")).validate()
     fingerprint = check_same_data(run_dir, config)
     threads.adapt(step_work(run.vae, config.batch_size * config.particles))
-    writer = _RunWriter(run_dir, config, run.vae, run.data, run.scaling, command, resume=training,
-                        distributed=distributed, fingerprint=fingerprint)
+    writer = _RunWriter(
+        run_dir,
+        config,
+        run.vae,
+        run.data,
+        run.scaling,
+        command,
+        resume=training,
+        distributed=distributed,
+        fingerprint=fingerprint,
+    )
     if distributed is not None and not distributed.is_main:
         return writer.train(progress=progress, handle_signals=handle_signals)
     with locked(run_dir, "train --resume"):
@@ -190,48 +232,89 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
 class _RunWriter:
     """Trains and keeps the run folder in step with training: config, checkpoints, metrics, status."""
 
-    def __init__(self, run_dir: Path, config: Config, vae: VAE, data: DataSplit, scaling, command,
-                 *, resume: dict | None = None, distributed=None, fingerprint: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Config,
+        vae: VAE,
+        data: DataSplit,
+        scaling,
+        command,
+        *,
+        resume: dict | None = None,
+        distributed=None,
+        fingerprint: dict | None = None,
+    ):
         self.run_dir, self.config, self.vae, self.data, self.scaling = run_dir, config, vae, data, scaling
         self.distributed = distributed
-        self.main = distributed is None or distributed.is_main      # only rank 0 writes
+        self.main = distributed is None or distributed.is_main  # only rank 0 writes
         self.command = command if command is not None else sys.argv
         self.fingerprint = fingerprint
         self.resume = resume
-        self.created = resume is not None          # a resumed run's folder exists already
-        self.best = max((r["heldout_elbo"] for r in resume["history"] if "heldout_elbo" in r), default=None) \
-            if resume is not None else None
+        self.created = resume is not None  # a resumed run's folder exists already
+        self.best = (
+            max((r["heldout_elbo"] for r in resume["history"] if "heldout_elbo" in r), default=None)
+            if resume is not None
+            else None
+        )
         self.started = time.time()
         self.history: list[dict] = list(resume["history"]) if resume is not None else []
-        self.saved_epoch = resume["epoch"] if resume is not None else 0   # epoch of the checkpoint on disk
-        self.objective = None         # the objective fit used per latent site, from its training state
+        self.saved_epoch = resume["epoch"] if resume is not None else 0  # epoch of the checkpoint on disk
+        self.objective = None  # the objective fit used per latent site, from its training state
 
     def train(self, *, progress, handle_signals, on_start=None) -> TrainRun:
         from ppl_vae.errors import TrainingDiverged, TrainingInterrupted
 
         config = self.config
         try:
-            result = fit(self.vae, self.data.train, self.data.heldout, epochs=config.epochs,
-                         batch_size=config.batch_size, lr=config.lr, seed=config.seed, binarize=config.binarize,
-                         elbo=config.elbo, num_particles=config.particles, beta=config.beta,
-                         kl_schedule=config.kl_schedule, heldout_seed=config.split_seed, progress=progress,
-                         on_epoch_end=self.epoch_end, resume=self.resume, on_divergence=config.on_divergence,
-                         handle_signals=handle_signals, distributed=self.distributed, on_start=on_start)
+            result = fit(
+                self.vae,
+                self.data.train,
+                self.data.heldout,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                seed=config.seed,
+                binarize=config.binarize,
+                elbo=config.elbo,
+                num_particles=config.particles,
+                beta=config.beta,
+                kl_schedule=config.kl_schedule,
+                heldout_seed=config.split_seed,
+                progress=progress,
+                on_epoch_end=self.epoch_end,
+                resume=self.resume,
+                on_divergence=config.on_divergence,
+                handle_signals=handle_signals,
+                distributed=self.distributed,
+                on_start=on_start,
+            )
         except TrainingInterrupted as stopped:
             self.save(stopped.state, status="interrupted")
-            raise TrainingInterrupted(f"{stopped}; saved {self.run_dir / CHECKPOINT_NAME}; continue with "
-                                      f"`ppl-vae train --resume {self.run_dir}`", stopped.state,
-                                      stopped.signal_name) from None
+            raise TrainingInterrupted(
+                f"{stopped}; saved {self.run_dir / CHECKPOINT_NAME}; continue with "
+                f"`ppl-vae train --resume {self.run_dir}`",
+                stopped.state,
+                stopped.signal_name,
+            ) from None
         except TrainingDiverged as error:
             if self.created and self.main:
                 self.write_run_json("diverged", message=str(error))
-                raise TrainingDiverged(f"{error}; the last good checkpoint is {self.run_dir / CHECKPOINT_NAME} "
-                                       f"(epoch {self.saved_epoch})") from None
+                raise TrainingDiverged(
+                    f"{error}; the last good checkpoint is {self.run_dir / CHECKPOINT_NAME} (epoch {self.saved_epoch})"
+                ) from None
             raise
         self.save(result.state, status="complete")
         if self.main:
-            write_figures(self.vae, self.data, result.history, self.run_dir / "figures", seed=config.seed,
-                          binarize=config.binarize, heldout_seed=config.split_seed)
+            write_figures(
+                self.vae,
+                self.data,
+                result.history,
+                self.run_dir / "figures",
+                seed=config.seed,
+                binarize=config.binarize,
+                heldout_seed=config.split_seed,
+            )
         shift, units = units_of(self.scaling)
         return TrainRun(run_dir=self.run_dir, data=self.data, result=result, units=units, units_shift=shift)
 
@@ -241,11 +324,20 @@ class _RunWriter:
             return
         self.create()
         record = self.history[-1]
-        if self.config.keep_best and "heldout_elbo" in record and (self.best is None or record["heldout_elbo"] > self.best):
+        if (
+            self.config.keep_best
+            and "heldout_elbo" in record
+            and (self.best is None or record["heldout_elbo"] > self.best)
+        ):
             self.best = record["heldout_elbo"]
             self.create()
-            save_checkpoint(self.run_dir / BEST_NAME, model_spec=self.vae.spec, state_dict=self.vae.state_dict(),
-                            epoch=record["epoch"], heldout_elbo=record["heldout_elbo"])
+            save_checkpoint(
+                self.run_dir / BEST_NAME,
+                model_spec=self.vae.spec,
+                state_dict=self.vae.state_dict(),
+                epoch=record["epoch"],
+                heldout_elbo=record["heldout_elbo"],
+            )
         # The first epoch always leaves a checkpoint, so a run folder on disk can always be resumed.
         due = state["epoch"] % self.config.checkpoint_every == 0 or not (self.run_dir / CHECKPOINT_NAME).exists()
         if due and state["epoch"] < self.config.epochs:
@@ -266,25 +358,37 @@ class _RunWriter:
         if not self.main:
             return
         self.create()
-        if self.resume is not None:               # the epoch count may have been raised on resume
+        if self.resume is not None:  # the epoch count may have been raised on resume
             write_json(self.run_dir / "config.json", self.config.to_dict())
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, model_spec=self.vae.spec, state_dict=self.vae.state_dict(),
-                        optimizer_state=state["optimizer"], epoch=state["epoch"], step=state["step"], training=state)
+        save_checkpoint(
+            self.run_dir / CHECKPOINT_NAME,
+            model_spec=self.vae.spec,
+            state_dict=self.vae.state_dict(),
+            optimizer_state=state["optimizer"],
+            epoch=state["epoch"],
+            step=state["step"],
+            training=state,
+        )
         self.saved_epoch = state["epoch"]
         self.objective = state["settings"].get("objective", self.objective)
         history = state["history"]
         shift, _ = units_of(self.scaling)
         units = "ELBO per example in nats (higher is better); held-out ELBO with a fixed binarization"
         if self.scaling is not None:
-            units = (f"ELBO per example in nats (higher is better) of the STANDARDIZED features the model is "
-                     f"trained on; add units_shift = {shift:.6g} for the table's original units (as "
-                     "`ppl-vae evaluate` reports)")
-        write_json(self.run_dir / "metrics.json", {
-            "units": units,
-            **({"units_shift": shift} if self.scaling is not None else {}),
-            "history": history,
-            "final": history[-1] if history else None,
-        })
+            units = (
+                f"ELBO per example in nats (higher is better) of the STANDARDIZED features the model is "
+                f"trained on; add units_shift = {shift:.6g} for the table's original units (as "
+                "`ppl-vae evaluate` reports)"
+            )
+        write_json(
+            self.run_dir / "metrics.json",
+            {
+                "units": units,
+                **({"units_shift": shift} if self.scaling is not None else {}),
+                "history": history,
+                "final": history[-1] if history else None,
+            },
+        )
         self.write_run_json(status, epoch=state["epoch"], step=state["step"])
 
     def write_run_json(self, status: str, **extra) -> None:
@@ -293,21 +397,28 @@ class _RunWriter:
         commands = previous.get("commands", [])
         if not commands or commands[-1] != list(self.command):
             commands = commands + [list(self.command)]
-        write_json(path, {
-            "status": status,
-            **extra,
-            "command": list(self.command),
-            "commands": commands,
-            "versions": _versions(),
-            "device": str(self.vae.device),
-            "threads": threads.record(),
-            **({"objective": self.objective} if self.objective is not None else {}),
-            "data": {"name": self.data.name, "data_shape": list(self.data.data_shape),
-                     "num_train": int(self.data.train.shape[0]), "num_heldout": int(self.data.heldout.shape[0]),
-                     "fingerprint": self.fingerprint},
-            "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started))),
-            "train_seconds": round(sum(r.get("seconds", 0.0) for r in self.history), 3),   # the SVI steps
-        })
+        write_json(
+            path,
+            {
+                "status": status,
+                **extra,
+                "command": list(self.command),
+                "commands": commands,
+                "versions": _versions(),
+                "device": str(self.vae.device),
+                "threads": threads.record(),
+                **({"objective": self.objective} if self.objective is not None else {}),
+                "data": {
+                    "name": self.data.name,
+                    "data_shape": list(self.data.data_shape),
+                    "num_train": int(self.data.train.shape[0]),
+                    "num_heldout": int(self.data.heldout.shape[0]),
+                    "fingerprint": self.fingerprint,
+                },
+                "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started))),
+                "train_seconds": round(sum(r.get("seconds", 0.0) for r in self.history), 3),  # the SVI steps
+            },
+        )
 
 
 def prepare_table(data: DataSplit, likelihood, scaling: Scaling | None = None) -> tuple[DataSplit, Scaling | None]:
@@ -317,14 +428,18 @@ def prepare_table(data: DataSplit, likelihood, scaling: Scaling | None = None) -
         return data, None
     kind = getattr(likelihood, "data_kind", "binary")
     if kind == "binary":
-        raise ConfigError(f"{data.name} is a table of numbers; use --likelihood gaussian (real features), poisson or "
-                          "negative-binomial (counts)")
+        raise ConfigError(
+            f"{data.name} is a table of numbers; use --likelihood gaussian (real features), poisson or "
+            "negative-binomial (counts)"
+        )
     if kind != "real":
         return data, None
     features = math.prod(data.data_shape)
     if scaling is not None and len(scaling.loc) != features:
-        raise CheckpointError(f"the run's scaling.json standardizes {len(scaling.loc)} features but {data.name} has "
-                              f"{features}; the data changed since training: restore it, or train again")
+        raise CheckpointError(
+            f"the run's scaling.json standardizes {len(scaling.loc)} features but {data.name} has "
+            f"{features}; the data changed since training: restore it, or train again"
+        )
     scaling = scaling or Scaling.fit(data.train)
     return replace(data, train=scaling.apply(data.train), heldout=scaling.apply(data.heldout)), scaling
 
@@ -375,8 +490,16 @@ def _read_scaling(run_dir: Path) -> Scaling | None:
     return Scaling.from_dict(read_json(path, "scaling"), source=str(path)) if path.exists() else None
 
 
-def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, *, seed: int = 0,
-                  binarize: str = "auto", heldout_seed: int = 0) -> list[Path]:
+def write_figures(
+    vae: VAE,
+    data: DataSplit,
+    history: list[dict],
+    folder: Path,
+    *,
+    seed: int = 0,
+    binarize: str = "auto",
+    heldout_seed: int = 0,
+) -> list[Path]:
     """Reconstructions, prior samples and the ELBO curve (only the curve when the data are not images)."""
     if data.kind == "table" or plots.as_images(data.heldout[:1]) is None:
         plots.save_figure(plots.elbo_figure(history), folder / "elbo.png")
@@ -384,13 +507,15 @@ def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, 
     device = vae.device
     binarize = resolve_binarize(binarize, vae.likelihood)
     with seeded(seed, device):
-        inputs = fixed_binarization(to_likelihood_space(data.heldout[:32].to(device), vae.likelihood), binarize,
-                                    heldout_seed)
+        inputs = fixed_binarization(
+            to_likelihood_space(data.heldout[:32].to(device), vae.likelihood), binarize, heldout_seed
+        )
         recon = vae.reconstruct(inputs)
         samples = vae.sample(64)
     paths = [folder / "reconstructions.png", folder / "samples.png", folder / "elbo.png"]
-    for fig, path in zip((plots.reconstructions_figure(inputs, recon), plots.samples_figure(samples),
-                          plots.elbo_figure(history)), paths):
+    for fig, path in zip(
+        (plots.reconstructions_figure(inputs, recon), plots.samples_figure(samples), plots.elbo_figure(history)), paths
+    ):
         plots.save_figure(fig, path)
     return paths
 
@@ -398,8 +523,9 @@ def write_figures(vae: VAE, data: DataSplit, history: list[dict], folder: Path, 
 def read_config(run_dir: Path) -> Config:
     """A run folder's ``config.json``: every field present and valid (a missing ``dataset`` must not
     quietly become the digits)."""
-    return Config.from_dict(read_json(Path(run_dir) / "config.json", "config"),
-                            source=f"{Path(run_dir) / 'config.json'}", complete=True)
+    return Config.from_dict(
+        read_json(Path(run_dir) / "config.json", "config"), source=f"{Path(run_dir) / 'config.json'}", complete=True
+    )
 
 
 def data_paths(config: Config) -> list[Path]:
@@ -413,7 +539,8 @@ def data_paths(config: Config) -> list[Path]:
 
 
 def data_fingerprint(config: Config) -> dict | None:
-    """A content hash of the files the config's data set is read from (see :func:`ppl_vae.data.sources.data_fingerprint`)."""
+    """A content hash of the files the config's data set is read from
+    (:func:`ppl_vae.data.sources.data_fingerprint`)."""
     from ppl_vae.data.sources import data_fingerprint as fingerprint
 
     return fingerprint(config.dataset, root=config.data_root)
@@ -425,13 +552,15 @@ def check_same_data(run_dir: Path, config: Config) -> dict | None:
     recorded = (read_json(path, "run.json").get("data") or {}).get("fingerprint") if path.exists() else None
     now = data_fingerprint(config)
     if recorded is not None and now is not None and recorded.get("sha256") != now.get("sha256"):
-        raise CheckpointError(f"the data of {run_dir} ({config.dataset}) changed since the run was trained (content "
-                              "hash differs); resuming would mix two data sets: restore the data, or train a new run")
+        raise CheckpointError(
+            f"the data of {run_dir} ({config.dataset}) changed since the run was trained (content "
+            "hash differs); resuming would mix two data sets: restore the data, or train a new run"
+        )
     return now
 
 
 #: Room for a run folder's figures and JSON files.
-_FIGURES_BYTES = 8 * 1024 ** 2
+_FIGURES_BYTES = 8 * 1024**2
 
 #: Bytes per float32 parameter while training: the value, its gradient and Adam's two moments.
 _TRAINING_BYTES_PER_PARAMETER = 16
@@ -451,12 +580,18 @@ def check_model_size(config: Config, data_shape) -> None:
     activations."""
     encoder, decoder = _layer_sizes(config, data_shape)
     params = sum(a * b + b for layers in (encoder, decoder) for a, b in zip(layers, layers[1:]))
-    check_bytes(params * _TRAINING_BYTES_PER_PARAMETER, f"a network of {params:,} parameters (latent_dim "
-                f"{config.latent_dim}, hidden_dims {config.hidden_dims}, data of shape {tuple(data_shape)})")
+    check_bytes(
+        params * _TRAINING_BYTES_PER_PARAMETER,
+        f"a network of {params:,} parameters (latent_dim "
+        f"{config.latent_dim}, hidden_dims {config.hidden_dims}, data of shape {tuple(data_shape)})",
+    )
     width = sum(encoder) + sum(decoder)
     rows = config.batch_size * config.particles
-    check_bytes(rows * width * 4 * 3, f"a batch of {config.batch_size} examples x {config.particles} particles "
-                f"through layers of {width:,} units in all")
+    check_bytes(
+        rows * width * 4 * 3,
+        f"a batch of {config.batch_size} examples x {config.particles} particles "
+        f"through layers of {width:,} units in all",
+    )
 
 
 def step_work(vae: VAE, rows: int) -> float:
@@ -476,25 +611,42 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
         if spec.get(name) != getattr(config, name):
             raise CheckpointError(
                 f"checkpoint {run_dir / CHECKPOINT_NAME} does not match {run_dir / 'config.json'}: {name} is "
-                f"{spec.get(name)!r} in the checkpoint but {getattr(config, name)!r} in the config; restore the config")
+                f"{spec.get(name)!r} in the checkpoint but {getattr(config, name)!r} in the config; restore the config"
+            )
     if spec.get("decoder") != "mlp" or not spec.get("data_shape"):
-        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT_NAME} holds a VAE built from custom objects; "
-                              "rebuild it in Python and call vae.load_state_dict(...)")
-    vae = VAE(spec["data_shape"], spec["latent_dim"], spec["hidden_dims"], prior=spec["prior"],
-              likelihood=spec["likelihood"], guide=spec["guide"])
+        raise CheckpointError(
+            f"checkpoint {run_dir / CHECKPOINT_NAME} holds a VAE built from custom objects; "
+            "rebuild it in Python and call vae.load_state_dict(...)"
+        )
+    vae = VAE(
+        spec["data_shape"],
+        spec["latent_dim"],
+        spec["hidden_dims"],
+        prior=spec["prior"],
+        likelihood=spec["likelihood"],
+        guide=spec["guide"],
+    )
     validate_state_dict(payload["state_dict"], vae.state_dict(), run_dir / CHECKPOINT_NAME)
     try:
         vae.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT_NAME} does not fit the architecture in its config "
-                              f"({first}); train again") from None
+        raise CheckpointError(
+            f"checkpoint {run_dir / CHECKPOINT_NAME} does not fit the architecture in its config ({first}); train again"
+        ) from None
     vae.eval()
     return vae.to(resolve_device(device))
 
 
-def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch_size: int | None = None,
-                 seed: int = 0, device: str = "cpu", progress: bool = False) -> EvalResult:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    num_particles: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> EvalResult:
     """Evaluate a run folder on its held-out data and write ``eval.json`` (``ppl-vae evaluate``)."""
     run_dir = Path(run_dir)
     run = load_run(run_dir, device=device)
@@ -502,17 +654,28 @@ def evaluate_run(run_dir: str | Path, *, num_particles: int | None = None, batch
     heldout = model_input(data.heldout, vae, config)
     num_particles = config.num_particles if num_particles is None else check_number(num_particles, "num_particles")
     threads.adapt(step_work(vae, num_particles))
-    result = evaluate(vae, heldout, num_particles=num_particles, batch_size=batch_size,
-                      seed=seed, progress=progress)
-    if scaling is not None:       # report log-densities of the original, unscaled features
+    result = evaluate(vae, heldout, num_particles=num_particles, batch_size=batch_size, seed=seed, progress=progress)
+    if scaling is not None:  # report log-densities of the original, unscaled features
         shift = scaling.log_abs_det
-        result = replace(result, elbo=result.elbo + shift, log_likelihood=result.log_likelihood + shift,
-                         reconstruction=result.reconstruction + shift, joint_elbo=result.joint_elbo + shift,
-                         per_example={k: v + shift for k, v in result.per_example.items()})
+        result = replace(
+            result,
+            elbo=result.elbo + shift,
+            log_likelihood=result.log_likelihood + shift,
+            reconstruction=result.reconstruction + shift,
+            joint_elbo=result.joint_elbo + shift,
+            per_example={k: v + shift for k, v in result.per_example.items()},
+        )
     _, label = units_of(scaling)
-    write_json(run_dir / "eval.json", {**result.to_dict(), "seed": seed, "dataset": data.name,
-                                       "units": f"per example, nats, {label}; *_se: Monte Carlo standard error; "
-                                                "*_data_se: standard error over examples"})
+    write_json(
+        run_dir / "eval.json",
+        {
+            **result.to_dict(),
+            "seed": seed,
+            "dataset": data.name,
+            "units": f"per example, nats, {label}; *_se: Monte Carlo standard error; "
+            "*_data_se: standard error over examples",
+        },
+    )
     return result
 
 
@@ -522,22 +685,36 @@ def evaluation_lines(result: EvalResult, units: str) -> list[str]:
     from ppl_vae.infer.evaluate import COLLAPSE_NATS, ELBO
 
     given_globals = result.elbo_kind != ELBO
-    rows = [("ELBO given q(globals), not a bound" if given_globals else "ELBO", result.elbo, result.elbo_se,
-             result.elbo_data_se),
-            (f"log p(x), IWAE K={result.num_particles}", result.log_likelihood, result.log_likelihood_se,
-             result.log_likelihood_data_se),
-            ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
-            ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None)]
-    if given_globals:       # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
+    rows = [
+        (
+            "ELBO given q(globals), not a bound" if given_globals else "ELBO",
+            result.elbo,
+            result.elbo_se,
+            result.elbo_data_se,
+        ),
+        (
+            f"log p(x), IWAE K={result.num_particles}",
+            result.log_likelihood,
+            result.log_likelihood_se,
+            result.log_likelihood_data_se,
+        ),
+        ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
+        ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None),
+    ]
+    if given_globals:  # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
         rows.insert(1, ("joint ELBO (bound on log p(x_1..N)/N)", result.joint_elbo, result.joint_elbo_se, None))
-    lines = [f"{result.num_examples} held-out examples, per example in nats, {units}",
-             f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}"]
+    lines = [
+        f"{result.num_examples} held-out examples, per example in nats, {units}",
+        f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}",
+    ]
     for name, mean, se, data_se in rows:
         lines.append(f"{name:<40}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
     if result.kl < COLLAPSE_NATS:
-        lines.append(f"warning: posterior collapse: KL(q(z|x) || p(z)) is {result.kl:.3f} nats per example, so the "
-                     "model ignores its latent code and decodes every x the same way; the numbers above describe a "
-                     "model that does not use z")
+        lines.append(
+            f"warning: posterior collapse: KL(q(z|x) || p(z)) is {result.kl:.3f} nats per example, so the "
+            "model ignores its latent code and decodes every x the same way; the numbers above describe a "
+            "model that does not use z"
+        )
     return lines
 
 
@@ -547,8 +724,15 @@ def default_sample_path(run_dir: str | Path, seed: int = 0) -> Path:
     return Path(run_dir) / ("samples" if table else "figures") / f"samples-{seed}.{'csv' if table else 'png'}"
 
 
-def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | None = None, *, seed: int = 0,
-               device: str = "cpu", mean: bool | None = None) -> torch.Tensor:
+def sample_run(
+    run_dir: str | Path,
+    num_samples: int = 64,
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    mean: bool | None = None,
+) -> torch.Tensor:
     """Draw ``num_samples`` examples from a trained model, ``(num_samples, *data_shape)``; with ``out``,
     also write them (``ppl-vae sample``): a ``.png`` image grid or ``.csv`` rows with the table's header.
 
@@ -558,23 +742,32 @@ def sample_run(run_dir: str | Path, num_samples: int = 64, out: str | Path | Non
     run_dir = Path(run_dir)
     check_number(num_samples, "the number of samples", BOUNDS["num_samples"])
     check_number(seed, "seed")
-    if out is not None:     # before any work: an output that cannot be written, or would replace an input
-        check_output_file(out, inputs=[run_dir / CHECKPOINT_NAME, run_dir / "config.json",
-                                       *data_paths(read_config(run_dir))], suffixes=(".png", ".csv"))
+    if out is not None:  # before any work: an output that cannot be written, or would replace an input
+        check_output_file(
+            out,
+            inputs=[run_dir / CHECKPOINT_NAME, run_dir / "config.json", *data_paths(read_config(run_dir))],
+            suffixes=(".png", ".csv"),
+        )
     vae = load(run_dir, device=device)
-    check_bytes(num_samples * math.prod(vae.data_shape) * 4 * 4, f"{num_samples} samples of shape {tuple(vae.data_shape)}")
+    check_bytes(
+        num_samples * math.prod(vae.data_shape) * 4 * 4, f"{num_samples} samples of shape {tuple(vae.data_shape)}"
+    )
     scaling = _read_scaling(run_dir)
     table = out is not None and Path(out).suffix.lower() == ".csv"
-    if out is not None and not table and (plots.as_images(torch.zeros(1, *vae.data_shape)) is None
-                                          or scaling is not None):
-        raise ConfigError(f"the samples are rows of a table, not images; write them with --out "
-                          f"{Path(out).with_suffix('.csv')}")
+    if (
+        out is not None
+        and not table
+        and (plots.as_images(torch.zeros(1, *vae.data_shape)) is None or scaling is not None)
+    ):
+        raise ConfigError(
+            f"the samples are rows of a table, not images; write them with --out {Path(out).with_suffix('.csv')}"
+        )
     if mean is None:
         mean = out is not None and not table
     with seeded(seed, vae.device):
         samples = vae.sample(num_samples, mean=mean).cpu()
     if scaling is not None:
-        samples = scaling.invert(samples)                 # back to the original units
+        samples = scaling.invert(samples)  # back to the original units
     if out is not None:
         if table:
             _write_csv(Path(out), samples.reshape(num_samples, -1), _column_names(read_config(run_dir)))
@@ -591,8 +784,15 @@ class SamplesWritten(Result):
     num_samples: int
 
 
-def write_samples(run_dir: str | Path, num_samples: int = 64, out: str | Path | None = None, *, seed: int = 0,
-                  device: str = "cpu", mean: bool | None = None) -> SamplesWritten:
+def write_samples(
+    run_dir: str | Path,
+    num_samples: int = 64,
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    mean: bool | None = None,
+) -> SamplesWritten:
     """``ppl-vae sample``: :func:`sample_run` into ``out``, by default :func:`default_sample_path` (an image
     grid, or a CSV table for runs trained on tables)."""
     out = Path(out) if out is not None else default_sample_path(run_dir, seed)

@@ -35,23 +35,37 @@ class TrainSummary(Result):
     is_main: bool
 
 
-def check_resume_options(resume: str | Path, overrides: dict, *, config_file=None, out=None,
-                         overwrite: bool = False) -> None:
+def check_resume_options(
+    resume: str | Path, overrides: dict, *, config_file=None, out=None, overwrite: bool = False
+) -> None:
     """Refuse settings next to ``--resume``: a resumed run continues as its ``config.json`` says; only
     ``epochs`` may change (to train longer). ``overrides``: the config fields given (field -> value)."""
     given = [name for name, value in overrides.items() if name != "epochs" and value is not None]
     if not (given or config_file is not None or out is not None or overwrite):
         return
-    extra = [f"--{name.replace('_', '-')}" for name in given] + (["--config"] if config_file else []) + \
-        (["--out"] if out else []) + (["--overwrite"] if overwrite else [])
-    raise ConfigError(f"--resume continues {resume} as configured in its config.json; drop {' '.join(extra)} (only "
-                      "--epochs may change, to train longer)")
+    extra = (
+        [f"--{name.replace('_', '-')}" for name in given]
+        + (["--config"] if config_file else [])
+        + (["--out"] if out else [])
+        + (["--overwrite"] if overwrite else [])
+    )
+    raise ConfigError(
+        f"--resume continues {resume} as configured in its config.json; drop {' '.join(extra)} (only "
+        "--epochs may change, to train longer)"
+    )
 
 
-def train_command(*, overrides: dict | None = None, config_file: str | Path | None = None,
-                  out: str | Path | None = None, overwrite: bool = False, resume: str | Path | None = None,
-                  progress: bool | None = None, command: list[str] | None = None,
-                  handle_signals: bool = False) -> TrainSummary:
+def train_command(
+    *,
+    overrides: dict | None = None,
+    config_file: str | Path | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    command: list[str] | None = None,
+    handle_signals: bool = False,
+) -> TrainSummary:
     """Train a new run (config: ``config_file`` with ``overrides`` of single fields, see
     :func:`ppl_vae.app.config.resolve_config`; written to ``out``) or, with ``resume``, continue that run
     folder (only ``overrides["epochs"]`` may be given, see :func:`check_resume_options`).
@@ -66,18 +80,31 @@ def train_command(*, overrides: dict | None = None, config_file: str | Path | No
         config = read_config(resume)
     else:
         config = resolve_config(config_file, overrides)
-    context = distributed.init_from_environment(config.device)     # torchrun: join the process group
+    context = distributed.init_from_environment(config.device)  # torchrun: join the process group
     failed = True
     try:
         if resume is not None:
-            run = resume_run(resume, epochs=overrides.get("epochs"), progress=progress, command=command,
-                             handle_signals=handle_signals, distributed=context)
+            run = resume_run(
+                resume,
+                epochs=overrides.get("epochs"),
+                progress=progress,
+                command=command,
+                handle_signals=handle_signals,
+                distributed=context,
+            )
             config = read_config(run.run_dir)
         else:
             if context is not None and out is None:
                 raise ConfigError("distributed training needs --out RUN_DIR, the same for every process")
-            run = train_run(config, out, overwrite=overwrite, progress=progress, command=command,
-                            handle_signals=handle_signals, distributed=context)
+            run = train_run(
+                config,
+                out,
+                overwrite=overwrite,
+                progress=progress,
+                command=command,
+                handle_signals=handle_signals,
+                distributed=context,
+            )
         failed = False
     finally:
         distributed.shutdown(context, wait=not failed)
@@ -87,10 +114,16 @@ def train_command(*, overrides: dict | None = None, config_file: str | Path | No
 def _summary(run, epochs: int, context) -> TrainSummary:
     final = run.result.history[-1] if run.result.history else {}
     shift = run.units_shift
-    return TrainSummary(run_dir=run.run_dir, dataset=run.data.name, num_train=int(run.data.train.shape[0]),
-                        num_heldout=int(run.data.heldout.shape[0]), data_shape=tuple(run.data.data_shape),
-                        epochs=epochs,
-                        train_elbo=final["train_elbo"] + shift if "train_elbo" in final else None,
-                        heldout_elbo=final["heldout_elbo"] + shift if "heldout_elbo" in final else None,
-                        units=run.units, processes=None if context is None else context.world_size,
-                        is_main=context is None or context.is_main)
+    return TrainSummary(
+        run_dir=run.run_dir,
+        dataset=run.data.name,
+        num_train=int(run.data.train.shape[0]),
+        num_heldout=int(run.data.heldout.shape[0]),
+        data_shape=tuple(run.data.data_shape),
+        epochs=epochs,
+        train_elbo=final["train_elbo"] + shift if "train_elbo" in final else None,
+        heldout_elbo=final["heldout_elbo"] + shift if "heldout_elbo" in final else None,
+        units=run.units,
+        processes=None if context is None else context.world_size,
+        is_main=context is None or context.is_main,
+    )

@@ -21,12 +21,17 @@ from ppl_vae.errors import PplVaeError, TrainingInterrupted
 
 EXIT_BUG = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130          # 128 + SIGINT, the shell's convention
-EXIT_SIGTERM = 143              # 128 + SIGTERM
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 #: Modules that contribute subcommands through ``register(subparsers) -> {name: handler}``.
-COMMAND_MODULES = ("ppl_vae.cli.run_commands", "ppl_vae.cli.latent", "ppl_vae.cli.compare_ae",
-                   "ppl_vae.cli.grad_variance", "ppl_vae.cli.diagnose")
+COMMAND_MODULES = (
+    "ppl_vae.cli.run_commands",
+    "ppl_vae.cli.latent",
+    "ppl_vae.cli.compare_ae",
+    "ppl_vae.cli.grad_variance",
+    "ppl_vae.cli.diagnose",
+)
 
 
 class UsageError(PplVaeError):
@@ -52,14 +57,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     for name in COMMAND_MODULES:
         handlers.update(importlib.import_module(name).register(sub))
     for command in sub.choices.values():
-        command.add_argument("--threads", type=arg("threads", Bound(int, 1, max_threads())),
-                             help="torch intra-op threads (default: auto = 1, more only for large models on idle "
-                                  "cores; measured, see ppl_vae.threads)")
-        command.add_argument("--max-memory", metavar="SIZE",
-                             help="largest allocation any input may ask for, e.g. 8G (default: a quarter of this "
-                                  "machine's memory; also PPL_VAE_MAX_MEMORY)")
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show tracebacks of errors")
+        command.add_argument(
+            "--threads",
+            type=arg("threads", Bound(int, 1, max_threads())),
+            help="torch intra-op threads (default: auto = 1, more only for large models on idle "
+            "cores; measured, see ppl_vae.threads)",
+        )
+        command.add_argument(
+            "--max-memory",
+            metavar="SIZE",
+            help="largest allocation any input may ask for, e.g. 8G (default: a quarter of this "
+            "machine's memory; also PPL_VAE_MAX_MEMORY)",
+        )
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
+        )
     return parser, handlers
 
 
@@ -70,10 +82,16 @@ def one_line(text: str) -> str:
 def _os_error_message(error: OSError) -> str:
     reason = error.strerror or type(error).__name__
     where = f": {error.filename}" if error.filename else ""
-    hints = {28: "free disk space or write elsewhere", 13: "check the permissions or choose another path",
-             30: "the file system is read-only; write elsewhere", 2: "check the path",
-             21: "a folder is in the way; choose another path", 20: "a file is in the way of a folder; choose "
-             "another path", 36: "use a shorter path", 122: "the disk quota is exceeded; free space"}
+    hints = {
+        28: "free disk space or write elsewhere",
+        13: "check the permissions or choose another path",
+        30: "the file system is read-only; write elsewhere",
+        2: "check the path",
+        21: "a folder is in the way; choose another path",
+        20: "a file is in the way of a folder; choose another path",
+        36: "use a shorter path",
+        122: "the disk quota is exceeded; free space",
+    }
     hint = hints.get(error.errno, "check the path and the machine")
     return one_line(f"{reason}{where} ({hint})")
 
@@ -85,15 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"ppl-vae {command}".strip()
     try:
         return _run(argv)
-    except SystemExit as done:          # --help, --version
+    except SystemExit as done:  # --help, --version
         return done.code if isinstance(done.code, int) else 0
-    except BrokenPipeError:             # `ppl-vae list | head -1`: the reader left; nothing to report
+    except BrokenPipeError:  # `ppl-vae list | head -1`: the reader left; nothing to report
         _silence_stdout()
         return 0
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as error:          # noqa: BLE001 - the one place every error becomes one line
+    except Exception as error:  # noqa: BLE001 - the one place every error becomes one line
         if debug:
             raise
         if isinstance(error, TrainingInterrupted):
@@ -106,11 +124,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: error: {_os_error_message(error)}", file=sys.stderr)
             return EXIT_USAGE
         if isinstance(error, MemoryError):
-            print(f"{prefix}: error: out of memory; use fewer examples, particles or samples per step, or a "
-                  "smaller model", file=sys.stderr)
+            print(
+                f"{prefix}: error: out of memory; use fewer examples, particles or samples per step, or a "
+                "smaller model",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
-        print(f"{prefix}: internal error (a bug in ppl_vae; please report it with the output of --debug): "
-              f"{type(error).__name__}: {one_line(error)[:300]}", file=sys.stderr)
+        print(
+            f"{prefix}: internal error (a bug in ppl_vae; please report it with the output of --debug): "
+            f"{type(error).__name__}: {one_line(error)[:300]}",
+            file=sys.stderr,
+        )
         return EXIT_BUG
 
 

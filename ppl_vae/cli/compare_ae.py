@@ -18,9 +18,16 @@ def _handle(args):
         verdict,
     )
 
-    result = compare_ae_run(args.out, dataset=args.dataset, epochs=args.epochs, betas=tuple(args.betas),
-                            latent_dim=args.latent_dim, seed=args.seed, overwrite=args.overwrite,
-                            progress=not args.quiet)
+    result = compare_ae_run(
+        args.out,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        betas=tuple(args.betas),
+        latent_dim=args.latent_dim,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     print(markdown_table(result))
     print()
     print(verdict(result))
@@ -32,20 +39,29 @@ def _handle(args):
 
 def register(sub) -> dict:
     """Add ``compare-ae``; return ``{"compare-ae": handler}``."""
-    p = sub.add_parser("compare-ae", help="train an autoencoder and VAEs over beta, and measure smoothness, "
-                       "sample quality and coverage",
-                       description="Train a plain autoencoder (delta guide, beta=0) and Normal-guide VAEs for "
-                                   "several betas on the same data, budget and seed; write comparison.json, "
-                                   "comparison.md and figures/.")
+    p = sub.add_parser(
+        "compare-ae",
+        help="train an autoencoder and VAEs over beta, and measure smoothness, sample quality and coverage",
+        description="Train a plain autoencoder (delta guide, beta=0) and Normal-guide VAEs for "
+        "several betas on the same data, budget and seed; write comparison.json, "
+        "comparison.md and figures/.",
+    )
     p.add_argument("--dataset", default="digits", help="data set spec (default: digits)")
-    p.add_argument("--epochs", type=arg("epochs"), default=DEFAULT_EPOCHS,
-                   help=f"epochs per model (default: {DEFAULT_EPOCHS})")
+    p.add_argument(
+        "--epochs", type=arg("epochs"), default=DEFAULT_EPOCHS, help=f"epochs per model (default: {DEFAULT_EPOCHS})"
+    )
     p.add_argument("--out", type=path_arg, help="folder to write (default: runs/compare-ae-<dataset>-<time>)")
-    p.add_argument("--betas", type=arg("beta"), nargs="+", default=list(DEFAULT_BETAS),
-                   help="KL weights of the Normal-guide models (default: 0 0.1 0.5 1 2 4)")
+    p.add_argument(
+        "--betas",
+        type=arg("beta"),
+        nargs="+",
+        default=list(DEFAULT_BETAS),
+        help="KL weights of the Normal-guide models (default: 0 0.1 0.5 1 2 4)",
+    )
     p.add_argument("--latent-dim", type=arg("latent_dim"), default=2, help="latent dimension (default: 2)")
     p.add_argument("--seed", type=arg("seed"), default=0, help="seed of every model and measurement (default: 0)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing comparison folder (only one ppl_vae made)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing comparison folder (only one ppl_vae made)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output while training")
     return {"compare-ae": _handle}

@@ -11,36 +11,76 @@ import argparse
 from ppl_vae.validation import arg, count, path_arg
 
 #: Config fields a train flag may set (the flag is the field with - for _).
-TRAIN_FIELDS = ("dataset", "data_root", "download", "image_size", "binarize", "latent_dim", "hidden_dims", "prior",
-                "likelihood", "guide", "elbo", "particles", "beta", "kl_schedule", "epochs", "batch_size", "lr",
-                "seed", "device", "checkpoint_every", "keep_best", "on_divergence")
+TRAIN_FIELDS = (
+    "dataset",
+    "data_root",
+    "download",
+    "image_size",
+    "binarize",
+    "latent_dim",
+    "hidden_dims",
+    "prior",
+    "likelihood",
+    "guide",
+    "elbo",
+    "particles",
+    "beta",
+    "kl_schedule",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "device",
+    "checkpoint_every",
+    "keep_best",
+    "on_divergence",
+)
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a VAE and write a run folder",
-                       description="Train a VAE by SVI (a Pyro ELBO, see --elbo) and write a run folder with config, "
-                                   "checkpoint, metrics and figures. With no arguments: the embedded digits data.")
+    p = sub.add_parser(
+        "train",
+        help="train a VAE and write a run folder",
+        description="Train a VAE by SVI (a Pyro ELBO, see --elbo) and write a run folder with config, "
+        "checkpoint, metrics and figures. With no arguments: the embedded digits data.",
+    )
     # Defaults are None so that a --config file's values survive unless a flag overrides them.
-    p.add_argument("--dataset", help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | "
-                   "table:PATH (.csv or .npz of real or count features)")
+    p.add_argument(
+        "--dataset",
+        help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | "
+        "table:PATH (.csv or .npz of real or count features)",
+    )
     p.add_argument("--data-root", help="folder with MNIST-family files in torchvision's layout (default: data)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST-family files if missing")
     p.add_argument("--image-size", type=arg("image_size"), help="resize images to this square size (e.g. 28)")
-    p.add_argument("--binarize", choices=["auto", "dynamic", "threshold", "none"], help="binarization of grey "
-                   "images (default: auto = dynamic for binary likelihoods such as bernoulli, none otherwise)")
+    p.add_argument(
+        "--binarize",
+        choices=["auto", "dynamic", "threshold", "none"],
+        help="binarization of grey "
+        "images (default: auto = dynamic for binary likelihoods such as bernoulli, none otherwise)",
+    )
     p.add_argument("--latent-dim", type=arg("latent_dim"), help="dimension of z (default: 8)")
-    p.add_argument("--hidden-dims", type=arg("hidden_dim"), nargs="*",
-                   help="encoder hidden widths, decoder reversed (default: 256 128)")
+    p.add_argument(
+        "--hidden-dims",
+        type=arg("hidden_dim"),
+        nargs="*",
+        help="encoder hidden widths, decoder reversed (default: 256 128)",
+    )
     p.add_argument("--prior", help="prior name (default: normal; see `ppl-vae list`)")
     p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
     p.add_argument("--guide", help="guide family name (default: auto, the family matching the prior's space)")
-    p.add_argument("--elbo", help="objective: auto (default: analytic KL where registered, Monte Carlo elsewhere) | "
-                                  "trace | meanfield | iwae")
-    p.add_argument("--particles", type=arg("particles"),
-                   help="draws of z per example and step; K of the iwae bound (default: 1)")
+    p.add_argument(
+        "--elbo",
+        help="objective: auto (default: analytic KL where registered, Monte Carlo elsewhere) | "
+        "trace | meanfield | iwae",
+    )
+    p.add_argument(
+        "--particles", type=arg("particles"), help="draws of z per example and step; K of the iwae bound (default: 1)"
+    )
     p.add_argument("--beta", type=arg("beta"), help="weight of the KL part of the ELBO (default: 1)")
-    p.add_argument("--kl-schedule",
-                   help="constant (default) | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; rises to --beta")
+    p.add_argument(
+        "--kl-schedule", help="constant (default) | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; rises to --beta"
+    )
     p.add_argument("--epochs", type=arg("epochs"), help="passes over the training data (default: 200)")
     p.add_argument("--batch-size", type=arg("batch_size"), help="examples per SVI step (default: 128)")
     p.add_argument("--lr", type=arg("lr"), help="Adam learning rate (default: 1e-3)")
@@ -48,26 +88,48 @@ def _add_train(sub) -> None:
     p.add_argument("--device", help="cpu (default) | cuda | cuda:N")
     p.add_argument("--config", type=path_arg, help="JSON or TOML file of config fields; flags override it")
     p.add_argument("--out", type=path_arg, help="run folder to create (default: runs/<dataset>-<time>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run folder (only a folder ppl_vae made for a run)")
-    p.add_argument("--resume", type=path_arg, metavar="RUN_DIR",
-                   help="continue an interrupted run exactly where it stopped (with --epochs N: train up to N epochs)")
-    p.add_argument("--checkpoint-every", type=arg("checkpoint_every"),
-                   help="write a resumable checkpoint every N epochs (default: 10; SIGINT/SIGTERM and the end of "
-                        "training always write one)")
-    p.add_argument("--keep-best", action="store_true", default=None,
-                   help="also keep best.pt, the weights with the best held-out ELBO")
-    p.add_argument("--on-divergence", choices=["stop", "restore"],
-                   help="on a NaN/inf gradient: stop (default) or skip the step and divide the learning rate by 10")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run folder (only a folder ppl_vae made for a run)"
+    )
+    p.add_argument(
+        "--resume",
+        type=path_arg,
+        metavar="RUN_DIR",
+        help="continue an interrupted run exactly where it stopped (with --epochs N: train up to N epochs)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=arg("checkpoint_every"),
+        help="write a resumable checkpoint every N epochs (default: 10; SIGINT/SIGTERM and the end of "
+        "training always write one)",
+    )
+    p.add_argument(
+        "--keep-best",
+        action="store_true",
+        default=None,
+        help="also keep best.pt, the weights with the best held-out ELBO",
+    )
+    p.add_argument(
+        "--on-divergence",
+        choices=["stop", "restore"],
+        help="on a NaN/inf gradient: stop (default) or skip the step and divide the learning rate by 10",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="held-out ELBO and importance-sampled log p(x) of a run",
-                       description="Evaluate a run folder on its held-out data; prints a table and writes eval.json.")
+    p = sub.add_parser(
+        "evaluate",
+        help="held-out ELBO and importance-sampled log p(x) of a run",
+        description="Evaluate a run folder on its held-out data; prints a table and writes eval.json.",
+    )
     p.add_argument("run_dir", type=path_arg)
-    p.add_argument("--num-particles", "-k", type=arg("num_particles"),
-                   help="importance samples per example (default: the config's, 1000)")
+    p.add_argument(
+        "--num-particles",
+        "-k",
+        type=arg("num_particles"),
+        help="importance samples per example (default: the config's, 1000)",
+    )
     p.add_argument("--batch-size", type=arg("batch_size"), help="examples per chunk (default: by memory)")
     p.add_argument("--seed", type=arg("seed"), default=0)
     p.add_argument("--device", default="cpu")
@@ -78,11 +140,18 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw from a trained model into an image grid or a CSV table")
     p.add_argument("run_dir", type=path_arg)
     p.add_argument("-n", "--num-samples", type=count("--num-samples", 1, 100_000), default=64)
-    p.add_argument("--out", type=path_arg, help="file to write: .png image grid, or .csv rows (default: "
-                   "RUN_DIR/figures/samples-<seed>.png; RUN_DIR/samples/samples-<seed>.csv for tables)")
-    p.add_argument("--mean", action="store_true",
-                   help="write the mean of p(x | z) at each z ~ p(z) instead of a draw of x (images always show "
-                        "the mean; tables and counts are draws unless --mean)")
+    p.add_argument(
+        "--out",
+        type=path_arg,
+        help="file to write: .png image grid, or .csv rows (default: "
+        "RUN_DIR/figures/samples-<seed>.png; RUN_DIR/samples/samples-<seed>.csv for tables)",
+    )
+    p.add_argument(
+        "--mean",
+        action="store_true",
+        help="write the mean of p(x | z) at each z ~ p(z) instead of a draw of x (images always show "
+        "the mean; tables and counts are draws unless --mean)",
+    )
     p.add_argument("--seed", type=arg("seed"), default=0)
     p.add_argument("--device", default="cpu")
 
@@ -95,14 +164,23 @@ def train_overrides(args: argparse.Namespace) -> dict:
 def _train(args) -> None:
     from ppl_vae.app.train import train_command
 
-    done = train_command(overrides=train_overrides(args), config_file=args.config, out=args.out,
-                         overwrite=args.overwrite, resume=args.resume, progress=False if args.quiet else None,
-                         command=["ppl-vae", *args.argv], handle_signals=True)
+    done = train_command(
+        overrides=train_overrides(args),
+        config_file=args.config,
+        out=args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=False if args.quiet else None,
+        command=["ppl-vae", *args.argv],
+        handle_signals=True,
+    )
     if not done.is_main:
         return
     processes = f", {done.processes} processes" if done.processes is not None else ""
-    print(f"trained on {done.dataset}: {done.num_train} train / {done.num_heldout} held-out examples of shape "
-          f"{done.data_shape}, {done.epochs} epochs{processes}")
+    print(
+        f"trained on {done.dataset}: {done.num_train} train / {done.num_heldout} held-out examples of shape "
+        f"{done.data_shape}, {done.epochs} epochs{processes}"
+    )
     print(f"held-out ELBO {done.heldout_elbo:.2f} nats per example, {done.units} (train {done.train_elbo:.2f})")
     print(f"run folder: {done.run_dir}  (next: ppl-vae evaluate {done.run_dir})")
 
@@ -110,8 +188,14 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     from ppl_vae.app.run import evaluate_run, evaluation_lines, load_units
 
-    result = evaluate_run(args.run_dir, num_particles=args.num_particles, batch_size=args.batch_size, seed=args.seed,
-                          device=args.device, progress=not args.quiet)
+    result = evaluate_run(
+        args.run_dir,
+        num_particles=args.num_particles,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
     for line in evaluation_lines(result, load_units(args.run_dir)[1]):
         print(line)
     print(f"wrote {args.run_dir / 'eval.json'}")
@@ -120,8 +204,7 @@ def _evaluate(args) -> None:
 def _sample(args) -> None:
     from ppl_vae.app.run import write_samples
 
-    done = write_samples(args.run_dir, args.num_samples, args.out, seed=args.seed, device=args.device,
-                         mean=args.mean)
+    done = write_samples(args.run_dir, args.num_samples, args.out, seed=args.seed, device=args.device, mean=args.mean)
     print(f"wrote {done.num_samples} samples to {done.path}")
 
 

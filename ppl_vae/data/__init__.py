@@ -5,10 +5,35 @@ files, npz archives, image folders, CSV/npz tables), binarization, support check
 and ``tables``.
 """
 
-
+from ppl_vae.data.npz import check_npz_members, one_line, open_npz, read_npz_member, require_file
+from ppl_vae.data.sources import (
+    DATASETS,
+    DEFAULT_ROOT,
+    IMAGE_EXTENSIONS,
+    SPEC_PREFIXES,
+    PathLike,
+    data_fingerprint,
+    load_dataset,
+)
 from ppl_vae.data.split import DataSplit, split_examples
-from ppl_vae.data.sources import DATASETS, DEFAULT_ROOT, IMAGE_EXTENSIONS, SPEC_PREFIXES, PathLike, data_fingerprint, load_dataset
-from ppl_vae.data.npz import open_npz, check_npz_members, read_npz_member, require_file, one_line
 from ppl_vae.data.support import BINARIZE_MODES, binarize, check_data_support
 
-__all__ = ['DataSplit', 'split_examples', 'DATASETS', 'SPEC_PREFIXES', 'IMAGE_EXTENSIONS', 'DEFAULT_ROOT', 'PathLike', 'load_dataset', 'open_npz', 'check_npz_members', 'read_npz_member', 'require_file', 'one_line', 'BINARIZE_MODES', 'binarize', 'data_fingerprint', 'check_data_support']
+__all__ = [
+    "DataSplit",
+    "split_examples",
+    "DATASETS",
+    "SPEC_PREFIXES",
+    "IMAGE_EXTENSIONS",
+    "DEFAULT_ROOT",
+    "PathLike",
+    "load_dataset",
+    "open_npz",
+    "check_npz_members",
+    "read_npz_member",
+    "require_file",
+    "one_line",
+    "BINARIZE_MODES",
+    "binarize",
+    "data_fingerprint",
+    "check_data_support",
+]

@@ -1,17 +1,19 @@
-"""Reading .npz archives without unpickling and without unbounded allocation: members are checked against their headers and the memory budget before they are read.
-"""
+"""Reading .npz archives without unpickling and without unbounded allocation: members are checked against
+their headers and the memory budget before they are read."""
 
 from __future__ import annotations
+
 import math
 import os
 import struct
 import zipfile
 import zlib
 from typing import Any
+
 import numpy as np
+
 from ppl_vae.errors import DataError
 from ppl_vae.limits import check_bytes
-
 
 # --------------------------------------------------------------------------------------------------
 # npz files
@@ -19,8 +21,19 @@ from ppl_vae.limits import check_bytes
 
 # What opening or reading a damaged or unusual zip archive can raise (encrypted members: RuntimeError;
 # unknown compression methods: NotImplementedError).
-_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, KeyError,
-                    RuntimeError, NotImplementedError, struct.error, SyntaxError)
+_NPZ_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    KeyError,
+    RuntimeError,
+    NotImplementedError,
+    struct.error,
+    SyntaxError,
+)
 
 
 READ_CHUNK = 1 << 20
@@ -42,8 +55,10 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         check_npz_members(path, members, wanted)
         fix = "save images as uint8 0..255 or floats in [0, 1]"
         # Labels of any plain dtype are read (within the budget) so that _npz_labels can say what is wrong.
-        return {key: read_npz_member(path, archive, members[key], key, fix, "biuf" if key[0] == "x" else "biufcSU")
-                for key in wanted}
+        return {
+            key: read_npz_member(path, archive, members[key], key, fix, "biuf" if key[0] == "x" else "biufcSU")
+            for key in wanted
+        }
 
 
 class open_npz:
@@ -68,9 +83,7 @@ class open_npz:
         try:
             self.archive = zipfile.ZipFile(path)
         except _NPZ_READ_ERRORS as error:
-            raise DataError(
-                f"{path} is not a valid .npz file ({one_line(error)}); save it with numpy.savez"
-            ) from error
+            raise DataError(f"{path} is not a valid .npz file ({one_line(error)}); save it with numpy.savez") from error
         self.members: dict[str, zipfile.ZipInfo] = {}
         for info in self.archive.infolist():
             if not info.is_dir():
@@ -88,15 +101,23 @@ def check_npz_members(path: str, members: dict[str, zipfile.ZipInfo], keys: list
     """Refuse, from the zip directory alone, members that would unpack to more than the budget."""
     for key in keys:
         info = members[key]
-        check_bytes(info.file_size, f"npz member {key!r} of {path} (unpacks to {info.file_size} bytes from "
-                    f"{info.compress_size} in the archive)", error=DataError)
+        check_bytes(
+            info.file_size,
+            f"npz member {key!r} of {path} (unpacks to {info.file_size} bytes from "
+            f"{info.compress_size} in the archive)",
+            error=DataError,
+        )
     total = sum(members[key].file_size for key in keys)
-    check_bytes(total, f"the arrays {', '.join(repr(key) for key in keys)} of {path} together (unpacking to "
-                f"{total} bytes)", error=DataError)
+    check_bytes(
+        total,
+        f"the arrays {', '.join(repr(key) for key in keys)} of {path} together (unpacking to {total} bytes)",
+        error=DataError,
+    )
 
 
-def read_npz_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, fix: str,
-                    kinds: str = "biuf") -> np.ndarray:
+def read_npz_member(
+    path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, fix: str, kinds: str = "biuf"
+) -> np.ndarray:
     """One array of an open .npz archive, read within the memory budget.
 
     The ``.npy`` header is read and checked first: object arrays and dtypes whose kind is not in
@@ -128,8 +149,16 @@ def _read_npy_header(member: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unknown .npy format version {version}")
 
 
-def _check_npy_header(path: str, key: str, info: zipfile.ZipInfo, header_bytes: int, shape: tuple[int, ...],
-                      dtype: np.dtype, fix: str, kinds: str) -> None:
+def _check_npy_header(
+    path: str,
+    key: str,
+    info: zipfile.ZipInfo,
+    header_bytes: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    fix: str,
+    kinds: str,
+) -> None:
     if dtype.hasobject:
         raise DataError(
             f"npz file {path}: {key!r} is an object array (ragged or mixed types); "
@@ -154,7 +183,7 @@ def _fill(stream: Any, buffer: memoryview) -> None:
     """Fill ``buffer`` from ``stream`` in chunks; ValueError if the stream ends first."""
     filled = 0
     while filled < len(buffer):
-        n = stream.readinto(buffer[filled:filled + READ_CHUNK])
+        n = stream.readinto(buffer[filled : filled + READ_CHUNK])
         if not n:
             raise ValueError(f"the data ends after {filled} of {len(buffer)} bytes")
         filled += n

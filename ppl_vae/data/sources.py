@@ -40,6 +40,10 @@ Data sources (the ``spec`` argument of :func:`load_dataset`):
     both loose images and class subfolders is an error, as is a class subfolder without images;
     hidden entries (names starting with ".") and files with other extensions are ignored, and
     class folders are not searched recursively. Split like ``"digits"``.
+``"table:PATH"``
+    A table of numbers, a CSV file or an npz archive of columns (:mod:`ppl_vae.data.tables`): one row per
+    example, ``(N, D)`` values for the real-valued and count likelihoods. Split like ``"digits"``, unless an
+    npz holds its own ``x_train`` and ``x_test``.
 
 ``image_size`` resizes every image to ``image_size x image_size`` (bilinear, antialiased) after
 loading; it is an error for flat vector data.
@@ -56,6 +60,7 @@ in a likelihood's support.
 """
 
 from __future__ import annotations
+
 import hashlib
 import math
 import numbers
@@ -63,14 +68,15 @@ import os
 import struct
 import warnings
 from typing import Any, Optional, Union
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ppl_vae.data.npz import READ_CHUNK, one_line, read_npz, require_file
+from ppl_vae.data.split import MAX_SEED, DataSplit, describe_value, split_examples
 from ppl_vae.errors import DataError
 from ppl_vae.limits import check_bytes
-from ppl_vae.data.split import DataSplit, MAX_SEED, describe_value, split_examples
-from ppl_vae.data.npz import READ_CHUNK, one_line, read_npz, require_file
-
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist")
 
@@ -81,7 +87,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist")
 SPEC_PREFIXES = ("npz:", "folder:", "table:")
 
 
-"""Prefixes of data set specs that name a file (``npz:PATH``) or a folder (``folder:PATH``)."""
+"""Prefixes of data set specs that name a file (``npz:PATH``, ``table:PATH``) or a folder (``folder:PATH``)."""
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -125,7 +131,8 @@ def load_dataset(
 
     Args:
         spec: ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"`` (case-insensitive),
-            ``"npz:PATH"`` or ``"folder:PATH"``.
+            ``"npz:PATH"``, ``"folder:PATH"`` or ``"table:PATH"`` (a CSV or npz table, see
+            :mod:`ppl_vae.data.tables`).
         root: folder holding the torchvision data sets (``<root>/MNIST/raw`` ...); defaults to
             ``"./data"``. Ignored by the other sources.
         download: let torchvision download missing MNIST-family files into ``root``. Never
@@ -203,8 +210,7 @@ def _check_arguments(spec: object, image_size: object, heldout_fraction: object,
         or not 0 < heldout_fraction < 1
     ):
         raise DataError(
-            f"heldout_fraction must be a number strictly between 0 and 1, got {heldout_fraction!r}; "
-            "pass e.g. 0.2"
+            f"heldout_fraction must be a number strictly between 0 and 1, got {heldout_fraction!r}; pass e.g. 0.2"
         )
     if not _is_int(split_seed) or not 0 <= split_seed < MAX_SEED:
         raise DataError(f"split_seed must be an integer in [0, 2**64), got {split_seed!r}; pass e.g. 0")
@@ -323,9 +329,7 @@ def _check_idx_files(kind: str, raw_folder: str) -> None:
         return
     gz_hint = ""
     if all(os.path.isfile(os.path.join(raw_folder, name + ".gz")) for name in missing):
-        gz_hint = (
-            " (the .gz archives are there: uncompress them with gunzip, or pass --download to extract them)"
-        )
+        gz_hint = " (the .gz archives are there: uncompress them with gunzip, or pass --download to extract them)"
     expected = "" if len(missing) == len(_IDX_FILES) else f" (expects {', '.join(_IDX_FILES)})"
     raise DataError(
         f"{kind} files not found in {raw_folder}: missing {', '.join(missing)}{expected}{gz_hint}; "
@@ -334,8 +338,14 @@ def _check_idx_files(kind: str, raw_folder: str) -> None:
 
 
 # IDX element types: type code -> (bytes per element, name).
-_IDX_TYPES = {0x08: (1, "uint8"), 0x09: (1, "int8"), 0x0B: (2, "int16"), 0x0C: (4, "int32"),
-              0x0D: (4, "float32"), 0x0E: (8, "float64")}
+_IDX_TYPES = {
+    0x08: (1, "uint8"),
+    0x09: (1, "int8"),
+    0x0B: (2, "int16"),
+    0x0C: (4, "int32"),
+    0x0D: (4, "float32"),
+    0x0E: (8, "float64"),
+}
 
 
 def _check_idx_header(kind: str, file: str, ndim: int) -> None:
@@ -359,8 +369,7 @@ def _check_idx_header(kind: str, file: str, ndim: int) -> None:
     itemsize, type_name = _IDX_TYPES[head[2]]
     if type_name != "uint8":
         raise DataError(
-            f"the {kind} file {file} holds {type_name} values, but MNIST-family files hold uint8 (0..255); "
-            f"{fix}"
+            f"the {kind} file {file} holds {type_name} values, but MNIST-family files hold uint8 (0..255); {fix}"
         )
     dims = struct.unpack(f">{ndim}I", head[4:])
     count = math.prod(dims)
@@ -371,8 +380,11 @@ def _check_idx_header(kind: str, file: str, ndim: int) -> None:
             f"the {kind} file {file} is damaged: its header declares {' x '.join(map(str, dims))} {type_name} "
             f"values but it holds {size - 4 - 4 * ndim} bytes of data; {fix}"
         )
-    check_bytes(count * max(itemsize, 4), f"the {kind} file {file} ({' x '.join(map(str, dims))} values, "
-                f"read whole and converted to float32)", error=DataError)
+    check_bytes(
+        count * max(itemsize, 4),
+        f"the {kind} file {file} ({' x '.join(map(str, dims))} values, read whole and converted to float32)",
+        error=DataError,
+    )
 
 
 def _torchvision_failure(kind: str, raw_folder: str, download: bool, error: Exception) -> str:
@@ -441,9 +453,7 @@ def _npz_images(where: str, key: str, array: np.ndarray, image_size: Optional[in
 def _npz_values(where: str, key: str, array: np.ndarray) -> np.ndarray:
     """Check the dtype and values of an image array; return it as float32 in [0, 1] (same shape)."""
     if array.size == 0:
-        raise DataError(
-            f"{where}: {key!r} is empty (shape {array.shape}); save at least one non-empty example"
-        )
+        raise DataError(f"{where}: {key!r} is empty (shape {array.shape}); save at least one non-empty example")
     kind = array.dtype.kind
     if kind == "b":
         return array.astype(np.float32)
@@ -469,8 +479,7 @@ def _npz_values(where: str, key: str, array: np.ndarray) -> np.ndarray:
             )
         return array.astype(np.float32)
     raise DataError(
-        f"{where}: {key!r} has dtype {array.dtype}, not numbers; "
-        "save images as uint8 0..255 or floats in [0, 1]"
+        f"{where}: {key!r} has dtype {array.dtype}, not numbers; save images as uint8 0..255 or floats in [0, 1]"
     )
 
 
@@ -504,14 +513,11 @@ def _npz_labels(where: str, key: str, y: np.ndarray, n: int) -> torch.Tensor:
         y = y[:, 0]
     if y.ndim != 1 or len(y) != n:
         raise DataError(
-            f"{where}: {key!r} has shape {y.shape} but there are {n} images; "
-            f"save one label per image, shape ({n},)"
+            f"{where}: {key!r} has shape {y.shape} but there are {n} images; save one label per image, shape ({n},)"
         )
     whole_floats = y.dtype.kind == "f" and bool(np.isfinite(y).all() and (y == np.round(y)).all())
     if y.dtype.kind not in "biu" and not whole_floats:
-        raise DataError(
-            f"{where}: {key!r} holds non-integer labels (dtype {y.dtype}); save integer class indices"
-        )
+        raise DataError(f"{where}: {key!r} holds non-integer labels (dtype {y.dtype}); save integer class indices")
     if n and (y.min() < 0 or y.max() > np.iinfo(np.int64).max):
         raise DataError(f"{where}: {key!r} has labels outside 0..2**63-1; save class indices 0, 1, 2, ...")
     return torch.from_numpy(y.astype(np.int64))
@@ -538,8 +544,11 @@ def _load_folder(
     if image_size is None:
         _check_same_size(files, sizes)
         width, height = sizes[0]
-        check_bytes(n * width * height * 4, f"{n} images of {width}x{height} pixels from image folder {path} "
-                    "(as float32)", error=DataError)
+        check_bytes(
+            n * width * height * 4,
+            f"{n} images of {width}x{height} pixels from image folder {path} (as float32)",
+            error=DataError,
+        )
     else:
         width = height = image_size
         _check_resize(f"the {n} images of image folder {path}", n, 1, image_size)
@@ -558,17 +567,14 @@ def _load_folder(
 def _list_folder(path: str) -> tuple[list[str], Optional[list[int]]]:
     """Image files in ``path`` (sorted) and their class labels, or None for a flat folder."""
     if not os.path.isdir(path):
-        raise DataError(
-            f"image folder {path} does not exist or is not a folder; check the path after 'folder:'"
-        )
+        raise DataError(f"image folder {path} does not exist or is not a folder; check the path after 'folder:'")
     entries = [entry for entry in _listdir(path, "image folder") if not entry.startswith(".")]
     classes = [entry for entry in entries if os.path.isdir(os.path.join(path, entry))]
     loose = _image_files(path)
     if not classes:
         if not loose:
             raise DataError(
-                f"image folder {path} has no images ({' '.join(IMAGE_EXTENSIONS)}); "
-                "add images or class subfolders"
+                f"image folder {path} has no images ({' '.join(IMAGE_EXTENSIONS)}); add images or class subfolders"
             )
         return loose, None
     if loose:
@@ -596,8 +602,9 @@ def _listdir(folder: str, what: str) -> list[str]:
     try:
         return sorted(os.listdir(folder))
     except OSError as error:
-        raise DataError(f"cannot list {what} {folder} ({one_line(error)}); check that it is a readable folder") \
-            from error
+        raise DataError(
+            f"cannot list {what} {folder} ({one_line(error)}); check that it is a readable folder"
+        ) from error
 
 
 def _image_files(folder: str) -> list[str]:
@@ -651,8 +658,11 @@ def _image_header(file: str) -> tuple[int, int]:
     if width < 1 or height < 1:
         raise DataError(f"image {file} has no pixels ({width}x{height}); replace or remove the file")
     # Pillow holds up to 4 bytes per band and pixel while decoding, then the grey float32 copy.
-    check_bytes(width * height * (4 * bands + 4), f"decoding image {file} ({width}x{height} pixels, mode {mode})",
-                error=DataError)
+    check_bytes(
+        width * height * (4 * bands + 4),
+        f"decoding image {file} ({width}x{height} pixels, mode {mode})",
+        error=DataError,
+    )
     return width, height
 
 
@@ -819,6 +829,5 @@ def _hash_file(digest: Any, file: str) -> int:
                 digest.update(chunk)
                 size += len(chunk)
     except OSError as error:
-        raise DataError(f"cannot read {file} to fingerprint it ({one_line(error)}); check its permissions") \
-            from error
+        raise DataError(f"cannot read {file} to fingerprint it ({one_line(error)}); check its permissions") from error
     return size

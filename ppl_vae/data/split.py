@@ -1,13 +1,14 @@
-"""The train/held-out split of a data set (DataSplit) and the checks every source's tensors pass.
-"""
+"""The train/held-out split of a data set (DataSplit) and the checks every source's tensors pass."""
 
 from __future__ import annotations
+
 import math
 from dataclasses import dataclass
 from typing import Optional
-import torch
-from ppl_vae.errors import DataError
 
+import torch
+
+from ppl_vae.errors import DataError
 
 MAX_SEED = 2**64
 
@@ -58,8 +59,7 @@ class DataSplit:
             )
         if (self.train_labels is None) != (self.heldout_labels is None):
             raise DataError(
-                f"data set {self.name!r} has labels for only one of its parts; "
-                "give labels for both or neither"
+                f"data set {self.name!r} has labels for only one of its parts; give labels for both or neither"
             )
         _check_labels(self.name, "train_labels", self.train_labels, len(self.train))
         _check_labels(self.name, "heldout_labels", self.heldout_labels, len(self.heldout))
@@ -83,9 +83,7 @@ def _check_part(name: str, part: str, x: torch.Tensor, unit_interval: bool = Tru
             raise DataError(f"data set {name!r}: {part} has NaN or infinite values; remove or impute them")
         return
     if x.numel() > 0 and not _in_unit_interval(x):
-        raise DataError(
-            f"data set {name!r}: {part} has values outside [0, 1] (or NaN); scale the data into [0, 1]"
-        )
+        raise DataError(f"data set {name!r}: {part} has values outside [0, 1] (or NaN); scale the data into [0, 1]")
 
 
 def _in_unit_interval(x: torch.Tensor) -> bool:
@@ -133,8 +131,7 @@ def split_examples(
     n = len(x)
     if n < 3:
         raise DataError(
-            f"data set {name!r} has {n} example(s); at least 3 are needed "
-            "(2 for training, 1 held out), add more data"
+            f"data set {name!r} has {n} example(s); at least 3 are needed (2 for training, 1 held out), add more data"
         )
     n_heldout = min(max(int(math.floor(n * heldout_fraction + 0.5)), 1), n - 2)
     generator = torch.Generator().manual_seed(split_seed)

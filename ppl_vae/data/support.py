@@ -1,13 +1,14 @@
-"""What the data must be for a likelihood (support checks in chunks), binarization, and the fingerprint of a data source recorded in run folders.
-"""
+"""What the data must be for a likelihood (support checks, in chunks) and binarization."""
 
 from __future__ import annotations
+
 from typing import Any, Optional
+
 import numpy as np
 import torch
+
 from ppl_vae.data.npz import one_line
 from ppl_vae.errors import DataError, PplVaeError
-
 
 BINARIZE_MODES = ("dynamic", "threshold", "none")
 
@@ -42,12 +43,6 @@ def binarize(x: torch.Tensor, mode: str, generator: Optional[torch.Generator] = 
 # --------------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 # --------------------------------------------------------------------------------------------------
 # Support checks over all rows
 # --------------------------------------------------------------------------------------------------
@@ -62,13 +57,22 @@ def _on_8bit_grid(x: torch.Tensor) -> torch.Tensor:
 # ppl_vae.models.likelihoods.DATA_KINDS, with the same tests as its check_data_kind.
 _SUPPORT = {
     "binary": (lambda x: (x == 0) | (x == 1), "0 or 1", "binarize it (--binarize dynamic or threshold)"),
-    "unit": (lambda x: (x >= 0) & (x <= 1), "a grey level in [0, 1]",
-             "rescale the data to [0, 1] (divide 8-bit images by 255) and remove NaN values"),
-    "8bit": (_on_8bit_grid, "an 8-bit grey level k/255",
-             "quantize it with torch.round(x * 255) / 255 (after any resizing)"),
+    "unit": (
+        lambda x: (x >= 0) & (x <= 1),
+        "a grey level in [0, 1]",
+        "rescale the data to [0, 1] (divide 8-bit images by 255) and remove NaN values",
+    ),
+    "8bit": (
+        _on_8bit_grid,
+        "an 8-bit grey level k/255",
+        "quantize it with torch.round(x * 255) / 255 (after any resizing)",
+    ),
     "real": (torch.isfinite, "a finite number", "remove or impute NaN and infinite values"),
-    "count": (lambda x: (x >= 0) & (x == x.round()) & torch.isfinite(x), "a non-negative integer count",
-              "pass the raw count table (no binarizing, rescaling or normalizing) without NaN values"),
+    "count": (
+        lambda x: (x >= 0) & (x == x.round()) & torch.isfinite(x),
+        "a non-negative integer count",
+        "pass the raw count table (no binarizing, rescaling or normalizing) without NaN values",
+    ),
 }
 
 
@@ -120,14 +124,16 @@ def check_data_support(
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     n = x.shape[0] if x.dim() else 0
     for start in range(0, n, chunk_rows):
-        chunk = x[start:start + chunk_rows]
+        chunk = x[start : start + chunk_rows]
         flat = chunk.reshape(len(chunk), -1)
         ok = None if test is None else test(chunk).reshape(len(chunk), -1)
         if own_check is None:  # the data kind's test decides
             if not bool(ok.all()):
                 row, feature = (~ok).nonzero()[0].tolist()
-                raise DataError(f"{what}, row {start + row} (counting from 0), {_feature(x, flat, row, feature)} is "
-                                f"outside the support: {need}; {fix}")
+                raise DataError(
+                    f"{what}, row {start + row} (counting from 0), {_feature(x, flat, row, feature)} is "
+                    f"outside the support: {need}; {fix}"
+                )
             continue
         try:  # the likelihood's own check decides (it may be laxer or stricter than its data kind)
             own_check(chunk)
@@ -155,7 +161,7 @@ def _first_failing_row(check: Any, chunk: torch.Tensor, ok: Optional[torch.Tenso
     for rows in (flagged, range(len(chunk))):
         for row in rows:
             try:
-                check(chunk[row:row + 1])
+                check(chunk[row : row + 1])
             except PplVaeError:
                 return row
     return None

@@ -28,16 +28,21 @@ from typing import Iterator, Optional, TextIO
 import numpy as np
 import torch
 
+from ppl_vae.data.npz import check_npz_members, one_line, open_npz, read_npz_member, require_file
 from ppl_vae.data.split import DataSplit, split_examples
-from ppl_vae.data.npz import one_line, require_file, check_npz_members, open_npz, read_npz_member
 from ppl_vae.errors import CheckpointError, DataError
 from ppl_vae.limits import check_bytes, memory_limit
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_BLOCK_CELLS = 1 << 16          # numbers parsed into Python objects before they are packed as float32
+_BLOCK_CELLS = 1 << 16  # numbers parsed into Python objects before they are packed as float32
 # Byte-order marks, longest first (the UTF-32 LE mark starts with the UTF-16 LE one).
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def load_table(name: str, path: str, heldout_fraction: float, split_seed: int) -> DataSplit:
@@ -77,8 +82,9 @@ def _numeric(file, key, array: np.ndarray) -> torch.Tensor:
     with np.errstate(over="ignore", invalid="ignore"):
         values = array.astype(np.float32)
     if array.dtype.kind == "f" and np.isfinite(array).all() and not np.isfinite(values).all():
-        raise DataError(f"table file {file}: {key} has values beyond +-{_FLOAT32_MAX:.3g}, too large for float32; "
-                        "rescale them")
+        raise DataError(
+            f"table file {file}: {key} has values beyond +-{_FLOAT32_MAX:.3g}, too large for float32; rescale them"
+        )
     return torch.from_numpy(values)
 
 
@@ -88,8 +94,10 @@ def _check(file, key, x: torch.Tensor) -> torch.Tensor:
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         row, column = (~finite).nonzero()[0].tolist()
-        raise DataError(f"table file {file}: {key} has NaN or infinite values (the first at row {row}, column "
-                        f"{column}, counting from 0); remove or impute them")
+        raise DataError(
+            f"table file {file}: {key} has NaN or infinite values (the first at row {row}, column "
+            f"{column}, counting from 0); remove or impute them"
+        )
     return x
 
 
@@ -121,11 +129,15 @@ class _Lines:
         while line := self.handle.readline(self.limit + 1):
             self.number += 1
             if len(line) > self.limit:
-                raise DataError(f"table file {self.file}: line {self.number} is longer than {self.limit} characters; "
-                                "write one example per line (or raise the memory limit with --max-memory)")
+                raise DataError(
+                    f"table file {self.file}: line {self.number} is longer than {self.limit} characters; "
+                    "write one example per line (or raise the memory limit with --max-memory)"
+                )
             if "\x00" in line:
-                raise DataError(f"table file {self.file}: line {self.number} contains NUL characters, so it is not "
-                                "UTF-8 text (UTF-16 without a byte-order mark?) or not text at all; save it as UTF-8")
+                raise DataError(
+                    f"table file {self.file}: line {self.number} contains NUL characters, so it is not "
+                    "UTF-8 text (UTF-16 without a byte-order mark?) or not text at all; save it as UTF-8"
+                )
             yield line
 
 
@@ -159,8 +171,10 @@ def _read_csv(file: Path, parse=None) -> np.ndarray:
         ) from None
     except csv.Error as error:
         line = lines.number if lines is not None else 0
-        raise DataError(f"table file {file}: line {line} cannot be read as CSV ({one_line(error)}); "
-                        "write plain comma-separated numbers") from None
+        raise DataError(
+            f"table file {file}: line {line} cannot be read as CSV ({one_line(error)}); "
+            "write plain comma-separated numbers"
+        ) from None
     except OSError as error:
         raise DataError(f"cannot read table file {file} ({one_line(error)}); check its permissions") from error
 
@@ -200,16 +214,20 @@ def _parse_rows(file: Path, reader) -> np.ndarray:
         numbers = _parse(row)
         if width is None:
             width, first = len(row), "header" if numbers is None else "first row"
-            if numbers is None:              # a header row of column names
+            if numbers is None:  # a header row of column names
                 header = True
                 continue
         if len(row) != width:
-            raise DataError(f"table file {file}: row {line} has {len(row)} columns, the {first} has {width}; "
-                            "give every row the same columns")
+            raise DataError(
+                f"table file {file}: row {line} has {len(row)} columns, the {first} has {width}; "
+                "give every row the same columns"
+            )
         if numbers is None:
             column, cell = next((j, c) for j, c in enumerate(row) if _parse([c]) is None)
-            raise DataError(f"table file {file}: row {line}, column {column + 1} holds {cell[:20]!r}, not a number; "
-                            "use numbers only (and at most one header row)")
+            raise DataError(
+                f"table file {file}: row {line}, column {column + 1} holds {cell[:20]!r}, not a number; "
+                "use numbers only (and at most one header row)"
+            )
         block.append(numbers)
         block_lines.append(line)
         if len(block) * width >= _BLOCK_CELLS:
@@ -220,8 +238,10 @@ def _parse_rows(file: Path, reader) -> np.ndarray:
         total += len(block)
         blocks.append(_pack(file, block, block_lines, total * width))
     if not blocks:
-        raise DataError(f"table file {file} {'has a header row but no numbers' if header else 'is empty'}; "
-                        "write one example per row")
+        raise DataError(
+            f"table file {file} {'has a header row but no numbers' if header else 'is empty'}; "
+            "write one example per row"
+        )
     return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
@@ -233,8 +253,11 @@ def _pack(file: Path, block: list[list[float]], lines: list[int], cells_so_far: 
     if bad.any():
         row, column = np.argwhere(bad)[0]
         value = values[row, column]
-        problem = "is missing (NaN) or infinite; remove or impute it" if not math.isfinite(value) else \
-            f"is {value:g}, too large for float32; rescale the column"
+        problem = (
+            "is missing (NaN) or infinite; remove or impute it"
+            if not math.isfinite(value)
+            else f"is {value:g}, too large for float32; rescale the column"
+        )
         raise DataError(f"table file {file}: row {lines[row]}, column {column + 1} {problem}")
     return values.astype(np.float32)
 
@@ -249,7 +272,7 @@ class Scaling:
     @classmethod
     def fit(cls, x: torch.Tensor) -> Scaling:
         scale = x.std(0)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))   # constant features stay put
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant features stay put
         return cls(loc=x.mean(0).tolist(), scale=scale.tolist())
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,10 +298,19 @@ class Scaling:
 
         def numbers(value) -> bool:
             return isinstance(value, list) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            )
 
-        if not (numbers(loc) and numbers(scale) and len(loc) == len(scale) and len(loc) > 0
-                and all(v > 0 for v in scale) and (num_features is None or len(loc) == num_features)):
-            raise CheckpointError(f"{source} is damaged: it must hold 'loc' and 'scale', lists of one finite number "
-                                  "per feature (scales positive); restore it from a copy or train again")
+        if not (
+            numbers(loc)
+            and numbers(scale)
+            and len(loc) == len(scale)
+            and len(loc) > 0
+            and all(v > 0 for v in scale)
+            and (num_features is None or len(loc) == num_features)
+        ):
+            raise CheckpointError(
+                f"{source} is damaged: it must hold 'loc' and 'scale', lists of one finite number "
+                "per feature (scales positive); restore it from a copy or train again"
+            )
         return cls(loc=[float(v) for v in loc], scale=[float(v) for v in scale])

@@ -15,7 +15,6 @@ Every public computation returns a frozen dataclass deriving from :class:`ppl_va
 (``to_dict()`` for plain data; ``result["name"]`` still works where a dict used to be returned).
 """
 
-
 from ppl_vae.diagnostics.calibration import SBCResult, flags_description, sbc, sbc_ranks
 from ppl_vae.diagnostics.collapse import (
     CollapseReport,

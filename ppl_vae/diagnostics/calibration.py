@@ -1,5 +1,4 @@
-"""Simulation-based calibration (SBC) of the guide: rank statistics, a uniformity test and dispersion flags.
-"""
+"""Simulation-based calibration (SBC) of the guide: rank statistics, a uniformity test and dispersion flags."""
 
 from __future__ import annotations
 
@@ -67,15 +66,31 @@ class SBCResult(Result):
     width_ratio: np.ndarray = field(repr=False, default=None)
 
     def summary(self) -> dict:
-        return {"num_simulations": int(self.ranks.shape[0]), "num_draws": self.num_draws, "num_bins": self.num_bins,
-                "p_value": self.p_value, "p_values": self.p_values.tolist(),
-                "dispersion_z": self.dispersion_z.tolist(), "bias_z": self.bias_z.tolist(),
-                "shift": self.shift.tolist(), "width_ratio": self.width_ratio.tolist(),
-                "flags": self.flags, "verdict": self.verdict}
+        return {
+            "num_simulations": int(self.ranks.shape[0]),
+            "num_draws": self.num_draws,
+            "num_bins": self.num_bins,
+            "p_value": self.p_value,
+            "p_values": self.p_values.tolist(),
+            "dispersion_z": self.dispersion_z.tolist(),
+            "bias_z": self.bias_z.tolist(),
+            "shift": self.shift.tolist(),
+            "width_ratio": self.width_ratio.tolist(),
+            "flags": self.flags,
+            "verdict": self.verdict,
+        }
 
 
-def sbc_ranks(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, latent_site: str = "z",
-              observed_site: str = "x", seed: int = 0) -> np.ndarray:
+def sbc_ranks(
+    model,
+    guide,
+    *,
+    num_simulations: int = 1000,
+    num_draws: int = 99,
+    latent_site: str = "z",
+    observed_site: str = "x",
+    seed: int = 0,
+) -> np.ndarray:
     """``(num_simulations, latent_dim)`` ranks of the simulated z among ``num_draws`` guide draws.
 
     Simulations come from the model run generatively, ``model(None, num_samples=num_simulations)``;
@@ -87,9 +102,10 @@ def sbc_ranks(model, guide, *, num_simulations: int = 1000, num_draws: int = 99,
     with torch.no_grad(), seeded(seed, device):
         trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(None, num_samples=num_simulations)
         if latent_site not in trace.nodes or observed_site not in trace.nodes:
-            raise ConfigError(f"the model run as model(None, num_samples=N) must sample sites {latent_site!r} "
-                              f"and {observed_site!r}")
-        z_true = trace.nodes[latent_site]["value"]                                  # (N, d)
+            raise ConfigError(
+                f"the model run as model(None, num_samples=N) must sample sites {latent_site!r} and {observed_site!r}"
+            )
+        z_true = trace.nodes[latent_site]["value"]  # (N, d)
         x = trace.nodes[observed_site]["value"]
         draws = Predictive(guide, num_samples=num_draws, return_sites=[latent_site])(x)[latent_site]
     draws = draws.reshape(num_draws, *z_true.shape)
@@ -128,12 +144,12 @@ class _RankModel:
     def __init__(self, num_draws: int):
         from scipy import stats
 
-        step = min(0.02, 0.2 / math.sqrt(num_draws + 1))       # resolves the binomial's width in w
+        step = min(0.02, 0.2 / math.sqrt(num_draws + 1))  # resolves the binomial's width in w
         self.w = np.linspace(-self.HALF_WIDTH, self.HALF_WIDTH, round(2 * self.HALF_WIDTH / step) + 1)
         weights = np.full_like(self.w, self.w[1] - self.w[0])
         weights[[0, -1]] /= 2
         ranks = np.arange(num_draws + 1)[:, None]
-        self.matrix = stats.binom.pmf(ranks, num_draws, stats.norm.cdf(self.w)[None, :]) * weights   # (L + 1, G)
+        self.matrix = stats.binom.pmf(ranks, num_draws, stats.norm.cdf(self.w)[None, :]) * weights  # (L + 1, G)
         self.num_draws = num_draws
 
     def pmf(self, delta: float, log_s: float) -> np.ndarray:
@@ -160,31 +176,45 @@ class _RankModel:
         w = stats.norm.ppf((np.arange(self.num_draws + 1) + 0.5) / (self.num_draws + 1))
         mean = counts @ w / n
         var = max(counts @ (w - mean) ** 2 / n, 1e-3)
-        start = (float(np.clip(-mean / math.sqrt(var), -bound_delta, bound_delta)),
-                 float(np.clip(-0.5 * math.log(var), -bound_log_s, bound_log_s)))
+        start = (
+            float(np.clip(-mean / math.sqrt(var), -bound_delta, bound_delta)),
+            float(np.clip(-0.5 * math.log(var), -bound_log_s, bound_log_s)),
+        )
 
         def negative(theta):
             return -self.log_likelihood(counts, theta[0], theta[1])
 
-        fixed_width = optimize.minimize_scalar(lambda d: negative((d, 0.0)), bounds=(-bound_delta, bound_delta),
-                                               method="bounded", options={"xatol": 1e-7})
-        fixed_shift = optimize.minimize_scalar(lambda ls: negative((0.0, ls)), bounds=(-bound_log_s, bound_log_s),
-                                               method="bounded", options={"xatol": 1e-7})
+        fixed_width = optimize.minimize_scalar(
+            lambda d: negative((d, 0.0)), bounds=(-bound_delta, bound_delta), method="bounded", options={"xatol": 1e-7}
+        )
+        fixed_shift = optimize.minimize_scalar(
+            lambda ls: negative((0.0, ls)),
+            bounds=(-bound_log_s, bound_log_s),
+            method="bounded",
+            options={"xatol": 1e-7},
+        )
         best = None
         for x0 in (start, (fixed_width.x, 0.0), (0.0, fixed_shift.x)):
-            result = optimize.minimize(negative, x0, method="L-BFGS-B",
-                                       bounds=[(-bound_delta, bound_delta), (-bound_log_s, bound_log_s)],
-                                       options={"ftol": 1e-12, "gtol": 1e-8})
+            result = optimize.minimize(
+                negative,
+                x0,
+                method="L-BFGS-B",
+                bounds=[(-bound_delta, bound_delta), (-bound_log_s, bound_log_s)],
+                options={"ftol": 1e-12, "gtol": 1e-8},
+            )
             if best is None or result.fun < best.fun:
                 best = result
         delta, log_s = (float(v) for v in best.x)
         width_statistic = max(0.0, 2 * (fixed_width.fun - best.fun))
         shift_statistic = max(0.0, 2 * (fixed_shift.fun - best.fun))
-        return {"shift": delta, "width_ratio": math.exp(log_s),
-                # positive: narrower than the posterior (under-dispersed); negative: wider
-                "dispersion_z": -math.copysign(math.sqrt(width_statistic), log_s),
-                # negative: guide mean above the posterior's (biased high); positive: below
-                "bias_z": -math.copysign(math.sqrt(shift_statistic), delta)}
+        return {
+            "shift": delta,
+            "width_ratio": math.exp(log_s),
+            # positive: narrower than the posterior (under-dispersed); negative: wider
+            "dispersion_z": -math.copysign(math.sqrt(width_statistic), log_s),
+            # negative: guide mean above the posterior's (biased high); positive: below
+            "bias_z": -math.copysign(math.sqrt(shift_statistic), delta),
+        }
 
 
 _SBC_DESCRIPTIONS = {
@@ -214,8 +244,18 @@ def flags_description(finding: str) -> str:
     return "; ".join(_SBC_DESCRIPTIONS[part] for part in finding.split(" and "))
 
 
-def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_bins: int | None = None,
-        alpha: float = 0.01, latent_site: str = "z", observed_site: str = "x", seed: int = 0) -> SBCResult:
+def sbc(
+    model,
+    guide,
+    *,
+    num_simulations: int = 1000,
+    num_draws: int = 99,
+    num_bins: int | None = None,
+    alpha: float = 0.01,
+    latent_site: str = "z",
+    observed_site: str = "x",
+    seed: int = 0,
+) -> SBCResult:
     """Simulation-based calibration of the guide, with a uniformity test and dispersion flags.
 
     The test is a chi-square test of the ranks binned into ``num_bins`` equal bins (default: about
@@ -239,8 +279,15 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
     check_number(alpha, "alpha", Bound(float, 0, 1, open_low=True))
     if num_bins is not None:
         check_number(num_bins, "num_bins", Bound(int, 2, num_draws + 1))
-    ranks = sbc_ranks(model, guide, num_simulations=num_simulations, num_draws=num_draws, latent_site=latent_site,
-                      observed_site=observed_site, seed=seed)
+    ranks = sbc_ranks(
+        model,
+        guide,
+        num_simulations=num_simulations,
+        num_draws=num_draws,
+        latent_site=latent_site,
+        observed_site=observed_site,
+        seed=seed,
+    )
     n, d = ranks.shape
     num_bins = num_bins or int(max(2, min(20, n // 20, num_draws + 1)))
     p_values = _uniformity_p_values(ranks, num_draws, num_bins)
@@ -248,10 +295,19 @@ def sbc(model, guide, *, num_simulations: int = 1000, num_draws: int = 99, num_b
     fits = [model_of_ranks.fit(np.bincount(ranks[:, j], minlength=num_draws + 1).astype(float)) for j in range(d)]
     corrected = np.minimum(p_values * d, 1.0)
     flags = _sbc_flags(corrected, fits, alpha)
-    return SBCResult(ranks=ranks, num_draws=num_draws, p_values=p_values, p_value=float(corrected.min()),
-                     num_bins=num_bins, dispersion_z=np.array([f["dispersion_z"] for f in fits]),
-                     bias_z=np.array([f["bias_z"] for f in fits]), flags=flags, verdict=_sbc_verdict(flags, d),
-                     shift=np.array([f["shift"] for f in fits]), width_ratio=np.array([f["width_ratio"] for f in fits]))
+    return SBCResult(
+        ranks=ranks,
+        num_draws=num_draws,
+        p_values=p_values,
+        p_value=float(corrected.min()),
+        num_bins=num_bins,
+        dispersion_z=np.array([f["dispersion_z"] for f in fits]),
+        bias_z=np.array([f["bias_z"] for f in fits]),
+        flags=flags,
+        verdict=_sbc_verdict(flags, d),
+        shift=np.array([f["shift"] for f in fits]),
+        width_ratio=np.array([f["width_ratio"] for f in fits]),
+    )
 
 
 def _uniformity_p_values(ranks: np.ndarray, num_draws: int, num_bins: int) -> np.ndarray:
@@ -277,7 +333,7 @@ def _sbc_flags(corrected: np.ndarray, fits: list[dict], alpha: float) -> list[di
     from scipy import stats
 
     d = len(fits)
-    critical = stats.norm.isf(alpha / (2 * d))          # two-sided, Bonferroni over dimensions
+    critical = stats.norm.isf(alpha / (2 * d))  # two-sided, Bonferroni over dimensions
     flags = []
     for j, fit in enumerate(fits):
         if corrected[j] >= alpha:
@@ -286,9 +342,18 @@ def _sbc_flags(corrected: np.ndarray, fits: list[dict], alpha: float) -> list[di
         if abs(fit["dispersion_z"]) > critical:
             found.append("under-dispersed" if fit["dispersion_z"] > 0 else "over-dispersed")
         if abs(fit["bias_z"]) > critical:
-            found.append("biased high" if fit["bias_z"] < 0 else "biased low")   # truth below most draws: q too high
+            found.append("biased high" if fit["bias_z"] < 0 else "biased low")  # truth below most draws: q too high
         finding = " and ".join(found) or "non-uniform"
-        flags.append({"latent_dim": j, "finding": finding, "description": flags_description(finding),
-                      "p_value": float(corrected[j]), "shift": fit["shift"], "width_ratio": fit["width_ratio"],
-                      "dispersion_z": float(fit["dispersion_z"]), "bias_z": float(fit["bias_z"])})
+        flags.append(
+            {
+                "latent_dim": j,
+                "finding": finding,
+                "description": flags_description(finding),
+                "p_value": float(corrected[j]),
+                "shift": fit["shift"],
+                "width_ratio": fit["width_ratio"],
+                "dispersion_z": float(fit["dispersion_z"]),
+                "bias_z": float(fit["bias_z"]),
+            }
+        )
     return flags

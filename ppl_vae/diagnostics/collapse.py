@@ -1,5 +1,4 @@
-"""Posterior collapse: the mutual information I(x; z) under the encoder and the per-dimension collapse report.
-"""
+"""Posterior collapse: the mutual information I(x; z) under the encoder and the per-dimension collapse report."""
 
 from __future__ import annotations
 
@@ -16,8 +15,9 @@ from ppl_vae.rng import seeded
 
 
 @torch.no_grad()
-def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10,
-                       seed: int | None = None) -> tuple[float, float]:
+def mutual_information(
+    posterior, data: torch.Tensor, *, num_samples: int = 10, seed: int | None = None
+) -> tuple[float, float]:
     """I(x; z) under the aggregate posterior q(z) = (1/N) sum_m q(z | x_m), nats: the pair ``(value, se)``
     of the estimate and its Monte Carlo standard error.
 
@@ -27,13 +27,13 @@ def mutual_information(posterior, data: torch.Tensor, *, num_samples: int = 10,
     """
     with seeded(seed, data.device):
         q = posterior(data)
-        z = q.sample(torch.Size([num_samples]))                                        # (S, N, d)
-        own = q.log_prob(z)                                                            # (S, N)
+        z = q.sample(torch.Size([num_samples]))  # (S, N, d)
+        own = q.log_prob(z)  # (S, N)
         n = data.shape[0]
         # log q(z_sn) = logsumexp_m log q(z_sn | x_m) - log N, one example's draws against every x_m.
-        cross = torch.stack([q.log_prob(z[:, i:i + 1, :].expand(-1, n, -1)) for i in range(n)], dim=1)  # (S, N, M)
+        cross = torch.stack([q.log_prob(z[:, i : i + 1, :].expand(-1, n, -1)) for i in range(n)], dim=1)  # (S, N, M)
         aggregate = torch.logsumexp(cross, dim=-1) - math.log(n)
-        terms = (own - aggregate).double()                                             # (S, N)
+        terms = (own - aggregate).double()  # (S, N)
     per_example = terms.mean(0)
     return per_example.mean().item(), (terms.std() / math.sqrt(terms.numel())).item()
 
@@ -58,8 +58,9 @@ class CollapseReport(Result):
     warning: str | None
 
 
-def collapse_report(vae, data: torch.Tensor, *, num_samples: int = 10, threshold: float = 0.01,
-                    seed: int | None = 0) -> CollapseReport:
+def collapse_report(
+    vae, data: torch.Tensor, *, num_samples: int = 10, threshold: float = 0.01, seed: int | None = 0
+) -> CollapseReport:
     """Posterior-collapse monitors for an amortized model (anything with ``encode``, ``posterior`` and,
     for the KL, ``prior_distribution``), on ``data (N, *data_shape)``. Returns a :class:`CollapseReport`
     of plain numbers and lists:
@@ -95,12 +96,21 @@ def collapse_report(vae, data: torch.Tensor, *, num_samples: int = 10, threshold
         return None if t is None else [float(v) for v in t]
 
     return CollapseReport(
-        kl_per_dimension=listed(kl.per_dimension), kl_per_dimension_se=listed(kl.per_dimension_se),
-        kl_total=kl.total, kl_total_se=kl.total_se, kl_note=kl.per_dimension_note,
-        activity=act.tolist(), active_units=active, latent_dim=dims,
-        mutual_information=mi, mutual_information_se=mi_se, log_num_examples=math.log(data.shape[0]),
-        collapsed=bool(reasons), mostly_inactive=mostly_inactive,
-        warning=_collapse_warning(reasons, mostly_inactive, active, dims))
+        kl_per_dimension=listed(kl.per_dimension),
+        kl_per_dimension_se=listed(kl.per_dimension_se),
+        kl_total=kl.total,
+        kl_total_se=kl.total_se,
+        kl_note=kl.per_dimension_note,
+        activity=act.tolist(),
+        active_units=active,
+        latent_dim=dims,
+        mutual_information=mi,
+        mutual_information_se=mi_se,
+        log_num_examples=math.log(data.shape[0]),
+        collapsed=bool(reasons),
+        mostly_inactive=mostly_inactive,
+        warning=_collapse_warning(reasons, mostly_inactive, active, dims),
+    )
 
 
 def _collapse_reasons(kl: KLToPrior, mi: float, mi_se: float, active: int, dims: int) -> list[str]:
@@ -117,9 +127,13 @@ def _collapse_reasons(kl: KLToPrior, mi: float, mi_se: float, active: int, dims:
 
 def _collapse_warning(reasons: list[str], mostly_inactive: bool, active: int, dims: int) -> str | None:
     if reasons:
-        return ("the model is collapsed (" + "; ".join(reasons) + "): q(z | x) ignores x, so the guide "
-                "diagnostics describe the prior, not an informative encoder")
+        return (
+            "the model is collapsed (" + "; ".join(reasons) + "): q(z | x) ignores x, so the guide "
+            "diagnostics describe the prior, not an informative encoder"
+        )
     if mostly_inactive:
-        return (f"most latent units are inactive ({active} of {dims} active): the guide diagnostics "
-                f"describe the {active} informative dimensions; the others are collapsed to the prior")
+        return (
+            f"most latent units are inactive ({active} of {dims} active): the guide diagnostics "
+            f"describe the {active} informative dimensions; the others are collapsed to the prior"
+        )
     return None

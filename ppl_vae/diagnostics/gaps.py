@@ -1,5 +1,4 @@
-"""The amortization gap: how much of the gap between log p(x) and the ELBO the encoder's amortization costs.
-"""
+"""The amortization gap: how much of the gap between log p(x) and the ELBO the encoder's amortization costs."""
 
 from __future__ import annotations
 
@@ -69,8 +68,18 @@ class AmortizationGap(Result):
     num_examples: int
 
 
-def amortization_gap(model, guide, data: torch.Tensor, *, posterior=None, num_steps: int = 500, lr: float = 1e-2,
-                     num_particles: int = 1000, seed: int = 0, latent_site: str = "z") -> AmortizationGap:
+def amortization_gap(
+    model,
+    guide,
+    data: torch.Tensor,
+    *,
+    posterior=None,
+    num_steps: int = 500,
+    lr: float = 1e-2,
+    num_particles: int = 1000,
+    seed: int = 0,
+    latent_site: str = "z",
+) -> AmortizationGap:
     """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018).
 
     A non-amortized diagonal Normal guide, one (loc, scale) per observation started from the encoder's
@@ -108,8 +117,13 @@ def amortization_gap(model, guide, data: torch.Tensor, *, posterior=None, num_st
             _refine(model, local, data, nesting=max_plate_nesting(model, guide, data[:1]), num_steps=num_steps, lr=lr)
         amortized = evaluate(SimpleNamespace(model=model, guide=guide), data, num_particles=num_particles, seed=seed)
         # The local guide holds one (loc, scale) per observation: evaluate it on all of them at once.
-        refined = evaluate(SimpleNamespace(model=model, guide=local), data, num_particles=num_particles, seed=seed,
-                           batch_size=data.shape[0])
+        refined = evaluate(
+            SimpleNamespace(model=model, guide=local),
+            data,
+            num_particles=num_particles,
+            seed=seed,
+            batch_size=data.shape[0],
+        )
     return _gap_result(amortized, refined, num_steps)
 
 
@@ -143,11 +157,16 @@ def _refine(model, local: _LocalGuide, data: torch.Tensor, *, nesting: int, num_
 
 def _gap_result(amortized: EvalResult, refined: EvalResult, num_steps: int) -> AmortizationGap:
     return AmortizationGap(
-        elbo_amortized=amortized.elbo, elbo_amortized_se=amortized.elbo_se,
-        elbo_local=refined.elbo, elbo_local_se=refined.elbo_se,
-        log_likelihood=refined.log_likelihood, log_likelihood_se=refined.log_likelihood_se,
+        elbo_amortized=amortized.elbo,
+        elbo_amortized_se=amortized.elbo_se,
+        elbo_local=refined.elbo,
+        elbo_local_se=refined.elbo_se,
+        log_likelihood=refined.log_likelihood,
+        log_likelihood_se=refined.log_likelihood_se,
         amortization_gap=refined.elbo - amortized.elbo,
         amortization_gap_se=math.hypot(refined.elbo_se, amortized.elbo_se),
         approximation_gap=refined.log_likelihood - refined.elbo,
         approximation_gap_se=math.hypot(refined.log_likelihood_se, refined.elbo_se),
-        num_steps=num_steps, num_examples=refined.num_examples)
+        num_steps=num_steps,
+        num_examples=refined.num_examples,
+    )

@@ -67,9 +67,9 @@ ESTIMATORS = ("reparam", "score", "score-loo")
 DESCRIPTIONS = {
     "reparam": "pathwise: z = mu + sigma * eps, differentiate through z (Trace_ELBO, rsample); 1 particle",
     "score": "score function: grad log q(z) * (log p(x,z) - log q(z)), no baseline (Trace_ELBO, has_rsample=False); "
-             "1 particle",
+    "1 particle",
     "score-loo": "score function with a leave-one-out baseline: K particles per example, each particle's baseline "
-                 "the mean learning signal of the other K-1 (unbiased, no state); costs K particles per step",
+    "the mean learning signal of the other K-1 (unbiased, no state); costs K particles per step",
 }
 
 
@@ -79,6 +79,7 @@ DEFAULT_LOO_PARTICLES = 8
 
 # -- making a site non-reparameterized -------------------------------------------------------------
 
+
 def score_only(fn: dist.Distribution) -> dist.Distribution:
     """A copy of ``fn`` whose draws are detached (``has_rsample`` False), so Pyro's ELBOs use the
     score-function estimator for it. Wrappers (``Independent``, masked, transformed) are copied down to
@@ -86,15 +87,17 @@ def score_only(fn: dist.Distribution) -> dist.Distribution:
     fn = copy.copy(fn)
     try:
         fn.has_rsample_(False)
-    except AttributeError:          # a wrapper whose has_rsample is a read-only view of its base
+    except AttributeError:  # a wrapper whose has_rsample is a read-only view of its base
         base = getattr(fn, "base_dist", None)
         if base is None:
-            raise ConfigError(f"cannot make a {type(fn).__name__} non-reparameterized; "
-                              "use a Pyro distribution (or a wrapper of one)") from None
+            raise ConfigError(
+                f"cannot make a {type(fn).__name__} non-reparameterized; use a Pyro distribution (or a wrapper of one)"
+            ) from None
         fn.base_dist = score_only(base)
     if fn.has_rsample:
-        raise ConfigError(f"could not switch off rsample for a {type(fn).__name__}; "
-                          "use a Pyro distribution (or a wrapper of one)")
+        raise ConfigError(
+            f"could not switch off rsample for a {type(fn).__name__}; use a Pyro distribution (or a wrapper of one)"
+        )
     return fn
 
 
@@ -110,8 +113,9 @@ class _ScoreFunction(Messenger):
             msg["fn"] = score_only(msg["fn"])
 
 
-def loo_loss(model, guide, x, sites: Sequence[str], num_particles: int, *, nesting: int | None = None,
-             **model_kwargs) -> torch.Tensor:
+def loo_loss(
+    model, guide, x, sites: Sequence[str], num_particles: int, *, nesting: int | None = None, **model_kwargs
+) -> torch.Tensor:
     """A differentiable surrogate loss whose gradient is the leave-one-out score-function estimate of
     ``∇(−ELBO)`` (summed over the batch, averaged over ``num_particles`` = K particles per example).
 
@@ -130,6 +134,7 @@ def loo_loss(model, guide, x, sites: Sequence[str], num_particles: int, *, nesti
         def wrapped(*args, **kwargs):
             with pyro.plate("_loo_particles", num_particles, dim=particle_dim):
                 return fn(*args, **kwargs)
+
         return wrapped
 
     # The score-only switch sits outside the particle plate, so it applies to the broadcast distribution.
@@ -159,8 +164,10 @@ def loo_loss(model, guide, x, sites: Sequence[str], num_particles: int, *, nesti
                 raise RuntimeError(f"site {name!r} is still reparameterized under the score-function handler")
             c = signal.sum_to(site["cond_indep_stack"])
             if not isinstance(c, torch.Tensor) or c.dim() < -particle_dim or c.shape[particle_dim] != num_particles:
-                raise ConfigError(f"the learning signal of site {name!r} has no particle dimension; "
-                                  "put its sample statement inside the model's plates")
+                raise ConfigError(
+                    f"the learning signal of site {name!r} has no particle dimension; "
+                    "put its sample statement inside the model's plates"
+                )
             baseline = (c.sum(particle_dim, keepdim=True) - c) / (num_particles - 1)
             surrogate = surrogate + (score * (c - baseline)).sum()
     return -surrogate / num_particles
@@ -168,17 +175,21 @@ def loo_loss(model, guide, x, sites: Sequence[str], num_particles: int, *, nesti
 
 # -- the measurement -------------------------------------------------------------------------------
 
+
 def _check_sites(guide, x, sites, guide_kwargs) -> None:
     with poutine.block(), isolated(x.device):
         trace = poutine.trace(guide).get_trace(x, **guide_kwargs)
     latent = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
     for name in sites:
         if name not in latent:
-            raise ConfigError(f"the guide has no latent sample site {name!r}; its latent sites are: "
-                              f"{', '.join(latent) or 'none'}")
+            raise ConfigError(
+                f"the guide has no latent sample site {name!r}; its latent sites are: {', '.join(latent) or 'none'}"
+            )
         if not getattr(latent[name]["fn"], "has_rsample", False):
-            raise ConfigError(f"the guide's site {name!r} ({type(latent[name]['fn']).__name__}) has no rsample, so "
-                              "there is no reparameterized estimator to compare with")
+            raise ConfigError(
+                f"the guide's site {name!r} ({type(latent[name]['fn']).__name__}) has no rsample, so "
+                "there is no reparameterized estimator to compare with"
+            )
 
 
 def _draw_gradients(loss_fn: Callable[[], torch.Tensor], params, num_repeats) -> torch.Tensor:
@@ -187,10 +198,12 @@ def _draw_gradients(loss_fn: Callable[[], torch.Tensor], params, num_repeats) ->
     rows = []
     for _ in range(num_repeats):
         loss = loss_fn()
-        grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
-                 else [None] * len(params))
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).detach().reshape(-1).double()
-                               for p, g in zip(params, grads)]))
+        grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
+        rows.append(
+            torch.cat(
+                [(torch.zeros_like(p) if g is None else g).detach().reshape(-1).double() for p, g in zip(params, grads)]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -203,9 +216,14 @@ def _summarize(grads: torch.Tensor) -> dict:
     # (accounts for correlations between coordinates).
     sq = ((grads - mean) ** 2).sum(1) * (r / (r - 1))
     total = float(var.sum())
-    return {"mean": mean.float(), "mean_se": (var / r).sqrt().float(), "variance": var.float(),
-            "total_variance": total, "total_variance_se": float(sq.std() / math.sqrt(r)),
-            "mean_variance": total / grads.shape[1]}
+    return {
+        "mean": mean.float(),
+        "mean_se": (var / r).sqrt().float(),
+        "variance": var.float(),
+        "total_variance": total,
+        "total_variance_se": float(sq.std() / math.sqrt(r)),
+        "mean_variance": total / grads.shape[1],
+    }
 
 
 @dataclass(frozen=True)
@@ -242,14 +260,20 @@ class EstimatorVariance(Result):
 
     def summary(self) -> dict:
         """The numbers without the per-coordinate tensors (the mean gradient's norm instead)."""
-        return {"description": self.description, "total_variance": self.total_variance,
-                "total_variance_se": self.total_variance_se, "mean_variance": self.mean_variance,
-                "particles": self.particles,
-                "variance_ratio": self.variance_ratio, "variance_ratio_se": self.variance_ratio_se,
-                "variance_ratio_equal_particles": self.variance_ratio_equal_particles,
-                "variance_ratio_equal_particles_se": self.variance_ratio_equal_particles_se,
-                "agreement_rms_z": self.agreement_rms_z, "mean_gradient_norm": float(self.mean.norm()),
-                "seconds": self.seconds}
+        return {
+            "description": self.description,
+            "total_variance": self.total_variance,
+            "total_variance_se": self.total_variance_se,
+            "mean_variance": self.mean_variance,
+            "particles": self.particles,
+            "variance_ratio": self.variance_ratio,
+            "variance_ratio_se": self.variance_ratio_se,
+            "variance_ratio_equal_particles": self.variance_ratio_equal_particles,
+            "variance_ratio_equal_particles_se": self.variance_ratio_equal_particles_se,
+            "agreement_rms_z": self.agreement_rms_z,
+            "mean_gradient_norm": float(self.mean.norm()),
+            "seconds": self.seconds,
+        }
 
 
 @dataclass(frozen=True)
@@ -277,10 +301,19 @@ class GradientVariance(Result):
         return out
 
 
-def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params: Sequence[torch.Tensor], *,
-                      num_repeats: int = 200, estimators: Sequence[str] = ESTIMATORS, seed: int = 0,
-                      sites: Sequence[str] = ("z",), loo_particles: int = DEFAULT_LOO_PARTICLES,
-                      model_kwargs: dict | None = None) -> GradientVariance:
+def gradient_variance(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    *,
+    num_repeats: int = 200,
+    estimators: Sequence[str] = ESTIMATORS,
+    seed: int = 0,
+    sites: Sequence[str] = ("z",),
+    loo_particles: int = DEFAULT_LOO_PARTICLES,
+    model_kwargs: dict | None = None,
+) -> GradientVariance:
     """Mean and variance of the gradient of the ELBO loss w.r.t. ``params`` under several estimators.
 
     Args:
@@ -313,8 +346,9 @@ def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params:
     if unknown or not estimators:
         raise ConfigError(f"unknown estimator(s) {unknown or '(none given)'}; choose from: {', '.join(ESTIMATORS)}")
     check_number(num_repeats, "num_repeats (a variance needs two draws)", Bound(int, 2, 1_000_000))
-    check_number(loo_particles, "loo_particles (a leave-one-out baseline needs another particle)",
-                 Bound(int, 2, 100_000))
+    check_number(
+        loo_particles, "loo_particles (a leave-one-out baseline needs another particle)", Bound(int, 2, 100_000)
+    )
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("no parameters to differentiate (none given, or none requires grad)")
@@ -327,35 +361,50 @@ def gradient_variance(model: Callable, guide: Callable, x: torch.Tensor, params:
             loss_fn, particles = _loss_function(name, model, guide, x, sites, loo_particles, model_kwargs)
             started = time.perf_counter()
             grads = _draw_gradients(loss_fn, params, num_repeats)
-        measured[name] = {**_summarize(grads), "particles": particles, "description": DESCRIPTIONS[name],
-                          "seconds": round(time.perf_counter() - started, 3)}
+        measured[name] = {
+            **_summarize(grads),
+            "particles": particles,
+            "description": DESCRIPTIONS[name],
+            "seconds": round(time.perf_counter() - started, 3),
+        }
     return GradientVariance(
-        num_repeats=num_repeats, num_params=int(sum(p.numel() for p in params)), batch_size=int(x.shape[0]),
-        seed=seed, loo_particles=loo_particles,
+        num_repeats=num_repeats,
+        num_params=int(sum(p.numel() for p in params)),
+        batch_size=int(x.shape[0]),
+        seed=seed,
+        loo_particles=loo_particles,
         loss="-ELBO summed over the batch (Pyro's loss): one particle for reparam and score, the mean over "
-             f"{loo_particles} particles for score-loo; gradient w.r.t. the given parameters",
-        estimators={name: EstimatorVariance(**r, **_against_reparam(name, r, measured.get("reparam")))
-                    for name, r in measured.items()})
+        f"{loo_particles} particles for score-loo; gradient w.r.t. the given parameters",
+        estimators={
+            name: EstimatorVariance(**r, **_against_reparam(name, r, measured.get("reparam")))
+            for name, r in measured.items()
+        },
+    )
 
 
-def _loss_function(name: str, model, guide, x, sites: tuple, loo_particles: int,
-                   model_kwargs: dict) -> tuple[Callable[[], torch.Tensor], int]:
+def _loss_function(
+    name: str, model, guide, x, sites: tuple, loo_particles: int, model_kwargs: dict
+) -> tuple[Callable[[], torch.Tensor], int]:
     """``(loss_fn, particles)``: a fresh differentiable loss of estimator ``name`` per call, and its
     particles per step."""
     if name == "reparam":
+
         def loss_fn():
             return Trace_ELBO().differentiable_loss(model, guide, x, **model_kwargs)
+
         return loss_fn, 1
     if name == "score":
         score_guide = _ScoreFunction(sites)(guide)
 
         def loss_fn():
             return Trace_ELBO().differentiable_loss(model, score_guide, x, **model_kwargs)
+
         return loss_fn, 1
     nesting = max_plate_nesting(model, guide, x, **model_kwargs)
 
     def loss_fn():
         return loo_loss(model, guide, x, sites, loo_particles, nesting=nesting, **model_kwargs)
+
     return loss_fn, loo_particles
 
 
@@ -366,15 +415,24 @@ def _against_reparam(name: str, r: dict, ref: dict | None) -> dict:
         return {}
     ratio = r["total_variance"] / ref["total_variance"]
     if name == "reparam":
-        return {"variance_ratio": ratio, "variance_ratio_se": 0.0, "agreement_rms_z": 0.0,
-                "variance_ratio_equal_particles": 1.0, "variance_ratio_equal_particles_se": 0.0}
-    ratio_se = ratio * math.sqrt((r["total_variance_se"] / r["total_variance"]) ** 2
-                                 + (ref["total_variance_se"] / ref["total_variance"]) ** 2)
+        return {
+            "variance_ratio": ratio,
+            "variance_ratio_se": 0.0,
+            "agreement_rms_z": 0.0,
+            "variance_ratio_equal_particles": 1.0,
+            "variance_ratio_equal_particles_se": 0.0,
+        }
+    ratio_se = ratio * math.sqrt(
+        (r["total_variance_se"] / r["total_variance"]) ** 2 + (ref["total_variance_se"] / ref["total_variance"]) ** 2
+    )
     se = (r["mean_se"] ** 2 + ref["mean_se"] ** 2).sqrt().clamp_min(1e-30)
-    return {"variance_ratio": ratio, "variance_ratio_se": ratio_se,
-            "variance_ratio_equal_particles": ratio * r["particles"],
-            "variance_ratio_equal_particles_se": ratio_se * r["particles"],
-            "agreement_rms_z": float((((r["mean"] - ref["mean"]) / se) ** 2).mean().sqrt())}
+    return {
+        "variance_ratio": ratio,
+        "variance_ratio_se": ratio_se,
+        "variance_ratio_equal_particles": ratio * r["particles"],
+        "variance_ratio_equal_particles_se": ratio_se * r["particles"],
+        "agreement_rms_z": float((((r["mean"] - ref["mean"]) / se) ** 2).mean().sqrt()),
+    }
 
 
 def summary(result: GradientVariance) -> dict:
@@ -384,6 +442,7 @@ def summary(result: GradientVariance) -> dict:
 
 
 # -- a 1-D example with a closed form ----------------------------------------------------------------
+
 
 @dataclass
 class GaussianToy:

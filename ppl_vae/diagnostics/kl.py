@@ -1,5 +1,5 @@
-"""KL(q(z | x) || p(z)) to the model's own prior, per example and per dimension, and active units (Burda et al. 2016).
-"""
+"""KL(q(z | x) || p(z)) to the model's own prior, per example and per dimension, and active units
+(Burda et al. 2016)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ KL_NUM_SAMPLES = 64
 
 
 #: A model whose total KL(q(z|x) || p(z)) is below this many nats per example counts as collapsed.
-COLLAPSE_KL_NATS = COLLAPSE_NATS          # see ppl_vae.infer.evaluate.COLLAPSE_NATS
+COLLAPSE_KL_NATS = COLLAPSE_NATS  # see ppl_vae.infer.evaluate.COLLAPSE_NATS
 
 
 def _unwrap_independent(d) -> tuple:
@@ -69,14 +69,16 @@ def _kl_rows(posteriors: list, prior, num_samples: int, per_dimension: bool) -> 
     Returns ``(rows, exact)``: ``rows`` is ``(S, latent_dim)`` per coordinate (``per_dimension``) or
     ``(S,)`` for the whole vector, one row per Monte Carlo draw of z (S = ``num_samples``), or a single
     row (S = 1) when ``exact`` (closed form / a KL registered with ``torch.distributions``)."""
+
     def exact_kl(q):
         if per_dimension:
             return torch.distributions.kl_divergence(_unwrap_independent(q)[0], _unwrap_independent(prior)[0])
         return torch.distributions.kl_divergence(q, prior)
 
     try:
-        total = sum(exact_kl(q).double().reshape(-1, *(q.event_shape if per_dimension else ())).sum(0)
-                    for q in posteriors)
+        total = sum(
+            exact_kl(q).double().reshape(-1, *(q.event_shape if per_dimension else ())).sum(0) for q in posteriors
+        )
         return total[None], True
     except NotImplementedError:
         pass
@@ -84,11 +86,11 @@ def _kl_rows(posteriors: list, prior, num_samples: int, per_dimension: bool) -> 
     for q in posteriors:
         if per_dimension:
             qb, pb = _unwrap_independent(q)[0], _unwrap_independent(prior)[0]
-            z = qb.sample(torch.Size([num_samples]))                                # (S, n, d)
-            terms = qb.log_prob(z) - pb.log_prob(z)                                 # (S, n, d)
+            z = qb.sample(torch.Size([num_samples]))  # (S, n, d)
+            terms = qb.log_prob(z) - pb.log_prob(z)  # (S, n, d)
         else:
-            z = q.sample(torch.Size([num_samples]))                                 # (S, n, d)
-            terms = q.log_prob(z) - prior.log_prob(z)                               # (S, n)
+            z = q.sample(torch.Size([num_samples]))  # (S, n, d)
+            terms = q.log_prob(z) - prior.log_prob(z)  # (S, n)
         total = total + terms.double().reshape(num_samples, -1, *terms.shape[2:]).sum(1)
     return total, False
 
@@ -118,8 +120,9 @@ class KLToPrior(Result):
 
 
 @torch.no_grad()
-def kl_to_prior(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0,
-                chunk_size: int = 1024) -> KLToPrior:
+def kl_to_prior(
+    vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0, chunk_size: int = 1024
+) -> KLToPrior:
     """KL(q(z | x) || p(z)) to the VAE's own prior (``vae.prior_distribution()``), per example in nats,
     averaged over the examples ``x (N, *data_shape)``, split per latent dimension where the split exists.
 
@@ -145,29 +148,35 @@ def kl_to_prior(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed
     ``exact``, ``method`` (one line) and ``prior`` (the prior's class name). ``seed`` fixes the Monte
     Carlo draws (the global random state is left alone); ``chunk_size`` examples are encoded at a time.
     """
-    check_number(num_samples, "num_samples (a standard error needs two draws)",
-                 Bound(int, 2, BOUNDS["num_samples"].high))
+    check_number(
+        num_samples, "num_samples (a standard error needs two draws)", Bound(int, 2, BOUNDS["num_samples"].high)
+    )
     check_number(chunk_size, "chunk_size", BOUNDS["batch_size"])
     n = x.shape[0]
     if n < 1:
         raise ConfigError("the KL to the prior needs at least one example")
     posteriors = [vae.posterior(chunk) for chunk in x.split(chunk_size)]
     if is_point_mass(posteriors[0]):
-        return KLToPrior(method="none: a point-mass guide has infinite KL to a density",
-                         per_dimension_note="the guide is a point mass (delta): its KL to a density is infinite")
+        return KLToPrior(
+            method="none: a point-mass guide has infinite KL to a density",
+            per_dimension_note="the guide is a point mass (delta): its KL to a density is infinite",
+        )
     globals_ = bool(getattr(vae, "has_global_latents", False))
     with seeded(seed, x.device):
         priors = _prior_draws(vae, num_samples)
         per_dimension = _univariate_per_coordinate(posteriors[0]) and _univariate_per_coordinate(priors[0])
-        if globals_:                            # one draw of the globals (and of z, if needed) per row
+        if globals_:  # one draw of the globals (and of z, if needed) per row
             pieces = [_kl_rows(posteriors, p, 1, per_dimension) for p in priors]
             rows, exact_given = torch.cat([r for r, _ in pieces]), pieces[0][1]
             exact = False
         else:
             rows, exact = _kl_rows(posteriors, priors[0], num_samples, per_dimension)
             exact_given = exact
-    how = ("closed form / torch.distributions.kl_divergence" if exact_given
-           else f"Monte Carlo, {num_samples} draws of z per example")
+    how = (
+        "closed form / torch.distributions.kl_divergence"
+        if exact_given
+        else f"Monte Carlo, {num_samples} draws of z per example"
+    )
     if globals_:
         how += f", averaged over {num_samples} draws of the prior's global latents from their guide"
     method = ("per coordinate, " if per_dimension else "whole vector, ") + how
@@ -183,8 +192,13 @@ def _kl_result(rows: torch.Tensor, q, prior, per_dimension: bool, *, exact: bool
     if per_dimension:
         total_rows = rows.sum(-1)
         total_se = float(total_rows.std() / math.sqrt(len(total_rows))) if len(total_rows) > 1 else 0.0
-        return KLToPrior(total=float(estimate.sum()), total_se=total_se, per_dimension=estimate.float(),
-                         per_dimension_se=se.float(), **common)
+        return KLToPrior(
+            total=float(estimate.sum()),
+            total_se=total_se,
+            per_dimension=estimate.float(),
+            per_dimension_se=se.float(),
+            **common,
+        )
     why = []
     if not _univariate_per_coordinate(q):
         why.append(f"the guide's q(z|x) ({type(_unwrap_independent(q)[0]).__name__}) is not a product over coordinates")
@@ -201,8 +215,9 @@ def _prior_name(prior) -> str:
 
 
 @torch.no_grad()
-def kl_per_dimension(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0
-                     ) -> torch.Tensor | None:
+def kl_per_dimension(
+    vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES, seed: int | None = 0
+) -> torch.Tensor | None:
     """KL(q(z_j | x) || p(z_j)) per latent dimension j to the VAE's own prior, averaged over the examples
     ``x (N, *data_shape)``: a ``(latent_dim,)`` tensor in nats that sums to the rate. See
     :func:`kl_to_prior` for how each case is computed (closed form for a diagonal Normal guide and a
@@ -216,8 +231,10 @@ def kl_per_dimension(vae, x: torch.Tensor, *, num_samples: int = KL_NUM_SAMPLES,
     if kl.total is None:
         return None
     if kl.per_dimension is None:
-        raise ConfigError(f"KL per dimension is unavailable: {kl.per_dimension_note}; use "
-                          "ppl_vae.diagnostics.kl.kl_to_prior for the total")
+        raise ConfigError(
+            f"KL per dimension is unavailable: {kl.per_dimension_note}; use "
+            "ppl_vae.diagnostics.kl.kl_to_prior for the total"
+        )
     return kl.per_dimension
 
 

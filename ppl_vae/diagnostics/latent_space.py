@@ -34,6 +34,7 @@ _PARALLEL_EPS = 1e-4
 # computation
 # ---------------------------------------------------------------------------------------------
 
+
 def _check_steps(num_steps: int, what: str = "num_steps") -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
         raise ConfigError(f"{what} must be an integer of at least 2 (the two end points), got {num_steps!r}")
@@ -63,11 +64,12 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, num_steps: int, method: str 
     z0 = torch.as_tensor(z0)
     z1 = torch.as_tensor(z1, dtype=z0.dtype, device=z0.device)
     if z0.dim() != 1 or z0.shape != z1.shape:
-        raise ConfigError(f"interpolate needs two vectors of the same length, got shapes {tuple(z0.shape)} "
-                          f"and {tuple(z1.shape)}")
+        raise ConfigError(
+            f"interpolate needs two vectors of the same length, got shapes {tuple(z0.shape)} and {tuple(z1.shape)}"
+        )
     dtype = z0.dtype if z0.is_floating_point() else torch.get_default_dtype()
     z0, z1 = z0.to(dtype), z1.to(dtype)
-    t = torch.linspace(0.0, 1.0, num_steps, dtype=dtype, device=z0.device).unsqueeze(1)   # (S, 1)
+    t = torch.linspace(0.0, 1.0, num_steps, dtype=dtype, device=z0.device).unsqueeze(1)  # (S, 1)
     linear = (1 - t) * z0 + t * z1
     if method == "linear":
         return linear
@@ -80,12 +82,12 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, num_steps: int, method: str 
     if omega < _PARALLEL_EPS:
         return linear
     td = t.double()
-    if math.pi - omega < _PARALLEL_EPS:          # antiparallel: the great circle is not unique; pick one
+    if math.pi - omega < _PARALLEL_EPS:  # antiparallel: the great circle is not unique; pick one
         if z0.numel() < 2:
-            return linear                        # no perpendicular direction in one dimension
+            return linear  # no perpendicular direction in one dimension
         e0 = z0.double() / n0
         basis = torch.zeros_like(e0)
-        basis[torch.argmin(e0.abs())] = 1.0      # the axis least aligned with e0
+        basis[torch.argmin(e0.abs())] = 1.0  # the axis least aligned with e0
         u = basis - (basis @ e0) * e0
         u = u / u.norm()
         radius = (1 - td) * n0 + td * n1
@@ -94,7 +96,7 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, num_steps: int, method: str 
         sin = torch.sin(omega)
         path = torch.sin((1 - td) * omega) / sin * z0.double() + torch.sin(td * omega) / sin * z1.double()
     path = path.to(dtype)
-    path[0], path[-1] = z0, z1                   # exact end points despite rounding
+    path[0], path[-1] = z0, z1  # exact end points despite rounding
     return path
 
 
@@ -108,8 +110,9 @@ def _one_example(vae, x: torch.Tensor, name: str) -> torch.Tensor:
     raise ConfigError(f"{name} must be one example of shape {shape}, got shape {tuple(x.shape)}")
 
 
-def interpolate_inputs(vae, x0: torch.Tensor, x1: torch.Tensor, num_steps: int, method: str = "linear",
-                       *, return_latents: bool = False):
+def interpolate_inputs(
+    vae, x0: torch.Tensor, x1: torch.Tensor, num_steps: int, method: str = "linear", *, return_latents: bool = False
+):
     """Decode a path between the posterior means of two inputs.
 
     Args:
@@ -131,8 +134,9 @@ def interpolate_inputs(vae, x0: torch.Tensor, x1: torch.Tensor, num_steps: int, 
 
 def _check_dim(dim: int, latent_dim: int) -> int:
     if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < latent_dim:
-        raise ConfigError(f"latent dimension {dim!r} is out of range; the latent space has dimensions "
-                          f"0 to {latent_dim - 1}")
+        raise ConfigError(
+            f"latent dimension {dim!r} is out of range; the latent space has dimensions 0 to {latent_dim - 1}"
+        )
     return dim
 
 
@@ -171,8 +175,9 @@ def symmetric_values(extent: float, num: int, dtype=None) -> torch.Tensor:
     return v
 
 
-def grid_points(num_per_side: int, extent: float, latent_dim: int, dims: Sequence[int] = (0, 1),
-                base: torch.Tensor | None = None) -> torch.Tensor:
+def grid_points(
+    num_per_side: int, extent: float, latent_dim: int, dims: Sequence[int] = (0, 1), base: torch.Tensor | None = None
+) -> torch.Tensor:
     """The latent points of :func:`latent_grid`: ``(n * n, d)`` with ``n = num_per_side``.
 
     Point ``r * n + c`` (row ``r``, column ``c`` of the picture, row 0 at the top) has
@@ -202,8 +207,9 @@ def grid_points(num_per_side: int, extent: float, latent_dim: int, dims: Sequenc
     return points
 
 
-def latent_grid(vae, num_per_side: int, extent: float, dims: Sequence[int] = (0, 1),
-                base: torch.Tensor | None = None) -> torch.Tensor:
+def latent_grid(
+    vae, num_per_side: int, extent: float, dims: Sequence[int] = (0, 1), base: torch.Tensor | None = None
+) -> torch.Tensor:
     """Decode a 2-D grid of latent points: the learned manifold of the two latent dimensions ``dims``.
 
     Returns:
@@ -268,8 +274,14 @@ def informative_dims(vae, x: torch.Tensor, k: int = 2) -> InformativeDims:
     reason = f"largest {what}: {values}" + (" nats" if criterion == "kl" else "")
     if collapsed:
         reason += f"; z[{'], z['.join(map(str, collapsed))}] collapsed"
-    return InformativeDims(dims=dims, criterion=criterion, scores=[float(v) for v in scores], units=units,
-                           collapsed=collapsed, reason=reason)
+    return InformativeDims(
+        dims=dims,
+        criterion=criterion,
+        scores=[float(v) for v in scores],
+        units=units,
+        collapsed=collapsed,
+        reason=reason,
+    )
 
 
 def pca(z: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -328,5 +340,6 @@ def project_2d(z: torch.Tensor, method: str = "pca", *, random_state: int = 0) -
 
     perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
     embedding = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state).fit_transform(
-        z.double().numpy())
+        z.double().numpy()
+    )
     return torch.as_tensor(embedding, dtype=dtype)

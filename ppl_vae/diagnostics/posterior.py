@@ -30,23 +30,26 @@ def _arviz():
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)      # ArviZ 0.23 announces its 1.0 refactor on import
+        warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.23 announces its 1.0 refactor on import
         import arviz
 
     return arviz
 
 
 @torch.no_grad()
-def importance_log_ratios(model, guide, data: torch.Tensor, num_samples: int = 1000, *,
-                          batch_size: int | None = None, seed: int | None = None) -> torch.Tensor:
+def importance_log_ratios(
+    model, guide, data: torch.Tensor, num_samples: int = 1000, *, batch_size: int | None = None, seed: int | None = None
+) -> torch.Tensor:
     """log p(x_n, z_s) - log q(z_s | x_n) for S draws from the guide per observation: ``(S, N)``
     float64. Chunked over observations and draws so that memory stays bounded."""
     check_number(num_samples, "num_samples", Bound(int, 2, BOUNDS["num_samples"].high))
     with seeded(seed, data.device):
         nesting = max_plate_nesting(model, guide, data[:1])
         batch, per_pass = chunk_sizes(data, num_samples, batch_size)
-        chunks = [log_weight_chunk(model, guide, data[i:i + batch], num_samples, per_pass, nesting).log_weight
-                  for i in range(0, data.shape[0], batch)]
+        chunks = [
+            log_weight_chunk(model, guide, data[i : i + batch], num_samples, per_pass, nesting).log_weight
+            for i in range(0, data.shape[0], batch)
+        ]
     return torch.cat(chunks, dim=1).double().cpu()
 
 
@@ -78,8 +81,9 @@ class PSISResult(Result):
     per_example: dict = field(repr=False, default_factory=dict)
 
 
-def psis(model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_size: int | None = None,
-         seed: int | None = None) -> PSISResult:
+def psis(
+    model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_size: int | None = None, seed: int | None = None
+) -> PSISResult:
     """Per-observation PSIS k-hat of the guide and the importance-sampled log p(x).
 
     Args:
@@ -88,8 +92,8 @@ def psis(model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_siz
         num_samples: S draws from the guide per observation.
     """
     log_ratios = importance_log_ratios(model, guide, data, num_samples, batch_size=batch_size, seed=seed)
-    with np.errstate(invalid="ignore", divide="ignore"):     # degenerate fits: handled below
-        _, khat = _arviz().psislw(log_ratios.T.numpy().copy())                # (N, S) -> (N,)
+    with np.errstate(invalid="ignore", divide="ignore"):  # degenerate fits: handled below
+        _, khat = _arviz().psislw(log_ratios.T.numpy().copy())  # (N, S) -> (N,)
     khat = np.asarray(khat, dtype=float)
     # Equal weights (the exact posterior as proposal) leave the Pareto fit undefined and ArviZ returns
     # inf or nan; the proposal is perfect there, so report -inf.
@@ -104,8 +108,11 @@ def psis(model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_siz
         khat=khat,
         log_likelihood=per_example.mean().item(),
         log_likelihood_se=(per_example_var.sum().sqrt() / len(per_example)).item(),
-        fraction_above={"0.5": float(np.mean(khat > 0.5)), "0.7": float(np.mean(khat > 0.7)),
-                        "sample_size": float(np.mean(khat > threshold))},
+        fraction_above={
+            "0.5": float(np.mean(khat > 0.5)),
+            "0.7": float(np.mean(khat > 0.7)),
+            "sample_size": float(np.mean(khat > threshold)),
+        },
         sample_size_threshold=threshold,
         worst=[(int(i), float(khat[i])) for i in order],
         per_example={"log_likelihood": per_example.numpy(), "log_likelihood_se": per_example_var.sqrt().numpy()},
@@ -113,8 +120,16 @@ def psis(model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_siz
 
 
 @torch.no_grad()
-def to_inference_data(model, guide, data: torch.Tensor, *, num_samples: int = 100, seed: int | None = None,
-                      latent_site: str = "z", observed_site: str = "x"):
+def to_inference_data(
+    model,
+    guide,
+    data: torch.Tensor,
+    *,
+    num_samples: int = 100,
+    seed: int | None = None,
+    latent_site: str = "z",
+    observed_site: str = "x",
+):
     """An ArviZ ``InferenceData`` of the amortized posterior and the model's predictions.
 
     Groups (one chain, ``num_samples`` draws):
@@ -129,18 +144,21 @@ def to_inference_data(model, guide, data: torch.Tensor, *, num_samples: int = 10
     check_number(num_samples, "num_samples")
     n = data.shape[0]
     with seeded(seed, data.device):
-        posterior = Predictive(model, guide=guide, num_samples=num_samples,
-                               return_sites=[latent_site, observed_site])(data)
-        z = posterior[latent_site]                                                    # (S, N, d)
+        posterior = Predictive(model, guide=guide, num_samples=num_samples, return_sites=[latent_site, observed_site])(
+            data
+        )
+        z = posterior[latent_site]  # (S, N, d)
         # log p(x_n | z_s): replay the model's observed site at each posterior draw of z.
-        log_lik = _pointwise_log_likelihood(model, data, z, latent_site, observed_site)   # (S, N)
+        log_lik = _pointwise_log_likelihood(model, data, z, latent_site, observed_site)  # (S, N)
         prior = Predictive(model, num_samples=num_samples, return_sites=[latent_site, observed_site])(
-            None, num_samples=n)
+            None, num_samples=n
+        )
         predictive = Predictive(model, posterior_samples={latent_site: z}, return_sites=[observed_site])(
-            None, num_samples=n)
+            None, num_samples=n
+        )
 
     def arr(t):
-        return t.detach().cpu().numpy()[None]                                          # add the chain dim
+        return t.detach().cpu().numpy()[None]  # add the chain dim
 
     d = z.shape[-1]
     x_dims = [f"{observed_site}_dim_{i}" for i in range(data.dim() - 1)]
@@ -168,7 +186,7 @@ def _pointwise_log_likelihood(model, data, z, latent_site, observed_site) -> tor
         trace = poutine.trace(conditioned).get_trace(data)
         site = trace.nodes[observed_site]
         out.append(site["fn"].log_prob(site["value"]))
-    return torch.stack(out)                                                            # (S, N)
+    return torch.stack(out)  # (S, N)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,21 +231,37 @@ class NUTSResult(Result):
     def summary(self) -> dict:
         """JSON-ready numbers: per observation and overall."""
         return {
-            "max_rhat": self.max_rhat, "min_ess_bulk": self.min_ess_bulk, "divergences": self.divergences,
+            "max_rhat": self.max_rhat,
+            "min_ess_bulk": self.min_ess_bulk,
+            "divergences": self.divergences,
             "max_abs_standardized_mean_error": float(np.abs(self.standardized_mean_error).max()),
             "median_sd_ratio": float(np.median(self.sd_ratio)),
             "sd_ratio_range": [float(self.sd_ratio.min()), float(self.sd_ratio.max())],
             "per_observation": [
-                {"standardized_mean_error": self.standardized_mean_error[i].tolist(),
-                 "sd_ratio": self.sd_ratio[i].tolist(), "rhat": self.rhat[i].tolist(),
-                 "ess_bulk": self.ess_bulk[i].tolist()}
-                for i in range(self.sd_ratio.shape[0])],
+                {
+                    "standardized_mean_error": self.standardized_mean_error[i].tolist(),
+                    "sd_ratio": self.sd_ratio[i].tolist(),
+                    "rhat": self.rhat[i].tolist(),
+                    "ess_bulk": self.ess_bulk[i].tolist(),
+                }
+                for i in range(self.sd_ratio.shape[0])
+            ],
         }
 
 
-def nuts_reference(model, guide, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
-                   num_samples: int = 500, guide_samples: int = 2000, latent_site: str = "z",
-                   seed: int = 0, progress: bool = False) -> NUTSResult:
+def nuts_reference(
+    model,
+    guide,
+    x: torch.Tensor,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 300,
+    num_samples: int = 500,
+    guide_samples: int = 2000,
+    latent_site: str = "z",
+    seed: int = 0,
+    progress: bool = False,
+) -> NUTSResult:
     """A gold-standard posterior for chosen observations: NUTS on p(z | x) with the model's parameters
     (decoder, likelihood scale, learned prior) fixed at their current values, compared with the guide.
 
@@ -259,34 +293,50 @@ def nuts_reference(model, guide, x: torch.Tensor, *, num_chains: int = 4, num_wa
         for chain in range(num_chains):
             reseed(seed * 1000 + chain, x.device)
             kernel = NUTS(target, init_strategy=init_to_sample, max_plate_nesting=nesting)
-            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
-                        disable_progbar=not progress)
+            mcmc = MCMC(
+                kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1, disable_progbar=not progress
+            )
             mcmc.run(x)
             chains.append(mcmc.get_samples()[latent_site].detach())
             divergences += int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values()))
-        samples = torch.stack(chains).double().cpu()                               # (C, S, N, d)
+        samples = torch.stack(chains).double().cpu()  # (C, S, N, d)
         with torch.no_grad():
             draws = Predictive(guide, num_samples=guide_samples, return_sites=[latent_site])(x)[latent_site]
-    draws = draws.double().cpu().reshape(guide_samples, *samples.shape[2:])          # (S, N, d)
+    draws = draws.double().cpu().reshape(guide_samples, *samples.shape[2:])  # (S, N, d)
     return _nuts_result(samples, draws, divergences, globals_, latent_site)
 
 
-def _nuts_result(samples: torch.Tensor, draws: torch.Tensor, divergences: int, globals_: dict,
-                 latent_site: str) -> NUTSResult:
+def _nuts_result(
+    samples: torch.Tensor, draws: torch.Tensor, divergences: int, globals_: dict, latent_site: str
+) -> NUTSResult:
     """NUTS draws ``(C, S, N, d)`` against guide draws ``(S', N, d)``, with ArviZ's R-hat and ESS."""
     nuts_mean, nuts_sd = samples.mean((0, 1)), samples.std((0, 1))
     guide_mean, guide_sd = draws.mean(0), draws.std(0)
     az = _arviz()
     n, d = samples.shape[2], samples.shape[3]
-    idata = az.from_dict(posterior={latent_site: samples.numpy()}, dims={latent_site: ["obs", "latent_dim"]},
-                         coords={"obs": np.arange(n), "latent_dim": np.arange(d)})
+    idata = az.from_dict(
+        posterior={latent_site: samples.numpy()},
+        dims={latent_site: ["obs", "latent_dim"]},
+        coords={"obs": np.arange(n), "latent_dim": np.arange(d)},
+    )
     rhat = az.rhat(idata)[latent_site].values
     ess_bulk = az.ess(idata, method="bulk")[latent_site].values
     ess_tail = az.ess(idata, method="tail")[latent_site].values
     return NUTSResult(
-        samples=samples.numpy(), guide_samples=draws.numpy(),
-        nuts_mean=nuts_mean.numpy(), nuts_sd=nuts_sd.numpy(), guide_mean=guide_mean.numpy(), guide_sd=guide_sd.numpy(),
-        standardized_mean_error=((guide_mean - nuts_mean) / nuts_sd).numpy(), sd_ratio=(guide_sd / nuts_sd).numpy(),
-        rhat=rhat, ess_bulk=ess_bulk, ess_tail=ess_tail, max_rhat=float(np.max(rhat)),
-        min_ess_bulk=float(np.min(ess_bulk)), divergences=divergences,
-        global_values={k: v.cpu().tolist() for k, v in globals_.items()}, inference_data=idata)
+        samples=samples.numpy(),
+        guide_samples=draws.numpy(),
+        nuts_mean=nuts_mean.numpy(),
+        nuts_sd=nuts_sd.numpy(),
+        guide_mean=guide_mean.numpy(),
+        guide_sd=guide_sd.numpy(),
+        standardized_mean_error=((guide_mean - nuts_mean) / nuts_sd).numpy(),
+        sd_ratio=(guide_sd / nuts_sd).numpy(),
+        rhat=rhat,
+        ess_bulk=ess_bulk,
+        ess_tail=ess_tail,
+        max_rhat=float(np.max(rhat)),
+        min_ess_bulk=float(np.min(ess_bulk)),
+        divergences=divergences,
+        global_values={k: v.cpu().tolist() for k, v in globals_.items()},
+        inference_data=idata,
+    )

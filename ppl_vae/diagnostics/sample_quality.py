@@ -14,9 +14,11 @@ from ppl_vae.errors import ConfigError
 from ppl_vae.results import Result
 from ppl_vae.validation import Bound, check_number
 
-CLASSIFIER_NOTE = ("sample quality uses a domain classifier (an MLP with one hidden layer of 64 units trained "
-                   "on the real training images), not Inception: its Fréchet distance is an FID-like number "
-                   "on this data set only, not comparable with published FIDs")
+CLASSIFIER_NOTE = (
+    "sample quality uses a domain classifier (an MLP with one hidden layer of 64 units trained "
+    "on the real training images), not Inception: its Fréchet distance is an FID-like number "
+    "on this data set only, not comparable with published FIDs"
+)
 
 
 def as_numpy(x) -> np.ndarray:
@@ -43,8 +45,13 @@ class PathSmoothness(Result):
 
 
 @torch.no_grad()
-def path_smoothness(decode: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, z1: torch.Tensor,
-                    num_steps: int = 16, eps: float = 1e-8) -> PathSmoothness:
+def path_smoothness(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    num_steps: int = 16,
+    eps: float = 1e-8,
+) -> PathSmoothness:
     """How smooth the decoder is along straight latent lines.
 
     Args:
@@ -74,9 +81,9 @@ def path_smoothness(decode: Callable[[torch.Tensor], torch.Tensor], z0: torch.Te
         raise ConfigError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     pairs, dim = z0.shape
     t = torch.linspace(0, 1, num_steps + 1, dtype=z0.dtype, device=z0.device)
-    z = z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]              # (P, T, d)
-    x = decode(z.reshape(-1, dim)).reshape(pairs, num_steps + 1, -1).double()   # (P, T, D)
-    steps = (x[:, 1:] - x[:, :-1]).norm(dim=-1)                                # (P, num_steps)
+    z = z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]  # (P, T, d)
+    x = decode(z.reshape(-1, dim)).reshape(pairs, num_steps + 1, -1).double()  # (P, T, D)
+    steps = (x[:, 1:] - x[:, :-1]).norm(dim=-1)  # (P, num_steps)
     length = steps.sum(1)
     chord = (x[:, -1] - x[:, 0]).norm(dim=-1)
     keep = (chord > eps) & (length > eps)
@@ -183,7 +190,7 @@ def sample_quality(classifier, samples, heldout) -> SampleQuality:
 
 
 def _sq_dists(z: np.ndarray) -> np.ndarray:
-    sq = (z ** 2).sum(1)
+    sq = (z**2).sum(1)
     return np.clip(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0, None)
 
 
@@ -196,14 +203,15 @@ def median_bandwidth(x, y) -> float:
 
 def _kernel(z: np.ndarray, bandwidths) -> np.ndarray:
     d2 = _sq_dists(z)
-    return sum(np.exp(-d2 / (2 * h ** 2)) for h in bandwidths)
+    return sum(np.exp(-d2 / (2 * h**2)) for h in bandwidths)
 
 
 def _mmd_from_kernel(k: np.ndarray, m: int) -> float:
     kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
     n = k.shape[0] - m
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
+    )
 
 
 def mmd(x, y, bandwidths: Sequence[float] | None = None) -> float:
@@ -241,8 +249,7 @@ class MMDTest(Result):
     bandwidths: list
 
 
-def mmd_test(x, y, bandwidths: Sequence[float] | None = None, num_permutations: int = 200,
-             seed: int = 0) -> MMDTest:
+def mmd_test(x, y, bandwidths: Sequence[float] | None = None, num_permutations: int = 200, seed: int = 0) -> MMDTest:
     """:func:`mmd` with a permutation test. Returns an :class:`MMDTest`: ``mmd2``, ``threshold`` (the 95%
     quantile of MMD² over ``num_permutations`` random relabellings of the pooled sample: what two samples
     of one distribution give), ``p_value`` and the ``bandwidths`` used."""
@@ -257,5 +264,9 @@ def mmd_test(x, y, bandwidths: Sequence[float] | None = None, num_permutations: 
         order = rng.permutation(len(k))
         null.append(_mmd_from_kernel(k[np.ix_(order, order)], len(a)))
     null = np.array(null)
-    return MMDTest(mmd2=observed, threshold=float(np.quantile(null, 0.95)),
-                   p_value=float((1 + (null >= observed).sum()) / (1 + num_permutations)), bandwidths=bandwidths)
+    return MMDTest(
+        mmd2=observed,
+        threshold=float(np.quantile(null, 0.95)),
+        p_value=float((1 + (null >= observed).sum()) / (1 + num_permutations)),
+        bandwidths=bandwidths,
+    )

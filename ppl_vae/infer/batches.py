@@ -39,7 +39,7 @@ class RandomStreams:
         self.noise = torch.Generator(device=device).manual_seed(seed + 1)
         self.device = device
         self.strategy = strategy
-        self._resumed: tuple | None = None      # (step, torch state, cuda state or None) to restore at that step
+        self._resumed: tuple | None = None  # (step, torch state, cuda state or None) to restore at that step
 
     def position(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The states of ``shuffle`` and ``noise`` now (at an epoch's start, before its draws)."""
@@ -53,7 +53,7 @@ class RandomStreams:
         if self.device.type == "cuda":
             mine["cuda"] = torch.cuda.get_rng_state(self.device)
         rng = {**mine, "shuffle": epoch_start[0], "noise": epoch_start[1]}
-        ranks = self.strategy.gather(mine)          # every process's stream, for an exact resume
+        ranks = self.strategy.gather(mine)  # every process's stream, for an exact resume
         if ranks is not None:
             rng["ranks"] = ranks
         return rng
@@ -106,4 +106,4 @@ class Batches:
     def _batches(self, data: torch.Tensor, order: torch.Tensor, skip: int):
         for index, first in enumerate(range(0, data.shape[0], self.global_batch)):
             if index >= skip:
-                yield index, *self.strategy.share(data, order[first:first + self.global_batch])
+                yield index, *self.strategy.share(data, order[first : first + self.global_batch])

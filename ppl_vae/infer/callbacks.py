@@ -199,7 +199,8 @@ class HeldoutEvaluation(Callback):
 
     def add_to_record(self, record: dict, epoch: int) -> None:
         record["heldout_elbo"], record["heldout_elbo_se"] = self.strategy.heldout_elbo(
-            self.vae, self.heldout, self.particles, self.seed + epoch)
+            self.vae, self.heldout, self.particles, self.seed + epoch
+        )
 
 
 class EpochEndHook(Callback):

@@ -60,8 +60,10 @@ def init_from_environment(device_name: str = "cpu") -> Context | None:
 
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise ConfigError(f"WORLD_SIZE is set but {', '.join(missing)} is not; launch with torchrun "
-                          "(torchrun --nproc-per-node N -m ppl_vae train ...)")
+        raise ConfigError(
+            f"WORLD_SIZE is set but {', '.join(missing)} is not; launch with torchrun "
+            "(torchrun --nproc-per-node N -m ppl_vae train ...)"
+        )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if device_name.startswith("cuda"):
@@ -78,7 +80,8 @@ def init_from_environment(device_name: str = "cpu") -> Context | None:
             raise DistributedError(
                 f"could not join the distributed job at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} as "
                 f"process {rank} of {world} ({' '.join(str(error).split())[:160]}); check that every process "
-                "was started with the same address and port") from None
+                "was started with the same address and port"
+            ) from None
     return Context(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
 
 
@@ -97,15 +100,17 @@ def shutdown(context: Context | None, *, wait: bool = True) -> None:
                 try:
                     dist.barrier()
                 except (RuntimeError, ValueError):
-                    pass                     # another process failed: its error is the one to report
+                    pass  # another process failed: its error is the one to report
             dist.destroy_process_group()
 
 
 def _failure(error: BaseException, what: str) -> DistributedError:
     text = " ".join(str(error).split())
-    text = text.split("] ", 1)[-1] if text.startswith("[") else text      # drop gloo's source location
-    return DistributedError(f"another process of the distributed job failed or stopped responding while {what} "
-                            f"({text[:160] or type(error).__name__}); see that process's error")
+    text = text.split("] ", 1)[-1] if text.startswith("[") else text  # drop gloo's source location
+    return DistributedError(
+        f"another process of the distributed job failed or stopped responding while {what} "
+        f"({text[:160] or type(error).__name__}); see that process's error"
+    )
 
 
 def _collective(fn, *args, **kwargs):
@@ -175,8 +180,11 @@ def wrap(vae, elbo, context: Context):
         # The VAE's buffers are constants: synced once at the start, not before every step.
         import inspect
 
-        option = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
-            DistributedDataParallel.__init__).parameters else "broadcast_buffers"
+        option = (
+            "forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+            else "broadcast_buffers"
+        )
         return DistributedDataParallel(module, device_ids=device_ids, **{option: False})
     except RuntimeError as error:
         raise _failure(error, "starting data-parallel training") from None

@@ -37,25 +37,29 @@ class DivergencePolicy:
     def handle(self, vae, loss: float, x: torch.Tensor, beta: float, *, epoch: int, step: int, num_data: int) -> None:
         """Return (skip the step) or raise TrainingDiverged for the non-finite step number ``step`` of
         ``epoch`` on the batch ``x`` at KL weight ``beta``, with ``loss`` the loss per example (nats)."""
-        message = divergence_message(vae, loss, self.optimizer.nonfinite, x, beta, epoch=epoch, step=step,
-                                     num_data=num_data)
+        message = divergence_message(
+            vae, loss, self.optimizer.nonfinite, x, beta, epoch=epoch, step=step, num_data=num_data
+        )
         if self.mode == "restore" and self.restores < self.MAX_RESTORES and self.optimizer.nonfinite:
             self.restores += 1
             lr = self.optimizer.lr / 10
             self.optimizer.set_lr(lr)
-            self.warn(f"{message}; skipped this step and lowered the learning rate to {lr:g} "
-                      f"({self.restores} of {self.MAX_RESTORES})")
+            self.warn(
+                f"{message}; skipped this step and lowered the learning rate to {lr:g} "
+                f"({self.restores} of {self.MAX_RESTORES})"
+            )
             return
         raise TrainingDiverged(message + "; lower the learning rate (--lr), or pass --on-divergence restore")
 
 
-def divergence_message(vae, loss: float, nonfinite: list[str], x: torch.Tensor, beta: float, *, epoch: int,
-                       step: int, num_data: int) -> str:
+def divergence_message(
+    vae, loss: float, nonfinite: list[str], x: torch.Tensor, beta: float, *, epoch: int, step: int, num_data: int
+) -> str:
     """Name what went non-finite: the sample sites whose value or log-density is NaN/inf on this batch
     (at the current parameters) and the parameters whose gradient is NaN/inf (``nonfinite``, param-store names)."""
     parts = [f"training diverged at epoch {epoch}, step {step}: the loss is {loss:.6g}"]
     if nonfinite:
-        nonfinite = [n.split(".", 1)[-1].replace("$$$", ".") for n in nonfinite]   # "vae.decoder$$$net.0.bias"
+        nonfinite = [n.split(".", 1)[-1].replace("$$$", ".") for n in nonfinite]  # "vae.decoder$$$net.0.bias"
         shown = ", ".join(nonfinite[:4]) + (f" and {len(nonfinite) - 4} more" if len(nonfinite) > 4 else "")
         parts.append(f"non-finite gradients of {shown}")
     try:
@@ -63,8 +67,10 @@ def divergence_message(vae, loss: float, nonfinite: list[str], x: torch.Tensor, 
         if bad_sites:
             parts.append("sample sites: " + ", ".join(bad_sites))
     except Exception as error:  # noqa: BLE001 - the programs themselves may fail on non-finite parameters
-        parts.append(f"the model/guide cannot even be traced on this batch ({type(error).__name__}: "
-                     f"{str(error).splitlines()[0] if str(error) else ''})")
+        parts.append(
+            f"the model/guide cannot even be traced on this batch ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        )
     return "; ".join(parts)
 
 
@@ -72,7 +78,8 @@ def _non_finite_sites(vae, x: torch.Tensor, beta: float, num_data: int) -> list[
     with torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(vae.guide).get_trace(x, num_data=num_data, beta=beta)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
-            x, num_data=num_data, beta=beta)
+            x, num_data=num_data, beta=beta
+        )
     bad_sites = []
     for where, trace in (("model", model_trace), ("guide", guide_trace)):
         for name, site in trace.nodes.items():

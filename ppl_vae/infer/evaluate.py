@@ -68,15 +68,25 @@ def max_plate_nesting(model, guide, x, **kwargs) -> int:
     with torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **kwargs)
-    dims = [-f.dim for t in (guide_trace, model_trace) for s in t.nodes.values() if s["type"] == "sample"
-            for f in s["cond_indep_stack"] if f.vectorized]
+    dims = [
+        -f.dim
+        for t in (guide_trace, model_trace)
+        for s in t.nodes.values()
+        if s["type"] == "sample"
+        for f in s["cond_indep_stack"]
+        if f.vectorized
+    ]
     return max(dims, default=0)
 
 
 def _is_global(site, plate_name: str) -> bool:
     """Whether a trace node is a latent sample site outside the ``plate_name`` plate (a global latent)."""
-    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-            and plate_name not in {f.name for f in site["cond_indep_stack"]})
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and plate_name not in {f.name for f in site["cond_indep_stack"]}
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,9 @@ class LogWeights(Result):
 
 
 @torch.no_grad()
-def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name: str = "data",
-                nesting: int | None = None, **kwargs) -> LogWeights:
+def log_weights(
+    model, guide, x: torch.Tensor, num_particles: int, *, plate_name: str = "data", nesting: int | None = None, **kwargs
+) -> LogWeights:
     """Per-draw, per-example log-densities for ``num_particles`` draws from the guide.
 
     Args:
@@ -134,6 +145,7 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
         def wrapped(*args, **kw):
             with pyro.plate("_num_particles_vectorized", num_particles, dim=plate_dim):
                 return fn(*args, **kw)
+
         return wrapped
 
     with poutine.block():
@@ -157,9 +169,11 @@ def log_weights(model, guide, x: torch.Tensor, num_particles: int, *, plate_name
             else:
                 parts["log_prior"] += lp
     parts = {k: torch.as_tensor(v, device=x.device).expand(num_particles, num_examples) for k, v in parts.items()}
-    return LogWeights(**parts, log_weight=parts["log_likelihood"] + parts["log_prior"] - parts["log_guide"],
-                      log_global=_global_term((model_trace, guide_trace), global_names, num_particles, plate_dim,
-                                              x.device))
+    return LogWeights(
+        **parts,
+        log_weight=parts["log_likelihood"] + parts["log_prior"] - parts["log_guide"],
+        log_global=_global_term((model_trace, guide_trace), global_names, num_particles, plate_dim, x.device),
+    )
 
 
 def _global_term(traces: tuple, names: set, num_particles: int, plate_dim: int, device) -> torch.Tensor:
@@ -258,8 +272,9 @@ def _mean_and_se(values: torch.Tensor, mc_var: torch.Tensor) -> tuple[float, flo
     return mean, mc_se, data_se
 
 
-def chunk_sizes(x: torch.Tensor, num_particles: int, batch_size: int | None = None,
-                max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, int]:
+def chunk_sizes(
+    x: torch.Tensor, num_particles: int, batch_size: int | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> tuple[int, int]:
     """Examples per chunk and draws per pass so that draws x examples x features <= max_elements:
     all K draws in one pass when they fit (the fewest passes through Pyro's tracing), then as many
     examples as fit beside them."""
@@ -284,8 +299,16 @@ def global_sites(guide, x: torch.Tensor, plate_name: str = "data", **kwargs) -> 
 
 
 @torch.no_grad()
-def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: int | None = None,
-             max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int | None = None, progress: bool = False) -> EvalResult:
+def evaluate(
+    vae,
+    data: torch.Tensor,
+    *,
+    num_particles: int = 1000,
+    batch_size: int | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    seed: int | None = None,
+    progress: bool = False,
+) -> EvalResult:
     """Evaluate a model/guide pair on data.
 
     Args:
@@ -310,21 +333,22 @@ def evaluate(vae, data: torch.Tensor, *, num_particles: int = 1000, batch_size: 
         vae.eval()
     batch, particles = chunk_sizes(data, num_particles, batch_size, max_elements)
     with seeded(seed, data.device):
-        with seeded(seed, data.device):       # a trace whose draws are undone: the seeded stream starts below
+        with seeded(seed, data.device):  # a trace whose draws are undone: the seeded stream starts below
             has_globals = bool(global_sites(vae.guide, data[:batch]))
         sums, chunks = _score_chunks(vae, data, num_particles, batch, particles, has_globals, progress)
     return _eval_result(sums, chunks if has_globals else None, num_particles, int(data.shape[0]))
 
 
-def _score_chunks(vae, data: torch.Tensor, num_particles: int, batch: int, particles: int, has_globals: bool,
-                  progress: bool) -> tuple[dict, list]:
+def _score_chunks(
+    vae, data: torch.Tensor, num_particles: int, batch: int, particles: int, has_globals: bool, progress: bool
+) -> tuple[dict, list]:
     """Score ``data`` in chunks of ``batch`` examples with ``num_particles`` draws, ``particles`` per pass.
 
     Returns ``(sums, chunks)``: per-example ``(N,)`` float64 estimates and Monte Carlo variances
     (``elbo``, ``iwae``, ``rec``, ``kl`` and their ``*_var``), and, with global latents, per chunk the
     ``(K,)`` per-draw sums of :func:`_chunk_draws` (empty otherwise)."""
     sums = {k: [] for k in ("elbo", "elbo_var", "iwae", "iwae_var", "rec", "rec_var", "kl", "kl_var")}
-    chunks: list[dict] = []        # per chunk, per draw: sums over the chunk's examples (global latents)
+    chunks: list[dict] = []  # per chunk, per draw: sums over the chunk's examples (global latents)
     starts = range(0, data.shape[0], batch)
     if progress:
         from tqdm.auto import tqdm
@@ -334,8 +358,9 @@ def _score_chunks(vae, data: torch.Tensor, num_particles: int, batch: int, parti
     for i, start in enumerate(starts):
         # Pyro's validation checks the first chunk; the rest are the same programs on more of the data.
         with contextlib.nullcontext() if i == 0 else pyro.validation_enabled(False):
-            parts = log_weight_chunk(vae.model, vae.guide, data[start:start + batch], num_particles, particles,
-                                     nesting)
+            parts = log_weight_chunk(
+                vae.model, vae.guide, data[start : start + batch], num_particles, particles, nesting
+            )
         kl_table = parts.log_guide - parts.log_prior
         _accumulate(sums, parts.log_weight, parts.log_likelihood, kl_table)
         if has_globals:
@@ -346,15 +371,23 @@ def _score_chunks(vae, data: torch.Tensor, num_particles: int, batch: int, parti
 def _eval_result(sums: dict, chunks: list | None, num_particles: int, n: int) -> EvalResult:
     """The :class:`EvalResult` of :func:`_score_chunks`'s sums; ``chunks`` None without global latents."""
     elbo, ll, rec, kl = (_mean_and_se(sums[k], sums[k + "_var"]) for k in ("elbo", "iwae", "rec", "kl"))
-    joint = {"joint_elbo": elbo[0], "joint_elbo_se": elbo[1], "global_kl": 0.0, "global_kl_se": 0.0,
-             "elbo_kind": ELBO}
+    joint = {"joint_elbo": elbo[0], "joint_elbo_se": elbo[1], "global_kl": 0.0, "global_kl_se": 0.0, "elbo_kind": ELBO}
     if chunks is not None:
         elbo, ll, rec, kl, joint = _with_shared_globals(chunks, n, elbo, ll, rec, kl)
     return EvalResult(
-        elbo=elbo[0], elbo_se=elbo[1], elbo_data_se=elbo[2],
-        log_likelihood=ll[0], log_likelihood_se=ll[1], log_likelihood_data_se=ll[2],
-        reconstruction=rec[0], reconstruction_se=rec[1], kl=kl[0], kl_se=kl[1],
-        num_particles=num_particles, num_examples=n, **joint,
+        elbo=elbo[0],
+        elbo_se=elbo[1],
+        elbo_data_se=elbo[2],
+        log_likelihood=ll[0],
+        log_likelihood_se=ll[1],
+        log_likelihood_data_se=ll[2],
+        reconstruction=rec[0],
+        reconstruction_se=rec[1],
+        kl=kl[0],
+        kl_se=kl[1],
+        num_particles=num_particles,
+        num_examples=n,
+        **joint,
         per_example={"elbo": sums["elbo"].float().cpu(), "log_likelihood": sums["iwae"].float().cpu()},
     )
 
@@ -378,8 +411,13 @@ def _with_shared_globals(chunks: list[dict], n: int, elbo, ll, rec, kl) -> tuple
     ll = (ll[0], chunk_se("iwae"), ll[2])
     rec = (rec[0], chunk_se("rec"), rec[2])
     kl = (kl[0], chunk_se("kl"), kl[2])
-    joint = {"joint_elbo": elbo[0] - global_kl / n, "joint_elbo_se": chunk_se("elbo", lambda ch: ch["global"] / c),
-             "global_kl": global_kl, "global_kl_se": global_kl_se, "elbo_kind": ELBO_GIVEN_GLOBALS}
+    joint = {
+        "joint_elbo": elbo[0] - global_kl / n,
+        "joint_elbo_se": chunk_se("elbo", lambda ch: ch["global"] / c),
+        "global_kl": global_kl,
+        "global_kl_se": global_kl_se,
+        "elbo_kind": ELBO_GIVEN_GLOBALS,
+    }
     return elbo, ll, rec, kl, joint
 
 
@@ -395,12 +433,18 @@ def _chunk_draws(log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, log_g
     and the global term log p(g_k) - log q(g_k)."""
     log_w = log_w.double()
     w = (log_w - log_w.max(0).values).exp()
-    return {"elbo": log_w.sum(1), "rec": rec.double().sum(1), "kl": kl.double().sum(1),
-            "iwae": (w / w.mean(0)).sum(1), "global": log_global.double()}
+    return {
+        "elbo": log_w.sum(1),
+        "rec": rec.double().sum(1),
+        "kl": kl.double().sum(1),
+        "iwae": (w / w.mean(0)).sum(1),
+        "global": log_global.double(),
+    }
 
 
-def log_weight_chunk(model, guide, x: torch.Tensor, num_particles: int, particles_per_pass: int,
-                     nesting: int) -> LogWeights:
+def log_weight_chunk(
+    model, guide, x: torch.Tensor, num_particles: int, particles_per_pass: int, nesting: int
+) -> LogWeights:
     """:func:`log_weights` for ``num_particles`` draws, taken ``particles_per_pass`` at a time and
     concatenated: the same ``(K, n)`` tables with bounded memory."""
     parts = []

@@ -79,12 +79,31 @@ class FitResult:
     objective: dict = field(default_factory=dict)
 
 
-def fit(vae, train: torch.Tensor, heldout: torch.Tensor | None = None, *, epochs: int = 200, batch_size: int = 128,
-        lr: float = 1e-3, seed: int = 0, binarize: str = "auto", elbo: str = "auto", num_particles: int = 1,
-        beta: float = 1.0, kl_schedule=None, heldout_particles: int = 8, heldout_seed: int = 0,
-        progress: bool | None = None, on_epoch_end: Callable[[dict], None] | None = None, resume: dict | None = None,
-        on_divergence: str = "stop", handle_signals: bool = False, stop: Callable[[int], bool] | None = None,
-        distributed=None, on_start: Callable[[], None] | None = None) -> FitResult:
+def fit(
+    vae,
+    train: torch.Tensor,
+    heldout: torch.Tensor | None = None,
+    *,
+    epochs: int = 200,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    binarize: str = "auto",
+    elbo: str = "auto",
+    num_particles: int = 1,
+    beta: float = 1.0,
+    kl_schedule=None,
+    heldout_particles: int = 8,
+    heldout_seed: int = 0,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    on_divergence: str = "stop",
+    handle_signals: bool = False,
+    stop: Callable[[int], bool] | None = None,
+    distributed=None,
+    on_start: Callable[[], None] | None = None,
+) -> FitResult:
     """Train ``vae`` by stochastic variational inference with a Pyro ELBO and Adam.
 
     Args:
@@ -130,44 +149,79 @@ def fit(vae, train: torch.Tensor, heldout: torch.Tensor | None = None, *, epochs
     """
     strategy = make_strategy(distributed)
     settings = FitSettings.from_arguments(
-        train, getattr(vae, "likelihood", None), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        binarize=binarize, elbo=elbo, num_particles=num_particles, beta=beta, kl_schedule=kl_schedule,
-        heldout_particles=heldout_particles, heldout_seed=heldout_seed, on_divergence=on_divergence,
-        world_size=strategy.world_size)
+        train,
+        getattr(vae, "likelihood", None),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        binarize=binarize,
+        elbo=elbo,
+        num_particles=num_particles,
+        beta=beta,
+        kl_schedule=kl_schedule,
+        heldout_particles=heldout_particles,
+        heldout_seed=heldout_seed,
+        on_divergence=on_divergence,
+        world_size=strategy.world_size,
+    )
     device = vae.device if hasattr(vae, "device") else train.device
-    streams = RandomStreams(seed, device, strategy)      # seeded before the checks, whose draws are forked from it
+    streams = RandomStreams(seed, device, strategy)  # seeded before the checks, whose draws are forked from it
     train, heldout, objective = _prepare(vae, train, heldout, settings, device)
     release_param_store_names(vae)
     stepper = strategy.train_step(vae, lr, elbo, num_particles)
-    loop = TrainingLoop(vae, stepper, settings, objective, strategy, streams,
-                        Batches(train, settings.binarize, settings.global_batch, streams, strategy))
+    loop = TrainingLoop(
+        vae,
+        stepper,
+        settings,
+        objective,
+        strategy,
+        streams,
+        Batches(train, settings.binarize, settings.global_batch, streams, strategy),
+    )
     if resume is not None:
         loop.restore(TrainState.from_dict(resume).check_resumable(loop.state_settings, epochs))
-    callbacks = Callbacks([
-        ProgressBar(progress, strategy.rank, epochs * settings.steps_per_epoch, initial=loop.step),
-        StopRequests(handle_signals, stop),
-        HeldoutEvaluation(vae, heldout, heldout_particles, seed, strategy) if heldout is not None else None,
-        EpochEndHook(on_epoch_end) if on_epoch_end is not None else None,
-        StartHook(on_start) if on_start is not None else None])      # every input accepted: outputs may be made
+    callbacks = Callbacks(
+        [
+            ProgressBar(progress, strategy.rank, epochs * settings.steps_per_epoch, initial=loop.step),
+            StopRequests(handle_signals, stop),
+            HeldoutEvaluation(vae, heldout, heldout_particles, seed, strategy) if heldout is not None else None,
+            EpochEndHook(on_epoch_end) if on_epoch_end is not None else None,
+            StartHook(on_start) if on_start is not None else None,
+        ]
+    )  # every input accepted: outputs may be made
     state = loop.run(callbacks, DivergencePolicy(on_divergence, stepper.optimizer, callbacks.warn))
-    return FitResult(vae=vae, losses=loop.losses, history=loop.history, optimizer_state=stepper.optimizer.get_state(),
-                     state=state, objective=objective)
+    return FitResult(
+        vae=vae,
+        losses=loop.losses,
+        history=loop.history,
+        optimizer_state=stepper.optimizer.get_state(),
+        state=state,
+        objective=objective,
+    )
 
 
-def _prepare(vae, train: torch.Tensor, heldout: torch.Tensor | None, settings: FitSettings,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+def _prepare(
+    vae, train: torch.Tensor, heldout: torch.Tensor | None, settings: FitSettings, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """The training data on ``device`` in the likelihood's space (every row checked), the held-out data
     binarized once (checked), and the objective checked on two examples: ``{"elbo": name, "sites": {...}}``."""
     likelihood = getattr(vae, "likelihood", None)
     train = to_likelihood_space(train.to(device), likelihood)
-    if likelihood is not None:            # every row, in chunks (a bad value may sit anywhere)
+    if likelihood is not None:  # every row, in chunks (a bad value may sit anywhere)
         check_data_support(train, likelihood, "training data", binarize=settings.binarize)
     probe = binarize_data(train[:2], settings.binarize, generator=torch.Generator(device=device).manual_seed(0))
-    terms = check_compatible(vae, probe, elbo=settings.elbo, num_particles=settings.num_particles,
-                             beta=0.5 if settings.varies else settings.schedule(0.0))
+    terms = check_compatible(
+        vae,
+        probe,
+        elbo=settings.elbo,
+        num_particles=settings.num_particles,
+        beta=0.5 if settings.varies else settings.schedule(0.0),
+    )
     if heldout is not None:
-        heldout = fixed_binarization(to_likelihood_space(heldout.to(device), likelihood), settings.binarize,
-                                     settings.heldout_seed)
+        heldout = fixed_binarization(
+            to_likelihood_space(heldout.to(device), likelihood), settings.binarize, settings.heldout_seed
+        )
         _check_support(vae, heldout, "held-out data")
     return train, heldout, {"elbo": settings.elbo, "sites": terms}
 

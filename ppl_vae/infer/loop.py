@@ -40,8 +40,16 @@ class TrainingLoop:
         done epochs, ``history`` their records (see ``FitResult``).
     """
 
-    def __init__(self, vae, stepper: TrainStep, settings: FitSettings, objective: dict, strategy,
-                 streams: RandomStreams, batches: Batches):
+    def __init__(
+        self,
+        vae,
+        stepper: TrainStep,
+        settings: FitSettings,
+        objective: dict,
+        strategy,
+        streams: RandomStreams,
+        batches: Batches,
+    ):
         self.vae = vae
         self.stepper = stepper
         self.optimizer = stepper.optimizer
@@ -50,11 +58,11 @@ class TrainingLoop:
         self.strategy = strategy
         self.streams = streams
         self.batches = batches
-        self.epoch, self.step, self.skip = 0, 0, 0      # skip: batches of the next epoch already done (resume)
+        self.epoch, self.step, self.skip = 0, 0, 0  # skip: batches of the next epoch already done (resume)
         self.losses: list[float] = []
         self.epoch_losses: list[float] = []
         self.history: list[dict] = []
-        self.beta: float | None = None             # at the last step: recorded in the history
+        self.beta: float | None = None  # at the last step: recorded in the history
 
     def restore(self, state: TrainState) -> None:
         """Continue from ``state`` (the VAE's parameters must already be those of the same moment)."""
@@ -69,12 +77,18 @@ class TrainingLoop:
     def snapshot(self, step_in_epoch: int, epoch_start: tuple) -> dict:
         """The training state now, as a dict (:meth:`TrainState.to_dict`), with ``shuffle``/``noise`` at
         ``epoch_start``; data-parallel, a collective (every process's random stream is gathered)."""
-        return TrainState(epoch=self.epoch, step=self.step, step_in_epoch=step_in_epoch,
-                          losses=torch.tensor(self.losses, dtype=torch.float64),
-                          epoch_losses=torch.tensor(self.epoch_losses, dtype=torch.float64),
-                          history=[dict(r) for r in self.history], lr=self.optimizer.lr,
-                          optimizer=copy.deepcopy(self.optimizer.get_state()), rng=self.streams.snapshot(epoch_start),
-                          settings=dict(self.state_settings)).to_dict()
+        return TrainState(
+            epoch=self.epoch,
+            step=self.step,
+            step_in_epoch=step_in_epoch,
+            losses=torch.tensor(self.losses, dtype=torch.float64),
+            epoch_losses=torch.tensor(self.epoch_losses, dtype=torch.float64),
+            history=[dict(r) for r in self.history],
+            lr=self.optimizer.lr,
+            optimizer=copy.deepcopy(self.optimizer.get_state()),
+            rng=self.streams.snapshot(epoch_start),
+            settings=dict(self.state_settings),
+        ).to_dict()
 
     def run(self, callbacks: Callbacks, divergence: DivergencePolicy) -> dict:
         """Train up to ``settings.epochs`` epochs in all; return the final state (:meth:`snapshot`).
@@ -96,20 +110,22 @@ class TrainingLoop:
         start = time.perf_counter()
         epoch_start = self.streams.position()
         batches = self.batches.epoch(self.skip)
-        self.streams.enter_epoch(self.step)         # resuming: the global stream as it was when stopped
+        self.streams.enter_epoch(self.step)  # resuming: the global stream as it was when stopped
         if not self.skip:
             self.epoch_losses = []
         for index, x, weight in batches:
-            self.beta = float(settings.schedule(self.step / steps_per_epoch))     # epochs completed, as a float
+            self.beta = float(settings.schedule(self.step / steps_per_epoch))  # epochs completed, as a float
             loss = self.stepper(x, weight, num_data=settings.num_data, beta=self.beta) / settings.num_data
             # every process takes the same decisions
-            bad, stopping = self.strategy.agree(bool(self.optimizer.nonfinite) or not math.isfinite(loss),
-                                                callbacks.stop_requested(self.step + 1))
+            bad, stopping = self.strategy.agree(
+                bool(self.optimizer.nonfinite) or not math.isfinite(loss), callbacks.stop_requested(self.step + 1)
+            )
             if bad:
                 # The update was not applied when a gradient was non-finite: the parameters are still the
                 # last good ones, and the sites can be named at those values.
-                divergence.handle(self.vae, loss, x, self.beta, epoch=epoch, step=self.step + 1,
-                                  num_data=settings.num_data)
+                divergence.handle(
+                    self.vae, loss, x, self.beta, epoch=epoch, step=self.step + 1, num_data=settings.num_data
+                )
                 continue
             self.step += 1
             self.epoch_losses.append(loss)
@@ -124,14 +140,18 @@ class TrainingLoop:
     def _end_epoch(self, epoch: int, seconds: float, callbacks: Callbacks, divergence: DivergencePolicy) -> None:
         """Record ``epoch`` (losses averaged over processes, held-out numbers), hand the state to the
         callbacks, and stop here if one asks to."""
-        epoch_losses = self.strategy.mean(self.epoch_losses)      # the loss of a step: the mean over processes
+        epoch_losses = self.strategy.mean(self.epoch_losses)  # the loss of a step: the mean over processes
         self.losses += epoch_losses
-        record = {"epoch": epoch, "step": self.step, "train_elbo": -sum(epoch_losses) / len(epoch_losses),
-                  "beta": self.beta}
+        record = {
+            "epoch": epoch,
+            "step": self.step,
+            "train_elbo": -sum(epoch_losses) / len(epoch_losses),
+            "beta": self.beta,
+        }
         callbacks.add_to_record(record, epoch)
         record["seconds"] = seconds
         if divergence.restores:
-            record["lr"] = self.optimizer.lr               # lowered after a divergence
+            record["lr"] = self.optimizer.lr  # lowered after a divergence
         self.history.append(record)
         self.epoch = epoch
         self.epoch_losses = []

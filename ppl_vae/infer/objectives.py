@@ -32,8 +32,10 @@ def resolve_binarize(binarize: str, likelihood) -> str:
         return "dynamic" if kind == "binary" else "none"
     if kind != "binary" and binarize != "none":
         name = getattr(likelihood, "name", type(likelihood).__name__)
-        raise ConfigError(f"the {name} likelihood models {kind} data, so binarizing ({binarize}) would discard what "
-                          "it models; use --binarize none (or auto)")
+        raise ConfigError(
+            f"the {name} likelihood models {kind} data, so binarizing ({binarize}) would discard what "
+            "it models; use --binarize none (or auto)"
+        )
     return binarize
 
 
@@ -67,8 +69,9 @@ def has_analytic_kl(guide_fn, prior_fn) -> bool:
     return True
 
 
-def check_compatible(vae, x: torch.Tensor, *, elbo: str = "auto", num_particles: int = 1,
-                     beta: float = 1.0) -> dict[str, str]:
+def check_compatible(
+    vae, x: torch.Tensor, *, elbo: str = "auto", num_particles: int = 1, beta: float = 1.0
+) -> dict[str, str]:
     """Refuse combinations that cannot work, on a trace of ``vae`` at the examples ``x`` (one is enough).
 
     Returns, for every latent site (in the guide's order), how ``elbo`` estimates its KL part:
@@ -81,7 +84,7 @@ def check_compatible(vae, x: torch.Tensor, *, elbo: str = "auto", num_particles:
         raise ConfigError(f"unknown objective {elbo!r}; choose one of: {', '.join(OBJECTIVES)}")
     if num_particles < 1:
         raise ConfigError(f"the number of particles must be at least 1, got {num_particles}")
-    if not beta >= 0:                      # NaN too
+    if not beta >= 0:  # NaN too
         raise ConfigError(f"beta must be a non-negative number, got {beta}")
     model_trace, guide_trace = _traces(vae, x)
     terms: dict[str, str] = {}
@@ -92,25 +95,34 @@ def check_compatible(vae, x: torch.Tensor, *, elbo: str = "auto", num_particles:
         p_space, q_space = support_name(model_site["fn"].support), support_name(guide_site["fn"].support)
         if not support_contains(p_space, q_space):
             better = GUIDE_FOR_SUPPORT.get(p_space, "a guide on the same space")
-            raise ConfigError(f"the prior of {name!r} lives on the {p_space} but the guide draws {q_space} values, so "
-                              f"log p(z) is undefined at the guide's draws; use --guide {better}")
+            raise ConfigError(
+                f"the prior of {name!r} lives on the {p_space} but the guide draws {q_space} values, so "
+                f"log p(z) is undefined at the guide's draws; use --guide {better}"
+            )
         log_p = model_site["fn"].log_prob(guide_site["value"])
         if not bool(torch.isfinite(log_p).all()):
-            raise ConfigError(f"the prior's log-density at {name!r} is not finite at the guide's draws "
-                              f"({type(guide_site['fn']).__name__} guide); a prior built from the guide (vamp) needs a "
-                              "guide with a density: use --guide normal")
+            raise ConfigError(
+                f"the prior's log-density at {name!r} is not finite at the guide's draws "
+                f"({type(guide_site['fn']).__name__} guide); a prior built from the guide (vamp) needs a "
+                "guide with a density: use --guide normal"
+            )
         analytic = elbo in ("auto", "meanfield") and has_analytic_kl(guide_site["fn"], model_site["fn"])
         if elbo == "meanfield" and not analytic:
             raise ConfigError(
                 f"meanfield needs an analytic KL between {type(guide_site['fn']).__name__} (guide) and "
                 f"{type(model_site['fn']).__name__} (prior) at site {name!r}, and none is registered; "
-                "use --elbo auto (analytic where registered, Monte Carlo elsewhere) or --elbo trace")
+                "use --elbo auto (analytic where registered, Monte Carlo elsewhere) or --elbo trace"
+            )
         terms[name] = IMPORTANCE if elbo == "iwae" else ANALYTIC if analytic else MONTE_CARLO
     if elbo == "iwae":
         if getattr(vae, "has_global_latents", False):
-            raise ConfigError("the iwae objective needs every latent inside the data plate, but this prior has global "
-                              "latents (Pyro's RenyiELBO would give one bound for the whole batch); use --elbo auto")
+            raise ConfigError(
+                "the iwae objective needs every latent inside the data plate, but this prior has global "
+                "latents (Pyro's RenyiELBO would give one bound for the whole batch); use --elbo auto"
+            )
         if beta != 1.0:
-            raise ConfigError("beta scales the KL of an ELBO; the iwae bound has no separate KL term; use --beta 1 "
-                              "with iwae, or --elbo auto with beta")
+            raise ConfigError(
+                "beta scales the KL of an ELBO; the iwae bound has no separate KL term; use --beta 1 "
+                "with iwae, or --elbo auto with beta"
+            )
     return terms

@@ -50,7 +50,9 @@ class GuardedAdam(PyroOptim):
         # The sum of a tensor is NaN/inf when any element is (or when the finite sum overflows float32,
         # which is divergence too): one reduction per tensor, no boolean copies.
         if grads and not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
-            self.nonfinite = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            self.nonfinite = [
+                name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            ]
             return
         self.nonfinite = []
         if self._optimizer is None:
@@ -91,8 +93,10 @@ class GuardedAdam(PyroOptim):
         if state.get("adam") is None:
             return
         if list(state["names"]) != self._names:
-            raise ValueError(f"optimizer state is for parameters {state['names'][:3]}..., these are "
-                             f"{self._names[:3]}...; it belongs to another model")
+            raise ValueError(
+                f"optimizer state is for parameters {state['names'][:3]}..., these are "
+                f"{self._names[:3]}...; it belongs to another model"
+            )
         self._optimizer.load_state_dict(state["adam"])
-        for group in self._optimizer.param_groups:       # the current learning rate wins
+        for group in self._optimizer.param_groups:  # the current learning rate wins
             group["lr"] = self.lr

@@ -1,7 +1,7 @@
 """KL schedules: the weight beta of the KL part of the ELBO as a function of training progress.
 
 The VAE applies beta with ``poutine.scale`` on the latent site in model and guide (``poutine.mask``
-at beta = 0), so a schedule only decides the number; ``fit`` passes it to every SVI step. A schedule is
+at beta = 0), so a schedule only decides the number; ``fit`` passes it to every training step. A schedule is
 any callable ``schedule(epoch_progress) -> beta`` where ``epoch_progress`` counts epochs as a float
 (0.5 = half-way through the first epoch); the ones here are small frozen dataclasses that also
 describe themselves for the run config.
@@ -64,12 +64,16 @@ def parse_schedule(spec: str, beta: float = 1.0):
     try:
         numbers = [float(v) for v in values]
     except ValueError:
-        raise ConfigError(f"KL schedule {spec!r} has a value that is not a number; e.g. warmup:10 or cyclical:10:0.5") from None
+        raise ConfigError(
+            f"KL schedule {spec!r} has a value that is not a number; e.g. warmup:10 or cyclical:10:0.5"
+        ) from None
     if name == "constant" and not numbers:
         return Constant(beta)
     if name == "warmup" and len(numbers) == 1 and numbers[0] > 0:
         return LinearWarmup(numbers[0], beta)
     if name == "cyclical" and len(numbers) in (1, 2) and numbers[0] > 0 and (len(numbers) == 1 or 0 < numbers[1] <= 1):
         return Cyclical(numbers[0], numbers[1] if len(numbers) == 2 else 0.5, beta)
-    raise ConfigError(f"unknown KL schedule {spec!r}; use constant, warmup:EPOCHS (e.g. warmup:10) or "
-                      "cyclical:PERIOD[:RATIO] (e.g. cyclical:10:0.5)")
+    raise ConfigError(
+        f"unknown KL schedule {spec!r}; use constant, warmup:EPOCHS (e.g. warmup:10) or "
+        "cyclical:PERIOD[:RATIO] (e.g. cyclical:10:0.5)"
+    )

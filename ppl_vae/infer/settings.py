@@ -54,9 +54,25 @@ class FitSettings:
     world_size: int = 1
 
     @classmethod
-    def from_arguments(cls, train: torch.Tensor, likelihood, *, epochs: int, batch_size: int, lr: float, seed: int,
-                       binarize: str, elbo: str, num_particles: int, beta: float, kl_schedule, heldout_particles: int,
-                       heldout_seed: int, on_divergence: str, world_size: int = 1) -> FitSettings:
+    def from_arguments(
+        cls,
+        train: torch.Tensor,
+        likelihood,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        binarize: str,
+        elbo: str,
+        num_particles: int,
+        beta: float,
+        kl_schedule,
+        heldout_particles: int,
+        heldout_seed: int,
+        on_divergence: str,
+        world_size: int = 1,
+    ) -> FitSettings:
         """Check fit's arguments (ConfigError naming the first bad one) and resolve ``binarize`` for
         ``likelihood`` (``None`` counts as binary) and ``kl_schedule`` (None, a spec or a callable)."""
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("heldout_particles", heldout_particles)):
@@ -74,10 +90,23 @@ class FitSettings:
             spec, schedule = kl_schedule, parse_schedule(kl_schedule or "constant", beta)
         else:
             spec, schedule = repr(kl_schedule), kl_schedule
-        return cls(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, binarize=binarize, elbo=elbo,
-                   num_particles=num_particles, beta=beta, kl_schedule=spec, schedule=schedule,
-                   heldout_particles=heldout_particles, heldout_seed=heldout_seed, on_divergence=on_divergence,
-                   num_data=num_data, world_size=world_size)
+        return cls(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            binarize=binarize,
+            elbo=elbo,
+            num_particles=num_particles,
+            beta=beta,
+            kl_schedule=spec,
+            schedule=schedule,
+            heldout_particles=heldout_particles,
+            heldout_seed=heldout_seed,
+            on_divergence=on_divergence,
+            num_data=num_data,
+            world_size=world_size,
+        )
 
     @property
     def process_batch(self) -> int:
@@ -101,6 +130,15 @@ class FitSettings:
     def state_settings(self, objective: dict) -> dict:
         """The ``settings`` dict of the training state (its keys and types are those of every earlier
         version: checkpoints store it). ``objective``: ``{"elbo": name, "sites": {site: term}}``."""
-        return {"batch_size": self.batch_size, "seed": self.seed, "binarize": self.binarize, "elbo": self.elbo,
-                "num_particles": self.num_particles, "beta": float(self.beta), "kl_schedule": self.kl_schedule,
-                "num_data": self.num_data, "world_size": self.world_size, "objective": objective}
+        return {
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "binarize": self.binarize,
+            "elbo": self.elbo,
+            "num_particles": self.num_particles,
+            "beta": float(self.beta),
+            "kl_schedule": self.kl_schedule,
+            "num_data": self.num_data,
+            "world_size": self.world_size,
+            "objective": objective,
+        }

@@ -16,8 +16,17 @@ import torch
 from ppl_vae.errors import ConfigError, TrainingInterrupted
 
 #: Settings that must not change when a run is resumed (epochs may grow).
-RESUME_SETTINGS = ("batch_size", "seed", "binarize", "elbo", "num_particles", "beta", "kl_schedule", "num_data",
-                   "world_size")
+RESUME_SETTINGS = (
+    "batch_size",
+    "seed",
+    "binarize",
+    "elbo",
+    "num_particles",
+    "beta",
+    "kl_schedule",
+    "num_data",
+    "world_size",
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,10 @@ class TrainState:
         names = [f.name for f in dataclasses.fields(cls)]
         missing = [name for name in names if name not in state]
         if missing:
-            raise ConfigError(f"the training state to resume is incomplete (missing {', '.join(missing)}); "
-                              "it was not written by ppl_vae's fit")
+            raise ConfigError(
+                f"the training state to resume is incomplete (missing {', '.join(missing)}); "
+                "it was not written by ppl_vae's fit"
+            )
         return cls(**{name: state[name] for name in names})
 
     def check_resumable(self, settings: dict, epochs: int) -> TrainState:
@@ -71,11 +82,15 @@ class TrainState:
             before = self.settings.get(name, 1 if name == "world_size" else None)
             if before != settings[name]:
                 what = "processes" if name == "world_size" else name
-                raise ConfigError(f"cannot resume: {what} was {before!r} when training started and is "
-                                  f"{settings[name]!r} now; resume with the original settings")
+                raise ConfigError(
+                    f"cannot resume: {what} was {before!r} when training started and is "
+                    f"{settings[name]!r} now; resume with the original settings"
+                )
         if epochs < self.epoch or (epochs == self.epoch and self.step_in_epoch == 0):
-            raise ConfigError(f"nothing to resume: {self.epoch} epochs are already done and epochs is {epochs}; "
-                              "ask for more epochs to train longer")
+            raise ConfigError(
+                f"nothing to resume: {self.epoch} epochs are already done and epochs is {epochs}; "
+                "ask for more epochs to train longer"
+            )
         return self
 
 
@@ -83,6 +98,9 @@ def interrupted(reason: str | None, state: dict) -> TrainingInterrupted:
     """The error that ends training stopped by ``reason`` (a signal's name; None: the ``stop`` callable)
     with the state ``state`` (a :meth:`TrainState.to_dict` dict) to continue from."""
     name = reason or "stop"
-    where = f"after epoch {state['epoch']}" if state["step_in_epoch"] == 0 else \
-        f"in epoch {state['epoch'] + 1} after step {state['step_in_epoch']}"
+    where = (
+        f"after epoch {state['epoch']}"
+        if state["step_in_epoch"] == 0
+        else f"in epoch {state['epoch'] + 1} after step {state['step_in_epoch']}"
+    )
     return TrainingInterrupted(f"training stopped by {name} {where} ({state['step']} steps in all)", state, name)

@@ -68,8 +68,9 @@ class TrainStep:
     :class:`ppl_vae.infer.distributed.Context`) wraps the loss in ``DistributedDataParallel``.
     """
 
-    def __init__(self, vae, lr: float, elbo: str = "auto", num_particles: int = 1, validate_steps: int = 1,
-                 distributed=None):
+    def __init__(
+        self, vae, lr: float, elbo: str = "auto", num_particles: int = 1, validate_steps: int = 1, distributed=None
+    ):
         self.vae = vae
         self.loss = make_elbo(elbo, num_particles)
         self.optimizer = GuardedAdam(lr)
@@ -83,8 +84,10 @@ class TrainStep:
         self.ddp = None
         if distributed is not None:
             if not self.direct:
-                raise ConfigError("distributed training needs a ppl_vae.VAE and --elbo auto, trace or meanfield "
-                                  "(Pyro's RenyiELBO for iwae has no differentiable loss to wrap in DDP)")
+                raise ConfigError(
+                    "distributed training needs a ppl_vae.VAE and --elbo auto, trace or meanfield "
+                    "(Pyro's RenyiELBO for iwae has no differentiable loss to wrap in DDP)"
+                )
             from ppl_vae.infer import distributed as dist_module
 
             self.ddp = dist_module.wrap(vae, self.loss, distributed)
@@ -103,7 +106,7 @@ class TrainStep:
                     p.grad = None
                 self.vae._pyro_registration = False
                 try:
-                    if self.ddp is not None:               # DDP averages the gradients in backward
+                    if self.ddp is not None:  # DDP averages the gradients in backward
                         value = self._exchange(self.ddp, x, weight, **kwargs)
                     else:
                         value = self.loss.differentiable_loss(self.vae.model, self.vae.guide, x, **kwargs)

@@ -100,8 +100,9 @@ class DataParallel:
         start, stop = dist.shard_bounds(heldout.shape[0], self.context)
         part = (0.0, 0.0, 0)
         if stop > start:
-            result = evaluate(vae, heldout[start:stop], num_particles=particles,
-                              seed=seed + _RANK_EVAL_STREAM * self.rank)
+            result = evaluate(
+                vae, heldout[start:stop], num_particles=particles, seed=seed + _RANK_EVAL_STREAM * self.rank
+            )
             n = stop - start
             part = (result.elbo * n, (result.elbo_se * n) ** 2, n)
         parts = self.gather(part)

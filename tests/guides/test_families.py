@@ -33,9 +33,9 @@ def test_full_rank_parameterization_and_covariance():
     assert raw.shape == (N, 2 * d + d * (d - 1) // 2)
     loc, tril = guide.loc_scale_tril(x)
     torch.testing.assert_close(loc, raw[:, :d])
-    torch.testing.assert_close(torch.diagonal(tril, dim1=-2, dim2=-1), raw[:, d:2 * d].exp())
+    torch.testing.assert_close(torch.diagonal(tril, dim1=-2, dim2=-1), raw[:, d : 2 * d].exp())
     rows, cols = torch.tril_indices(d, d, offset=-1)
-    torch.testing.assert_close(tril[:, rows, cols], raw[:, 2 * d:])
+    torch.testing.assert_close(tril[:, rows, cols], raw[:, 2 * d :])
     assert (torch.triu(tril, diagonal=1) == 0).all()
     q = guide(x)
     torch.testing.assert_close(q.covariance_matrix, tril @ tril.transpose(-1, -2))
@@ -55,7 +55,7 @@ def test_full_rank_draws_have_the_covariance():
     centred = z - z.mean(0)
     sample_cov = centred.T @ centred / (n - 1)
     # s.e. of a covariance entry of a Gaussian: sqrt((S_ii S_jj + S_ij^2) / n)
-    se = ((torch.diagonal(cov)[:, None] * torch.diagonal(cov)[None, :] + cov ** 2) / n).sqrt()
+    se = ((torch.diagonal(cov)[:, None] * torch.diagonal(cov)[None, :] + cov**2) / n).sqrt()
     assert ((sample_cov - cov).abs() < 5 * se).all()
     assert (cov - torch.diag(torch.diagonal(cov))).abs().max() > 10 * se.max()  # genuinely correlated
 
@@ -120,7 +120,7 @@ def test_iaf_density_by_change_of_variables(num_flows):
         z_hand, log_q_hand = _hand_flow(guide, x, u)
         torch.testing.assert_close(z, z_hand)
         assert (z - u).abs().max() > 0.05  # the flow is not the identity
-        torch.testing.assert_close(q.log_prob(z), log_q_hand, atol=1e-5, rtol=1e-5)          # cached inverse
+        torch.testing.assert_close(q.log_prob(z), log_q_hand, atol=1e-5, rtol=1e-5)  # cached inverse
         torch.testing.assert_close(q.log_prob(z.clone()), log_q_hand, atol=1e-4, rtol=1e-4)  # computed inverse
 
 
@@ -225,8 +225,9 @@ def test_point_mass_elbo_is_the_joint_density_at_f_of_x():
         assert loss == pytest.approx(-(log_lik + log_prior).item(), rel=1e-5)
         # KL part switched off (weight 0; Pyro's scale refuses 0, mask does it): exactly an autoencoder's
         # reconstruction loss
-        loss0 = pyro.infer.Trace_ELBO().loss(lambda x: _tiny_model(decoder, 0.0, x, kl=False),
-                                             lambda x: guide_fn(x, kl=False), x)
+        loss0 = pyro.infer.Trace_ELBO().loss(
+            lambda x: _tiny_model(decoder, 0.0, x, kl=False), lambda x: guide_fn(x, kl=False), x
+        )
         assert loss0 == pytest.approx(-log_lik.item(), rel=1e-5)
 
 
@@ -259,7 +260,9 @@ def test_dirichlet_guide_parameterization():
     guide = GUIDES["dirichlet"](SHAPE, d, (16,))
     assert isinstance(guide, DirichletGuide)
     x = torch.rand(N, *SHAPE)
-    torch.testing.assert_close(guide.concentration(x), (guide.encoder(x) + 2.0).clamp(-10, 10).exp() + guide.min_concentration)
+    torch.testing.assert_close(
+        guide.concentration(x), (guide.encoder(x) + 2.0).clamp(-10, 10).exp() + guide.min_concentration
+    )
     q = guide(x)
     torch.testing.assert_close(q.concentration, guide.concentration(x))
     q.rsample().pow(2).sum().backward()
@@ -275,6 +278,7 @@ def test_dirichlet_implicit_reparameterization_gradient():
     a = a0.expand(n, 3).clone().requires_grad_(True)
     torch.distributions.Dirichlet(a).rsample()[:, 0].sum().backward()
     per_draw = a.grad
-    exact = torch.tensor([1 / a0.sum() - a0[0] / a0.sum() ** 2, -a0[0] / a0.sum() ** 2, -a0[0] / a0.sum() ** 2],
-                         dtype=torch.float64)
+    exact = torch.tensor(
+        [1 / a0.sum() - a0[0] / a0.sum() ** 2, -a0[0] / a0.sum() ** 2, -a0[0] / a0.sum() ** 2], dtype=torch.float64
+    )
     assert ((per_draw.mean(0) - exact).abs() < 5 * per_draw.std(0) / math.sqrt(n)).all()

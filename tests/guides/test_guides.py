@@ -28,8 +28,15 @@ def guide(name):
 
 def test_registry_has_every_family_and_exports_its_class():
     assert REQUIRED <= set(GUIDES)
-    for cls in ("DiagonalNormal", "FullRankNormal", "InverseAutoregressiveFlow", "PointMass", "PowerSphericalGuide",
-                "DirichletGuide", "MLPEncoder"):
+    for cls in (
+        "DiagonalNormal",
+        "FullRankNormal",
+        "InverseAutoregressiveFlow",
+        "PointMass",
+        "PowerSphericalGuide",
+        "DirichletGuide",
+        "MLPEncoder",
+    ):
         assert cls in ppl_vae.guides.__all__ and hasattr(ppl_vae.guides, cls)
 
 
@@ -106,7 +113,7 @@ def test_log_prob_broadcasts_against_a_batch_of_posteriors(name, guide):
         assert torch.equal(log_q, expected)
     else:
         for m in range(4):  # column m is q(z | u_m) on its own
-            torch.testing.assert_close(log_q[:, m], guide(u[m:m + 1]).log_prob(z), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(log_q[:, m], guide(u[m : m + 1]).log_prob(z), atol=1e-4, rtol=1e-4)
     mixture = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=torch.zeros(4)), q_mix)
     assert mixture.log_prob(z).shape == (N,)
 

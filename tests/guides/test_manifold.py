@@ -111,7 +111,7 @@ def test_density_is_rotation_equivariant():
     rot = random_rotation(d)
     p, rotated = PowerSpherical(loc, kappa), PowerSpherical(loc @ rot.T, kappa)
     torch.testing.assert_close(rotated.log_prob(z @ rot.T), p.log_prob(z))
-    assert (p.log_prob(z).std() > 0.1)  # not trivially constant
+    assert p.log_prob(z).std() > 0.1  # not trivially constant
 
 
 @pytest.mark.parametrize("d", [3, 5])
@@ -152,8 +152,10 @@ def test_entropy_and_kl_to_the_uniform():
     kl = kl_divergence(p, u)
     torch.testing.assert_close(kl, log_sphere_area(d) - p.entropy())
     assert (kl > 0).all()
-    zero = kl_divergence(PowerSpherical(unit(torch.randn(d, dtype=F64)), torch.tensor(0.0, dtype=F64)),
-                         HypersphericalUniform(d, dtype=F64))
+    zero = kl_divergence(
+        PowerSpherical(unit(torch.randn(d, dtype=F64)), torch.tensor(0.0, dtype=F64)),
+        HypersphericalUniform(d, dtype=F64),
+    )
     assert abs(zero.item()) < 1e-10
 
 

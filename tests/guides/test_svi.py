@@ -47,8 +47,9 @@ def programs(name):
 
 
 @pytest.mark.parametrize("name", sorted(GUIDES))
-@pytest.mark.parametrize("loss", [Trace_ELBO(), Trace_ELBO(num_particles=4, vectorize_particles=True)],
-                         ids=["trace", "trace-vectorized"])
+@pytest.mark.parametrize(
+    "loss", [Trace_ELBO(), Trace_ELBO(num_particles=4, vectorize_particles=True)], ids=["trace", "trace-vectorized"]
+)
 def test_three_svi_steps(name, loss):
     model, guide_fn, guide = programs(name)
     x = torch.randint(0, 2, (N, D)).float()

@@ -60,8 +60,9 @@ def test_continuous_bernoulli_matches_pyro_where_pyro_is_exact():
     ours = lik(logits.unsqueeze(-1)).log_prob(x.unsqueeze(-1))
     reference = dist.ContinuousBernoulli(logits=logits).log_prob(x)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-9)
-    torch.testing.assert_close(lik.mean(logits.unsqueeze(-1)).squeeze(-1), dist.ContinuousBernoulli(logits=logits).mean,
-                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        lik.mean(logits.unsqueeze(-1)).squeeze(-1), dist.ContinuousBernoulli(logits=logits).mean, rtol=0, atol=1e-9
+    )
 
 
 def test_continuous_bernoulli_mean_is_not_the_sigmoid_and_is_exact_for_large_logits():
@@ -109,8 +110,21 @@ def test_beta_scores_edge_values_as_the_squeezed_beta_plus_the_jacobian():
 # -- discrete: masses sum to 1 -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loc,log_scale", [(0.5, -3.0), (0.0, -5.0), (1.0, -1.0), (0.37, -10.0), (0.37, -30.0),
-                                           (-3.0, 0.0), (4.0, -2.0), (0.5, 8.0), (0.5, 40.0), (0.2, -6.2)])
+@pytest.mark.parametrize(
+    "loc,log_scale",
+    [
+        (0.5, -3.0),
+        (0.0, -5.0),
+        (1.0, -1.0),
+        (0.37, -10.0),
+        (0.37, -30.0),
+        (-3.0, 0.0),
+        (4.0, -2.0),
+        (0.5, 8.0),
+        (0.5, 40.0),
+        (0.2, -6.2),
+    ],
+)
 def test_discretized_logistic_masses_sum_to_one_over_the_256_levels(loc, log_scale):
     lik = DiscretizedLogistic(ONE)
     assert total_mass(lik, torch.tensor([loc, log_scale]), LEVELS) == pytest.approx(1.0, abs=1e-5)
@@ -173,7 +187,7 @@ def test_negative_binomial_mean_variance_and_float32_precision_at_large_total_co
     lik = NegativeBinomial(ONE, total_count=2.0)
     px = lik(torch.tensor([math.log(10.0)]))
     torch.testing.assert_close(px.mean, torch.tensor([10.0]))
-    torch.testing.assert_close(px.variance, torch.tensor([10.0 + 10.0 ** 2 / 2]))  # mu + mu^2 / r
+    torch.testing.assert_close(px.variance, torch.tensor([10.0 + 10.0**2 / 2]))  # mu + mu^2 / r
     # Near the Poisson limit, lgamma(r + x) - lgamma(r) must not lose digits in float32.
     with torch.no_grad():
         lik.log_total_count.fill_(math.log(1e5))

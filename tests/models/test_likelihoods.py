@@ -132,7 +132,9 @@ def test_bernoulli_is_normalized_over_binary_images():
     """Summing p(x | params) over all 2^4 binary images of a 2x2 example gives 1."""
     lik = Bernoulli((1, 2, 2))
     params = torch.randn(4)
-    images = torch.tensor([[(i >> k) & 1 for k in range(4)] for i in range(16)], dtype=torch.float32).reshape(16, 1, 2, 2)
+    images = torch.tensor([[(i >> k) & 1 for k in range(4)] for i in range(16)], dtype=torch.float32).reshape(
+        16, 1, 2, 2
+    )
     total = lik(params).log_prob(images).logsumexp(0)
     assert total.item() == pytest.approx(0.0, abs=1e-6)
 

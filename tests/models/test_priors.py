@@ -55,7 +55,7 @@ def test_learnable_parameters_get_gradients(prior):
 
 
 def test_prior_follows_the_module_to_another_dtype(prior):
-    for module in getattr(prior, "_guide", []):      # the VampPrior's encoder moves with the VAE, not the prior
+    for module in getattr(prior, "_guide", []):  # the VampPrior's encoder moves with the VAE, not the prior
         module.double()
     p = distribution(prior.double())
     assert p.sample().dtype == torch.float64
