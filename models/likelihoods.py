@@ -47,11 +47,7 @@ DATA_KINDS = {
 }
 
 
-def _num_features(data_shape: Sequence[int]) -> int:
-    return math.prod(data_shape)
-
-
-def split_examples(params: torch.Tensor, k: int, data_shape: tuple[int, ...]) -> torch.Tensor:
+def _split_params(params: torch.Tensor, k: int, data_shape: tuple[int, ...]) -> torch.Tensor:
     """``(..., k * D) -> (..., k, *data_shape)``: parameter j of every feature is ``out[..., j, ...]``."""
     return params.reshape(params.shape[:-1] + (k,) + data_shape)
 
@@ -593,7 +589,7 @@ class Beta(_Likelihood):
         return self.eps / (1 - 2 * self.eps)
 
     def _concentrations(self, params):
-        p = split_examples(params, 2, self.data_shape)
+        p = _split_params(params, 2, self.data_shape)
         c = F.softplus(p) + self.min_concentration
         return c.select(-len(self.data_shape) - 1, 0), c.select(-len(self.data_shape) - 1, 1)
 
@@ -630,7 +626,7 @@ class DiscretizedLogistic(_Likelihood):
     params_per_feature = 2
 
     def _distribution(self, params):
-        p = split_examples(params, 2, self.data_shape)
+        p = _split_params(params, 2, self.data_shape)
         dim = -len(self.data_shape) - 1
         return DiscretizedLogisticDistribution(p.select(dim, 0), p.select(dim, 1), num_bins=256)
 
@@ -657,7 +653,7 @@ class Categorical256(_Likelihood):
     params_per_feature = 256
 
     def _logits(self, params):
-        return split_examples(params, 256, self.data_shape).movedim(-len(self.data_shape) - 1, -1)
+        return _split_params(params, 256, self.data_shape).movedim(-len(self.data_shape) - 1, -1)
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
         return GridCategorical(self._logits(params)).to_event(len(self.data_shape))
