@@ -44,6 +44,7 @@ from ppl_vae.data.sources import load_dataset
 from ppl_vae.data.split import DataSplit
 from ppl_vae.data.tables import Scaling
 from ppl_vae.errors import CheckpointError, ConfigError
+from ppl_vae.infer.distributed import shutdown
 from ppl_vae.infer.evaluate import EvalResult, evaluate
 from ppl_vae.infer.fit import FitResult, fit, fixed_binarization
 from ppl_vae.infer.objectives import resolve_binarize, to_likelihood_space
@@ -305,6 +306,9 @@ class _RunWriter:
                 ) from None
             raise
         self.save(result.state, status="complete")
+        # Training needs no more collectives: leave the process group now, so that no process waits on a
+        # barrier (and its timeout) while the main one draws the figures.
+        shutdown(self.distributed)
         if self.main:
             write_figures(
                 self.vae,
