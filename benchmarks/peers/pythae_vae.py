@@ -32,7 +32,6 @@ a timing probe on a few examples projects it to finish within ``--nll-budget`` s
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -43,28 +42,8 @@ import time
 
 import numpy as np
 
-
-def summarize_log_weights(logw):
-    """Per-example importance-sampling summaries from log-weights ``logw`` of shape (B, K).
-
-    Returns three float64 arrays of shape (B,):
-      log_px  = logsumexp_k logw - log K           (the IS estimate of log p(x))
-      se      = sd_k(w) / (sqrt(K) * mean_k(w)),   w = exp(logw - max_k logw)
-                (delta-method standard error of log_px; sd with ddof=1, 0 when K = 1)
-      elbo    = mean_k logw                        (the ELBO estimate)
-    """
-    logw = np.asarray(logw, dtype=np.float64)
-    if logw.ndim != 2 or logw.shape[1] < 1:
-        raise ValueError(f"logw must have shape (B, K) with K >= 1, got {logw.shape}")
-    k = logw.shape[1]
-    top = logw.max(axis=1, keepdims=True)
-    w = np.exp(logw - top)
-    mean_w = w.mean(axis=1)
-    log_px = top[:, 0] + np.log(mean_w)
-    sd_w = w.std(axis=1, ddof=1) if k > 1 else np.zeros_like(mean_w)
-    se = sd_w / (math.sqrt(k) * mean_w)
-    elbo = logw.mean(axis=1)
-    return log_px, se, elbo
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # contract.py, beside this file
+from contract import checked, load_data, parser, summarize_log_weights  # noqa: E402
 
 
 def nll_batch_size(k, cap=1000):
@@ -76,52 +55,14 @@ def nll_batch_size(k, cap=1000):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Pythae peer VAE (train + importance-sampled log p(x))")
-    p.add_argument("--data", required=True, help="npz with x_train (N, D) in [0, 1], x_heldout (M, D) in {0, 1}")
-    p.add_argument("--out", required=True, help="output JSON path")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--k", type=int, required=True, help="importance samples per held-out example")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--latent", type=int, default=50)
-    p.add_argument(
-        "--hidden",
-        type=int,
-        action="append",
-        default=None,
-        help="hidden width; repeat for several layers (default: one layer of 400)",
-    )
-    p.add_argument("--eval-batch", type=int, default=8, help="held-out examples per evaluation chunk")
+    p = parser("Pythae peer VAE (train + importance-sampled log p(x))")
     p.add_argument(
         "--nll-budget",
         type=float,
         default=300.0,
         help="run Pythae's get_nll only if projected to take at most this many seconds (0: never)",
     )
-    args = p.parse_args(argv)
-    args.hidden = args.hidden or [400]
-    for name in ("epochs", "k", "batch_size", "latent", "eval_batch"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if min(args.hidden) < 1:
-        p.error("--hidden widths must be >= 1")
-    if not args.lr > 0:
-        p.error("--lr must be > 0")
-    return args
-
-
-def load_data(path):
-    with np.load(path) as f:
-        x_train = np.asarray(f["x_train"], dtype=np.float32)
-        x_heldout = np.asarray(f["x_heldout"], dtype=np.float32)
-    if x_train.ndim != 2 or x_heldout.ndim != 2 or x_train.shape[1] != x_heldout.shape[1]:
-        raise ValueError(f"x_train {x_train.shape} and x_heldout {x_heldout.shape} must be (N, D) and (M, D)")
-    if x_train.min() < 0 or x_train.max() > 1:
-        raise ValueError("x_train must lie in [0, 1]")
-    if not np.all((x_heldout == 0) | (x_heldout == 1)):
-        raise ValueError("x_heldout must be binary {0, 1}")
-    return x_train, x_heldout
+    return checked(p, argv)
 
 
 def main(argv=None):
