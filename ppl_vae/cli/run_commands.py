@@ -149,6 +149,7 @@ def _add_sample(sub) -> None:
     p.add_argument(
         "--mean",
         action="store_true",
+        default=None,  # None: the mean for images, a draw for tables and counts (write_samples decides)
         help="write the mean of p(x | z) at each z ~ p(z) instead of a draw of x (images always show "
         "the mean; tables and counts are draws unless --mean)",
     )

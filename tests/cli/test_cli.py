@@ -70,6 +70,23 @@ def test_sample_writes_an_image(run_dir, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("flags, mean", [([], True), (["--mean"], True)])
+def test_sample_images_show_the_mean_as_the_help_says(run_dir, tmp_path, monkeypatch, flags, mean):
+    """Images show the mean of p(x | z) with or without --mean (a draw of binary pixels is noise)."""
+    from ppl_vae.vae import VAE
+
+    seen = []
+    original = VAE.sample
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs.get("mean"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VAE, "sample", recording)
+    assert main(["sample", str(run_dir), "-n", "4", "--out", str(tmp_path / "s.png"), *flags]) == 0
+    assert seen == [mean]
+
+
 def test_npz_28x28_end_to_end(tmp_path, capsys):
     digits = load_digits()
     images = torch.tensor(digits.images[:300], dtype=torch.float32)[:, None] / 16
