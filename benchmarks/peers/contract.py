@@ -5,7 +5,9 @@ summary of log-weights. Standard library and numpy only, so that it imports in e
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import sys
 
 import numpy as np
 
@@ -80,3 +82,31 @@ def summarize_log_weights(logw):
     se = sd_w / (math.sqrt(k) * mean_w)
     elbo = logw.mean(axis=1)
     return log_px, se, elbo
+
+
+def run_settings(args, n_train: int, n_heldout: int, data_dim: int) -> dict:
+    """The settings every peer's result records, from its parsed command line and the data's sizes."""
+    return {
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "k": args.k,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "latent": args.latent,
+        "hidden": args.hidden,
+        "eval_batch": min(args.eval_batch, n_heldout),
+        "n_train": n_train,
+        "n_heldout": n_heldout,
+        "data_dim": data_dim,
+    }
+
+
+def write_result(path: str, system: str, result: dict) -> None:
+    """Write a peer's result as JSON and say one line about it on stderr."""
+    with open(path, "w") as f:
+        json.dump(result, f)
+    print(
+        f"{system}: mean log p(x) = {result['mean_log_px']:.3f}, train {result['train_seconds']:.1f} s, "
+        f"eval {result['eval_seconds']:.1f} s",
+        file=sys.stderr,
+    )

@@ -24,7 +24,6 @@ sd with ddof=1), and the ELBO estimate mean_k log w_k; see :func:`summarize_log_
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -34,7 +33,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # contract.py, beside this file
-from contract import checked, load_data, parser, summarize_log_weights  # noqa: E402
+from contract import checked, load_data, parser, run_settings, summarize_log_weights, write_result  # noqa: E402
 
 XLA_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -197,26 +196,11 @@ def main(argv=None):
         "train_examples_per_s": args.epochs * n / train_seconds,
         "eval_samples_per_s": m * K / eval_seconds,
         "train_loss_per_example": epoch_losses,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "k": K,
-        "batch_size": B,
-        "lr": args.lr,
-        "latent": L,
-        "hidden": args.hidden,
-        "eval_batch": E,
-        "n_train": n,
-        "n_heldout": m,
-        "data_dim": d,
+        **run_settings(args, n, m, d),
         "steps": step_no,
         "notes": notes,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f)
-    print(
-        f"numpyro: mean log p(x) = {result['mean_log_px']:.3f}, train {train_seconds:.1f} s, eval {eval_seconds:.1f} s",
-        file=sys.stderr,
-    )
+    write_result(args.out, "numpyro", result)
     return 0
 
 

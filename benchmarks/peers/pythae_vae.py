@@ -32,7 +32,6 @@ a timing probe on a few examples projects it to finish within ``--nll-budget`` s
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -43,7 +42,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # contract.py, beside this file
-from contract import checked, load_data, parser, summarize_log_weights  # noqa: E402
+from contract import checked, load_data, parser, run_settings, summarize_log_weights, write_result  # noqa: E402
 
 
 def nll_batch_size(k, cap=1000):
@@ -269,25 +268,10 @@ def main(argv=None):
         "eval_samples_per_s": m * K / eval_seconds,
         "train_loss_per_example": recorder.losses,
         "best_train_epoch": best_epoch,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "k": K,
-        "batch_size": B,
-        "lr": args.lr,
-        "latent": L,
-        "hidden": args.hidden,
-        "eval_batch": E,
-        "n_train": n,
-        "n_heldout": m,
-        "data_dim": d,
+        **run_settings(args, n, m, d),
         "notes": notes,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f)
-    print(
-        f"pythae: mean log p(x) = {result['mean_log_px']:.3f}, train {train_seconds:.1f} s, eval {eval_seconds:.1f} s",
-        file=sys.stderr,
-    )
+    write_result(args.out, "pythae", result)
     return 0
 
 
