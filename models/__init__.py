@@ -17,6 +17,7 @@ from ppl_vae.models.priors import (
     VampPrior,
     support_name,
 )
+from ppl_vae.models.structured import Conditional, MixturePrior, SemiSupervised
 
 __all__ = [
     "LIKELIHOODS",
@@ -35,6 +36,9 @@ __all__ = [
     "FlowPrior",
     "support_name",
     "DirichletPrior",
+    "MixturePrior",
+    "SemiSupervised",
+    "Conditional",
     "HypersphericalUniform",
     "PowerSpherical",
     "SphereUniform",

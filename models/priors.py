@@ -190,7 +190,17 @@ def _manifold(name):
     return build
 
 
-#: Priors by CLI name; each factory takes ``latent_dim`` and keyword context (``data_shape``, ``guide``).
+def _structured(name):
+    def build(latent_dim, *, option=None, **context):
+        from ppl_vae.models import structured  # a sibling module, imported when a structured prior is built
+
+        return structured.build_structured(name, option, latent_dim, **context)
+
+    return build
+
+
+#: Priors by CLI name; each factory takes ``latent_dim`` and keyword context (``data_shape``, ``guide``,
+#: ``hidden_dims``; ``option``, the text after a colon, for the structured priors ``mixture:K``, ...).
 PRIORS = {
     "normal": lambda latent_dim, **_: StandardNormal(latent_dim),
     "learned-normal": lambda latent_dim, **_: LearnedNormal(latent_dim),
@@ -202,6 +212,9 @@ PRIORS = {
     "flow": lambda latent_dim, **_: FlowPrior(latent_dim),
     "sphere": _manifold("SphereUniform"),
     "dirichlet": _manifold("DirichletPrior"),
+    "mixture": _structured("mixture"),
+    "semi-supervised": _structured("semi-supervised"),
+    "conditional": _structured("conditional"),
 }
 
 #: One line per prior for ``ppl-vae list``.
@@ -216,6 +229,9 @@ PRIOR_DESCRIPTIONS = {
     "flow": "N(0, I) through two learnable affine coupling layers",
     "sphere": "uniform on the unit hypersphere S^(d-1) (needs a sphere guide: power-spherical)",
     "dirichlet": "Dirichlet(1): uniform on the simplex (needs a simplex guide: dirichlet)",
+    "mixture": "mixture:K, y ~ Categorical(pi), z | y ~ N(loc_y, scale_y), y summed out by enumeration",
+    "semi-supervised": "M2 (--labelled N): label y observed for some examples, enumerated for the rest",
+    "conditional": "conditional VAE (--condition-on label): p(z | c) learned per class, decoder p(x | z, c)",
 }
 
 

@@ -16,6 +16,9 @@ PRIORS = {
     "flow": "N(0, I) through two learnable affine coupling layers",
     "sphere": "uniform on the unit hypersphere S^(d-1) (needs the power-spherical guide)",
     "dirichlet": "Dirichlet(1), uniform on the simplex (needs the dirichlet guide)",
+    "mixture": "mixture:K, y ~ Categorical(pi), z | y ~ N(loc_y, scale_y), y summed out by enumeration",
+    "semi-supervised": "M2 (--labelled N): label y observed for some examples, enumerated for the rest",
+    "conditional": "conditional VAE (--condition-on label): p(z | c) learned per class, decoder p(x | z, c)",
 }
 
 GUIDES = {

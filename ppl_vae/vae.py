@@ -27,18 +27,31 @@ from ppl_vae.errors import ConfigError
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import LIKELIHOODS, PRIORS, MLPDecoder
 from ppl_vae.models.priors import support_name
+from ppl_vae.models.structured import STRUCTURED_PRIORS, is_structured
 
 
 def _build(kind: str, registry: dict, spec, *args, **kwargs):
-    """Resolve a component given by registry name, or pass through an object the user built."""
+    """Resolve a component given by registry name, or pass through an object the user built.
+
+    A structured prior's name may carry an option after a colon (``mixture:10``), passed as ``option``."""
     if isinstance(spec, str):
-        if spec not in registry:
+        name, colon, option = spec.partition(":")
+        if name not in registry or (colon and name not in STRUCTURED_PRIORS):
             raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
+        if name in STRUCTURED_PRIORS:
+            kwargs["option"] = option if colon else None
         try:
-            return registry[spec](*args, **kwargs)
+            return registry[name](*args, **kwargs)
         except ValueError as error:  # e.g. a sphere latent needs latent_dim >= 2
             raise ConfigError(f"{kind} {spec!r}: {error}") from None
     return spec
+
+
+def _structured_spec(prior) -> bool:
+    """Whether ``prior`` names or is a structured prior (one that draws its own local sites)."""
+    if isinstance(prior, str):
+        return prior.partition(":")[0] in STRUCTURED_PRIORS
+    return is_structured(prior)
 
 
 #: The guide family that matches each latent space, for ``guide="auto"``.
@@ -48,6 +61,8 @@ _PRIOR_SUPPORT = {"sphere": "sphere", "dirichlet": "simplex"}
 
 def default_guide(prior) -> str:
     """The guide family matching a prior's support: normal, power-spherical or dirichlet."""
+    if _structured_spec(prior):
+        return "normal"
     if isinstance(prior, str):
         return GUIDE_FOR_SUPPORT[_PRIOR_SUPPORT.get(prior, "real")]
     with poutine.block():
@@ -73,7 +88,9 @@ class VAE(nn.Module):
         latent_dim: dimension of ``z``.
         hidden_dims: widths of the encoder's hidden layers; the decoder uses them reversed.
         prior: a registry name (``ppl_vae.models.PRIORS``), a Pyro distribution with event shape
-            ``(latent_dim,)``, or an ``nn.Module`` whose ``forward()`` returns one.
+            ``(latent_dim,)``, an ``nn.Module`` whose ``forward()`` returns one, or a structured prior
+            (``mixture:K``, ``semi-supervised:K``, ``conditional:K``, or your own module with
+            ``forward(c=None)`` and ``local_guide(x, encoder, c=None)``: see :mod:`ppl_vae.models.structured`).
         likelihood: a registry name (``ppl_vae.models.LIKELIHOODS``) or a likelihood module
             (``params -> distribution over x``, with a ``params_per_feature`` attribute).
         guide: a registry name (``ppl_vae.guides.GUIDES``), a module ``x -> q(z | x)``, or ``"auto"``:
@@ -109,14 +126,22 @@ class VAE(nn.Module):
         self.name = name
         self.likelihood = _build("likelihood", LIKELIHOODS, likelihood, self.data_shape)
         out_features = self.likelihood.params_per_feature * math.prod(self.data_shape)
-        self.decoder = (
-            decoder if decoder is not None else MLPDecoder(self.latent_dim, self.hidden_dims[::-1], out_features)
-        )
         if guide == "auto":
             guide = default_guide(prior)
-        self.encoder = _build("guide", GUIDES, guide, self.data_shape, self.latent_dim, self.hidden_dims)
-        # The prior comes last: the VampPrior needs the guide.
-        self.prior = _build("prior", PRIORS, prior, self.latent_dim, data_shape=self.data_shape, guide=self.encoder)
+        structured = None
+        if _structured_spec(prior):  # built first: its guide_extra sets what the guide family sees
+            structured = _build(
+                "prior", PRIORS, prior, self.latent_dim, data_shape=self.data_shape, hidden_dims=self.hidden_dims
+            )
+        extra = getattr(structured, "guide_extra", 0)
+        guide_shape = (math.prod(self.data_shape) + extra,) if extra else self.data_shape
+        self.encoder = _build("guide", GUIDES, guide, guide_shape, self.latent_dim, self.hidden_dims)
+        # Other priors come last: the VampPrior needs the guide.
+        self.prior = structured or _build(
+            "prior", PRIORS, prior, self.latent_dim, data_shape=self.data_shape, guide=self.encoder
+        )
+        code_dim = getattr(self.prior, "code_dim", self.latent_dim)
+        self.decoder = decoder if decoder is not None else MLPDecoder(code_dim, self.hidden_dims[::-1], out_features)
         # What `ppl_vae.load` needs to rebuild this VAE; None where the user passed an object.
         self.spec = {
             "data_shape": list(self.data_shape),
@@ -134,6 +159,7 @@ class VAE(nn.Module):
         self,
         x: torch.Tensor | None = None,
         *,
+        c: torch.Tensor | None = None,
         num_samples: int | None = None,
         num_data: int | None = None,
         beta: float = 1.0,
@@ -144,11 +170,24 @@ class VAE(nn.Module):
         (beta-VAE; KL schedules). Global latents of the prior are drawn before the data plate.
         Returns the value at ``"x"``: the data when observed, a draw ``(num_samples, *data_shape)``
         otherwise.
+
+        A structured prior (:attr:`structured`) draws its own local sites inside the data plate from
+        the per-example labels ``c`` (``(N,)`` class indices; ``-1`` where a label is missing) and returns
+        the decoder's input; its ``auxiliary(x, c)`` term (M2's classification term), when it has one,
+        enters as ``pyro.factor("auxiliary", ...)`` for observed data with labels.
         """
         self._register("decoder", self.decoder)
         self._register("prior", self.prior)
         self._register("likelihood", self.likelihood)
         batch = self._batch_size(x, num_samples)
+        if self.structured:
+            with self._data_plate(batch, num_data, x):
+                with _kl_weight(beta):
+                    code = self.prior(c)
+                auxiliary = getattr(self.prior, "auxiliary", None)
+                if auxiliary is not None and x is not None and c is not None:
+                    pyro.factor("auxiliary", auxiliary(x, c))
+                return pyro.sample("x", self.likelihood(self.decoder(code)), obs=x)
         prior = self.prior_distribution()  # may draw global latents (outside the plate)
         with self._data_plate(batch, num_data, x):
             with _kl_weight(beta):
@@ -159,6 +198,7 @@ class VAE(nn.Module):
         self,
         x: torch.Tensor | None = None,
         *,
+        c: torch.Tensor | None = None,
         num_samples: int | None = None,
         num_data: int | None = None,
         beta: float = 1.0,
@@ -172,12 +212,29 @@ class VAE(nn.Module):
         if x is None:
             raise ValueError("the guide q(z | x) needs data x; to generate, run the model alone")
         self._register("encoder", self.encoder)
+        if self.structured:
+            self._register("prior", self.prior)
+            with self._data_plate(x.shape[0], num_data, x):
+                with _kl_weight(beta):
+                    return self.prior.local_guide(x, self.encoder, c)
         if self.has_global_latents:
             self._register("prior", self.prior)
             self.prior.global_guide()
         with self._data_plate(x.shape[0], num_data, x):
             with _kl_weight(beta):
                 return pyro.sample("z", self.encoder(x))
+
+    @property
+    def structured(self) -> bool:
+        """True when the prior draws its own local sites (``mixture``, ``semi-supervised``, ``conditional``,
+        or a user's module with ``local_guide``)."""
+        return is_structured(self.prior)
+
+    @property
+    def label_role(self) -> str:
+        """What per-example labels are to this model: ``"none"``, ``"semi"`` (observed for some examples)
+        or ``"covariate"`` (always observed)."""
+        return getattr(self.prior, "label_role", "none") if self.structured else "none"
 
     @property
     def has_global_latents(self) -> bool:
@@ -187,11 +244,29 @@ class VAE(nn.Module):
     # -- conveniences built on the programs ------------------------------------------------------
 
     def prior_distribution(self) -> dist.Distribution:
-        """p(z) as a distribution with event shape ``(latent_dim,)``."""
+        """p(z) as a distribution with event shape ``(latent_dim,)``.
+
+        A structured prior gives its marginal over z where it has one (``mixture``: the mixture density
+        with y summed out) and raises :class:`ConfigError` otherwise (z's prior there depends on a label)."""
+        if self.structured:
+            marginal = getattr(self.prior, "marginal", None)
+            if marginal is None:
+                raise ConfigError(
+                    f"the {type(self.prior).__name__} prior has no distribution of z alone (it depends on a "
+                    "label); generate with sample(..., c=labels) instead"
+                )
+            return marginal()
         return self.prior() if isinstance(self.prior, nn.Module) else self.prior
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        """q(z | x) for ``x (N, *data_shape)``: batch shape ``(N,)``, event shape ``(latent_dim,)``."""
+        """q(z | x) for ``x (N, *data_shape)``: batch shape ``(N,)``, event shape ``(latent_dim,)``.
+
+        A structured model whose q(z | x, y) also sees a label has no q(z | x): :class:`ConfigError`."""
+        if getattr(self.prior, "guide_extra", 0) and self.structured:
+            raise ConfigError(
+                f"this model's guide is q(z | x, y): z's posterior depends on the label (the "
+                f"{type(self.prior).__name__} prior), so there is no q(z | x) to encode with"
+            )
         return self.encoder(x)
 
     @torch.no_grad()
@@ -212,12 +287,15 @@ class VAE(nn.Module):
         return self.decode(self.encode(x)[0])
 
     @torch.no_grad()
-    def sample(self, num_samples: int, *, mean: bool = True) -> torch.Tensor:
+    def sample(self, num_samples: int, *, mean: bool = True, c=None) -> torch.Tensor:
         """Generate ``num_samples`` examples from p(z) p(x | z): ``(num_samples, *data_shape)``.
 
         With ``mean=True`` returns the mean of p(x | z) at the drawn z (what figures show), otherwise
-        a draw of x.
+        a draw of x. ``c`` (a class index, or ``(num_samples,)`` indices) fixes the label of a model
+        with one (``semi-supervised``, ``conditional``: required there).
         """
+        if self.structured:
+            return self._sample_structured(num_samples, mean, c)
         with poutine.block():
             if self.has_global_latents:  # generate with the globals drawn from their posterior
                 globals_trace = poutine.trace(self.prior.global_guide).get_trace()
@@ -226,6 +304,19 @@ class VAE(nn.Module):
                 prior = self.prior_distribution()
         z = prior.expand(torch.Size([num_samples]) + prior.batch_shape).sample()
         params = self.decoder(z)
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    def _sample_structured(self, num_samples: int, mean: bool, c) -> torch.Tensor:
+        role = self.label_role
+        if c is not None:
+            c = torch.as_tensor(c, dtype=torch.long, device=self.device).expand(num_samples)
+        elif role == "covariate":
+            raise ConfigError("this conditional model generates for a given class: pass c (e.g. --condition 3)")
+        with poutine.block(), pyro.plate("data", num_samples):
+            program = self.prior
+            if role == "semi" and c is not None:
+                program = poutine.condition(self.prior, data={"y": c})
+            params = self.decoder(program(c if role == "covariate" else None))
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 
     # -- internals --------------------------------------------------------------------------------

@@ -85,19 +85,30 @@ class Batches:
         global_batch: examples per step over all processes.
         streams: the run's :class:`RandomStreams`.
         strategy: takes this process's share of each global batch (``share``).
+        labels: ``(N,)`` per-example labels, passed to the programs as ``c`` with their examples.
     """
 
-    def __init__(self, train: torch.Tensor, binarize: str, global_batch: int, streams: RandomStreams, strategy):
+    def __init__(
+        self,
+        train: torch.Tensor,
+        binarize: str,
+        global_batch: int,
+        streams: RandomStreams,
+        strategy,
+        labels: torch.Tensor | None = None,
+    ):
         self.train = train
+        self.labels = labels
         self.binarize = binarize
         self.global_batch = global_batch
         self.streams = streams
         self.strategy = strategy
 
-    def epoch(self, skip: int = 0) -> Iterator[tuple[int, torch.Tensor, float]]:
-        """Draw one epoch's order and data now; the iterator yields ``(index, x, weight)`` for every global
-        batch from number ``skip`` on: ``x`` this process's ``(B, *data_shape)`` examples, ``weight`` its
-        loss's weight (see :meth:`ppl_vae.infer.strategy.DataParallel.share`)."""
+    def epoch(self, skip: int = 0) -> Iterator[tuple[int, torch.Tensor, float, dict]]:
+        """Draw one epoch's order and data now; the iterator yields ``(index, x, weight, side)`` for every
+        global batch from number ``skip`` on: ``x`` this process's ``(B, *data_shape)`` examples, ``weight``
+        its loss's weight (see :meth:`ppl_vae.infer.strategy.DataParallel.share`), ``side`` the keyword
+        arguments of the programs for those examples (``{"c": labels}``, or empty)."""
         num_data = self.train.shape[0]
         order = torch.randperm(num_data, generator=self.streams.shuffle).to(self.train.device)
         data = binarize_data(self.train, self.binarize, generator=self.streams.noise)  # dynamic: fresh every epoch
@@ -106,4 +117,7 @@ class Batches:
     def _batches(self, data: torch.Tensor, order: torch.Tensor, skip: int):
         for index, first in enumerate(range(0, data.shape[0], self.global_batch)):
             if index >= skip:
-                yield index, *self.strategy.share(data, order[first : first + self.global_batch])
+                indices = order[first : first + self.global_batch]
+                x, weight = self.strategy.share(data, indices)
+                side = {} if self.labels is None else {"c": self.strategy.share(self.labels, indices)[0]}
+                yield index, x, weight, side

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ppl_vae.infer.labels import accuracy
+
 
 class Callback:
     """Hooks of the training loop, in the order the loop calls them."""
@@ -180,7 +182,9 @@ class StopRequests(Callback):
 
 
 class HeldoutEvaluation(Callback):
-    """The held-out ELBO after every epoch: ``heldout_elbo`` and ``heldout_elbo_se`` in the epoch's record.
+    """The held-out ELBO after every epoch: ``heldout_elbo`` and ``heldout_elbo_se`` in the epoch's record;
+    for a semi-supervised model with held-out labels also ``heldout_accuracy`` and ``heldout_accuracy_se``
+    (the classifier's, :func:`ppl_vae.infer.labels.accuracy`).
 
     Args:
         vae: the VAE in training.
@@ -188,19 +192,26 @@ class HeldoutEvaluation(Callback):
         particles: draws of z per example.
         seed: the run's seed; epoch ``e`` is evaluated with ``seed + e``.
         strategy: evaluates (sharded when data-parallel), see :mod:`ppl_vae.infer.strategy`.
+        labels: ``(M,)`` held-out labels: a conditional model's classes (passed as ``c``), or a
+            semi-supervised model's truth for the accuracy (its held-out ELBO leaves y latent).
     """
 
-    def __init__(self, vae, heldout: torch.Tensor, particles: int, seed: int, strategy):
+    def __init__(self, vae, heldout: torch.Tensor, particles: int, seed: int, strategy, labels=None):
         self.vae = vae
         self.heldout = heldout
         self.particles = particles
         self.seed = seed
         self.strategy = strategy
+        self.labels = labels
+        self.role = getattr(vae, "label_role", "none")
 
     def add_to_record(self, record: dict, epoch: int) -> None:
+        c = self.labels if self.role == "covariate" else None
         record["heldout_elbo"], record["heldout_elbo_se"] = self.strategy.heldout_elbo(
-            self.vae, self.heldout, self.particles, self.seed + epoch
+            self.vae, self.heldout, self.particles, self.seed + epoch, c
         )
+        if self.role == "semi" and self.labels is not None:
+            record["heldout_accuracy"], record["heldout_accuracy_se"] = accuracy(self.vae, self.heldout, self.labels)
 
 
 class EpochEndHook(Callback):

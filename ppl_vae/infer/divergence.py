@@ -34,11 +34,14 @@ class DivergencePolicy:
         self.warn = warn
         self.restores = 0
 
-    def handle(self, vae, loss: float, x: torch.Tensor, beta: float, *, epoch: int, step: int, num_data: int) -> None:
+    def handle(
+        self, vae, loss: float, x: torch.Tensor, beta: float, *, epoch: int, step: int, num_data: int, side=None
+    ) -> None:
         """Return (skip the step) or raise TrainingDiverged for the non-finite step number ``step`` of
-        ``epoch`` on the batch ``x`` at KL weight ``beta``, with ``loss`` the loss per example (nats)."""
+        ``epoch`` on the batch ``x`` at KL weight ``beta``, with ``loss`` the loss per example (nats);
+        ``side``: the batch's other keyword arguments of the programs (labels ``c``)."""
         message = divergence_message(
-            vae, loss, self.optimizer.nonfinite, x, beta, epoch=epoch, step=step, num_data=num_data
+            vae, loss, self.optimizer.nonfinite, x, beta, epoch=epoch, step=step, num_data=num_data, side=side
         )
         if self.mode == "restore" and self.restores < self.MAX_RESTORES and self.optimizer.nonfinite:
             self.restores += 1
@@ -53,7 +56,16 @@ class DivergencePolicy:
 
 
 def divergence_message(
-    vae, loss: float, nonfinite: list[str], x: torch.Tensor, beta: float, *, epoch: int, step: int, num_data: int
+    vae,
+    loss: float,
+    nonfinite: list[str],
+    x: torch.Tensor,
+    beta: float,
+    *,
+    epoch: int,
+    step: int,
+    num_data: int,
+    side: dict | None = None,
 ) -> str:
     """Name what went non-finite: the sample sites whose value or log-density is NaN/inf on this batch
     (at the current parameters) and the parameters whose gradient is NaN/inf (``nonfinite``, param-store names)."""
@@ -63,7 +75,7 @@ def divergence_message(
         shown = ", ".join(nonfinite[:4]) + (f" and {len(nonfinite) - 4} more" if len(nonfinite) > 4 else "")
         parts.append(f"non-finite gradients of {shown}")
     try:
-        bad_sites = _non_finite_sites(vae, x, beta, num_data)
+        bad_sites = _non_finite_sites(vae, x, beta, num_data, side or {})
         if bad_sites:
             parts.append("sample sites: " + ", ".join(bad_sites))
     except Exception as error:  # noqa: BLE001 - the programs themselves may fail on non-finite parameters
@@ -74,11 +86,11 @@ def divergence_message(
     return "; ".join(parts)
 
 
-def _non_finite_sites(vae, x: torch.Tensor, beta: float, num_data: int) -> list[str]:
+def _non_finite_sites(vae, x: torch.Tensor, beta: float, num_data: int, side: dict) -> list[str]:
     with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(vae.guide).get_trace(x, num_data=num_data, beta=beta)
+        guide_trace = poutine.trace(vae.guide).get_trace(x, num_data=num_data, beta=beta, **side)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
-            x, num_data=num_data, beta=beta
+            x, num_data=num_data, beta=beta, **side
         )
     bad_sites = []
     for where, trace in (("model", model_trace), ("guide", guide_trace)):

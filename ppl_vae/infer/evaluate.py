@@ -22,6 +22,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.enumeration import enumerated_log_weights, enumerated_sites, site_log_prob
 from ppl_vae.results import NOT_IN_DICT, Result
 from ppl_vae.rng import seeded
 from ppl_vae.validation import check_number
@@ -34,14 +35,6 @@ DEFAULT_MAX_ELEMENTS = 2**22
 #: A model whose KL to the prior (the rate) is below this many nats per example encodes (almost) nothing
 #: about x: posterior collapse. The one definition used by evaluate, diagnose and compare-ae.
 COLLAPSE_NATS = 0.05
-
-
-def _site_log_prob(site) -> torch.Tensor:
-    """log-density of a sample site, masked but not scaled (evaluation wants the true density)."""
-    log_prob = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None:
-        log_prob = torch.where(torch.as_tensor(site["mask"]), log_prob, torch.zeros_like(log_prob))
-    return log_prob
 
 
 def _per_example(log_prob: torch.Tensor, site, num_particles: int, num_examples: int, plate_dim: int, plate_name: str):
@@ -97,7 +90,10 @@ class LogWeights(Result):
         log_likelihood: ``(K, N)`` log p(x_n | z_k), the observed sites.
         log_prior: ``(K, N)`` log p(z_k), the model's latent sites in the data plate.
         log_guide: ``(K, N)`` log q(z_k | x_n).
-        log_weight: ``(K, N)`` ``log_likelihood + log_prior - log_guide``.
+        log_weight: ``(K, N)`` the importance log-weight, ``log_likelihood + log_prior - log_guide``;
+            with enumerated discrete sites, log sum_y p(x, y, z) / q(z | x, ...) with y summed exactly
+            inside the weight, while ``log_likelihood + log_prior - log_guide`` is the ELBO term
+            (:mod:`ppl_vae.infer.enumeration`).
         log_global: ``(K,)`` log p(g_k) - log q(g_k) summed over the global latent sites (zeros when
             there are none).
     """
@@ -108,6 +104,11 @@ class LogWeights(Result):
     log_weight: torch.Tensor = field(repr=False)
     log_global: torch.Tensor = field(repr=False)
 
+    @property
+    def elbo_term(self) -> torch.Tensor:
+        """``(K, N)`` the per-draw ELBO term, ``log_likelihood + log_prior - log_guide``."""
+        return self.log_likelihood + self.log_prior - self.log_guide
+
     @staticmethod
     def concat(parts: list[LogWeights]) -> LogWeights:
         """The draws of several results for the same examples, one after the other: ``(sum K, N)``."""
@@ -116,7 +117,15 @@ class LogWeights(Result):
 
 @torch.no_grad()
 def log_weights(
-    model, guide, x: torch.Tensor, num_particles: int, *, plate_name: str = "data", nesting: int | None = None, **kwargs
+    model,
+    guide,
+    x: torch.Tensor,
+    num_particles: int,
+    *,
+    plate_name: str = "data",
+    nesting: int | None = None,
+    enumerated: bool | None = None,
+    **kwargs,
 ) -> LogWeights:
     """Per-draw, per-example log-densities for ``num_particles`` draws from the guide.
 
@@ -135,9 +144,19 @@ def log_weights(
     (K, N) tables, so the weights of example n estimate the posterior predictive log-density of x_n
     under q(globals), separately for every n. Their own term is ``log_global``: the joint ELBO of the
     N examples is E[sum_n log_weight[k, n] + log_global[k]].
+
+    Discrete sites marked ``infer={"enumerate": "parallel"}`` are summed out exactly inside every
+    weight (:func:`ppl_vae.infer.enumeration.enumerated_log_weights`); ``enumerated`` says whether the
+    programs have such sites (found from one trace when None).
     """
     if nesting is None:
         nesting = max_plate_nesting(model, guide, x, **kwargs)
+    if enumerated is None:
+        enumerated = bool(enumerated_sites(model, guide, x, **kwargs))
+    if enumerated:
+        return LogWeights(
+            **enumerated_log_weights(model, guide, x, num_particles, nesting=nesting, plate_name=plate_name, **kwargs)
+        )
     plate_dim = -(nesting + 1)
     num_examples = x.shape[0]
 
@@ -161,7 +180,7 @@ def log_weights(
         for site in trace.nodes.values():
             if site["type"] != "sample" or site_is_subsample(site) or site["name"] in global_names:
                 continue
-            lp = _per_example(_site_log_prob(site), site, num_particles, num_examples, plate_dim, plate_name)
+            lp = _per_example(site_log_prob(site), site, num_particles, num_examples, plate_dim, plate_name)
             if sign < 0:
                 parts["log_guide"] += lp
             elif site["is_observed"]:
@@ -184,7 +203,7 @@ def _global_term(traces: tuple, names: set, num_particles: int, plate_dim: int, 
         for name in names:
             site = trace.nodes.get(name)
             if site is not None and site["type"] == "sample":
-                log_global = log_global + sign * _per_draw(_site_log_prob(site), num_particles, plate_dim)
+                log_global = log_global + sign * _per_draw(site_log_prob(site), num_particles, plate_dim)
     return log_global
 
 
@@ -308,6 +327,7 @@ def evaluate(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     seed: int | None = None,
     progress: bool = False,
+    c: torch.Tensor | None = None,
 ) -> EvalResult:
     """Evaluate a model/guide pair on data.
 
@@ -321,6 +341,8 @@ def evaluate(
         max_elements: bound on draws x examples x features per chunk (memory).
         seed: when given, evaluation uses its own random stream and leaves the global one untouched.
         progress: show a progress bar over chunks.
+        c: ``(N,)`` per-example labels passed to the model and guide as ``c`` (a conditional model's
+            classes); discrete sites marked for enumeration are summed out exactly inside every weight.
 
     Returns an :class:`EvalResult`; ``per_example`` holds ``(N,)`` tensors ``elbo`` and
     ``log_likelihood`` for further analysis. With global latents, ``elbo`` is the per-example ELBO
@@ -331,16 +353,44 @@ def evaluate(
         raise ConfigError("evaluation needs at least one example; the data set is empty")
     if isinstance(vae, torch.nn.Module):
         vae.eval()
+    side = _check_side(c, data)
     batch, particles = chunk_sizes(data, num_particles, batch_size, max_elements)
     with seeded(seed, data.device):
-        with seeded(seed, data.device):  # a trace whose draws are undone: the seeded stream starts below
-            has_globals = bool(global_sites(vae.guide, data[:batch]))
-        sums, chunks = _score_chunks(vae, data, num_particles, batch, particles, has_globals, progress)
+        with seeded(seed, data.device):  # traces whose draws are undone: the seeded stream starts below
+            probe = {k: v[:batch] for k, v in side.items()}
+            has_globals = bool(global_sites(vae.guide, data[:batch], **probe))
+            enumerated = enumerated_sites(vae.model, vae.guide, data[:batch], **probe)
+        if enumerated:  # every enumerated value costs a pass's worth of memory
+            values = math.prod(size for _, size in enumerated.values())
+            batch, particles = chunk_sizes(data, num_particles, batch_size, max(1, max_elements // values))
+        sums, chunks = _score_chunks(
+            vae, data, side, num_particles, batch, particles, has_globals, progress, bool(enumerated)
+        )
     return _eval_result(sums, chunks if has_globals else None, num_particles, int(data.shape[0]))
 
 
+def _check_side(c, data: torch.Tensor) -> dict:
+    """``{"c": c}`` after checking that ``c`` has one integer label per example; ``{}`` for None."""
+    if c is None:
+        return {}
+    if not isinstance(c, torch.Tensor) or c.dtype.is_floating_point or tuple(c.shape) != (data.shape[0],):
+        raise ConfigError(
+            f"c must be a tensor of {data.shape[0]} integer labels (one per example), got "
+            f"{tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__}"
+        )
+    return {"c": c.to(data.device)}
+
+
 def _score_chunks(
-    vae, data: torch.Tensor, num_particles: int, batch: int, particles: int, has_globals: bool, progress: bool
+    vae,
+    data: torch.Tensor,
+    side: dict,
+    num_particles: int,
+    batch: int,
+    particles: int,
+    has_globals: bool,
+    progress: bool,
+    enumerated: bool = False,
 ) -> tuple[dict, list]:
     """Score ``data`` in chunks of ``batch`` examples with ``num_particles`` draws, ``particles`` per pass.
 
@@ -354,15 +404,23 @@ def _score_chunks(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"evaluate (K={num_particles})", unit="chunk", leave=False)
-    nesting = max_plate_nesting(vae.model, vae.guide, data[:batch])
+    nesting = max_plate_nesting(vae.model, vae.guide, data[:batch], **{k: v[:batch] for k, v in side.items()})
     for i, start in enumerate(starts):
         # Pyro's validation checks the first chunk; the rest are the same programs on more of the data.
         with contextlib.nullcontext() if i == 0 else pyro.validation_enabled(False):
+            chunk = {k: v[start : start + batch] for k, v in side.items()}
             parts = log_weight_chunk(
-                vae.model, vae.guide, data[start : start + batch], num_particles, particles, nesting
+                vae.model,
+                vae.guide,
+                data[start : start + batch],
+                num_particles,
+                particles,
+                nesting,
+                enumerated=enumerated,
+                **chunk,
             )
         kl_table = parts.log_guide - parts.log_prior
-        _accumulate(sums, parts.log_weight, parts.log_likelihood, kl_table)
+        _accumulate(sums, parts.log_weight, parts.log_likelihood, kl_table, parts.elbo_term)
         if has_globals:
             chunks.append(_chunk_draws(parts.log_weight, parts.log_likelihood, kl_table, parts.log_global))
     return {k: torch.cat(v).double() for k, v in sums.items()}, chunks
@@ -443,13 +501,24 @@ def _chunk_draws(log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, log_g
 
 
 def log_weight_chunk(
-    model, guide, x: torch.Tensor, num_particles: int, particles_per_pass: int, nesting: int
+    model,
+    guide,
+    x: torch.Tensor,
+    num_particles: int,
+    particles_per_pass: int,
+    nesting: int,
+    enumerated: bool | None = None,
+    **kwargs,
 ) -> LogWeights:
     """:func:`log_weights` for ``num_particles`` draws, taken ``particles_per_pass`` at a time and
-    concatenated: the same ``(K, n)`` tables with bounded memory."""
+    concatenated: the same ``(K, n)`` tables with bounded memory. ``kwargs`` go to the programs;
+    ``enumerated`` (whether they have sites to enumerate) is found from one trace when None."""
     parts = []
+    if enumerated is None:
+        enumerated = bool(enumerated_sites(model, guide, x, **kwargs))
     for k0 in range(0, num_particles, particles_per_pass):
-        parts.append(log_weights(model, guide, x, min(particles_per_pass, num_particles - k0), nesting=nesting))
+        count = min(particles_per_pass, num_particles - k0)
+        parts.append(log_weights(model, guide, x, count, nesting=nesting, enumerated=enumerated, **kwargs))
         _HEAP.passed()
     return LogWeights.concat(parts)
 
@@ -486,15 +555,16 @@ class _HeapTrimmer:
 _HEAP = _HeapTrimmer()
 
 
-def _accumulate(sums: dict, log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor) -> None:
-    """Per-example estimates and their Monte Carlo variances from ``(K, n)`` tables."""
+def _accumulate(sums: dict, log_w: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, elbo: torch.Tensor) -> None:
+    """Per-example estimates and their Monte Carlo variances from ``(K, n)`` tables: ``log_w`` the
+    importance log-weights, ``elbo`` the ELBO terms (the same tables without enumerated sites)."""
     k = log_w.shape[0]
 
     def mean_var(t):
         var = t.var(0) / k if k > 1 else torch.full_like(t[0], float("nan"))
         return t.mean(0), var
 
-    for name, table in (("elbo", log_w), ("rec", rec), ("kl", kl)):
+    for name, table in (("elbo", elbo), ("rec", rec), ("kl", kl)):
         mean, var = mean_var(table)
         sums[name].append(mean)
         sums[name + "_var"].append(var)

@@ -30,8 +30,10 @@ from ppl_vae.infer.callbacks import (
     StopRequests,
 )
 from ppl_vae.infer.divergence import DivergencePolicy
+from ppl_vae.infer.evaluate import max_plate_nesting
+from ppl_vae.infer.labels import check_fit_labels
 from ppl_vae.infer.loop import TrainingLoop
-from ppl_vae.infer.objectives import check_compatible, to_likelihood_space
+from ppl_vae.infer.objectives import ENUMERATED, check_compatible, to_likelihood_space
 from ppl_vae.infer.settings import FitSettings
 from ppl_vae.infer.state import TrainState
 from ppl_vae.infer.step import release_param_store_names
@@ -103,6 +105,8 @@ def fit(
     stop: Callable[[int], bool] | None = None,
     distributed=None,
     on_start: Callable[[], None] | None = None,
+    labels: torch.Tensor | None = None,
+    heldout_labels: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``vae`` by stochastic variational inference with a Pyro ELBO and Adam.
 
@@ -146,6 +150,11 @@ def fit(
             data-parallel with this process's share of every global batch of ``batch_size x world_size`` examples.
         on_start: called once every input has been checked, before the first step (where
             :func:`ppl_vae.app.run.train_run` creates the run folder, so that a refused input writes nothing).
+        labels, heldout_labels: ``(N,)`` and ``(M,)`` integer class labels for a model with a label site
+            (``vae.label_role``): ``"semi"`` (semi-supervised: ``-1`` where a training label is missing;
+            the held-out labels give ``heldout_accuracy`` and ``heldout_accuracy_se`` every epoch, the
+            classifier's accuracy) or ``"covariate"`` (conditional: every label given, held-out ones too).
+            Refused for a model without a label site.
     """
     strategy = make_strategy(distributed)
     settings = FitSettings.from_arguments(
@@ -166,10 +175,12 @@ def fit(
         world_size=strategy.world_size,
     )
     device = vae.device if hasattr(vae, "device") else train.device
+    labels, heldout_labels = check_fit_labels(vae, train, heldout, labels, heldout_labels, device, distributed)
     streams = RandomStreams(seed, device, strategy)  # seeded before the checks, whose draws are forked from it
-    train, heldout, objective = _prepare(vae, train, heldout, settings, device)
+    train, heldout, objective = _prepare(vae, train, heldout, settings, device, labels)
     release_param_store_names(vae)
-    stepper = strategy.train_step(vae, lr, elbo, num_particles)
+    enumerated = objective.pop("nesting", 0)
+    stepper = strategy.train_step(vae, lr, elbo, num_particles, enumerated)
     loop = TrainingLoop(
         vae,
         stepper,
@@ -177,7 +188,7 @@ def fit(
         objective,
         strategy,
         streams,
-        Batches(train, settings.binarize, settings.global_batch, streams, strategy),
+        Batches(train, settings.binarize, settings.global_batch, streams, strategy, labels),
     )
     if resume is not None:
         loop.restore(TrainState.from_dict(resume).check_resumable(loop.state_settings, epochs))
@@ -185,7 +196,9 @@ def fit(
         [
             ProgressBar(progress, strategy.rank, epochs * settings.steps_per_epoch, initial=loop.step),
             StopRequests(handle_signals, stop),
-            HeldoutEvaluation(vae, heldout, heldout_particles, seed, strategy) if heldout is not None else None,
+            HeldoutEvaluation(vae, heldout, heldout_particles, seed, strategy, heldout_labels)
+            if heldout is not None
+            else None,
             EpochEndHook(on_epoch_end) if on_epoch_end is not None else None,
             StartHook(on_start) if on_start is not None else None,
         ]
@@ -202,10 +215,16 @@ def fit(
 
 
 def _prepare(
-    vae, train: torch.Tensor, heldout: torch.Tensor | None, settings: FitSettings, device: torch.device
+    vae,
+    train: torch.Tensor,
+    heldout: torch.Tensor | None,
+    settings: FitSettings,
+    device: torch.device,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """The training data on ``device`` in the likelihood's space (every row checked), the held-out data
-    binarized once (checked), and the objective checked on two examples: ``{"elbo": name, "sites": {...}}``."""
+    binarized once (checked), and the objective checked on two examples: ``{"elbo": name, "sites": {...},
+    "nesting": n}`` (``n``: the plate nesting for ``TraceEnum_ELBO`` when a site is enumerated, else 0)."""
     likelihood = getattr(vae, "likelihood", None)
     train = to_likelihood_space(train.to(device), likelihood)
     if likelihood is not None:  # every row, in chunks (a bad value may sit anywhere)
@@ -217,13 +236,16 @@ def _prepare(
         elbo=settings.elbo,
         num_particles=settings.num_particles,
         beta=0.5 if settings.varies else settings.schedule(0.0),
+        c=None if labels is None else labels[:2],
     )
+    side = {} if labels is None else {"c": labels[:2]}
+    nesting = max_plate_nesting(vae.model, vae.guide, probe, **side) if ENUMERATED in terms.values() else 0
     if heldout is not None:
         heldout = fixed_binarization(
             to_likelihood_space(heldout.to(device), likelihood), settings.binarize, settings.heldout_seed
         )
         _check_support(vae, heldout, "held-out data")
-    return train, heldout, {"elbo": settings.elbo, "sites": terms}
+    return train, heldout, {"elbo": settings.elbo, "sites": terms, "nesting": nesting}
 
 
 def _check_support(vae, x: torch.Tensor, what: str) -> None:

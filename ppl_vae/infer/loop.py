@@ -113,9 +113,9 @@ class TrainingLoop:
         self.streams.enter_epoch(self.step)  # resuming: the global stream as it was when stopped
         if not self.skip:
             self.epoch_losses = []
-        for index, x, weight in batches:
+        for index, x, weight, side in batches:
             self.beta = float(settings.schedule(self.step / steps_per_epoch))  # epochs completed, as a float
-            loss = self.stepper(x, weight, num_data=settings.num_data, beta=self.beta) / settings.num_data
+            loss = self.stepper(x, weight, num_data=settings.num_data, beta=self.beta, **side) / settings.num_data
             # every process takes the same decisions
             bad, stopping = self.strategy.agree(
                 bool(self.optimizer.nonfinite) or not math.isfinite(loss), callbacks.stop_requested(self.step + 1)
@@ -124,7 +124,7 @@ class TrainingLoop:
                 # The update was not applied when a gradient was non-finite: the parameters are still the
                 # last good ones, and the sites can be named at those values.
                 divergence.handle(
-                    self.vae, loss, x, self.beta, epoch=epoch, step=self.step + 1, num_data=settings.num_data
+                    self.vae, loss, x, self.beta, epoch=epoch, step=self.step + 1, num_data=settings.num_data, side=side
                 )
                 continue
             self.step += 1

@@ -47,17 +47,22 @@ def to_likelihood_space(x: torch.Tensor, likelihood) -> torch.Tensor:
     return x
 
 
-def _traces(vae, x):
+def _traces(vae, x, side: dict):
     # Own random stream: checking a combination must not change what training draws afterwards.
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=x.device.type), torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+        guide_trace = poutine.trace(vae.guide).get_trace(x, **side)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, **side)
     return model_trace, guide_trace
 
 
-#: How an objective estimates the KL part of the ELBO at one latent site (values of :func:`check_compatible`).
-ANALYTIC, MONTE_CARLO, IMPORTANCE = "analytic", "monte-carlo", "importance-weighted"
+#: How an objective estimates the KL part of the ELBO at one latent site (values of :func:`check_compatible`);
+#: ``"enumerated"``: a discrete site summed out exactly (``TraceEnum_ELBO``).
+ANALYTIC, MONTE_CARLO, IMPORTANCE, ENUMERATED = "analytic", "monte-carlo", "importance-weighted", "enumerated"
+
+
+def _is_enumerated(site) -> bool:
+    return site["type"] == "sample" and site["infer"].get("enumerate") == "parallel" and not site["is_observed"]
 
 
 def has_analytic_kl(guide_fn, prior_fn) -> bool:
@@ -70,7 +75,7 @@ def has_analytic_kl(guide_fn, prior_fn) -> bool:
 
 
 def check_compatible(
-    vae, x: torch.Tensor, *, elbo: str = "auto", num_particles: int = 1, beta: float = 1.0
+    vae, x: torch.Tensor, *, elbo: str = "auto", num_particles: int = 1, beta: float = 1.0, c=None
 ) -> dict[str, str]:
     """Refuse combinations that cannot work, on a trace of ``vae`` at the examples ``x`` (one is enough).
 
@@ -78,7 +83,10 @@ def check_compatible(
     ``"analytic"`` (``auto`` and ``meanfield`` where torch registers a closed form for the guide/prior
     pair, as ``TraceMeanField_ELBO`` computes it), ``"monte-carlo"`` (log q(z) − log p(z) at the draw:
     ``trace``, and ``auto`` where no closed form is registered) or ``"importance-weighted"`` (``iwae``,
-    which has no separate KL term).
+    which has no separate KL term); ``"enumerated"`` for a discrete site marked
+    ``infer={"enumerate": "parallel"}``, summed out exactly by ``TraceEnum_ELBO`` (the continuous sites
+    of such a model get ``"monte-carlo"``: ``TraceEnum_ELBO`` has no analytic KL). ``c``: per-example
+    labels for the programs (structured priors).
     """
     if elbo not in OBJECTIVES:
         raise ConfigError(f"unknown objective {elbo!r}; choose one of: {', '.join(OBJECTIVES)}")
@@ -86,8 +94,11 @@ def check_compatible(
         raise ConfigError(f"the number of particles must be at least 1, got {num_particles}")
     if not beta >= 0:  # NaN too
         raise ConfigError(f"beta must be a non-negative number, got {beta}")
-    model_trace, guide_trace = _traces(vae, x)
-    terms: dict[str, str] = {}
+    model_trace, guide_trace = _traces(vae, x, {} if c is None else {"c": c})
+    enumerated = [n for t in (guide_trace, model_trace) for n, site in t.nodes.items() if _is_enumerated(site)]
+    if enumerated:
+        _check_enumerable(vae, elbo, beta, enumerated[0])
+    terms: dict[str, str] = {name: ENUMERATED for name in dict.fromkeys(enumerated)}
     for name, guide_site in guide_trace.nodes.items():
         if guide_site["type"] != "sample" or site_is_subsample(guide_site) or name not in model_trace.nodes:
             continue
@@ -106,7 +117,11 @@ def check_compatible(
                 f"({type(guide_site['fn']).__name__} guide); a prior built from the guide (vamp) needs a "
                 "guide with a density: use --guide normal"
             )
-        analytic = elbo in ("auto", "meanfield") and has_analytic_kl(guide_site["fn"], model_site["fn"])
+        if name in terms:
+            continue
+        analytic = (
+            elbo in ("auto", "meanfield") and not enumerated and has_analytic_kl(guide_site["fn"], model_site["fn"])
+        )
         if elbo == "meanfield" and not analytic:
             raise ConfigError(
                 f"meanfield needs an analytic KL between {type(guide_site['fn']).__name__} (guide) and "
@@ -114,6 +129,7 @@ def check_compatible(
                 "use --elbo auto (analytic where registered, Monte Carlo elsewhere) or --elbo trace"
             )
         terms[name] = IMPORTANCE if elbo == "iwae" else ANALYTIC if analytic else MONTE_CARLO
+    terms = {name: terms[name] for name in sorted(terms, key=lambda n: n not in guide_trace.nodes)}
     if elbo == "iwae":
         if getattr(vae, "has_global_latents", False):
             raise ConfigError(
@@ -126,3 +142,22 @@ def check_compatible(
                 "with iwae, or --elbo auto with beta"
             )
     return terms
+
+
+def _check_enumerable(vae, elbo: str, beta: float, site: str) -> None:
+    """Refuse what ``TraceEnum_ELBO`` cannot do with the enumerated discrete ``site``."""
+    if elbo in ("meanfield", "iwae"):
+        raise ConfigError(
+            f"the discrete site {site!r} is summed out by enumeration (TraceEnum_ELBO), which {elbo} cannot "
+            "do; use --elbo auto"
+        )
+    if beta != 1.0:
+        raise ConfigError(
+            f"beta and KL schedules weight a KL, and a model whose discrete site {site!r} is summed out by "
+            "enumeration has none to weight; use --beta 1 without --kl-schedule"
+        )
+    if getattr(vae, "has_global_latents", False):
+        raise ConfigError(
+            f"enumerating the discrete site {site!r} together with global latents is not supported; "
+            "use a prior without global latents"
+        )

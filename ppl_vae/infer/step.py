@@ -10,15 +10,21 @@ import contextlib
 
 import pyro
 import torch
-from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import is_validation_enabled
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.optim import GuardedAdam
 
 
-def make_elbo(name: str, num_particles: int = 1):
+def make_elbo(name: str, num_particles: int = 1, enumerated: bool = False, max_plate_nesting: int = 1):
     """The Pyro loss for an objective name (see ``ppl_vae.infer.objectives.OBJECTIVES``).
+
+    With ``enumerated`` (the programs have discrete sites marked ``infer={"enumerate": "parallel"}``)
+    ``auto`` and ``trace`` are ``TraceEnum_ELBO``, which sums those sites out exactly and takes the Monte
+    Carlo term at the continuous ones (``max_plate_nesting``: the plates the programs use, so that the
+    enumerated dimensions go to their left); ``meanfield`` and ``iwae`` are refused before this by
+    :func:`ppl_vae.infer.objectives.check_compatible`.
 
     ``auto`` and ``meanfield`` are the same Pyro object: ``TraceMeanField_ELBO`` takes the analytic KL
     at each latent site where ``torch.distributions.kl_divergence`` has a closed form for the guide/prior
@@ -27,6 +33,10 @@ def make_elbo(name: str, num_particles: int = 1):
     :func:`ppl_vae.infer.objectives.check_compatible`, where ``meanfield`` refuses a site without a closed form.
     """
     vectorize = num_particles > 1
+    if enumerated and name in ("auto", "trace"):
+        return TraceEnum_ELBO(
+            max_plate_nesting=max_plate_nesting, num_particles=num_particles, vectorize_particles=vectorize
+        )
     if name == "trace":
         return Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
     if name in ("auto", "meanfield"):
@@ -66,13 +76,22 @@ class TrainStep:
     the whole data set, like ``SVI.step``); :attr:`optimizer` ``.nonfinite`` is non-empty when the
     gradient was not finite and the step was not taken. ``distributed`` (a
     :class:`ppl_vae.infer.distributed.Context`) wraps the loss in ``DistributedDataParallel``.
+    ``enumerated``: 0, or the programs' plate nesting when they have discrete sites to enumerate
+    (``TraceEnum_ELBO``).
     """
 
     def __init__(
-        self, vae, lr: float, elbo: str = "auto", num_particles: int = 1, validate_steps: int = 1, distributed=None
+        self,
+        vae,
+        lr: float,
+        elbo: str = "auto",
+        num_particles: int = 1,
+        validate_steps: int = 1,
+        distributed=None,
+        enumerated: int = 0,
     ):
         self.vae = vae
-        self.loss = make_elbo(elbo, num_particles)
+        self.loss = make_elbo(elbo, num_particles, bool(enumerated), max(1, enumerated))
         self.optimizer = GuardedAdam(lr)
         self.validate_steps = validate_steps
         self.steps = 0

@@ -26,8 +26,8 @@ class SingleProcess:
     rank = 0
     world_size = 1
 
-    def train_step(self, vae, lr: float, elbo: str, num_particles: int) -> TrainStep:
-        return TrainStep(vae, lr, elbo, num_particles)
+    def train_step(self, vae, lr: float, elbo: str, num_particles: int, enumerated: int = 0) -> TrainStep:
+        return TrainStep(vae, lr, elbo, num_particles, enumerated=enumerated)
 
     def share(self, data: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The examples ``data[indices]`` of a global batch this process trains on, and its loss's weight."""
@@ -45,9 +45,10 @@ class SingleProcess:
         """Every process's ``obj`` in rank order; None with one process (nothing to keep per process)."""
         return None
 
-    def heldout_elbo(self, vae, heldout: torch.Tensor, particles: int, seed: int) -> tuple[float, float]:
-        """The held-out ELBO per example (nats) and its Monte Carlo standard error."""
-        result = evaluate(vae, heldout, num_particles=particles, seed=seed)
+    def heldout_elbo(self, vae, heldout: torch.Tensor, particles: int, seed: int, c=None) -> tuple[float, float]:
+        """The held-out ELBO per example (nats) and its Monte Carlo standard error (``c``: per-example
+        labels of a conditional model)."""
+        result = evaluate(vae, heldout, num_particles=particles, seed=seed, c=c)
         return result.elbo, result.elbo_se
 
 
@@ -63,9 +64,9 @@ class DataParallel:
         self.rank = context.rank
         self.world_size = context.world_size
 
-    def train_step(self, vae, lr: float, elbo: str, num_particles: int) -> TrainStep:
+    def train_step(self, vae, lr: float, elbo: str, num_particles: int, enumerated: int = 0) -> TrainStep:
         """A step whose loss is wrapped in ``DistributedDataParallel`` (gradients averaged in backward)."""
-        return TrainStep(vae, lr, elbo, num_particles, distributed=self.context)
+        return TrainStep(vae, lr, elbo, num_particles, distributed=self.context, enumerated=enumerated)
 
     def share(self, data: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, float]:
         """This process's contiguous share of the global batch ``data[indices]`` and the weight of its loss.
@@ -94,14 +95,18 @@ class DataParallel:
         """Every process's ``obj`` (picklable, small) in rank order, on every process."""
         return dist.gather_objects(obj, self.context)
 
-    def heldout_elbo(self, vae, heldout: torch.Tensor, particles: int, seed: int) -> tuple[float, float]:
+    def heldout_elbo(self, vae, heldout: torch.Tensor, particles: int, seed: int, c=None) -> tuple[float, float]:
         """Each process evaluates its share (seeded by ``seed`` and its rank); the per-example results are
         combined: the ELBO per example (nats) of the whole held-out set and its Monte Carlo standard error."""
         start, stop = dist.shard_bounds(heldout.shape[0], self.context)
         part = (0.0, 0.0, 0)
         if stop > start:
             result = evaluate(
-                vae, heldout[start:stop], num_particles=particles, seed=seed + _RANK_EVAL_STREAM * self.rank
+                vae,
+                heldout[start:stop],
+                num_particles=particles,
+                seed=seed + _RANK_EVAL_STREAM * self.rank,
+                c=None if c is None else c[start:stop],
             )
             n = stop - start
             part = (result.elbo * n, (result.elbo_se * n) ** 2, n)

@@ -4,9 +4,12 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
 
+from ppl_vae import VAE
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import PRIORS, Hierarchical, StudentT
+from ppl_vae.models.structured import STRUCTURED_PRIORS, is_structured
 
 LATENT_DIM = 3
 SHAPE = (1, 4, 4)
@@ -14,12 +17,19 @@ SHAPE = (1, 4, 4)
 
 def build(name):
     guide = GUIDES["normal"](SHAPE, LATENT_DIM, (8,))
+    if name in STRUCTURED_PRIORS:  # the number of classes or components comes after a colon
+        return PRIORS[name](LATENT_DIM, data_shape=SHAPE, guide=guide, hidden_dims=(8,), option="3")
     return PRIORS[name](LATENT_DIM, data_shape=SHAPE, guide=guide)
 
 
 def distribution(prior):
-    """p(z); for priors with global latents, at globals drawn from their guide."""
+    """p(z); for priors with global latents, at globals drawn from their guide; for structured priors,
+    the distribution of their site "z" given the other local sites (labels c = 0), in a plate of one."""
     with poutine.block():
+        if is_structured(prior):
+            with pyro.plate("data", 1):
+                trace = poutine.trace(prior).get_trace(torch.zeros(1, dtype=torch.long))
+            return trace.nodes["z"]["fn"]
         if hasattr(prior, "global_guide"):
             return poutine.replay(prior, trace=poutine.trace(prior.global_guide).get_trace())()
         return prior()
@@ -48,6 +58,15 @@ def test_learnable_parameters_get_gradients(prior):
     params = [p for p in prior.parameters() if p.requires_grad]
     if not params:
         assert not list(prior.parameters())
+        return
+    if is_structured(prior):  # its parameters include its guide piece's: the whole ELBO reaches them
+        vae = VAE(SHAPE, LATENT_DIM, (8,), prior=prior)
+        x = torch.bernoulli(torch.full((6, *SHAPE), 0.5), generator=torch.Generator().manual_seed(0))
+        c = torch.tensor([0, 1, 2, -1, -1, -1]) if prior.label_role == "semi" else torch.tensor([0, 1, 2, 0, 1, 2])
+        TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False).differentiable_loss(
+            vae.model, vae.guide, x, c=c
+        ).backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
         return
     z = distribution(prior).expand([20]).sample()
     distribution(prior).log_prob(z).sum().backward()

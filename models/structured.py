@@ -1,0 +1,270 @@
+"""Structured priors: a generative story with more local sites than ``"z"``, drawn inside the data plate.
+
+A structured prior is an ``nn.Module`` with two pieces, one per Pyro program (no subclassing needed):
+
+* ``forward(c=None)``, the model piece: called by :meth:`ppl_vae.VAE.model` *inside* the data plate,
+  it draws any local sites (discrete or continuous) with ``pyro.sample`` and returns the decoder's
+  input ``(..., code_dim)``, usually ``z`` (or ``z`` joined with a one-hot label);
+* ``local_guide(x, encoder, c=None)``, the guide piece: called by :meth:`ppl_vae.VAE.guide` inside the
+  data plate with the examples ``x (N, *data_shape)`` and the VAE's guide family ``encoder`` (a module
+  ``inputs -> q(z | inputs)``), it draws the same latent sites from the variational posterior;
+
+and the attributes ``code_dim`` (size of what ``forward`` returns), ``guide_extra`` (how many numbers
+:func:`join` appends to each flattened example before ``encoder`` sees it: 0 for q(z | x), K for
+q(z | x, y) with a one-hot y of K classes) and ``label_role``: what the per-example labels ``c`` are to
+this model: ``"none"`` (not used), ``"semi"`` (a class label observed for some examples, ``-1`` where
+it is missing, latent otherwise) or ``"covariate"`` (always observed, required).
+
+A discrete site marked ``infer={"enumerate": "parallel"}`` is summed out exactly: by
+``TraceEnum_ELBO`` in training and inside every importance weight in evaluation
+(:mod:`ppl_vae.infer.enumeration`). Drawn in the guide, it is enumerated there (an amortized q(y | x));
+drawn in the model only, it is enumerated in the model (the exact posterior over y given z).
+
+Registry: ``mixture:K`` (:class:`MixturePrior`), ``semi-supervised:K[:ALPHA]`` (:class:`SemiSupervised`,
+Kingma et al. 2014's M2) and ``conditional:K`` (:class:`Conditional`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ppl_vae.networks import mlp
+
+#: The ``infer`` of a discrete site summed out by parallel enumeration.
+ENUMERATE = {"enumerate": "parallel"}
+
+#: Logit given to the classes a labelled example does not have: exp(-1e4) is exactly 0 in float32 and
+#: float64, so those classes get weight 0 in the enumerated sum (never 0 * inf as a -inf logit would).
+_IMPOSSIBLE = -1.0e4
+
+
+def join(x: torch.Tensor, data_ndim: int, label: torch.Tensor | None = None) -> torch.Tensor:
+    """Flatten each example of ``x (..., *data_shape)`` (``data_ndim`` trailing dims) and append the one-hot
+    ``label (..., K)``, broadcasting the leading (enumeration, particle) dimensions of both."""
+    flat = x.reshape(x.shape[: x.dim() - data_ndim] + (-1,))
+    if label is None:
+        return flat
+    shape = torch.broadcast_shapes(flat.shape[:-1], label.shape[:-1])
+    return torch.cat([flat.expand(shape + flat.shape[-1:]), label.expand(shape + label.shape[-1:])], -1)
+
+
+def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """``(...,)`` class indices -> ``(..., K)`` one-hot, in the dtype of ``like``."""
+    return F.one_hot(y.long(), num_classes).to(like.dtype)
+
+
+def append_label(z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``z (..., d)`` and a one-hot ``label (..., K)``, broadcast and joined: ``(..., d + K)``."""
+    shape = torch.broadcast_shapes(z.shape[:-1], label.shape[:-1])
+    return torch.cat([z.expand(shape + z.shape[-1:]), label.expand(shape + label.shape[-1:])], -1)
+
+
+def check_labels(c: torch.Tensor | None, num_classes: int, what: str, *, missing_allowed: bool) -> None:
+    """Raise ``ValueError`` unless ``c`` holds class indices in ``0..K-1`` (or ``-1`` where allowed)."""
+    if c is None:
+        raise ValueError(f"{what} needs the class label of every example (c)")
+    low = -1 if missing_allowed else 0
+    if c.dtype.is_floating_point or c.numel() and (int(c.min()) < low or int(c.max()) >= num_classes):
+        raise ValueError(f"{what}: labels must be integers in {low}..{num_classes - 1}")
+
+
+class MixturePrior(nn.Module):
+    """GMVAE-style mixture prior with an explicit component variable, summed out by enumeration.
+
+    Model:  y ~ Categorical(pi), z | y ~ N(loc_y, diag scale_y^2), learnable pi (logits), locs, scales.
+    Guide:  q(z | x) from the VAE's guide family (y enumerated in the model: its exact posterior given z
+            is pi_y N(z; loc_y, scale_y) / p(z)); or, with ``amortized_y=True``, an amortized classifier
+            q(y | x) enumerated in the guide and q(z | x, y).
+
+    Unlike ``mog`` (a ``MixtureSameFamily`` density for ``"z"``), the component is a site ``"y"`` of the
+    program: its posterior responsibilities are read off the enumerated trace
+    (:func:`ppl_vae.infer.enumeration.class_posterior`).
+    """
+
+    label_role = "none"
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_components: int = 10,
+        *,
+        amortized_y: bool = False,
+        data_shape=None,
+        hidden_dims=(256, 128),
+    ):
+        super().__init__()
+        if int(num_components) < 2:
+            raise ValueError(f"a mixture needs at least 2 components, got {num_components}")
+        self.latent_dim, self.num_classes = int(latent_dim), int(num_components)
+        self.code_dim = self.latent_dim
+        self.logits = nn.Parameter(torch.zeros(self.num_classes))
+        # Spread the component locs so that they can separate (a fixed draw: seed before building).
+        self.locs = nn.Parameter(torch.randn(self.num_classes, self.latent_dim))
+        self.log_scales = nn.Parameter(torch.full((self.num_classes, self.latent_dim), -0.5))
+        self.amortized_y = bool(amortized_y)
+        self.guide_extra = self.num_classes if amortized_y else 0
+        if amortized_y:
+            if data_shape is None:
+                raise ValueError("an amortized q(y | x) needs the data shape")
+            self.data_ndim = len(data_shape)
+            self.classifier = mlp(math.prod(data_shape), tuple(hidden_dims), self.num_classes)
+
+    def marginal(self) -> dist.Distribution:
+        """p(z) with y summed out: ``sum_k pi_k N(loc_k, diag scale_k^2)``, event ``(latent_dim,)``."""
+        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+    def component(self, y: torch.Tensor) -> dist.Distribution:
+        """p(z | y) for component indices ``y``: batch shape ``y.shape``, event ``(latent_dim,)``."""
+        return dist.Normal(self.locs[y], self.log_scales[y].exp()).to_event(1)
+
+    def forward(self, c=None) -> torch.Tensor:
+        y = pyro.sample("y", dist.Categorical(logits=self.logits), infer=ENUMERATE)
+        return pyro.sample("z", self.component(y))
+
+    def local_guide(self, x: torch.Tensor, encoder, c=None) -> torch.Tensor:
+        if not self.amortized_y:
+            return pyro.sample("z", encoder(x))
+        y = pyro.sample("y", dist.Categorical(logits=self.classifier(join(x, self.data_ndim))), infer=ENUMERATE)
+        return pyro.sample("z", encoder(join(x, self.data_ndim, one_hot(y, self.num_classes, x))))
+
+    def code(self, z: torch.Tensor, c=None) -> torch.Tensor:
+        """The decoder's input for latent values ``z``: ``z`` itself."""
+        return z
+
+
+class SemiSupervised(nn.Module):
+    """Kingma et al. (2014)'s M2: a class label y behind every example, observed for some of them.
+
+    Model:  y ~ Categorical(1/K), z ~ N(0, I), x | y, z ~ p(x | decoder([z, onehot(y)])).
+    Guide:  q(y | x) = Categorical(classifier(x)), enumerated where the label is missing (``c = -1``),
+            fixed to the label where it is known; q(z | x, y) from the VAE's guide family on [x, onehot(y)].
+
+    ``alpha`` weights the auxiliary classification term: every labelled example adds
+    ``alpha * log q(y | x)`` to the objective (:meth:`auxiliary`), so that the classifier also learns from
+    the labels directly, not only through the labelled examples' ELBO, where q(y | x) does not appear
+    (Kingma et al. use alpha = 0.1 N in their sum over the labelled set). Held-out evaluation leaves y
+    latent: log p(x) sums it out exactly, and accuracy is the classifier's.
+    """
+
+    label_role = "semi"
+
+    def __init__(self, latent_dim: int, num_classes: int, *, data_shape, hidden_dims=(256, 128), alpha: float = 50.0):
+        super().__init__()
+        if int(num_classes) < 2:
+            raise ValueError(f"a class label needs at least 2 classes, got {num_classes}")
+        if not float(alpha) >= 0:
+            raise ValueError(f"alpha must be a non-negative number, got {alpha}")
+        self.latent_dim, self.num_classes, self.alpha = int(latent_dim), int(num_classes), float(alpha)
+        self.code_dim = self.latent_dim + self.num_classes
+        self.guide_extra = self.num_classes
+        self.data_ndim = len(data_shape)
+        self.classifier = mlp(math.prod(data_shape), tuple(hidden_dims), self.num_classes)
+        self.register_buffer("class_logits", torch.zeros(self.num_classes))
+        self.register_buffer("loc", torch.zeros(self.latent_dim))
+        self.register_buffer("scale", torch.ones(self.latent_dim))
+
+    def forward(self, c=None) -> torch.Tensor:
+        y = pyro.sample("y", dist.Categorical(logits=self.class_logits))  # the guide's draw (or enumeration)
+        z = pyro.sample("z", dist.Normal(self.loc, self.scale).to_event(1))
+        return append_label(z, one_hot(y, self.num_classes, z))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits of q(y | x): ``(N, K)``."""
+        return self.classifier(join(x, self.data_ndim))
+
+    def local_guide(self, x: torch.Tensor, encoder, c=None) -> torch.Tensor:
+        logits = self.classify(x)
+        if c is not None:  # known labels: all of q's mass on the label (exactly, see _IMPOSSIBLE)
+            known = (c >= 0).unsqueeze(-1)
+            fixed = torch.full_like(logits, _IMPOSSIBLE).scatter(-1, c.clamp(min=0).unsqueeze(-1), 0.0)
+            logits = torch.where(known, fixed, logits)
+        y = pyro.sample("y", dist.Categorical(logits=logits), infer=ENUMERATE)
+        return pyro.sample("z", encoder(join(x, self.data_ndim, one_hot(y, self.num_classes, x))))
+
+    def auxiliary(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` ``alpha * log q(c_n | x_n)`` for labelled examples, 0 for the others."""
+        known = c >= 0
+        log_q = torch.log_softmax(self.classify(x), -1).gather(-1, c.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(known, self.alpha * log_q, torch.zeros_like(log_q))
+
+    def code(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for latent values ``z (..., d)`` and classes ``c (...)``."""
+        return append_label(z, one_hot(c, self.num_classes, z))
+
+
+class Conditional(nn.Module):
+    """A conditional VAE with a learned conditional prior: the class c of every example is observed.
+
+    Model:  z | c ~ N(loc_c, diag scale_c^2) (learnable per class), x | z, c ~ p(x | decoder([z, onehot(c)])).
+    Guide:  q(z | x, c) from the VAE's guide family on [x, onehot(c)].
+    ``ppl-vae sample RUN --condition K`` generates examples of class K.
+    """
+
+    label_role = "covariate"
+
+    def __init__(self, latent_dim: int, num_classes: int, *, data_shape):
+        super().__init__()
+        if int(num_classes) < 2:
+            raise ValueError(f"a class label needs at least 2 classes, got {num_classes}")
+        self.latent_dim, self.num_classes = int(latent_dim), int(num_classes)
+        self.code_dim = self.latent_dim + self.num_classes
+        self.guide_extra = self.num_classes
+        self.data_ndim = len(data_shape)
+        self.locs = nn.Parameter(torch.zeros(self.num_classes, self.latent_dim))
+        self.log_scales = nn.Parameter(torch.zeros(self.num_classes, self.latent_dim))
+
+    def forward(self, c=None) -> torch.Tensor:
+        if c is None:
+            raise ValueError("the conditional prior needs the class c of every example")
+        z = pyro.sample("z", dist.Normal(self.locs[c], self.log_scales[c].exp()).to_event(1))
+        return self.code(z, c)
+
+    def local_guide(self, x: torch.Tensor, encoder, c=None) -> torch.Tensor:
+        if c is None:
+            raise ValueError("the conditional guide q(z | x, c) needs the class c of every example")
+        return pyro.sample("z", encoder(join(x, self.data_ndim, one_hot(c, self.num_classes, x))))
+
+    def code(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for latent values ``z (..., d)`` and classes ``c (...)``."""
+        return append_label(z, one_hot(c, self.num_classes, z))
+
+
+def is_structured(prior) -> bool:
+    """Whether ``prior`` draws its own local sites (has a ``local_guide``)."""
+    return callable(getattr(prior, "local_guide", None))
+
+
+def _count(option: str | None, what: str, default: int | None = None) -> int:
+    if option is None:
+        if default is None:
+            raise ValueError(f"{what} needs the number of classes, e.g. {what}:10")
+        return default
+    try:
+        value = int(option)
+    except ValueError:
+        raise ValueError(f"{what}:{option}: the number after the colon must be an integer") from None
+    return value
+
+
+def build_structured(name: str, option: str | None, latent_dim: int, *, data_shape, hidden_dims=(256, 128), **_):
+    """The structured prior for a registry spec ``name[:option]`` (``mixture:10``, ``semi-supervised:10:50``)."""
+    if name == "mixture":
+        return MixturePrior(latent_dim, _count(option, name, 10))
+    if name == "conditional":
+        return Conditional(latent_dim, _count(option, name), data_shape=data_shape)
+    count, _, alpha = (option or "").partition(":")
+    kwargs = {"alpha": float(alpha)} if alpha else {}
+    return SemiSupervised(
+        latent_dim, _count(count or None, name), data_shape=data_shape, hidden_dims=hidden_dims, **kwargs
+    )
+
+
+#: The structured priors' registry names (a spec may add ``:option``).
+STRUCTURED_PRIORS = ("mixture", "semi-supervised", "conditional")
