@@ -5,6 +5,7 @@ files, npz archives, image folders, CSV/npz tables), binarization, support check
 and ``tables``.
 """
 
+from ppl_vae.data.labels import read_label_file, select_labelled
 from ppl_vae.data.npz import check_npz_members, one_line, open_npz, read_npz_member, require_file
 from ppl_vae.data.sources import (
     DATASETS,
@@ -36,4 +37,6 @@ __all__ = [
     "binarize",
     "data_fingerprint",
     "check_data_support",
+    "select_labelled",
+    "read_label_file",
 ]
