@@ -17,7 +17,7 @@ from ppl_vae.models.priors import (
     VampPrior,
     support_name,
 )
-from ppl_vae.models.structured import Conditional, MixturePrior, SemiSupervised
+from ppl_vae.models.structured import Conditional, GroupEffects, MixturePrior, SemiSupervised
 
 __all__ = [
     "LIKELIHOODS",
@@ -39,6 +39,7 @@ __all__ = [
     "MixturePrior",
     "SemiSupervised",
     "Conditional",
+    "GroupEffects",
     "HypersphericalUniform",
     "PowerSpherical",
     "SphereUniform",

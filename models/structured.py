@@ -21,7 +21,10 @@ A discrete site marked ``infer={"enumerate": "parallel"}`` is summed out exactly
 drawn in the model only, it is enumerated in the model (the exact posterior over y given z).
 
 Registry: ``mixture:K`` (:class:`MixturePrior`), ``semi-supervised:K[:ALPHA]`` (:class:`SemiSupervised`,
-Kingma et al. 2014's M2) and ``conditional:K`` (:class:`Conditional`).
+Kingma et al. 2014's M2) and ``conditional:K`` (:class:`Conditional`); and ``groups:G``
+(:class:`GroupEffects`), a prior with global per-group effects (``label_role = "group"``, the group
+index of each example passed as ``c``), which follows the global-latent protocol of
+:mod:`ppl_vae.models.priors` rather than this one.
 """
 
 from __future__ import annotations
@@ -236,6 +239,47 @@ class Conditional(nn.Module):
         return append_label(z, one_hot(c, self.num_classes, z))
 
 
+class GroupEffects(nn.Module):
+    """A hierarchical prior with per-group effects: examples of one group (batch, subject, site) share a
+    mean in latent space.
+
+    Model:  mu_g ~ N(0, I) for each of G groups (global site ``"mu"`` in plate ``"groups"``),
+            tau_j ~ HalfCauchy(1) (global site ``"tau"``), z_n | g(n) ~ N(mu_{g(n)}, diag tau^2).
+    Guide:  q(mu_g) = N(m_g, diag s_g^2) per group and q(tau) = LogNormal(a, b), non-amortized
+            (``global_guide``); q(z | x) amortized as usual.
+
+    Unlike the structured priors this one has global latents: ``forward(c)`` (c: each example's group
+    index ``(N,)``) draws them outside the data plate and returns p(z | group, globals). Held-out examples
+    of a known group are evaluated posterior-predictively, with the globals drawn from their guide.
+    """
+
+    label_role = "group"
+
+    def __init__(self, latent_dim: int, num_groups: int):
+        super().__init__()
+        if int(num_groups) < 1:
+            raise ValueError(f"group effects need at least 1 group, got {num_groups}")
+        self.latent_dim, self.num_classes = int(latent_dim), int(num_groups)
+        self.register_buffer("ones", torch.ones(self.latent_dim))
+        self.q_mu_loc = nn.Parameter(torch.zeros(self.num_classes, self.latent_dim))
+        self.q_mu_log_scale = nn.Parameter(torch.full((self.num_classes, self.latent_dim), -1.0))
+        self.q_tau_loc = nn.Parameter(torch.zeros(self.latent_dim))
+        self.q_tau_log_scale = nn.Parameter(torch.full((self.latent_dim,), -2.0))
+
+    def forward(self, c=None) -> dist.Distribution:
+        if c is None:
+            raise ValueError("group effects need the group index c of every example")
+        with pyro.plate("groups", self.num_classes):
+            mu = pyro.sample("mu", dist.Normal(0 * self.ones, self.ones).to_event(1))  # (..., G, d)
+        tau = pyro.sample("tau", dist.HalfCauchy(self.ones).to_event(1))
+        return dist.Normal(mu.index_select(-2, c), tau).to_event(1)
+
+    def global_guide(self) -> None:
+        with pyro.plate("groups", self.num_classes):
+            pyro.sample("mu", dist.Normal(self.q_mu_loc, self.q_mu_log_scale.exp()).to_event(1))
+        pyro.sample("tau", dist.LogNormal(self.q_tau_loc, self.q_tau_log_scale.exp()).to_event(1))
+
+
 def is_structured(prior) -> bool:
     """Whether ``prior`` draws its own local sites (has a ``local_guide``)."""
     return callable(getattr(prior, "local_guide", None))
@@ -259,6 +303,8 @@ def build_structured(name: str, option: str | None, latent_dim: int, *, data_sha
         return MixturePrior(latent_dim, _count(option, name, 10))
     if name == "conditional":
         return Conditional(latent_dim, _count(option, name), data_shape=data_shape)
+    if name == "groups":
+        return GroupEffects(latent_dim, _count(option, name))
     count, _, alpha = (option or "").partition(":")
     kwargs = {"alpha": float(alpha)} if alpha else {}
     return SemiSupervised(
@@ -266,5 +312,7 @@ def build_structured(name: str, option: str | None, latent_dim: int, *, data_sha
     )
 
 
-#: The structured priors' registry names (a spec may add ``:option``).
+#: The registry names of the priors whose spec may add ``:option`` (classes, components or groups).
+OPTION_PRIORS = ("mixture", "semi-supervised", "conditional", "groups")
+#: Those that draw their own local sites (a ``local_guide``); ``groups`` has global latents instead.
 STRUCTURED_PRIORS = ("mixture", "semi-supervised", "conditional")

@@ -27,7 +27,7 @@ from ppl_vae.errors import ConfigError
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import LIKELIHOODS, PRIORS, MLPDecoder
 from ppl_vae.models.priors import support_name
-from ppl_vae.models.structured import STRUCTURED_PRIORS, is_structured
+from ppl_vae.models.structured import OPTION_PRIORS, STRUCTURED_PRIORS, is_structured, join, one_hot
 
 
 def _build(kind: str, registry: dict, spec, *args, **kwargs):
@@ -36,9 +36,9 @@ def _build(kind: str, registry: dict, spec, *args, **kwargs):
     A structured prior's name may carry an option after a colon (``mixture:10``), passed as ``option``."""
     if isinstance(spec, str):
         name, colon, option = spec.partition(":")
-        if name not in registry or (colon and name not in STRUCTURED_PRIORS):
+        if name not in registry or (colon and name not in OPTION_PRIORS):
             raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
-        if name in STRUCTURED_PRIORS:
+        if name in OPTION_PRIORS:
             kwargs["option"] = option if colon else None
         try:
             return registry[name](*args, **kwargs)
@@ -61,7 +61,7 @@ _PRIOR_SUPPORT = {"sphere": "sphere", "dirichlet": "simplex"}
 
 def default_guide(prior) -> str:
     """The guide family matching a prior's support: normal, power-spherical or dirichlet."""
-    if _structured_spec(prior):
+    if _structured_spec(prior) or getattr(prior, "label_role", "none") != "none":
         return "normal"
     if isinstance(prior, str):
         return GUIDE_FOR_SUPPORT[_PRIOR_SUPPORT.get(prior, "real")]
@@ -188,7 +188,8 @@ class VAE(nn.Module):
                 if auxiliary is not None and x is not None and c is not None:
                     pyro.factor("auxiliary", auxiliary(x, c))
                 return pyro.sample("x", self.likelihood(self.decoder(code)), obs=x)
-        prior = self.prior_distribution()  # may draw global latents (outside the plate)
+        # may draw global latents (outside the plate); group effects need each example's group c
+        prior = self.prior(c) if self.label_role == "group" else self.prior_distribution()
         with self._data_plate(batch, num_data, x):
             with _kl_weight(beta):
                 z = pyro.sample("z", prior)
@@ -232,9 +233,9 @@ class VAE(nn.Module):
 
     @property
     def label_role(self) -> str:
-        """What per-example labels are to this model: ``"none"``, ``"semi"`` (observed for some examples)
-        or ``"covariate"`` (always observed)."""
-        return getattr(self.prior, "label_role", "none") if self.structured else "none"
+        """What per-example labels ``c`` are to this model: ``"none"``, ``"semi"`` (a class observed for
+        some examples), ``"covariate"`` (a class always observed) or ``"group"`` (each example's group)."""
+        return getattr(self.prior, "label_role", "none") if isinstance(self.prior, nn.Module) else "none"
 
     @property
     def has_global_latents(self) -> bool:
@@ -282,9 +283,25 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode the posterior mean: ``(N, *data_shape)``."""
-        return self.decode(self.encode(x)[0])
+    def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean: ``(N, *data_shape)``.
+
+        A structured model decodes the mean of q(z | x, label) with the label ``c`` (``(N,)``; a
+        semi-supervised model uses its classifier's guess where ``c`` is None or -1)."""
+        if not self.structured:
+            return self.decode(self.encode(x)[0])
+        prior, role = self.prior, self.label_role
+        if role == "semi":
+            guess = prior.classify(x).argmax(-1)
+            c = guess if c is None else torch.where(c >= 0, c, guess)
+        elif role == "covariate" and c is None:
+            raise ConfigError("this conditional model reconstructs given each example's class: pass c")
+        if getattr(prior, "guide_extra", 0):
+            loc = self.encoder(join(x, len(self.data_shape), one_hot(c, prior.num_classes, x))).mean
+        else:
+            loc = self.encoder(x).mean
+        code = prior.code(loc, c) if hasattr(prior, "code") else loc
+        return self.likelihood.mean(self.decoder(code))
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, mean: bool = True, c=None) -> torch.Tensor:
@@ -296,13 +313,23 @@ class VAE(nn.Module):
         """
         if self.structured:
             return self._sample_structured(num_samples, mean, c)
+        if self.label_role == "group":
+            if c is None:
+                raise ConfigError("a model with group effects generates for a given group: pass c (e.g. --condition 0)")
+            c = torch.as_tensor(c, dtype=torch.long, device=self.device).expand(num_samples)
         with poutine.block():
             if self.has_global_latents:  # generate with the globals drawn from their posterior
                 globals_trace = poutine.trace(self.prior.global_guide).get_trace()
-                prior = poutine.replay(self.prior_distribution, trace=globals_trace)()
+                program = (lambda: self.prior(c)) if self.label_role == "group" else self.prior_distribution
+                prior = poutine.replay(program, trace=globals_trace)()
             else:
                 prior = self.prior_distribution()
-        z = prior.expand(torch.Size([num_samples]) + prior.batch_shape).sample()
+        # group effects: p(z | group) has one batch entry per sample already
+        z = (
+            prior.sample()
+            if self.label_role == "group"
+            else prior.expand(torch.Size([num_samples]) + prior.batch_shape).sample()
+        )
         params = self.decoder(z)
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 

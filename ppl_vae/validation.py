@@ -66,6 +66,9 @@ BOUNDS: dict[str, Bound] = {
     "checkpoint_every": Bound(int, 1, 1_000_000),
     "num_samples": Bound(int, 1, 1_000_000),
     "threads": Bound(int, 1, 1024),
+    "labelled": Bound(int, 1, 1_000_000_000),
+    "alpha": Bound(float, 0, 1e9),
+    "condition": Bound(int, 0, 1_000_000),
 }
 MAX_HIDDEN_LAYERS = 32
 

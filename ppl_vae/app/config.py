@@ -15,6 +15,10 @@ from pathlib import Path
 from ppl_vae.errors import ConfigError
 from ppl_vae.validation import check_bool, check_hidden_dims, check_number, check_string
 
+#: Fields added after run folders were first written, whose defaults switch their feature off: a
+#: ``config.json`` without them (an older run) means exactly the defaults.
+OFF_BY_DEFAULT = ("labelled", "alpha", "condition_on", "groups")
+
 #: A config file holds a few dozen fields; anything larger is not one.
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -35,6 +39,11 @@ class Config:
     prior: str = "normal"  # name in ppl_vae.models.PRIORS
     likelihood: str = "bernoulli"  # name in ppl_vae.models.LIKELIHOODS
     guide: str = "auto"  # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
+    # -- labels and groups (each sets the prior; see ppl_vae.app.structured)
+    labelled: int | str | None = None  # semi-supervised (M2): N labelled examples (class-balanced) or a CSV FILE
+    alpha: float = 50.0  # weight of M2's classification term alpha * log q(y | x), per labelled example
+    condition_on: str | None = None  # "label": a conditional VAE p(z | c) p(x | z, c) on the data set's labels
+    groups: str | None = None  # a table column holding each row's group: group effects z ~ N(mu_group, tau^2)
     # -- objective
     elbo: str = "auto"  # auto | trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO)
     particles: int = 1  # draws of z per example and SVI step (the iwae bound's K)
@@ -81,6 +90,7 @@ class Config:
             check_number(getattr(self, name), name)
         if self.image_size is not None:
             check_number(self.image_size, "image_size")
+        self._validate_structured()
         self.hidden_dims = check_hidden_dims(self.hidden_dims)
         for name in ("dataset", "data_root", "prior", "likelihood", "guide", "elbo", "kl_schedule", "device"):
             check_string(getattr(self, name), name)
@@ -92,6 +102,17 @@ class Config:
 
         parse_schedule(self.kl_schedule, self.beta)
         return self
+
+    def _validate_structured(self) -> None:
+        if isinstance(self.labelled, str):
+            check_string(self.labelled, "labelled")
+        elif self.labelled is not None:
+            check_number(self.labelled, "labelled")
+        check_number(self.alpha, "alpha")
+        if self.condition_on is not None:
+            check_string(self.condition_on, "condition_on", choices=("label",))
+        if self.groups is not None:
+            check_string(self.groups, "groups")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,7 +126,8 @@ class Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{source} has unknown keys {unknown}; valid keys are: {', '.join(sorted(known))}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values] if complete else []
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.name not in OFF_BY_DEFAULT]
+        missing = missing if complete else []
         if missing:
             raise ConfigError(
                 f"{source} lacks {', '.join(missing)}; a run folder's config.json records every field "

@@ -126,6 +126,7 @@ def grad_variance_run(
     from ppl_vae.app.folders import check_output_file
     from ppl_vae.app.plots import save_figure
     from ppl_vae.app.run import load_run, model_input
+    from ppl_vae.app.structured import require_unstructured
 
     require_int(num_examples, "the number of examples")
     require_int(num_repeats, "the number of repeats", 2)
@@ -137,6 +138,7 @@ def grad_variance_run(
         check_output_file(path, inputs=[run_dir / "checkpoint.pt", run_dir / "config.json"])
     run = load_run(run_dir)
     vae, data = run.vae, run.data
+    require_unstructured(vae, "grad-variance", "one continuous latent site z with a q(z | x) to differentiate")
     if num_examples > data.train.shape[0]:
         raise ConfigError(
             f"the run's training set has {data.train.shape[0]} examples; use --examples {data.train.shape[0]} or fewer"

@@ -63,6 +63,7 @@ def load_image_run(run_dir: str | Path):
     """The trained VAE, its held-out inputs as the model sees them (``(N, *data_shape)``) and the
     held-out labels (or None); refuses runs whose data are not images."""
     from ppl_vae.app.run import load_run, model_input, read_config
+    from ppl_vae.app.structured import require_decoder_of_z
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -73,6 +74,7 @@ def load_image_run(run_dir: str | Path):
         )
     run = load_run(run_dir)
     vae, data = run.vae, run.data
+    require_decoder_of_z(vae, "interpolate, traverse and latent-map")
     if data.kind == "table" or plots.as_images(data.heldout[:1]) is None:
         raise ConfigError(
             f"run {run_dir} holds examples of shape {tuple(data.data_shape)}, not images; latent "

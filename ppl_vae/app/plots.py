@@ -111,8 +111,11 @@ def grid_figure(
     return fig
 
 
-def samples_figure(samples: torch.Tensor, title: str = "samples from the prior: mean of p(x | z), z ~ p(z)") -> Figure:
-    return grid_figure([(image_grid(samples), title)], panel_width=6)
+def samples_figure(
+    samples: torch.Tensor, title: str = "samples from the prior: mean of p(x | z), z ~ p(z)", ncol: int | None = None
+) -> Figure:
+    """``ncol`` images per row (by default a square grid): one row per class for samples by class."""
+    return grid_figure([(image_grid(samples, ncol), title)], panel_width=6)
 
 
 def reconstructions_figure(inputs: torch.Tensor, reconstructions: torch.Tensor) -> Figure:

@@ -40,6 +40,7 @@ from ppl_vae.app.folders import (
     claimed_output_dir,
     locked,
 )
+from ppl_vae.app.structured import RunLabels, check_condition, per_class_rows, prepare_structured
 from ppl_vae.data.sources import load_dataset
 from ppl_vae.data.split import DataSplit
 from ppl_vae.data.tables import Scaling
@@ -155,7 +156,7 @@ def train_run(
     if main:  # before any work: refuse an output that would destroy something or cannot be written
         check_output_dir(run_dir, "run", overwrite=overwrite, inputs=data_paths(config))
     device = distributed.device if distributed is not None else resolve_device(config.device)
-    data = load_data(config)
+    config, data, labels = prepare_structured(config, load_data(config))
     check_model_size(config, data.data_shape)
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, data.data_shape).to(device)
@@ -170,7 +171,15 @@ def train_run(
             run_dir, sum(p.numel() for p in vae.parameters()) * 4 * 3 * 2 + _FIGURES_BYTES, f"run folder {run_dir}"
         )
     writer = _RunWriter(
-        run_dir, config, vae, data, scaling, command, distributed=distributed, fingerprint=data_fingerprint(config)
+        run_dir,
+        config,
+        vae,
+        data,
+        scaling,
+        command,
+        distributed=distributed,
+        fingerprint=data_fingerprint(config),
+        labels=labels,
     )
     if not main:
         return writer.train(progress=progress, handle_signals=handle_signals)
@@ -223,6 +232,7 @@ def resume_run(
         resume=training,
         distributed=distributed,
         fingerprint=fingerprint,
+        labels=run.labels,
     )
     if distributed is not None and not distributed.is_main:
         return writer.train(progress=progress, handle_signals=handle_signals)
@@ -245,8 +255,10 @@ class _RunWriter:
         resume: dict | None = None,
         distributed=None,
         fingerprint: dict | None = None,
+        labels: RunLabels | None = None,
     ):
         self.run_dir, self.config, self.vae, self.data, self.scaling = run_dir, config, vae, data, scaling
+        self.labels = labels or RunLabels()
         self.distributed = distributed
         self.main = distributed is None or distributed.is_main  # only rank 0 writes
         self.command = command if command is not None else sys.argv
@@ -289,6 +301,8 @@ class _RunWriter:
                 handle_signals=handle_signals,
                 distributed=self.distributed,
                 on_start=on_start,
+                labels=self.labels.train,
+                heldout_labels=self.labels.heldout,
             )
         except TrainingInterrupted as stopped:
             self.save(stopped.state, status="interrupted")
@@ -318,6 +332,7 @@ class _RunWriter:
                 seed=config.seed,
                 binarize=config.binarize,
                 heldout_seed=config.split_seed,
+                labels=self.labels,
             )
         shift, units = units_of(self.scaling)
         return TrainRun(run_dir=self.run_dir, data=self.data, result=result, units=units, units_shift=shift)
@@ -464,6 +479,7 @@ class LoadedRun:
     config: Config
     data: DataSplit
     scaling: Scaling | None
+    labels: RunLabels = RunLabels()  # per-example labels or groups (:mod:`ppl_vae.app.structured`)
 
 
 def load_run(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
@@ -472,8 +488,14 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
     vae = load(run_dir, device=device)
     config = read_config(run_dir)
     scaling = _read_scaling(run_dir)
-    data, _ = prepare_table(load_data(config), vae.likelihood, scaling)
-    return LoadedRun(vae=vae, config=config, data=data, scaling=scaling)
+    resolved, data, labels = prepare_structured(config, load_data(config))
+    if resolved.prior != config.prior:
+        raise CheckpointError(
+            f"{run_dir / 'config.json'} says prior {config.prior!r} but its data and flags give "
+            f"{resolved.prior!r} (the labels or groups changed since training); restore the data, or train again"
+        )
+    data, _ = prepare_table(data, vae.likelihood, scaling)
+    return LoadedRun(vae=vae, config=config, data=data, scaling=scaling, labels=labels)
 
 
 def units_of(scaling: Scaling | None) -> tuple[float, str]:
@@ -503,22 +525,38 @@ def write_figures(
     seed: int = 0,
     binarize: str = "auto",
     heldout_seed: int = 0,
+    labels: RunLabels | None = None,
 ) -> list[Path]:
-    """Reconstructions, prior samples and the ELBO curve (only the curve when the data are not images)."""
+    """Reconstructions, prior samples and the ELBO curve (only the curve when the data are not images).
+
+    A model with a class label (semi-supervised, conditional) draws its samples by class, one row per
+    class; its reconstructions use the held-out labels (the classifier's guess for semi-supervised)."""
+    labels = labels or RunLabels()
     if data.kind == "table" or plots.as_images(data.heldout[:1]) is None:
         plots.save_figure(plots.elbo_figure(history), folder / "elbo.png")
         return [folder / "elbo.png"]
     device = vae.device
     binarize = resolve_binarize(binarize, vae.likelihood)
+    per_class = per_class_rows(labels)
     with seeded(seed, device):
         inputs = fixed_binarization(
             to_likelihood_space(data.heldout[:32].to(device), vae.likelihood), binarize, heldout_seed
         )
-        recon = vae.reconstruct(inputs)
-        samples = vae.sample(64)
+        given = None if labels.heldout is None or labels.role == "semi" else labels.heldout[:32].to(device)
+        recon = vae.reconstruct(inputs, given) if vae.structured else vae.reconstruct(inputs)
+        if per_class is None:
+            samples = vae.sample(64)
+        else:
+            classes = torch.arange(labels.classes, device=device).repeat_interleave(per_class)
+            samples = vae.sample(len(classes), c=classes)
     paths = [folder / "reconstructions.png", folder / "samples.png", folder / "elbo.png"]
+    sample_figure = (
+        plots.samples_figure(samples)
+        if per_class is None
+        else plots.samples_figure(samples, "samples by class: row k is class k, mean of p(x | z, k)", ncol=per_class)
+    )
     for fig, path in zip(
-        (plots.reconstructions_figure(inputs, recon), plots.samples_figure(samples), plots.elbo_figure(history)), paths
+        (plots.reconstructions_figure(inputs, recon), sample_figure, plots.elbo_figure(history)), paths
     ):
         plots.save_figure(fig, path)
     return paths
@@ -658,7 +696,15 @@ def evaluate_run(
     heldout = model_input(data.heldout, vae, config)
     num_particles = config.num_particles if num_particles is None else check_number(num_particles, "num_particles")
     threads.adapt(step_work(vae, num_particles))
-    result = evaluate(vae, heldout, num_particles=num_particles, batch_size=batch_size, seed=seed, progress=progress)
+    result = evaluate(
+        vae,
+        heldout,
+        num_particles=num_particles,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        c=None if run.labels.heldout is None else run.labels.heldout.to(vae.device),
+    )
     if scaling is not None:  # report log-densities of the original, unscaled features
         shift = scaling.log_abs_det
         result = replace(
@@ -713,6 +759,10 @@ def evaluation_lines(result: EvalResult, units: str) -> list[str]:
     ]
     for name, mean, se, data_se in rows:
         lines.append(f"{name:<40}{mean:>12.3f}{se:>10.3f}{'' if data_se is None else f'{data_se:>20.3f}'}")
+    if result.accuracy is not None:
+        lines.append(
+            f"{'accuracy of q(y | x) (share, not nats)':<40}{result.accuracy:>12.3f}{'':>10}{result.accuracy_se:>20.3f}"
+        )
     if result.kl < COLLAPSE_NATS:
         lines.append(
             f"warning: posterior collapse: KL(q(z|x) || p(z)) is {result.kl:.3f} nats per example, so the "
@@ -722,10 +772,12 @@ def evaluation_lines(result: EvalResult, units: str) -> list[str]:
     return lines
 
 
-def default_sample_path(run_dir: str | Path, seed: int = 0) -> Path:
-    """Where ``ppl-vae sample`` writes by default: an image grid, or a CSV table for table runs."""
+def default_sample_path(run_dir: str | Path, seed: int = 0, condition: int | None = None) -> Path:
+    """Where ``ppl-vae sample`` writes by default: an image grid, or a CSV table for table runs
+    (``samples-<seed>``, or ``samples-c<condition>-<seed>`` for one class or group)."""
     table = str(read_config(Path(run_dir)).dataset).startswith("table:")
-    return Path(run_dir) / ("samples" if table else "figures") / f"samples-{seed}.{'csv' if table else 'png'}"
+    stem = f"samples-{seed}" if condition is None else f"samples-c{condition}-{seed}"
+    return Path(run_dir) / ("samples" if table else "figures") / f"{stem}.{'csv' if table else 'png'}"
 
 
 def sample_run(
@@ -736,9 +788,13 @@ def sample_run(
     seed: int = 0,
     device: str = "cpu",
     mean: bool | None = None,
+    condition: int | None = None,
 ) -> torch.Tensor:
     """Draw ``num_samples`` examples from a trained model, ``(num_samples, *data_shape)``; with ``out``,
     also write them (``ppl-vae sample``): a ``.png`` image grid or ``.csv`` rows with the table's header.
+
+    ``condition``: the class (semi-supervised, conditional) or group (group effects) to generate for;
+    required by conditional and group-effects models, refused by models without labels.
 
     ``mean``: the mean of p(x | z) at each z ~ p(z) instead of a draw of x. Default: the mean for an image
     grid (what figures show), a draw otherwise (a count table's samples are counts, not rates).
@@ -752,7 +808,11 @@ def sample_run(
             inputs=[run_dir / CHECKPOINT_NAME, run_dir / "config.json", *data_paths(read_config(run_dir))],
             suffixes=(".png", ".csv"),
         )
-    vae = load(run_dir, device=device)
+    if condition is not None:
+        check_number(condition, "condition")
+    run = load_run(run_dir, device=device)
+    vae = run.vae
+    check_condition(run.labels, condition)
     check_bytes(
         num_samples * math.prod(vae.data_shape) * 4 * 4, f"{num_samples} samples of shape {tuple(vae.data_shape)}"
     )
@@ -769,7 +829,11 @@ def sample_run(
     if mean is None:
         mean = out is not None and not table
     with seeded(seed, vae.device):
-        samples = vae.sample(num_samples, mean=mean).cpu()
+        samples = (
+            vae.sample(num_samples, mean=mean, c=condition)
+            if condition is not None
+            else vae.sample(num_samples, mean=mean)
+        ).cpu()
     if scaling is not None:
         samples = scaling.invert(samples)  # back to the original units
     if out is not None:
@@ -796,19 +860,24 @@ def write_samples(
     seed: int = 0,
     device: str = "cpu",
     mean: bool | None = None,
+    condition: int | None = None,
 ) -> SamplesWritten:
     """``ppl-vae sample``: :func:`sample_run` into ``out``, by default :func:`default_sample_path` (an image
     grid, or a CSV table for runs trained on tables)."""
-    out = Path(out) if out is not None else default_sample_path(run_dir, seed)
-    sample_run(run_dir, num_samples, out, seed=seed, device=device, mean=mean)
+    out = Path(out) if out is not None else default_sample_path(run_dir, seed, condition)
+    sample_run(run_dir, num_samples, out, seed=seed, device=device, mean=mean, condition=condition)
     return SamplesWritten(path=out, num_samples=num_samples)
 
 
 def _column_names(config: Config) -> list[str] | None:
+    """The table's column names, without the group column of a ``--groups`` run (not a feature)."""
     from ppl_vae.data.tables import column_names
 
     spec = config.dataset
-    return column_names(spec.split(":", 1)[1]) if spec.startswith("table:") else None
+    names = column_names(spec.split(":", 1)[1]) if spec.startswith("table:") else None
+    if names and config.groups is not None:
+        names = [n for i, n in enumerate(names) if n != config.groups and str(i) != config.groups]
+    return names
 
 
 def _write_csv(path: Path, rows: torch.Tensor, names: list[str] | None) -> None:

@@ -33,6 +33,8 @@ class TrainSummary(Result):
     units: str
     processes: int | None
     is_main: bool
+    heldout_accuracy: float | None = None  # semi-supervised runs: the classifier's, last epoch
+    heldout_accuracy_se: float | None = None
 
 
 def check_resume_options(
@@ -126,4 +128,6 @@ def _summary(run, epochs: int, context) -> TrainSummary:
         units=run.units,
         processes=None if context is None else context.world_size,
         is_main=context is None or context.is_main,
+        heldout_accuracy=final.get("heldout_accuracy"),
+        heldout_accuracy_se=final.get("heldout_accuracy_se"),
     )

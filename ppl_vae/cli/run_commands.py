@@ -22,6 +22,10 @@ TRAIN_FIELDS = (
     "prior",
     "likelihood",
     "guide",
+    "labelled",
+    "alpha",
+    "condition_on",
+    "groups",
     "elbo",
     "particles",
     "beta",
@@ -69,6 +73,30 @@ def _add_train(sub) -> None:
     p.add_argument("--prior", help="prior name (default: normal; see `ppl-vae list`)")
     p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
     p.add_argument("--guide", help="guide family name (default: auto, the family matching the prior's space)")
+    p.add_argument(
+        "--labelled",
+        type=_labelled,
+        metavar="N|FILE",
+        help="semi-supervised (M2): keep the labels of N training examples (seeded by --seed, balanced over "
+        "the classes) or of those a CSV of index,label rows gives; the rest are summed out",
+    )
+    p.add_argument(
+        "--alpha",
+        type=arg("alpha"),
+        help="with --labelled: weight of the classification term alpha * log q(y | x) per labelled example "
+        "(default: 50)",
+    )
+    p.add_argument(
+        "--condition-on",
+        choices=["label"],
+        help="label: a conditional VAE, p(z | class) and p(x | z, class); sample with --condition K",
+    )
+    p.add_argument(
+        "--groups",
+        metavar="COLUMN",
+        help="a table column (header name or 0-based index) holding each row's group: group effects "
+        "z ~ N(mu_group, tau^2) with mu_group and tau inferred",
+    )
     p.add_argument(
         "--elbo",
         help="objective: auto (default: analytic KL where registered, Monte Carlo elsewhere) | "
@@ -155,6 +183,19 @@ def _add_sample(sub) -> None:
     )
     p.add_argument("--seed", type=arg("seed"), default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--condition",
+        type=arg("condition"),
+        metavar="K",
+        help="the class (semi-supervised, conditional runs) or group (--groups runs) to generate for",
+    )
+
+
+def _labelled(text: str):
+    """``--labelled``: a number of examples, or the path of a label file."""
+    if text.strip().lstrip("+-").isdigit():
+        return arg("labelled")(text)
+    return str(path_arg(text))
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
@@ -183,6 +224,8 @@ def _train(args) -> None:
         f"{done.data_shape}, {done.epochs} epochs{processes}"
     )
     print(f"held-out ELBO {done.heldout_elbo:.2f} nats per example, {done.units} (train {done.train_elbo:.2f})")
+    if done.heldout_accuracy is not None:
+        print(f"held-out accuracy of q(y | x) {done.heldout_accuracy:.3f} (s.e. {done.heldout_accuracy_se:.3f})")
     print(f"run folder: {done.run_dir}  (next: ppl-vae evaluate {done.run_dir})")
 
 
@@ -205,7 +248,15 @@ def _evaluate(args) -> None:
 def _sample(args) -> None:
     from ppl_vae.app.run import write_samples
 
-    done = write_samples(args.run_dir, args.num_samples, args.out, seed=args.seed, device=args.device, mean=args.mean)
+    done = write_samples(
+        args.run_dir,
+        args.num_samples,
+        args.out,
+        seed=args.seed,
+        device=args.device,
+        mean=args.mean,
+        condition=args.condition,
+    )
     print(f"wrote {done.num_samples} samples to {done.path}")
 
 

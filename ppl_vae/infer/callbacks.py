@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ppl_vae.infer.labels import accuracy
+from ppl_vae.infer.labels import OBSERVED_ROLES, accuracy
 
 
 class Callback:
@@ -206,7 +206,7 @@ class HeldoutEvaluation(Callback):
         self.role = getattr(vae, "label_role", "none")
 
     def add_to_record(self, record: dict, epoch: int) -> None:
-        c = self.labels if self.role == "covariate" else None
+        c = self.labels if self.role in OBSERVED_ROLES else None
         record["heldout_elbo"], record["heldout_elbo_se"] = self.strategy.heldout_elbo(
             self.vae, self.heldout, self.particles, self.seed + epoch, c
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import pyro
 import torch
@@ -23,6 +23,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.enumeration import enumerated_log_weights, enumerated_sites, site_log_prob
+from ppl_vae.infer.labels import accuracy
 from ppl_vae.results import NOT_IN_DICT, Result
 from ppl_vae.rng import seeded
 from ppl_vae.validation import check_number
@@ -277,9 +278,21 @@ class EvalResult(Result):
     global_kl: float = 0.0
     global_kl_se: float = 0.0
     elbo_kind: str = ELBO
+    #: A semi-supervised model evaluated with the examples' labels: its classifier's accuracy and the
+    #: standard error over examples (None otherwise, and then left out of :meth:`to_dict`).
+    accuracy: float | None = None
+    accuracy_se: float | None = None
     #: ``(N,)`` tensors ``elbo`` and ``log_likelihood``; not in :meth:`to_dict`, which gives the scalar
     #: fields (what ``eval.json`` holds), including ``elbo_kind`` (what ``elbo`` is).
     per_example: dict = field(default_factory=dict, repr=False, compare=False, metadata=NOT_IN_DICT)
+
+    def to_dict(self) -> dict:
+        """The scalar fields (what ``eval.json`` holds); ``accuracy`` and ``accuracy_se`` only when measured."""
+        values = super().to_dict()
+        if self.accuracy is None:
+            values.pop("accuracy")
+            values.pop("accuracy_se")
+        return values
 
 
 def _mean_and_se(values: torch.Tensor, mc_var: torch.Tensor) -> tuple[float, float, float]:
@@ -341,8 +354,10 @@ def evaluate(
         max_elements: bound on draws x examples x features per chunk (memory).
         seed: when given, evaluation uses its own random stream and leaves the global one untouched.
         progress: show a progress bar over chunks.
-        c: ``(N,)`` per-example labels passed to the model and guide as ``c`` (a conditional model's
-            classes); discrete sites marked for enumeration are summed out exactly inside every weight.
+        c: ``(N,)`` per-example labels. A conditional or group-effects model gets them as ``c`` (its
+            classes or groups are observed); a semi-supervised model leaves its label latent (log p(x) sums
+            it out) and its classifier is scored against them (``accuracy``, ``accuracy_se``).
+            Discrete sites marked for enumeration are always summed out exactly inside every weight.
 
     Returns an :class:`EvalResult`; ``per_example`` holds ``(N,)`` tensors ``elbo`` and
     ``log_likelihood`` for further analysis. With global latents, ``elbo`` is the per-example ELBO
@@ -354,6 +369,9 @@ def evaluate(
     if isinstance(vae, torch.nn.Module):
         vae.eval()
     side = _check_side(c, data)
+    scored = None
+    if getattr(vae, "label_role", "none") == "semi" and side:
+        scored = accuracy(vae, data, side.pop("c"))
     batch, particles = chunk_sizes(data, num_particles, batch_size, max_elements)
     with seeded(seed, data.device):
         with seeded(seed, data.device):  # traces whose draws are undone: the seeded stream starts below
@@ -366,7 +384,10 @@ def evaluate(
         sums, chunks = _score_chunks(
             vae, data, side, num_particles, batch, particles, has_globals, progress, bool(enumerated)
         )
-    return _eval_result(sums, chunks if has_globals else None, num_particles, int(data.shape[0]))
+    result = _eval_result(sums, chunks if has_globals else None, num_particles, int(data.shape[0]))
+    if scored is not None:
+        result = replace(result, accuracy=scored[0], accuracy_se=scored[1])
+    return result
 
 
 def _check_side(c, data: torch.Tensor) -> dict:

@@ -3,7 +3,8 @@ held-out accuracy.
 
 A model's ``label_role`` (:attr:`ppl_vae.VAE.label_role`) says what labels are to it: ``"semi"`` (the
 label y of Kingma et al.'s M2, observed where known, ``-1`` where missing and then summed out),
-``"covariate"`` (a conditional model's class, always observed) or ``"none"``.
+``"covariate"`` (a conditional model's class, always observed), ``"group"`` (the group of each
+example for group effects, always observed) or ``"none"``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import torch
 
 from ppl_vae.errors import ConfigError
 
-__all__ = ["accuracy", "check_fit_labels", "check_labels"]
+__all__ = ["OBSERVED_ROLES", "accuracy", "check_fit_labels", "check_labels"]
+
+#: Label roles whose labels are always observed inputs of the programs (passed as ``c`` in training and
+#: evaluation): a conditional model's class and a group-effects model's group.
+OBSERVED_ROLES = ("covariate", "group")
 
 
 def check_labels(labels, n: int, num_classes: int, what: str, *, missing_allowed: bool = False) -> torch.Tensor:
@@ -50,11 +55,12 @@ def check_fit_labels(vae, train, heldout, labels, heldout_labels, device, distri
             "data-parallel training of a model with a label site is not supported; train it in one process"
         )
     k = int(vae.prior.num_classes)
-    if role == "covariate":
+    if role in OBSERVED_ROLES:
         if labels is None or (heldout is not None and heldout_labels is None):
+            what = "label" if role == "covariate" else "group"
             raise ConfigError(
-                "a conditional model needs the label of every training and held-out example; pass labels= "
-                "and heldout_labels= (a data set with labels)"
+                f"a {'conditional' if role == 'covariate' else 'group-effects'} model needs the {what} of every "
+                "training and held-out example; pass labels= and heldout_labels="
             )
     elif labels is None:
         labels = torch.full((train.shape[0],), -1, dtype=torch.long)
