@@ -28,6 +28,7 @@ from ppl_vae.guides import GUIDES
 from ppl_vae.models import LIKELIHOODS, PRIORS, MLPDecoder
 from ppl_vae.models.priors import support_name
 from ppl_vae.models.structured import OPTION_PRIORS, STRUCTURED_PRIORS, is_structured, join, one_hot
+from ppl_vae.plugins import load_prior_factory, prior_plugins
 
 
 def _build(kind: str, registry: dict, spec, *args, **kwargs):
@@ -36,21 +37,29 @@ def _build(kind: str, registry: dict, spec, *args, **kwargs):
     A structured prior's name may carry an option after a colon (``mixture:10``), passed as ``option``."""
     if isinstance(spec, str):
         name, colon, option = spec.partition(":")
-        if name not in registry or (colon and name not in OPTION_PRIORS):
-            raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
-        if name in OPTION_PRIORS:
+        factory = registry.get(name)
+        if factory is None and kind == "prior":  # a prior another installed package provides
+            factory = load_prior_factory(name)
             kwargs["option"] = option if colon else None
+        elif name in OPTION_PRIORS:
+            kwargs["option"] = option if colon else None
+        elif colon:
+            factory = None
+        if factory is None:
+            raise ConfigError(f"unknown {kind} {spec!r}; choose one of: {', '.join(sorted(registry))}")
         try:
-            return registry[name](*args, **kwargs)
+            return factory(*args, **kwargs)
         except ValueError as error:  # e.g. a sphere latent needs latent_dim >= 2
             raise ConfigError(f"{kind} {spec!r}: {error}") from None
     return spec
 
 
 def _structured_spec(prior) -> bool:
-    """Whether ``prior`` names or is a structured prior (one that draws its own local sites)."""
+    """Whether ``prior`` names or is a structured prior (one that draws its own local sites); a plugin
+    prior's name counts too (it is built first, before the guide, and may be structured)."""
     if isinstance(prior, str):
-        return prior.partition(":")[0] in STRUCTURED_PRIORS
+        name = prior.partition(":")[0]
+        return name in STRUCTURED_PRIORS or (name not in PRIORS and name in prior_plugins())
     return is_structured(prior)
 
 
@@ -133,7 +142,7 @@ class VAE(nn.Module):
             structured = _build(
                 "prior", PRIORS, prior, self.latent_dim, data_shape=self.data_shape, hidden_dims=self.hidden_dims
             )
-        extra = getattr(structured, "guide_extra", 0)
+        extra = getattr(structured, "guide_extra", 0) if is_structured(structured) else 0
         guide_shape = (math.prod(self.data_shape) + extra,) if extra else self.data_shape
         self.encoder = _build("guide", GUIDES, guide, guide_shape, self.latent_dim, self.hidden_dims)
         # Other priors come last: the VampPrior needs the guide.

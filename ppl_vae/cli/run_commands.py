@@ -73,30 +73,7 @@ def _add_train(sub) -> None:
     p.add_argument("--prior", help="prior name (default: normal; see `ppl-vae list`)")
     p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
     p.add_argument("--guide", help="guide family name (default: auto, the family matching the prior's space)")
-    p.add_argument(
-        "--labelled",
-        type=_labelled,
-        metavar="N|FILE",
-        help="semi-supervised (M2): keep the labels of N training examples (seeded by --seed, balanced over "
-        "the classes) or of those a CSV of index,label rows gives; the rest are summed out",
-    )
-    p.add_argument(
-        "--alpha",
-        type=arg("alpha"),
-        help="with --labelled: weight of the classification term alpha * log q(y | x) per labelled example "
-        "(default: 50)",
-    )
-    p.add_argument(
-        "--condition-on",
-        choices=["label"],
-        help="label: a conditional VAE, p(z | class) and p(x | z, class); sample with --condition K",
-    )
-    p.add_argument(
-        "--groups",
-        metavar="COLUMN",
-        help="a table column (header name or 0-based index) holding each row's group: group effects "
-        "z ~ N(mu_group, tau^2) with mu_group and tau inferred",
-    )
+    _add_structured_flags(p)
     p.add_argument(
         "--elbo",
         help="objective: auto (default: analytic KL where registered, Monte Carlo elsewhere) | "
@@ -143,6 +120,34 @@ def _add_train(sub) -> None:
         help="on a NaN/inf gradient: stop (default) or skip the step and divide the learning rate by 10",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_structured_flags(p) -> None:
+    """The flags that choose a model with labels or groups (:mod:`ppl_vae.app.structured`)."""
+    p.add_argument(
+        "--labelled",
+        type=_labelled,
+        metavar="N|FILE",
+        help="semi-supervised (M2): keep the labels of N training examples (seeded by --seed, balanced over "
+        "the classes) or of those a CSV of index,label rows gives; the rest are summed out",
+    )
+    p.add_argument(
+        "--alpha",
+        type=arg("alpha"),
+        help="with --labelled: weight of the classification term alpha * log q(y | x) per labelled example "
+        "(default: 50)",
+    )
+    p.add_argument(
+        "--condition-on",
+        choices=["label"],
+        help="label: a conditional VAE, p(z | class) and p(x | z, class); sample with --condition K",
+    )
+    p.add_argument(
+        "--groups",
+        metavar="COLUMN",
+        help="a table column (header name or 0-based index) holding each row's group: group effects "
+        "z ~ N(mu_group, tau^2) with mu_group and tau inferred",
+    )
 
 
 def _add_evaluate(sub) -> None:
@@ -262,11 +267,16 @@ def _sample(args) -> None:
 
 def _list(args) -> None:
     from ppl_vae.catalog import CATALOG
+    from ppl_vae.plugins import prior_plugins
 
     for title, rows in CATALOG.items():
         print(title)
         for name, text in rows.items():
             print(f"  {name:<22}{text}")
+        if title.startswith("priors"):
+            for name, value in sorted(prior_plugins().items()):
+                if name not in rows:
+                    print(f"  {name:<22}from an installed package: {value} (entry point ppl_vae.priors)")
 
 
 def register(sub) -> dict:

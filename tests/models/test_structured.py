@@ -162,3 +162,37 @@ def test_mixture_prior_needs_two_components():
     with pytest.raises(ConfigError, match="must be an integer"):
         _vae("mixture:ten")
     assert isinstance(_vae("mixture").prior, MixturePrior) and _vae("mixture").prior.num_classes == 10
+
+
+def test_group_effects_draw_z_around_each_groups_mean():
+    vae = VAE((3,), 2, (8,), prior="groups:3", likelihood="gaussian")
+    with torch.no_grad():  # q(mu_g) at three distinct means, q(tau) near 0: z ~ mu_g almost exactly
+        vae.prior.q_mu_loc.copy_(torch.tensor([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]]))
+        vae.prior.q_mu_log_scale.fill_(-8.0)
+        vae.prior.q_tau_loc.fill_(-8.0)
+        vae.prior.q_tau_log_scale.fill_(-8.0)
+    seen = []
+    vae.decoder.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    pyro.set_rng_seed(0)
+    vae.sample(5, c=torch.tensor([0, 1, 2, 1, 0]))
+    expected = vae.prior.q_mu_loc[torch.tensor([0, 1, 2, 1, 0])]
+    assert torch.allclose(seen[-1], expected, atol=1e-2)
+    with pytest.raises(ConfigError, match="pass c"):
+        vae.sample(2)
+
+
+def test_group_effects_are_global_latents_evaluated_posterior_predictively():
+    from ppl_vae.infer.evaluate import ELBO_GIVEN_GLOBALS, evaluate
+
+    pyro.set_rng_seed(0)
+    vae = VAE((3,), 2, (8,), prior="groups:2", likelihood="gaussian")
+    x, g = torch.randn(12, 3), torch.tensor([0, 1] * 6)
+    assert vae.has_global_latents and vae.label_role == "group"
+    assert check_compatible(vae, x[:2], c=g[:2]) == {"mu": "analytic", "tau": "monte-carlo", "z": "analytic"}
+    result = evaluate(vae, x, c=g, num_particles=50, seed=0)
+    assert result.elbo_kind == ELBO_GIVEN_GLOBALS and result.global_kl > 0
+    assert result.joint_elbo == pytest.approx(result.elbo - result.global_kl / 12)
+    with pytest.raises(ConfigError, match="needs the group of every"):
+        fit(vae, x, epochs=1, progress=False)
+    with pytest.raises(ConfigError, match="global latents"):
+        fit(vae, x, epochs=1, progress=False, labels=g, elbo="iwae")
