@@ -196,3 +196,19 @@ def test_group_effects_are_global_latents_evaluated_posterior_predictively():
         fit(vae, x, epochs=1, progress=False)
     with pytest.raises(ConfigError, match="global latents"):
         fit(vae, x, epochs=1, progress=False, labels=g, elbo="iwae")
+
+
+def test_the_readme_structured_prior_example_runs_as_written():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"```python\n(class Sparse\(torch\.nn\.Module\):.*?)```", readme, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 15
+    namespace = {"torch": torch, "pyro": pyro, "dist": dist}
+    exec(block, namespace)  # noqa: S102 - the README's own example
+    pyro.set_rng_seed(0)
+    vae = VAE(SHAPE, 3, (8,), prior=namespace["Sparse"](3))
+    result = fit(vae, _x(16), _x(4, 1), epochs=2, batch_size=8, progress=False)
+    assert result.objective["sites"] == {"z": MONTE_CARLO, "on": ENUMERATED}
+    assert result.history[-1]["heldout_elbo"] < 0
