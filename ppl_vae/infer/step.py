@@ -102,6 +102,11 @@ class TrainStep:
         self.svi = None if self.direct else SVI(vae.model, vae.guide, self.optimizer, loss=self.loss)
         self.ddp = None
         if distributed is not None:
+            if enumerated:
+                raise ConfigError(
+                    "data-parallel training of a model with enumerated discrete sites is not supported; "
+                    "train it in one process"
+                )
             if not self.direct:
                 raise ConfigError(
                     "distributed training needs a ppl_vae.VAE and --elbo auto, trace or meanfield "

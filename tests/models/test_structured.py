@@ -212,3 +212,15 @@ def test_the_readme_structured_prior_example_runs_as_written():
     result = fit(vae, _x(16), _x(4, 1), epochs=2, batch_size=8, progress=False)
     assert result.objective["sites"] == {"z": MONTE_CARLO, "on": ENUMERATED}
     assert result.history[-1]["heldout_elbo"] < 0
+
+
+def test_a_semi_supervised_run_resumes_exactly():
+    x, heldout = _x(24), _x(6, 1)
+    labels = torch.tensor([0, 1, 2] + [-1] * 21)
+    kwargs = dict(batch_size=8, progress=False, labels=labels, heldout_labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+    whole = fit(_vae("semi-supervised:3", seed=3), x, heldout, epochs=3, **kwargs)
+    vae = _vae("semi-supervised:3", seed=3)
+    first = fit(vae, x, heldout, epochs=2, **kwargs)
+    rest = fit(vae, x, heldout, epochs=3, resume=first.state, **kwargs)
+    assert rest.losses == whole.losses
+    assert rest.history[-1]["heldout_accuracy"] == whole.history[-1]["heldout_accuracy"]
