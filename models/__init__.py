@@ -17,7 +17,7 @@ from ppl_vae.models.priors import (
     VampPrior,
     support_name,
 )
-from ppl_vae.models.structured import Conditional, GroupEffects, MixturePrior, SemiSupervised
+from ppl_vae.models.structured import Conditional, Covariates, GroupEffects, MixturePrior, SemiSupervised
 
 __all__ = [
     "LIKELIHOODS",
@@ -40,6 +40,7 @@ __all__ = [
     "SemiSupervised",
     "Conditional",
     "GroupEffects",
+    "Covariates",
     "HypersphericalUniform",
     "PowerSpherical",
     "SphereUniform",

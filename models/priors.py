@@ -215,6 +215,7 @@ PRIORS = {
     "mixture": _structured("mixture"),
     "semi-supervised": _structured("semi-supervised"),
     "conditional": _structured("conditional"),
+    "covariates": _structured("covariates"),
     "groups": _structured("groups"),
 }
 
@@ -233,6 +234,7 @@ PRIOR_DESCRIPTIONS = {
     "mixture": "mixture:K, y ~ Categorical(pi), z | y ~ N(loc_y, scale_y), y summed out by enumeration",
     "semi-supervised": "M2 (--labelled N): label y observed for some examples, enumerated for the rest",
     "conditional": "conditional VAE (--condition-on label): p(z | c) learned per class, decoder p(x | z, c)",
+    "covariates": "covariates:M (--condition-on COLUMNS of a table): p(z | c) and p(x | z, c) on real covariates",
     "groups": "groups:G (--groups COLUMN): z ~ N(mu_group, tau^2), mu_g ~ N(0, I), tau inferred",
 }
 

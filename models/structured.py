@@ -21,7 +21,8 @@ A discrete site marked ``infer={"enumerate": "parallel"}`` is summed out exactly
 drawn in the model only, it is enumerated in the model (the exact posterior over y given z).
 
 Registry: ``mixture:K`` (:class:`MixturePrior`), ``semi-supervised:K[:ALPHA]`` (:class:`SemiSupervised`,
-Kingma et al. 2014's M2) and ``conditional:K`` (:class:`Conditional`); and ``groups:G``
+Kingma et al. 2014's M2), ``conditional:K`` (:class:`Conditional`) and ``covariates:M``
+(:class:`Covariates`, real covariates such as columns of a table); and ``groups:G``
 (:class:`GroupEffects`), a prior with global per-group effects (``label_role = "group"``, the group
 index of each example passed as ``c``), which follows the global-latent protocol of
 :mod:`ppl_vae.models.priors` rather than this one.
@@ -141,6 +142,16 @@ class MixturePrior(nn.Module):
         """The decoder's input for latent values ``z``: ``z`` itself."""
         return z
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the amortized q(y | x): ``(N, K)`` (only with ``amortized_y``)."""
+        if not self.amortized_y:
+            raise ValueError("this mixture has no amortized q(y | x); y's posterior is exact given z")
+        return self.classifier(join(x, self.data_ndim))
+
+    def features(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """What the guide family sees of the component beside x (``amortized_y``): its one-hot."""
+        return one_hot(c, self.num_classes, like)
+
 
 class SemiSupervised(nn.Module):
     """Kingma et al. (2014)'s M2: a class label y behind every example, observed for some of them.
@@ -201,6 +212,10 @@ class SemiSupervised(nn.Module):
         """The decoder's input for latent values ``z (..., d)`` and classes ``c (...)``."""
         return append_label(z, one_hot(c, self.num_classes, z))
 
+    def features(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """What the guide family sees of the label beside x: its one-hot."""
+        return one_hot(c, self.num_classes, like)
+
 
 class Conditional(nn.Module):
     """A conditional VAE with a learned conditional prior: the class c of every example is observed.
@@ -237,6 +252,55 @@ class Conditional(nn.Module):
     def code(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The decoder's input for latent values ``z (..., d)`` and classes ``c (...)``."""
         return append_label(z, one_hot(c, self.num_classes, z))
+
+    def features(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """What the guide family sees of the class beside x: its one-hot."""
+        return one_hot(c, self.num_classes, like)
+
+
+class Covariates(nn.Module):
+    """A conditional VAE on real covariates (columns of a table): ``c (N, M)`` observed for every example.
+
+    Model:  z | c ~ N(A c + a, diag exp(B c + b)^2) (learned linear maps), x | z, c ~ p(x | decoder([z, c])).
+    Guide:  q(z | x, c) from the VAE's guide family on [x, c].
+    Standardize the covariates (the command line does, with the training rows' mean and deviation).
+    """
+
+    label_role = "covariate"
+
+    def __init__(self, latent_dim: int, num_covariates: int, *, data_shape):
+        super().__init__()
+        if int(num_covariates) < 1:
+            raise ValueError(f"a covariate model needs at least 1 covariate, got {num_covariates}")
+        self.latent_dim, self.covariate_dim = int(latent_dim), int(num_covariates)
+        self.code_dim = self.latent_dim + self.covariate_dim
+        self.guide_extra = self.covariate_dim
+        self.data_ndim = len(data_shape)
+        self.loc = nn.Linear(self.covariate_dim, self.latent_dim)
+        self.log_scale = nn.Linear(self.covariate_dim, self.latent_dim)
+        for layer in (self.loc, self.log_scale):  # start at N(0, I) whatever c is
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, c=None) -> torch.Tensor:
+        if c is None:
+            raise ValueError("the covariate prior needs the covariates c of every example")
+        c = c.to(self.loc.weight.dtype)
+        z = pyro.sample("z", dist.Normal(self.loc(c), self.log_scale(c).exp()).to_event(1))
+        return self.code(z, c)
+
+    def local_guide(self, x: torch.Tensor, encoder, c=None) -> torch.Tensor:
+        if c is None:
+            raise ValueError("the covariate guide q(z | x, c) needs the covariates c of every example")
+        return pyro.sample("z", encoder(join(x, self.data_ndim, self.features(c, x))))
+
+    def code(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for latent values ``z (..., d)`` and covariates ``c (..., M)``."""
+        return append_label(z, c.to(z.dtype))
+
+    def features(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """What the guide family sees of the covariates beside x: the covariates themselves."""
+        return c.to(like.dtype)
 
 
 class GroupEffects(nn.Module):
@@ -288,7 +352,7 @@ def is_structured(prior) -> bool:
 def _count(option: str | None, what: str, default: int | None = None) -> int:
     if option is None:
         if default is None:
-            raise ValueError(f"{what} needs the number of classes, e.g. {what}:10")
+            raise ValueError(f"{what} needs its number of classes, covariates or groups after a colon, e.g. {what}:3")
         return default
     try:
         value = int(option)
@@ -305,6 +369,8 @@ def build_structured(name: str, option: str | None, latent_dim: int, *, data_sha
         return Conditional(latent_dim, _count(option, name), data_shape=data_shape)
     if name == "groups":
         return GroupEffects(latent_dim, _count(option, name))
+    if name == "covariates":
+        return Covariates(latent_dim, _count(option, name), data_shape=data_shape)
     count, _, alpha = (option or "").partition(":")
     kwargs = {"alpha": float(alpha)} if alpha else {}
     return SemiSupervised(
@@ -313,6 +379,6 @@ def build_structured(name: str, option: str | None, latent_dim: int, *, data_sha
 
 
 #: The registry names of the priors whose spec may add ``:option`` (classes, components or groups).
-OPTION_PRIORS = ("mixture", "semi-supervised", "conditional", "groups")
+OPTION_PRIORS = ("mixture", "semi-supervised", "conditional", "covariates", "groups")
 #: Those that draw their own local sites (a ``local_guide``); ``groups`` has global latents instead.
-STRUCTURED_PRIORS = ("mixture", "semi-supervised", "conditional")
+STRUCTURED_PRIORS = ("mixture", "semi-supervised", "conditional", "covariates")

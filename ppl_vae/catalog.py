@@ -19,6 +19,7 @@ PRIORS = {
     "mixture": "mixture:K, y ~ Categorical(pi), z | y ~ N(loc_y, scale_y), y summed out by enumeration",
     "semi-supervised": "M2 (--labelled N): label y observed for some examples, enumerated for the rest",
     "conditional": "conditional VAE (--condition-on label): p(z | c) learned per class, decoder p(x | z, c)",
+    "covariates": "covariates:M (--condition-on COLUMNS of a table): p(z | c) and p(x | z, c) on real covariates",
     "groups": "groups:G (--groups COLUMN): z ~ N(mu_group, tau^2), mu_g ~ N(0, I), tau inferred",
 }
 

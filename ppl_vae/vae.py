@@ -27,7 +27,7 @@ from ppl_vae.errors import ConfigError
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import LIKELIHOODS, PRIORS, MLPDecoder
 from ppl_vae.models.priors import support_name
-from ppl_vae.models.structured import OPTION_PRIORS, STRUCTURED_PRIORS, is_structured, join, one_hot
+from ppl_vae.models.structured import OPTION_PRIORS, STRUCTURED_PRIORS, is_structured, join
 from ppl_vae.plugins import load_prior_factory, prior_plugins
 
 
@@ -300,13 +300,13 @@ class VAE(nn.Module):
         if not self.structured:
             return self.decode(self.encode(x)[0])
         prior, role = self.prior, self.label_role
-        if role == "semi":
+        if role == "semi" or (c is None and getattr(prior, "guide_extra", 0) and hasattr(prior, "classify")):
             guess = prior.classify(x).argmax(-1)
             c = guess if c is None else torch.where(c >= 0, c, guess)
         elif role == "covariate" and c is None:
             raise ConfigError("this conditional model reconstructs given each example's class: pass c")
         if getattr(prior, "guide_extra", 0):
-            loc = self.encoder(join(x, len(self.data_shape), one_hot(c, prior.num_classes, x))).mean
+            loc = self.encoder(join(x, len(self.data_shape), prior.features(c, x))).mean
         else:
             loc = self.encoder(x).mean
         code = prior.code(loc, c) if hasattr(prior, "code") else loc
@@ -344,7 +344,10 @@ class VAE(nn.Module):
 
     def _sample_structured(self, num_samples: int, mean: bool, c) -> torch.Tensor:
         role = self.label_role
-        if c is not None:
+        covariates = getattr(self.prior, "covariate_dim", None)
+        if c is not None and covariates is not None:  # real covariates: one row, or one per sample
+            c = torch.as_tensor(c, dtype=torch.float32, device=self.device).expand(num_samples, covariates)
+        elif c is not None:
             c = torch.as_tensor(c, dtype=torch.long, device=self.device).expand(num_samples)
         elif role == "covariate":
             raise ConfigError("this conditional model generates for a given class: pass c (e.g. --condition 3)")

@@ -42,7 +42,7 @@ class Config:
     # -- labels and groups (each sets the prior; see ppl_vae.app.structured)
     labelled: int | str | None = None  # semi-supervised (M2): N labelled examples (class-balanced) or a CSV FILE
     alpha: float = 50.0  # weight of M2's classification term alpha * log q(y | x), per labelled example
-    condition_on: str | None = None  # "label": a conditional VAE p(z | c) p(x | z, c) on the data set's labels
+    condition_on: str | None = None  # "label" (the data's classes) or COLUMN[,COLUMN] of a table: p(z | c) p(x | z, c)
     groups: str | None = None  # a table column holding each row's group: group effects z ~ N(mu_group, tau^2)
     # -- objective
     elbo: str = "auto"  # auto | trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO)
@@ -110,7 +110,7 @@ class Config:
             check_number(self.labelled, "labelled")
         check_number(self.alpha, "alpha")
         if self.condition_on is not None:
-            check_string(self.condition_on, "condition_on", choices=("label",))
+            check_string(self.condition_on, "condition_on")  # "label", or columns of a table
         if self.groups is not None:
             check_string(self.groups, "groups")
 

@@ -772,11 +772,11 @@ def evaluation_lines(result: EvalResult, units: str) -> list[str]:
     return lines
 
 
-def default_sample_path(run_dir: str | Path, seed: int = 0, condition: int | None = None) -> Path:
+def default_sample_path(run_dir: str | Path, seed: int = 0, condition: int | str | None = None) -> Path:
     """Where ``ppl-vae sample`` writes by default: an image grid, or a CSV table for table runs
     (``samples-<seed>``, or ``samples-c<condition>-<seed>`` for one class or group)."""
     table = str(read_config(Path(run_dir)).dataset).startswith("table:")
-    stem = f"samples-{seed}" if condition is None else f"samples-c{condition}-{seed}"
+    stem = f"samples-{seed}" if condition is None else f"samples-c{str(condition).replace(',', '_')}-{seed}"
     return Path(run_dir) / ("samples" if table else "figures") / f"{stem}.{'csv' if table else 'png'}"
 
 
@@ -788,13 +788,14 @@ def sample_run(
     seed: int = 0,
     device: str = "cpu",
     mean: bool | None = None,
-    condition: int | None = None,
+    condition: int | str | None = None,
 ) -> torch.Tensor:
     """Draw ``num_samples`` examples from a trained model, ``(num_samples, *data_shape)``; with ``out``,
     also write them (``ppl-vae sample``): a ``.png`` image grid or ``.csv`` rows with the table's header.
 
-    ``condition``: the class (semi-supervised, conditional) or group (group effects) to generate for;
-    required by conditional and group-effects models, refused by models without labels.
+    ``condition``: the class (semi-supervised, conditional) or group (group effects) to generate for, or
+    ``"v1,v2"`` the covariates (in their own units) of a ``--condition-on COLUMNS`` run; required by
+    conditional, covariate and group-effects models, refused by models without labels.
 
     ``mean``: the mean of p(x | z) at each z ~ p(z) instead of a draw of x. Default: the mean for an image
     grid (what figures show), a draw otherwise (a count table's samples are counts, not rates).
@@ -808,11 +809,9 @@ def sample_run(
             inputs=[run_dir / CHECKPOINT_NAME, run_dir / "config.json", *data_paths(read_config(run_dir))],
             suffixes=(".png", ".csv"),
         )
-    if condition is not None:
-        check_number(condition, "condition")
     run = load_run(run_dir, device=device)
     vae = run.vae
-    check_condition(run.labels, condition)
+    given = check_condition(run.labels, condition)
     check_bytes(
         num_samples * math.prod(vae.data_shape) * 4 * 4, f"{num_samples} samples of shape {tuple(vae.data_shape)}"
     )
@@ -830,9 +829,7 @@ def sample_run(
         mean = out is not None and not table
     with seeded(seed, vae.device):
         samples = (
-            vae.sample(num_samples, mean=mean, c=condition)
-            if condition is not None
-            else vae.sample(num_samples, mean=mean)
+            vae.sample(num_samples, mean=mean, c=given) if given is not None else vae.sample(num_samples, mean=mean)
         ).cpu()
     if scaling is not None:
         samples = scaling.invert(samples)  # back to the original units
@@ -860,7 +857,7 @@ def write_samples(
     seed: int = 0,
     device: str = "cpu",
     mean: bool | None = None,
-    condition: int | None = None,
+    condition: int | str | None = None,
 ) -> SamplesWritten:
     """``ppl-vae sample``: :func:`sample_run` into ``out``, by default :func:`default_sample_path` (an image
     grid, or a CSV table for runs trained on tables)."""
@@ -875,8 +872,11 @@ def _column_names(config: Config) -> list[str] | None:
 
     spec = config.dataset
     names = column_names(spec.split(":", 1)[1]) if spec.startswith("table:") else None
-    if names and config.groups is not None:
-        names = [n for i, n in enumerate(names) if n != config.groups and str(i) != config.groups]
+    taken = [config.groups] if config.groups is not None else []
+    if config.condition_on not in (None, "label"):
+        taken += [c.strip() for c in config.condition_on.split(",")]
+    if names and taken:
+        names = [n for i, n in enumerate(names) if n not in taken and str(i) not in taken]
     return names
 
 

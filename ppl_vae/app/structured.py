@@ -6,6 +6,8 @@ choose, and the per-example labels a run trains and evaluates with.
   seeded by ``--seed``), or those a CSV file of ``index,label`` rows gives; the held-out labels score the
   classifier.
 * ``--condition-on label``: conditional VAE, prior ``conditional:K``; every label observed.
+  ``--condition-on COLUMN[,COLUMN...]`` on a table: the columns are taken out of the features and become
+  real covariates, standardized with the training rows' mean and deviation, prior ``covariates:M``.
 * ``--groups COLUMN``: group effects, prior ``groups:G``; the table column (name from the CSV header, or a
   0-based index) holding each row's group is taken out of the features and mapped to 0..G-1 in the sorted
   order of the training part's values.
@@ -27,20 +29,30 @@ from ppl_vae.data.split import DataSplit
 from ppl_vae.errors import ConfigError, DataError
 
 #: The registry names chosen by a flag, not by ``--prior``.
-BY_FLAG = {"semi-supervised": "--labelled N", "conditional": "--condition-on label", "groups": "--groups COLUMN"}
+BY_FLAG = {
+    "semi-supervised": "--labelled N",
+    "conditional": "--condition-on label",
+    "covariates": "--condition-on COLUMNS",
+    "groups": "--groups COLUMN",
+}
 
 
 @dataclass(frozen=True)
 class RunLabels:
     """The per-example labels of a run: ``role`` (``"none"``, ``"semi"``, ``"covariate"`` or ``"group"``),
-    ``train`` and ``heldout`` (int64, ``-1`` for a hidden training label; None when unused), ``classes``
-    (K classes or G groups) and, for groups, ``values`` (the column's value of each group index)."""
+    ``train`` and ``heldout`` (int64, ``-1`` for a hidden training label; float32 ``(N, M)`` standardized
+    covariates; None when unused), ``classes`` (K classes, G groups or M covariates), for groups ``values``
+    (the column's value of each group index), for covariates ``names`` and the training ``mean`` and
+    ``std`` that standardize them."""
 
     role: str = "none"
     train: torch.Tensor | None = None
     heldout: torch.Tensor | None = None
     classes: int = 0
     values: list[float] | None = None
+    names: list[str] | None = None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
 
 def prepare_structured(config: Config, data: DataSplit) -> tuple[Config, DataSplit, RunLabels]:
@@ -55,11 +67,16 @@ def prepare_structured(config: Config, data: DataSplit) -> tuple[Config, DataSpl
         return config, data, RunLabels()
     flag = chosen[0]
     wanted = {"--labelled": "semi-supervised", "--condition-on": "conditional", "--groups": "groups"}[flag]
+    if flag == "--condition-on" and config.condition_on != "label":
+        wanted = "covariates"
     if name not in ("normal", wanted):
         raise ConfigError(f"{flag} sets the prior ({wanted}); drop --prior {config.prior} or {flag}")
     if flag == "--groups":
         data, labels = _group_column(config.groups, data)
         return replace(config, prior=f"groups:{labels.classes}"), data, labels
+    if flag == "--condition-on" and config.condition_on != "label":
+        data, labels = _covariate_columns(config.condition_on, data)
+        return replace(config, prior=f"covariates:{labels.classes}"), data, labels
     classes = _classes(data, flag)
     if flag == "--condition-on":
         labels = RunLabels("covariate", data.train_labels, data.heldout_labels, classes)
@@ -123,7 +140,33 @@ def _group_column(column: str, data: DataSplit) -> tuple[DataSplit, RunLabels]:
     return stripped, labels
 
 
-def _column_index(column: str, data: DataSplit) -> int:
+def _covariate_columns(spec: str, data: DataSplit) -> tuple[DataSplit, RunLabels]:
+    """Take the covariate columns out of a table's features and standardize them (training statistics)."""
+    if data.kind != "table":
+        raise ConfigError(
+            f"--condition-on {spec}: columns are covariates of a table (table:PATH); for images use "
+            "--condition-on label"
+        )
+    columns = [c.strip() for c in spec.split(",") if c.strip()]
+    indices = [_column_index(c, data, flag="--condition-on") for c in columns]
+    if len(set(indices)) != len(indices):
+        raise ConfigError(f"--condition-on {spec}: a column is named twice")
+    keep = [j for j in range(data.train.shape[1]) if j not in indices]
+    if not keep:
+        raise DataError(f"--condition-on {spec}: the table has no other column to model")
+    train_c, heldout_c = data.train[:, indices], data.heldout[:, indices]
+    mean, std = train_c.mean(0), train_c.std(0)
+    if not bool((std > 0).all()):
+        constant = columns[int((std > 0).logical_not().nonzero()[0])]
+        raise DataError(f"--condition-on {spec}: column {constant} is constant in the training rows; drop it")
+    stripped = DataSplit(data.name, data.train[:, keep].contiguous(), data.heldout[:, keep].contiguous(), kind="table")
+    labels = RunLabels(
+        "covariate", (train_c - mean) / std, (heldout_c - mean) / std, len(indices), None, columns, mean, std
+    )
+    return stripped, labels
+
+
+def _column_index(column: str, data: DataSplit, flag: str = "--groups") -> int:
     from ppl_vae.data.tables import column_names
 
     width = int(data.train.shape[1])
@@ -133,27 +176,47 @@ def _column_index(column: str, data: DataSplit) -> int:
     if column.isdigit() and int(column) < width:
         return int(column)
     known = f"columns {', '.join(names)}" if names else f"column indices 0..{width - 1}"
-    raise ConfigError(f"--groups {column}: no such column; the table has {known}")
+    raise ConfigError(f"{flag} {column}: no such column; the table has {known}")
 
 
-def check_condition(labels: RunLabels, condition: int | None) -> None:
-    """Refuse a ``--condition`` the run's model cannot take (one line)."""
+def check_condition(labels: RunLabels, condition) -> int | torch.Tensor | None:
+    """The ``--condition`` of ``ppl-vae sample`` as the model takes it: a class or group index, or the
+    standardized covariates ``(M,)`` of ``"v1,v2,..."`` (in the columns' own units); refuses (one line)
+    a condition the model cannot take or lacks."""
+    if labels.names is not None:  # real covariates
+        if condition is None:
+            raise ConfigError(
+                f"this run generates for given covariates: pass --condition with {labels.classes} numbers "
+                f"for {','.join(labels.names)}, e.g. --condition {','.join(['0'] * labels.classes)}"
+            )
+        try:
+            values = [float(v) for v in str(condition).split(",")]
+        except ValueError:
+            values = []
+        if len(values) != labels.classes or not all(math.isfinite(v) for v in values):
+            raise ConfigError(
+                f"--condition {condition}: give {labels.classes} finite numbers for {','.join(labels.names)}, "
+                "separated by commas"
+            )
+        return (torch.tensor(values) - labels.mean) / labels.std
     if condition is None:
         if labels.role in ("covariate", "group"):
             what = "class" if labels.role == "covariate" else "group"
             raise ConfigError(
                 f"this run generates for a given {what}: pass --condition K with K in 0..{labels.classes - 1}"
             )
-        return
+        return None
     if labels.role == "none":
         raise ConfigError("this run's model has no label or group to condition on; drop --condition")
-    if not 0 <= condition < labels.classes:
+    text = str(condition).strip()
+    if not text.isdigit() or not 0 <= int(text) < labels.classes:
         raise ConfigError(f"--condition {condition}: choose a class or group in 0..{labels.classes - 1}")
+    return int(text)
 
 
 def per_class_rows(labels: RunLabels, per_class: int = 8) -> int | None:
     """How many samples per class a figure of samples by class shows (None: no such figure)."""
-    if labels.role not in ("semi", "covariate") or labels.classes > 64:
+    if labels.role not in ("semi", "covariate") or labels.names is not None or labels.classes > 64:
         return None
     return max(1, min(per_class, math.floor(512 / labels.classes)))
 

@@ -139,8 +139,9 @@ def _add_structured_flags(p) -> None:
     )
     p.add_argument(
         "--condition-on",
-        choices=["label"],
-        help="label: a conditional VAE, p(z | class) and p(x | z, class); sample with --condition K",
+        metavar="label|COLUMNS",
+        help="label: a conditional VAE, p(z | class) and p(x | z, class); COLUMN[,COLUMN...] of a table: the "
+        "same on real covariates (standardized); sample with --condition",
     )
     p.add_argument(
         "--groups",
@@ -190,9 +191,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--condition",
-        type=arg("condition"),
-        metavar="K",
-        help="the class (semi-supervised, conditional runs) or group (--groups runs) to generate for",
+        metavar="K|V1,V2,...",
+        help="the class (--labelled, --condition-on label runs) or group (--groups runs) to generate for, "
+        "or the covariates in their own units (--condition-on COLUMNS runs)",
     )
 
 

@@ -391,12 +391,16 @@ def evaluate(
 
 
 def _check_side(c, data: torch.Tensor) -> dict:
-    """``{"c": c}`` after checking that ``c`` has one integer label per example; ``{}`` for None."""
+    """``{"c": c}`` after checking that ``c`` has one integer label ``(N,)`` or one row of real
+    covariates ``(N, M)`` per example; ``{}`` for None."""
     if c is None:
         return {}
-    if not isinstance(c, torch.Tensor) or c.dtype.is_floating_point or tuple(c.shape) != (data.shape[0],):
+    n = data.shape[0]
+    labels = isinstance(c, torch.Tensor) and not c.dtype.is_floating_point and tuple(c.shape) == (n,)
+    rows = isinstance(c, torch.Tensor) and c.dtype.is_floating_point and c.dim() == 2 and c.shape[0] == n
+    if not (labels or rows):
         raise ConfigError(
-            f"c must be a tensor of {data.shape[0]} integer labels (one per example), got "
+            f"c must be {n} integer labels (shape ({n},)) or {n} rows of covariates (shape ({n}, M)), got "
             f"{tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__}"
         )
     return {"c": c.to(data.device)}

@@ -15,7 +15,7 @@ import torch
 
 from ppl_vae.errors import ConfigError
 
-__all__ = ["OBSERVED_ROLES", "accuracy", "check_fit_labels", "check_labels"]
+__all__ = ["OBSERVED_ROLES", "accuracy", "check_covariates", "check_fit_labels", "check_labels"]
 
 #: Label roles whose labels are always observed inputs of the programs (passed as ``c`` in training and
 #: evaluation): a conditional model's class and a group-effects model's group.
@@ -39,6 +39,17 @@ def check_labels(labels, n: int, num_classes: int, what: str, *, missing_allowed
     return labels.long()
 
 
+def check_covariates(c, n: int, m: int, what: str) -> torch.Tensor:
+    """``c`` as float32 after checking: ``(n, m)`` finite real covariates; :class:`ConfigError` otherwise."""
+    if not isinstance(c, torch.Tensor) or not c.dtype.is_floating_point:
+        raise ConfigError(f"{what} must be a float tensor of covariates, got {type(c).__name__}")
+    if tuple(c.shape) != (n, m):
+        raise ConfigError(f"{what} must have {m} covariates per example, shape ({n}, {m}), got {tuple(c.shape)}")
+    if not bool(torch.isfinite(c).all()):
+        raise ConfigError(f"{what} holds NaN or infinite values; give finite covariates")
+    return c.float()
+
+
 def check_fit_labels(vae, train, heldout, labels, heldout_labels, device, distributed=None):
     """The training and held-out labels :func:`ppl_vae.infer.fit.fit` uses (on ``device``), or
     ``(None, None)``; refuses labels for a model without a label site and missing ones where required."""
@@ -54,6 +65,16 @@ def check_fit_labels(vae, train, heldout, labels, heldout_labels, device, distri
         raise ConfigError(
             "data-parallel training of a model with a label site is not supported; train it in one process"
         )
+    covariates = getattr(vae.prior, "covariate_dim", None)
+    if covariates is not None:
+        if labels is None or (heldout is not None and heldout_labels is None):
+            raise ConfigError(
+                "a covariate model needs the covariates of every example; pass labels= and heldout_labels="
+            )
+        labels = check_covariates(labels, train.shape[0], covariates, "training covariates").to(device)
+        if heldout_labels is not None:
+            heldout_labels = check_covariates(heldout_labels, heldout.shape[0], covariates, "held-out covariates")
+        return labels, None if heldout_labels is None else heldout_labels.to(device)
     k = int(vae.prior.num_classes)
     if role in OBSERVED_ROLES:
         if labels is None or (heldout is not None and heldout_labels is None):

@@ -16,10 +16,16 @@ from ppl_vae.cli import main
 from ppl_vae.guides import GUIDES
 from ppl_vae.infer.objectives import OBJECTIVES, check_compatible
 from ppl_vae.models import LIKELIHOODS, PRIORS
+from ppl_vae.models.structured import OPTION_PRIORS
 
 TINY = ["--latent-dim", "3", "--hidden-dims", "16", "--epochs", "1", "--batch-size", "256", "--quiet"]
 #: The structured priors whose classes come from the data set's labels are chosen by their own flags.
-BY_FLAG = {"semi-supervised": ["--labelled", "20"], "conditional": ["--condition-on", "label"]}
+BY_FLAG = {
+    "semi-supervised": ["--labelled", "20"],
+    "conditional": ["--condition-on", "label"],
+    "covariates": ["--condition-on", "u"],  # columns of a table (written by the test)
+    "groups": ["--groups", "site"],
+}
 CASES = (
     [BY_FLAG.get(p, ["--prior", p]) for p in PRIORS]
     + [["--guide", g] for g in GUIDES if g not in ("power-spherical", "dirichlet")]
@@ -35,6 +41,11 @@ def test_trains_and_evaluates_from_the_cli(flags, tmp_path):
     if flags[0] == "--likelihood" and LIKELIHOODS[flags[1]].data_kind == "count":  # counts need a count table
         np.savez(tmp_path / "counts.npz", x=np.random.default_rng(0).poisson(2.0, size=(60, 6)))
         data = ["--dataset", f"table:{tmp_path / 'counts.npz'}"]
+    if flags[1] in ("u", "site"):  # covariates and groups are columns of a table
+        rng = np.random.default_rng(0)
+        rows = [f"{a:.4f},{b:.4f},{u:.4f},{i % 3}" for i, (a, b, u) in enumerate(rng.normal(size=(60, 3)))]
+        (tmp_path / "t.csv").write_text("a,b,u,site\n" + "\n".join(rows) + "\n")
+        data = ["--dataset", f"table:{tmp_path / 't.csv'}", "--likelihood", "gaussian"]
     assert main(["train", *TINY, *flags, *data, "--out", str(out)]) == 0
     assert main(["evaluate", str(out), "-k", "8", "--quiet"]) == 0
     result = json.loads((out / "eval.json").read_text())
@@ -54,14 +65,17 @@ def test_monte_carlo_kl_matches_analytic_kl_where_registered(prior, guide):
     shape = (1, 4, 4)
     pyro.set_rng_seed(0)
     x = torch.bernoulli(torch.full((4, *shape), 0.5), generator=torch.Generator().manual_seed(1))
-    vae = VAE(shape, latent_dim=3, hidden_dims=(8,), prior=prior, guide=guide)
+    spec = f"{prior}:3" if prior in OPTION_PRIORS else prior  # classes, covariates or groups after a colon
+    vae = VAE(shape, latent_dim=3, hidden_dims=(8,), prior=spec, guide=guide)
+    side = {"c": torch.zeros(4, dtype=torch.long)} if vae.label_role != "none" else {}
+    if hasattr(vae.prior, "covariate_dim"):
+        side = {"c": torch.randn(4, 3)}
     try:
-        check_compatible(vae, x[:1])
+        check_compatible(vae, x[:1], c=side["c"][:1] if side else None)
     except ConfigError:  # e.g. a sphere guide for a real prior: nothing to compare
         return
     if vae.has_global_latents:
         return
-    side = {"c": torch.zeros(4, dtype=torch.long)} if vae.label_role != "none" else {}
     with torch.no_grad(), poutine.block():  # q(z | x, ...) and p(z | ...) as the programs draw them
         guide_trace = poutine.trace(vae.guide).get_trace(x, **side)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, **side)

@@ -140,7 +140,7 @@ def test_group_effects_from_a_table_column(tmp_path, capsys):
         (["--prior", "semi-supervised"], "chosen by --labelled N"),
         (["--prior", "conditional:10"], "chosen by --condition-on label"),
         (["--prior", "mixture:1"], "at least 2 components"),
-        (["--condition-on", "colour"], "invalid choice"),
+        (["--condition-on", "colour"], "columns are covariates of a table"),
         (["--alpha", "-1", "--labelled", "20"], "--alpha"),
         (["--labelled", "20", "--beta", "0.5"], "use --beta 1"),
     ],
@@ -165,3 +165,30 @@ def test_a_config_json_from_before_the_label_fields_still_loads(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     assert main(["evaluate", str(run), "-k", "2", "--quiet"]) == 0
     assert "accuracy" not in json.loads((run / "eval.json").read_text())
+
+
+def test_covariate_columns_condition_the_prior_and_the_decoder(tmp_path, capsys):
+    """x's columns follow a covariate column (slope 2 for b); samples generated at covariate +2 and -2
+    (in its own units) differ in b by about 2 x 4 = 8, far beyond their standard error."""
+    rng = np.random.default_rng(1)
+    u = rng.normal(size=400)
+    rows = np.column_stack([rng.normal(size=400), 2 * u + 0.3 * rng.normal(size=400), u, rng.normal(size=400)])
+    table = tmp_path / "cov.csv"
+    table.write_text("a,b,u,c\n" + "".join(",".join(f"{v:.5f}" for v in row) + "\n" for row in rows))
+    flags = ["--dataset", f"table:{table}", "--likelihood", "gaussian", "--condition-on", "u", "--lr", "3e-3"]
+    run = tmp_path / "run"
+    argv = ["train", "--latent-dim", "2", "--hidden-dims", "32", "--epochs", "40", "--batch-size", "64", "--quiet"]
+    assert main([*argv, *flags, "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["prior"] == "covariates:1"
+    b = {}
+    for value in ("2", "-2"):
+        out = tmp_path / f"s{value}.csv"
+        assert main(["sample", str(run), "--condition", value, "-n", "400", "--mean", "--out", str(out)]) == 0
+        text = out.read_text().splitlines()
+        assert text[0] == "a,b,c"  # the covariate is not a generated column
+        b[value] = np.array([float(line.split(",")[1]) for line in text[1:]])
+    diff = b["2"].mean() - b["-2"].mean()
+    se = np.sqrt(b["2"].var(ddof=1) / 400 + b["-2"].var(ddof=1) / 400)
+    assert diff > 4.0 and diff > 4 * se, (diff, se)
+    _refused(capsys, ["sample", str(run), "--condition", "1,2"], "give 1 finite numbers for u")
+    _refused(capsys, ["sample", str(run)], "pass --condition with 1 numbers for u")

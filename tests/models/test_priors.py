@@ -9,7 +9,7 @@ from pyro.infer import TraceEnum_ELBO
 from ppl_vae import VAE
 from ppl_vae.guides import GUIDES
 from ppl_vae.models import PRIORS, Hierarchical, StudentT
-from ppl_vae.models.structured import STRUCTURED_PRIORS, is_structured
+from ppl_vae.models.structured import OPTION_PRIORS, is_structured
 
 LATENT_DIM = 3
 SHAPE = (1, 4, 4)
@@ -17,19 +17,29 @@ SHAPE = (1, 4, 4)
 
 def build(name):
     guide = GUIDES["normal"](SHAPE, LATENT_DIM, (8,))
-    if name in STRUCTURED_PRIORS:  # the number of classes or components comes after a colon
+    if name in OPTION_PRIORS:  # the number of classes, components, covariates or groups comes after a colon
         return PRIORS[name](LATENT_DIM, data_shape=SHAPE, guide=guide, hidden_dims=(8,), option="3")
     return PRIORS[name](LATENT_DIM, data_shape=SHAPE, guide=guide)
+
+
+def _labels(prior, n):
+    """Labels of the kind a prior takes: ``n`` rows of covariates, or class/group 0 for ``n`` examples."""
+    if hasattr(prior, "covariate_dim"):
+        return torch.zeros(n, prior.covariate_dim)
+    return torch.zeros(n, dtype=torch.long)
 
 
 def distribution(prior):
     """p(z); for priors with global latents, at globals drawn from their guide; for structured priors,
     the distribution of their site "z" given the other local sites (labels c = 0), in a plate of one."""
     with poutine.block():
+        c = _labels(prior, 1)
         if is_structured(prior):
             with pyro.plate("data", 1):
-                trace = poutine.trace(prior).get_trace(torch.zeros(1, dtype=torch.long))
+                trace = poutine.trace(prior).get_trace(c)
             return trace.nodes["z"]["fn"]
+        if getattr(prior, "label_role", "none") == "group":
+            return poutine.replay(prior, trace=poutine.trace(prior.global_guide).get_trace())(c)
         if hasattr(prior, "global_guide"):
             return poutine.replay(prior, trace=poutine.trace(prior.global_guide).get_trace())()
         return prior()
@@ -63,6 +73,8 @@ def test_learnable_parameters_get_gradients(prior):
         vae = VAE(SHAPE, LATENT_DIM, (8,), prior=prior)
         x = torch.bernoulli(torch.full((6, *SHAPE), 0.5), generator=torch.Generator().manual_seed(0))
         c = torch.tensor([0, 1, 2, -1, -1, -1]) if prior.label_role == "semi" else torch.tensor([0, 1, 2, 0, 1, 2])
+        if hasattr(prior, "covariate_dim"):
+            c = torch.randn(6, prior.covariate_dim)
         TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False).differentiable_loss(
             vae.model, vae.guide, x, c=c
         ).backward()
