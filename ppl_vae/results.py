@@ -19,6 +19,8 @@ from typing import Any
 
 #: ``dataclasses.field(metadata=NOT_IN_DICT)``: the field is left out of :meth:`Result.to_dict`.
 NOT_IN_DICT = MappingProxyType({"in_dict": False})
+#: Field metadata: left out of :meth:`Result.to_dict` while the value is None.
+OMIT_NONE = MappingProxyType({"omit_none": True})
 
 
 def plain(value: Any) -> Any:
@@ -44,9 +46,12 @@ class Result:
     """Base of the frozen dataclasses that public computations return."""
 
     def to_dict(self) -> dict:
-        """Every field as plain data (see :func:`plain`), but those marked :data:`NOT_IN_DICT`."""
+        """Every field as plain data (see :func:`plain`), but those marked :data:`NOT_IN_DICT`, and those
+        marked :data:`OMIT_NONE` while they are None (a number measured only for some models)."""
         return {
-            f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("in_dict", True)
+            f.name: plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("in_dict", True) and not (f.metadata.get("omit_none") and getattr(self, f.name) is None)
         }
 
     # -- read-only mapping access, for code written against the earlier dict results --------------

@@ -274,8 +274,8 @@ class VAE(nn.Module):
         A structured model whose q(z | x, y) also sees a label has no q(z | x): :class:`ConfigError`."""
         if getattr(self.prior, "guide_extra", 0) and self.structured:
             raise ConfigError(
-                f"this model's guide is q(z | x, y): z's posterior depends on the label (the "
-                f"{type(self.prior).__name__} prior), so there is no q(z | x) to encode with"
+                f"this model's guide is q(z | x, label): z's posterior depends on each example's label or "
+                f"covariates (the {type(self.prior).__name__} prior), so there is no q(z | x) to encode with"
             )
         return self.encoder(x)
 

@@ -14,19 +14,33 @@ Files written (each atomically; the folder is filled only after every computatio
     ``sbc``: ``num_simulations``, ``num_draws``, ``num_bins``, ``p_value`` (Bonferroni over latent
     dimensions), ``p_values``, ``dispersion_z``, ``bias_z``, ``shift``, ``width_ratio``, ``flags``, ``verdict``
     (see :class:`ppl_vae.diagnostics.calibration.SBCResult`);
+    ``classification`` (models with an enumerated class site ``y``: ``mixture:K``, ``semi-supervised:K``):
+    per prediction, ``simulated_posterior`` (p(y | x) on data simulated from the model against the
+    simulated y), ``simulated_guide`` (the guide's q(y | x) there, when the guide draws y),
+    ``heldout_guide`` and ``heldout_posterior`` (against the held-out labels of a semi-supervised run),
+    each a :class:`ppl_vae.diagnostics.classification.Reliability` (bins, counts, ``ece`` with its
+    distribution under calibration, ``p_value``, ``accuracy``, ``verdict``);
     ``amortization_gap``: see :func:`ppl_vae.diagnostics.gaps.amortization_gap` (or ``{"skipped": reason}``);
-    ``collapse``: see :func:`ppl_vae.diagnostics.collapse.collapse_report`;
+    ``collapse``: see :func:`ppl_vae.diagnostics.collapse.collapse_report` (or ``{"skipped": reason}`` for a
+    model without q(z | x));
+    ``label_role``: what labels are to the run's model (``none``, ``semi``, ``covariate``, ``group``);
     ``seconds``: wall time of each step; ``settings``: the arguments.
+
+Structured models: the held-out labels are passed to the programs of a model that needs them
+(``conditional``, ``groups``), SBC conditions its simulations on every class in turn, and a step that
+cannot apply to the model says why in one line (``{"skipped": reason}``).
 ``log_ratios.npy``
     ``(S, N)`` float64 log p(x_n, z_s) - log q(z_s | x_n) of the PSIS step: recompute k-hat from these.
 ``inference_data.nc``
-    ArviZ InferenceData of the held-out data (:func:`ppl_vae.diagnostics.posterior.to_inference_data`).
+    ArviZ InferenceData of the held-out data (:func:`ppl_vae.diagnostics.posterior.to_inference_data`;
+    with a group ``class_posterior`` holding p(y | x) per example for a model with an enumerated y).
 ``nuts.nc``
     ArviZ InferenceData of the NUTS draws (chain, draw, obs, latent_dim).
 ``report.md``
     The numbers above in words, with the figures.
 ``figures/``
-    ``khat.png``, ``sbc_ranks.png``, ``nuts_pair_<index>.png`` (one per NUTS observation).
+    ``khat.png``, ``sbc_ranks.png``, ``nuts_pair_<index>.png`` (one per NUTS observation),
+    ``reliability.png`` (class predictions against frequencies, models with an enumerated y).
 """
 
 from __future__ import annotations
@@ -66,10 +80,11 @@ LIMITS = {
     "gap_observations": Bound(int, 0, 100_000),
     "gap_steps": Bound(int, 1, 1_000_000),
     "idata_samples": Bound(int, 1, 100_000),
+    "class_particles": Bound(int, 1, 100_000),
 }
 
 #: The steps of a diagnosis, in order (the progress bar counts them; ``seconds`` times each).
-STEPS = ("psis", "inference data", "nuts", "sbc", "amortization gap", "collapse", "figures")
+STEPS = ("psis", "inference data", "nuts", "sbc", "classes", "amortization gap", "collapse", "figures")
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,7 @@ class DiagnoseSettings(Result):
     gap_observations: int = 100
     gap_steps: int = 300
     idata_samples: int = 100
+    class_particles: int = 100
     seed: int = 0
 
     def check(self) -> DiagnoseSettings:
@@ -98,8 +114,9 @@ class DiagnoseSettings(Result):
 @dataclass(frozen=True, kw_only=True)
 class DiagnoseResult(Result):
     """What :func:`diagnose_run` found: the contents of ``diagnostics.json`` (see the module docstring).
-    ``nuts`` and ``amortization_gap`` are None when their step was skipped, and then absent, as from the
-    file: ``"nuts" in result`` is False and ``to_dict()`` leaves them out."""
+    ``nuts``, ``classification`` and ``amortization_gap`` are None when their step was skipped or does not
+    apply, and then absent, as from the file: ``"nuts" in result`` is False and ``to_dict()`` leaves them
+    out. A step that refuses the run's model holds ``{"skipped": reason}`` instead (one line)."""
 
     run_dir: str
     dataset: str
@@ -107,14 +124,16 @@ class DiagnoseResult(Result):
     psis: dict
     nuts: dict | None = None
     sbc: dict
+    classification: dict | None = None
     amortization_gap: dict | None = None
+    label_role: str = "none"
     collapse: dict
     units: str
     seconds: dict
     settings: dict
 
     def _names(self) -> tuple[str, ...]:
-        skipped = {name for name in ("nuts", "amortization_gap") if getattr(self, name) is None}
+        skipped = {name for name in ("nuts", "classification", "amortization_gap") if getattr(self, name) is None}
         return tuple(f.name for f in dataclasses.fields(self) if f.name not in skipped)
 
     def to_dict(self) -> dict:
@@ -164,6 +183,7 @@ def diagnose_run(
     gap_observations: int = 100,
     gap_steps: int = 300,
     idata_samples: int = 100,
+    class_particles: int = 100,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -189,6 +209,7 @@ def diagnose_run(
         gap_observations=gap_observations,
         gap_steps=gap_steps,
         idata_samples=idata_samples,
+        class_particles=class_particles,
         seed=seed,
     ).check()
     out = Path(out) if out is not None else default_diagnostics_dir(run_dir)
@@ -255,9 +276,10 @@ def _psis_section(p, num_samples: int, num_observations: int) -> dict:
     )
 
 
-def _nuts(model, guide, heldout, khat, settings: DiagnoseSettings):
+def _nuts(model, guide, heldout, khat, settings: DiagnoseSettings, c=None):
     """NUTS on the chosen held-out examples: the :class:`~ppl_vae.diagnostics.NUTSResult` and its section
-    of ``diagnostics.json``, or ``(None, None)`` when skipped."""
+    of ``diagnostics.json``, or ``(None, None)`` when skipped. ``c``: the held-out labels, for a model
+    whose programs take them."""
     if not settings.nuts_observations:
         return None, None
     chosen = _choose_observations(khat, min(settings.nuts_observations, heldout.shape[0]), settings.seed)
@@ -269,6 +291,7 @@ def _nuts(model, guide, heldout, khat, settings: DiagnoseSettings):
         num_warmup=settings.nuts_warmup,
         num_samples=settings.nuts_samples,
         seed=settings.seed,
+        c=None if c is None else c[chosen],
     )
     section = {
         "observations": chosen,
@@ -281,9 +304,14 @@ def _nuts(model, guide, heldout, khat, settings: DiagnoseSettings):
     return nuts, section
 
 
-def _amortization_gap(vae, heldout, settings: DiagnoseSettings) -> dict | None:
+def _amortization_gap(vae, heldout, settings: DiagnoseSettings, *, needs_labels: bool = False) -> dict | None:
     if not settings.gap_observations:
         return None
+    if needs_labels:
+        return {
+            "skipped": "the amortization gap refines a guide q(z | x); this model's programs need each example's "
+            "label c, which its local guides do not take"
+        }
     try:
         return plain(
             diagnostics.amortization_gap(
@@ -300,8 +328,60 @@ def _amortization_gap(vae, heldout, settings: DiagnoseSettings) -> dict | None:
         return {"skipped": str(error)}
 
 
-def _figures(p, s, nuts, nuts_section: dict | None, num_chains: int) -> dict:
-    """The figures of ``figures/`` by file name: k-hat, SBC ranks and one corner plot per NUTS example."""
+#: Titles of the reliability panels, by the name of the prediction in ``classification``.
+RELIABILITY_TITLES = {
+    "simulated_posterior": "p(y | x), simulated data",
+    "simulated_guide": "q(y | x), simulated data",
+    "heldout_guide": "q(y | x), held-out labels",
+    "heldout_posterior": "p(y | x), held-out labels",
+}
+
+
+def reliability_figure(results: dict):
+    """Reliability diagrams, one panel per prediction (``{title: Reliability}``): the observed frequency
+    of each bin against its mean predicted probability, with a band of +-2 of the spread calibrated
+    predictions would show, the diagonal, and the number of predictions per bin below."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(3.6 * len(results), 5.0))
+    grid = fig.add_gridspec(2, len(results), height_ratios=(3, 1))
+    for j, (title, r) in enumerate(results.items()):
+        ax, counts_ax = fig.add_subplot(grid[0, j]), fig.add_subplot(grid[1, j])
+        filled = [b for b, m in enumerate(r.counts) if m]
+        mean = np.array([r.mean_predicted[b] for b in filled])
+        freq = np.array([r.observed_frequency[b] for b in filled])
+        spread = np.array([r.calibrated_spread[b] for b in filled])
+        ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="calibrated")
+        order = np.argsort(mean)
+        ax.fill_between(
+            mean[order],
+            np.clip(mean - 2 * spread, 0, 1)[order],
+            np.clip(mean + 2 * spread, 0, 1)[order],
+            color="0.85",
+            lw=0,
+            label="±2 sd",
+        )
+        ax.plot(mean, freq, "o-", color="C0", ms=4, label="observed")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability")
+        ax.set_ylabel("observed frequency")
+        ax.set_title(f"{title}\nECE {r.ece:.3f} (calibrated: {r.ece_calibrated_mean:.3f})", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        edges = np.asarray(r.bin_edges)
+        counts_ax.bar(edges[:-1], r.counts, width=np.diff(edges), align="edge", color="C0", alpha=0.7)
+        counts_ax.set_xlim(0, 1)
+        counts_ax.set_xlabel(f"predicted probability ({r.kind})")
+        counts_ax.set_ylabel("predictions")
+        counts_ax.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def _figures(p, s, nuts, nuts_section: dict | None, num_chains: int, classes: dict | None = None) -> dict:
+    """The figures of ``figures/`` by file name: k-hat, SBC ranks, one corner plot per NUTS example and
+    the reliability diagrams of the class predictions (a model with an enumerated y)."""
     threshold = {
         "k-hat 0.5": 0.5,
         "k-hat 0.7": 0.7,
@@ -311,6 +391,8 @@ def _figures(p, s, nuts, nuts_section: dict | None, num_chains: int) -> dict:
         "khat.png": plots.khat_figure(p.khat, threshold),
         "sbc_ranks.png": plots.rank_histograms_figure(s.ranks, s.num_draws, s.num_bins, s.p_values),
     }
+    if classes:
+        figures["reliability.png"] = reliability_figure({RELIABILITY_TITLES.get(k, k): r for k, r in classes.items()})
     if nuts is None:
         return figures
     for k, index in enumerate(nuts_section["observations"]):
@@ -323,6 +405,44 @@ def _figures(p, s, nuts, nuts_section: dict | None, num_chains: int) -> dict:
     return figures
 
 
+@dataclass(frozen=True)
+class _Labels:
+    """The labels a diagnosis passes to the programs: ``heldout`` (``c`` of the held-out examples, for a
+    model whose programs need it) and ``simulations`` (``c`` of SBC's simulations), each None when the
+    model takes none; ``classes`` (held-out class labels to score a semi-supervised classifier, or None)."""
+
+    heldout: object = None
+    simulations: object = None
+    classes: object = None
+
+
+def _run_labels(run, n: int, num_simulations: int) -> _Labels:
+    """What the run's labels are to its programs (:attr:`ppl_vae.VAE.label_role`)."""
+    import torch
+
+    role = run.vae.label_role
+    labels = getattr(run, "labels", None)
+    heldout = getattr(labels, "heldout", None)
+    if role in ("covariate", "group"):
+        if heldout is None:
+            raise ConfigError(f"this run's model needs the label of every held-out example ({role}); its data has none")
+        classes = int(getattr(labels, "classes", 0) or int(heldout.max()) + 1)
+        # SBC conditions its simulations on labels: every class in turn, the same number of times.
+        simulations = torch.arange(num_simulations, device=run.vae.device) % classes
+        return _Labels(heldout=heldout[:n].to(run.vae.device), simulations=simulations)
+    if role == "semi" and heldout is not None:
+        return _Labels(classes=heldout[:n])
+    return _Labels()
+
+
+def _skipped(compute):
+    """``compute()``, or ``{"skipped": reason}`` when it refuses the model with a ConfigError (one line)."""
+    try:
+        return compute()
+    except ConfigError as error:
+        return {"skipped": str(error)}
+
+
 def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, device, progress) -> DiagnoseResult:
     from ppl_vae.app.run import load_run, model_input
 
@@ -333,36 +453,94 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
     check_bytes(
         settings.num_samples * n * 8 * 4, f"{settings.num_samples} importance draws for each of {n} held-out examples"
     )
-    results: dict = {"run_dir": str(run_dir), "dataset": run.data.name, "num_heldout": n}
+    labels = _run_labels(run, n, settings.sbc_simulations)
+    c = labels.heldout
+    results: dict = {"run_dir": str(run_dir), "dataset": run.data.name, "num_heldout": n, "label_role": vae.label_role}
     steps = _Steps(progress)
     try:
         with steps.step("psis"):
-            p = diagnostics.psis(vae.model, vae.guide, heldout, num_samples=settings.num_samples, seed=seed)
+            p = diagnostics.psis(vae.model, vae.guide, heldout, num_samples=settings.num_samples, seed=seed, c=c)
             results["psis"] = _psis_section(p, settings.num_samples, n)
         with steps.step("inference data"):
             idata = diagnostics.to_inference_data(
-                vae.model, vae.guide, heldout, num_samples=settings.idata_samples, seed=seed
+                vae.model,
+                vae.guide,
+                heldout,
+                num_samples=settings.idata_samples,
+                seed=seed,
+                c=c,
+                class_particles=settings.class_particles,
             )
         with steps.step("nuts"):
-            nuts, results["nuts"] = _nuts(vae.model, vae.guide, heldout, p.khat, settings)
+            nuts, results["nuts"] = _nuts(vae.model, vae.guide, heldout, p.khat, settings, c)
         with steps.step("sbc"):
             s = diagnostics.sbc(
-                vae.model, vae.guide, num_simulations=settings.sbc_simulations, num_draws=settings.sbc_draws, seed=seed
+                vae.model,
+                vae.guide,
+                num_simulations=settings.sbc_simulations,
+                num_draws=settings.sbc_draws,
+                seed=seed,
+                c=labels.simulations,
             )
             results["sbc"] = plain(s.summary())
+        with steps.step("classes"):
+            classes = _classification(vae, heldout, labels, settings)
+            results["classification"] = {k: plain(v) for k, v in classes.items()} or None
         with steps.step("amortization gap"):
-            results["amortization_gap"] = _amortization_gap(vae, heldout, settings)
+            results["amortization_gap"] = _amortization_gap(vae, heldout, settings, needs_labels=c is not None)
         with steps.step("collapse"):
-            results["collapse"] = plain(diagnostics.collapse_report(vae, heldout, seed=seed))
+            results["collapse"] = _skipped(lambda: plain(diagnostics.collapse_report(vae, heldout, seed=seed)))
         results = {k: v for k, v in results.items() if v is not None}  # skipped steps leave no section
         _report_in_data_units(results, run.scaling)
         with steps.step("figures"):
-            figures = _figures(p, s, nuts, results.get("nuts"), settings.nuts_chains)
+            figures = _figures(p, s, nuts, results.get("nuts"), settings.nuts_chains, classes)
     finally:
         steps.close()
     result = DiagnoseResult(**_finite({**results, "seconds": steps.seconds, "settings": settings.to_dict()}))
     _write_outputs(out, result, p.log_ratios, idata, nuts, figures)
     return result
+
+
+def _classification(vae, heldout, labels: _Labels, settings: DiagnoseSettings) -> dict:
+    """The calibration of the class predictions of a model with an enumerated class site ``"y"``
+    (:mod:`ppl_vae.diagnostics.classification`), by name; empty for a model without one.
+
+    * ``simulated_posterior``: p(y | x) on ``sbc_simulations`` examples simulated from the model (y, z, x),
+      against the simulated y: calibrated when inference is right;
+    * ``simulated_guide``: the guide's q(y | x) (an amortized classifier) on the same simulations;
+    * ``heldout_guide`` and ``heldout_posterior``: q(y | x) and p(y | x) against the held-out labels of a
+      semi-supervised run (whether the model's classes are the data's classes)."""
+    from ppl_vae.diagnostics import classification as cls
+    from ppl_vae.infer.enumeration import enumerated_sites
+
+    side = {} if labels.heldout is None else {"c": labels.heldout[:1]}
+    if "y" not in enumerated_sites(vae.model, vae.guide, heldout[:1], **side):
+        return {}
+    class_labels = labels.classes
+    common = {"num_simulations": settings.sbc_simulations, "seed": settings.seed}
+    out = {
+        "simulated_posterior": cls.simulated_class_calibration(
+            vae.model, vae.guide, num_particles=settings.class_particles, **common
+        )
+    }
+    if cls.guide_class_probabilities(vae.guide, heldout[:1]) is not None:
+        out["simulated_guide"] = cls.simulated_class_calibration(vae.model, vae.guide, predict="guide", **common)
+    if class_labels is not None:
+        q = cls.guide_class_probabilities(vae.guide, heldout)
+        if q is not None:
+            out["heldout_guide"] = cls.reliability(
+                q, class_labels, seed=settings.seed, source="q(y | x) of the guide against the held-out labels"
+            )
+        posterior = cls.class_probabilities(
+            vae.model, vae.guide, heldout, num_particles=settings.class_particles, seed=settings.seed
+        )
+        out["heldout_posterior"] = cls.reliability(
+            posterior.probabilities,
+            class_labels,
+            seed=settings.seed,
+            source=f"p(y | x) ({posterior.repeats} x {posterior.num_particles} draws) against the held-out labels",
+        )
+    return out
 
 
 def _write_outputs(out: Path, result: DiagnoseResult, log_ratios, idata, nuts, figures: dict) -> None:
@@ -561,7 +739,33 @@ def _gap_lines(g) -> list[str]:
     ]
 
 
+def _classification_lines(classes: dict) -> list[str]:
+    lines = [
+        "## Calibration of the class posterior",
+        "",
+        "Predicted class probabilities against what happened, binned (reliability diagram). On data simulated "
+        "from the model (y, then z, then x), the exact p(y | x) is calibrated by construction, so a "
+        "miscalibrated p(y | x) there is an error of inference. ECE is positive even for calibrated "
+        "predictions; each is compared with its distribution under calibration (labels drawn from the "
+        "predictions themselves).",
+        "",
+        "| prediction | examples | ECE | ECE if calibrated (mean ± sd) | p-value | accuracy | confidence | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in classes.items():
+        title = RELIABILITY_TITLES.get(name, name).replace("|", "\\|")  # a bar inside a Markdown table cell
+        lines.append(
+            f"| {title} | {r['num_examples']} | {_number(r['ece'], 4)} | "
+            f"{_number(r['ece_calibrated_mean'], 4)} ± {_number(r['ece_calibrated_sd'], 4)} | {r['p_value']:.3g} | "
+            f"{_number(r['accuracy'], 3)} ± {_number(r['accuracy_se'], 3)} | {_number(r['confidence'], 3)} | "
+            f"{r['verdict']} |"
+        )
+    return lines + ["", "![reliability](figures/reliability.png)", ""]
+
+
 def _collapse_lines(c, collapsed: bool) -> list[str]:
+    if "skipped" in c:
+        return ["## Posterior collapse", "", f"Skipped: {c['skipped']}", ""]
     lines = [
         "## Posterior collapse",
         "",
@@ -594,6 +798,24 @@ def _collapse_lines(c, collapsed: bool) -> list[str]:
     return lines
 
 
+def _labels_lines(role: str) -> list[str]:
+    """What the model's labels mean for the numbers of the report (nothing for a model without labels)."""
+    if role in ("covariate", "group"):
+        kind = "class" if role == "covariate" else "group"
+        return [
+            f"The model takes each example's {kind} c as given: every log-density below is log p(x | c), "
+            f"every posterior p(z | x, c), and SBC simulates each {kind} in turn.",
+            "",
+        ]
+    if role == "semi":
+        return [
+            "The class y is latent in every held-out number (summed out exactly); the held-out labels only "
+            "score the class predictions.",
+            "",
+        ]
+    return []
+
+
 def report(results) -> str:
     """``report.md``: the diagnostics in words (``results``: a :class:`DiagnoseResult` or the dict of a
     ``diagnostics.json``)."""
@@ -604,12 +826,15 @@ def report(results) -> str:
         f"Run folder `{results['run_dir']}`, {results['num_heldout']} held-out examples. "
         f"Numbers are per example, in nats ({results.get('units', 'log-densities per example in nats')}).",
         "",
+        *_labels_lines(results.get("label_role", "none")),
         *report_warnings(results),
         *_psis_lines(results),
     ]
     if "nuts" in results:
         lines += _nuts_lines(results["nuts"])
     lines += _sbc_lines(results["sbc"], collapsed)
+    if results.get("classification"):
+        lines += _classification_lines(results["classification"])
     if results.get("amortization_gap") is not None:
         lines += _gap_lines(results["amortization_gap"])
     lines += _collapse_lines(results["collapse"], collapsed)
@@ -634,6 +859,15 @@ def summary_lines(results) -> list[str]:
             f"{_number(n['max_abs_standardized_mean_error'], 2)}"
         )
     lines.append(f"SBC: {results['sbc']['verdict']} (p = {results['sbc']['p_value']:.3g})")
+    for name, r in (results.get("classification") or {}).items():
+        lines.append(
+            f"classes, {RELIABILITY_TITLES.get(name, name)}: ECE {_number(r['ece'], 4)} (calibrated "
+            f"{_number(r['ece_calibrated_mean'], 4)} ± {_number(r['ece_calibrated_sd'], 4)}), {r['verdict']}; "
+            f"accuracy {_number(r['accuracy'], 3)}"
+        )
+    for name in ("amortization_gap", "collapse"):
+        if "skipped" in (results.get(name) or {}):
+            lines.append(f"{name.replace('_', ' ')}: skipped: {results[name]['skipped']}")
     g = results.get("amortization_gap") or {}
     if "amortization_gap" in g:
         lines.append(

@@ -10,10 +10,12 @@ from ppl_vae.validation import arg, count, path_arg
 def register(sub) -> dict:
     p = sub.add_parser(
         "diagnose",
-        help="PSIS k-hat, NUTS reference, SBC, amortization gap and collapse of a run",
+        help="PSIS k-hat, NUTS reference, SBC, class calibration, amortization gap and collapse of a run",
         description="Posterior diagnostics of a trained run on its held-out data: writes "
         "diagnostics.json, inference_data.nc, nuts.nc, log_ratios.npy, report.md and "
-        "figures/ (default folder: RUN_DIR/diagnostics).",
+        "figures/ (default folder: RUN_DIR/diagnostics). Models with a class site (mixture, "
+        "semi-supervised) also get the calibration of p(y | x); a part that does not apply to the "
+        "run's model is skipped with the reason.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dir", type=path_arg)
@@ -51,6 +53,12 @@ def register(sub) -> dict:
         default=300,
         help="optimisation steps refining the local guides",
     )
+    p.add_argument(
+        "--class-particles",
+        type=count("--class-particles", 1, 100_000),
+        default=100,
+        help="draws per estimate of p(y | x) (models with an enumerated class y: mixture, semi-supervised)",
+    )
     p.add_argument("--seed", type=arg("seed"), default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -75,6 +83,7 @@ def _diagnose(args) -> None:
         sbc_draws=args.sbc_draws,
         gap_observations=args.gap_observations,
         gap_steps=args.gap_steps,
+        class_particles=args.class_particles,
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,

@@ -5,6 +5,8 @@ functions that take ``(model, guide, data)`` or a VAE and return results; files 
 * :mod:`~ppl_vae.diagnostics.posterior`: PSIS k-hat and importance-sampled log p(x), ArviZ
   InferenceData, NUTS reference posteriors (every ArviZ call of the project lives there);
 * :mod:`~ppl_vae.diagnostics.calibration`: simulation-based calibration;
+* :mod:`~ppl_vae.diagnostics.classification`: calibration of discrete posteriors (reliability diagrams
+  and ECE of q(y | x) or p(y | x), against labels or classes simulated from the model);
 * :mod:`~ppl_vae.diagnostics.gaps`: the amortization gap;
 * :mod:`~ppl_vae.diagnostics.collapse` and :mod:`~ppl_vae.diagnostics.kl`: collapse, mutual
   information, KL to the model's own prior, active units;
@@ -16,6 +18,15 @@ Every public computation returns a frozen dataclass deriving from :class:`ppl_va
 """
 
 from ppl_vae.diagnostics.calibration import SBCResult, flags_description, sbc, sbc_ranks
+from ppl_vae.diagnostics.classification import (
+    ClassProbabilities,
+    Reliability,
+    class_probabilities,
+    guide_class_probabilities,
+    reliability,
+    simulate_classes,
+    simulated_class_calibration,
+)
 from ppl_vae.diagnostics.collapse import (
     CollapseReport,
     collapse_report,
@@ -45,16 +56,20 @@ __all__ = [
     "COLLAPSE_KL_NATS",
     "KL_NUM_SAMPLES",
     "AmortizationGap",
+    "ClassProbabilities",
     "CollapseReport",
     "KLToPrior",
     "NUTSResult",
     "PSISResult",
+    "Reliability",
     "SBCResult",
     "active_units",
     "activity",
     "amortization_gap",
+    "class_probabilities",
     "collapse_report",
     "flags_description",
+    "guide_class_probabilities",
     "importance_log_ratios",
     "is_point_mass",
     "kl_per_dimension",
@@ -62,7 +77,10 @@ __all__ = [
     "mutual_information",
     "nuts_reference",
     "psis",
+    "reliability",
     "sbc",
     "sbc_ranks",
+    "simulate_classes",
+    "simulated_class_calibration",
     "to_inference_data",
 ]

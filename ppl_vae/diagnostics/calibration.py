@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from pyro.infer import Predictive
 
+from ppl_vae.diagnostics.programs import label_kwargs
 from ppl_vae.errors import ConfigError
 from ppl_vae.results import Result
 from ppl_vae.rng import seeded
@@ -90,24 +91,32 @@ def sbc_ranks(
     latent_site: str = "z",
     observed_site: str = "x",
     seed: int = 0,
+    c: torch.Tensor | None = None,
 ) -> np.ndarray:
     """``(num_simulations, latent_dim)`` ranks of the simulated z among ``num_draws`` guide draws.
 
-    Simulations come from the model run generatively, ``model(None, num_samples=num_simulations)``;
-    the guide is then run on the simulated x."""
+    Simulations come from the model run generatively, ``model(None, num_samples=num_simulations)``: the
+    full generative program, so a structured prior draws its discrete sites first (a mixture's component
+    y, then z | y, then x); the guide is then run on the simulated x, and its draws of z are from its
+    marginal q(z | x) (a guide that draws y first draws it too). ``c``: ``(num_simulations,)`` labels to
+    condition every simulation and guide run on, for programs that take them (required by a
+    conditional model: the ranks then check q(z | x, c) against p(z | x, c))."""
     _check_sizes(num_simulations, num_draws)
     from pyro import poutine
 
+    side = label_kwargs(model, guide, c, num_simulations, "SBC")
     device = _device_of(model, guide)
     with torch.no_grad(), seeded(seed, device):
-        trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(None, num_samples=num_simulations)
+        trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(
+            None, num_samples=num_simulations, **side
+        )
         if latent_site not in trace.nodes or observed_site not in trace.nodes:
             raise ConfigError(
                 f"the model run as model(None, num_samples=N) must sample sites {latent_site!r} and {observed_site!r}"
             )
         z_true = trace.nodes[latent_site]["value"]  # (N, d)
         x = trace.nodes[observed_site]["value"]
-        draws = Predictive(guide, num_samples=num_draws, return_sites=[latent_site])(x)[latent_site]
+        draws = Predictive(guide, num_samples=num_draws, return_sites=[latent_site])(x, **side)[latent_site]
     draws = draws.reshape(num_draws, *z_true.shape)
     return (draws < z_true).sum(0).reshape(num_simulations, -1).cpu().numpy()
 
@@ -255,6 +264,7 @@ def sbc(
     latent_site: str = "z",
     observed_site: str = "x",
     seed: int = 0,
+    c: torch.Tensor | None = None,
 ) -> SBCResult:
     """Simulation-based calibration of the guide, with a uniformity test and dispersion flags.
 
@@ -274,6 +284,9 @@ def sbc(
     signed root of the likelihood-ratio statistic of s = 1 with delta free in both fits, ``bias_z`` that
     of delta = 0 with s free; each is N(0, 1) under calibration (Wilks), and a pure shift leaves the
     width test at N(0, 1) whatever its size. ``shift`` and ``width_ratio`` are the fitted delta and s.
+
+    Structured models: the simulations run the full generative program (:func:`sbc_ranks`), and ``c``
+    (``(num_simulations,)`` labels) conditions them for programs that need labels.
     """
     _check_sizes(num_simulations, num_draws)
     check_number(alpha, "alpha", Bound(float, 0, 1, open_low=True))
@@ -287,6 +300,7 @@ def sbc(
         latent_site=latent_site,
         observed_site=observed_site,
         seed=seed,
+        c=c,
     )
     n, d = ranks.shape
     num_bins = num_bins or int(max(2, min(20, n // 20, num_draws + 1)))

@@ -81,7 +81,13 @@ def collapse_report(
       nats, or within 2 s.e. of 0): q(z | x) then ignores x, and diagnostics of the guide describe
       the prior. ``mostly_inactive``: True when more than half the units are inactive.
       ``warning``: one line saying so (None when neither holds).
+
+    Structured models: a ``mixture:K`` prior with q(z | x) works (the KL is to the mixture density p(z)
+    with the component summed out, by Monte Carlo). A model whose guide is q(z | x, y) or q(z | x, c)
+    (``semi-supervised``, ``conditional``, a mixture with an amortized q(y | x)) has no q(z | x): it is
+    refused with a one-line :class:`ConfigError` saying so.
     """
+    require_amortized_z(vae, data)
     try:
         kl = kl_to_prior(vae, data, seed=seed)
     except ConfigError as error:
@@ -111,6 +117,14 @@ def collapse_report(
         mostly_inactive=mostly_inactive,
         warning=_collapse_warning(reasons, mostly_inactive, active, dims),
     )
+
+
+def require_amortized_z(vae, data: torch.Tensor) -> None:
+    """Refuse, with one line, a model without q(z | x) (its guide for z also needs a label y or c)."""
+    try:
+        vae.posterior(data[:1])
+    except ConfigError as error:
+        raise ConfigError(f"collapse is measured on q(z | x), which this model does not have: {error}") from None
 
 
 def _collapse_reasons(kl: KLToPrior, mi: float, mi_se: float, active: int, dims: int) -> list[str]:

@@ -10,9 +10,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.enumeration import enumerated_sites
 from ppl_vae.infer.evaluate import EvalResult, evaluate, global_sites, max_plate_nesting
 from ppl_vae.results import Result
 from ppl_vae.rng import seeded
@@ -102,6 +103,9 @@ def amortization_gap(
     :class:`ppl_vae.infer.evaluate.EvalResult`).
 
     ``posterior(x)`` must return the encoder's q(z | x) as a diagonal Normal (``vae.posterior``).
+    Discrete sites the model enumerates (``mixture:K`` with q(z | x)) are summed out in the refinement and
+    in both scores; a model whose guide for z needs a label (q(z | x, y)) has no ``posterior`` and is
+    refused with a one-line :class:`ConfigError`.
     Meant for chosen observations (tens to hundreds): all of them are refined and scored together.
     """
     if posterior is None:
@@ -113,8 +117,10 @@ def amortization_gap(
     # whatever the programs register while we run them is dropped on the way out.
     with store.scope(state=store.get_state()):
         local = _local_guide(guide, data, posterior, latent_site)
+        enumerated = bool(enumerated_sites(model, guide, data[:1]))
         with seeded(seed, data.device):
-            _refine(model, local, data, nesting=max_plate_nesting(model, guide, data[:1]), num_steps=num_steps, lr=lr)
+            nesting = max_plate_nesting(model, guide, data[:1])
+            _refine(model, local, data, nesting=nesting, num_steps=num_steps, lr=lr, enumerated=enumerated)
         amortized = evaluate(SimpleNamespace(model=model, guide=guide), data, num_particles=num_particles, seed=seed)
         # The local guide holds one (loc, scale) per observation: evaluate it on all of them at once.
         refined = evaluate(
@@ -139,10 +145,14 @@ def _local_guide(guide, data: torch.Tensor, posterior, latent_site: str) -> _Loc
     return _LocalGuide(base.loc, base.scale, latent_site=latent_site, global_guide=global_guide)
 
 
-def _refine(model, local: _LocalGuide, data: torch.Tensor, *, nesting: int, num_steps: int, lr: float) -> None:
-    """``num_steps`` Adam steps on the local (loc, log scale) only; the model's parameters get no gradient."""
+def _refine(
+    model, local: _LocalGuide, data: torch.Tensor, *, nesting: int, num_steps: int, lr: float, enumerated: bool = False
+) -> None:
+    """``num_steps`` Adam steps on the local (loc, log scale) only; the model's parameters get no gradient.
+    A model with enumerated discrete sites (a mixture's component) has them summed out (``TraceEnum_ELBO``)."""
     # Several vectorized draws per step: less gradient noise, so the refinement gets close to the optimum.
-    elbo = Trace_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=nesting)
+    objective = TraceEnum_ELBO if enumerated else Trace_ELBO
+    elbo = objective(num_particles=16, vectorize_particles=True, max_plate_nesting=nesting)
     params = [local.loc, local.log_scale]
     optimizer = torch.optim.Adam(params, lr=lr)
     for _ in range(num_steps):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pyro.distributions as dist
 import torch
 
+from ppl_vae.diagnostics.programs import REQUIRED_ROLES
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.evaluate import COLLAPSE_NATS
 from ppl_vae.results import Result
@@ -53,6 +54,12 @@ def _prior_draws(vae, num_global: int) -> list:
 
     if not callable(getattr(vae, "prior_distribution", None)):
         raise ConfigError(f"the KL to the prior needs vae.prior_distribution(); {type(vae).__name__} has none")
+    role = getattr(vae, "label_role", "none")
+    if role in REQUIRED_ROLES:
+        kind = "class" if role == "covariate" else "group"
+        raise ConfigError(
+            f"the KL to the prior needs p(z), and this model's prior is p(z | c): it depends on each example's {kind}"
+        )
     with poutine.block():
         if getattr(vae, "has_global_latents", False):
             draws = []

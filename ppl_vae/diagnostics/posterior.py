@@ -14,7 +14,11 @@ import numpy as np
 import torch
 from pyro.infer import Predictive
 
+from ppl_vae.diagnostics.classification import class_probabilities, guide_class_probabilities
+from ppl_vae.diagnostics.programs import has_discrete_sites, label_kwargs, local_guide_sites, rows
+from ppl_vae.infer.enumeration import enumerated_sites
 from ppl_vae.infer.evaluate import (
+    DEFAULT_MAX_ELEMENTS,
     chunk_sizes,
     global_values,
     iwae_log_likelihood,
@@ -38,16 +42,40 @@ def _arviz():
 
 @torch.no_grad()
 def importance_log_ratios(
-    model, guide, data: torch.Tensor, num_samples: int = 1000, *, batch_size: int | None = None, seed: int | None = None
+    model,
+    guide,
+    data: torch.Tensor,
+    num_samples: int = 1000,
+    *,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    c: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p(x_n, z_s) - log q(z_s | x_n) for S draws from the guide per observation: ``(S, N)``
-    float64. Chunked over observations and draws so that memory stays bounded."""
+    float64. Chunked over observations and draws so that memory stays bounded.
+
+    Discrete sites marked for enumeration are summed exactly inside every ratio
+    (:func:`ppl_vae.infer.enumeration.enumerated_log_weights`): the ratio of draw s is then
+    log sum_y p(x_n, y, z_s) / q(z_s | x_n, ...), still unbiased for p(x_n) once exponentiated. ``c``:
+    ``(N,)`` per-example labels for programs that take them (a conditional model's classes)."""
     check_number(num_samples, "num_samples", Bound(int, 2, BOUNDS["num_samples"].high))
+    side = label_kwargs(model, guide, c, data.shape[0], "PSIS")
     with seeded(seed, data.device):
-        nesting = max_plate_nesting(model, guide, data[:1])
-        batch, per_pass = chunk_sizes(data, num_samples, batch_size)
+        nesting = max_plate_nesting(model, guide, data[:1], **rows(side, 0, 1))
+        enumerated = enumerated_sites(model, guide, data[:1], **rows(side, 0, 1))
+        values = math.prod(size for _, size in enumerated.values())  # each enumerated value costs a pass
+        batch, per_pass = chunk_sizes(data, num_samples, batch_size, max(1, DEFAULT_MAX_ELEMENTS // values))
         chunks = [
-            log_weight_chunk(model, guide, data[i : i + batch], num_samples, per_pass, nesting).log_weight
+            log_weight_chunk(
+                model,
+                guide,
+                data[i : i + batch],
+                num_samples,
+                per_pass,
+                nesting,
+                enumerated=bool(enumerated),
+                **rows(side, i, i + batch),
+            ).log_weight
             for i in range(0, data.shape[0], batch)
         ]
     return torch.cat(chunks, dim=1).double().cpu()
@@ -82,7 +110,14 @@ class PSISResult(Result):
 
 
 def psis(
-    model, guide, data: torch.Tensor, *, num_samples: int = 1000, batch_size: int | None = None, seed: int | None = None
+    model,
+    guide,
+    data: torch.Tensor,
+    *,
+    num_samples: int = 1000,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    c: torch.Tensor | None = None,
 ) -> PSISResult:
     """Per-observation PSIS k-hat of the guide and the importance-sampled log p(x).
 
@@ -90,8 +125,13 @@ def psis(
         model, guide: Pyro programs taking ``(x)``; every per-example site inside ``pyro.plate("data")``.
         data: ``(N, ...)`` observations in the form the likelihood scores (binarized for Bernoulli).
         num_samples: S draws from the guide per observation.
+        c: ``(N,)`` per-example labels, for programs that take them (required by a conditional model).
+
+    With enumerated discrete sites (``mixture:K``, ``semi-supervised:K``) each ratio sums them exactly
+    (:func:`importance_log_ratios`): k-hat then judges the guide's continuous part, q(z | x, ...), as a
+    proposal for p(z | x) with the discrete sites marginalized.
     """
-    log_ratios = importance_log_ratios(model, guide, data, num_samples, batch_size=batch_size, seed=seed)
+    log_ratios = importance_log_ratios(model, guide, data, num_samples, batch_size=batch_size, seed=seed, c=c)
     with np.errstate(invalid="ignore", divide="ignore"):  # degenerate fits: handled below
         _, khat = _arviz().psislw(log_ratios.T.numpy().copy())  # (N, S) -> (N,)
     khat = np.asarray(khat, dtype=float)
@@ -129,33 +169,50 @@ def to_inference_data(
     seed: int | None = None,
     latent_site: str = "z",
     observed_site: str = "x",
+    c: torch.Tensor | None = None,
+    class_site: str = "y",
+    class_particles: int = 100,
 ):
     """An ArviZ ``InferenceData`` of the amortized posterior and the model's predictions.
 
     Groups (one chain, ``num_samples`` draws):
 
-    * ``posterior``: ``z`` drawn from the guide for every observation, dims (chain, draw, obs, latent_dim);
+    * ``posterior``: ``z`` drawn from the guide for every observation, dims (chain, draw, obs, latent_dim),
+      and every other latent site the guide draws per example (a semi-supervised guide's class ``y``,
+      dims (chain, draw, obs));
     * ``posterior_predictive``: ``x`` drawn from p(x | z) at those draws (reconstructions);
     * ``log_likelihood``: pointwise log p(x_n | z_s), dims (chain, draw, obs);
     * ``prior`` and ``prior_predictive``: z ~ p(z) and x ~ p(x | z) from the model run generatively
       (``model(None, num_samples=N)``), so they have the same dims;
-    * ``observed_data``: the data.
+    * ``observed_data``: the data;
+    * ``class_posterior`` (models with an enumerated discrete ``class_site``, e.g. ``mixture:K``,
+      ``semi-supervised:K``): ``y``, each example's posterior class probabilities p(y | x), dims
+      (obs, y_class), by self-normalized importance sampling with y summed exactly
+      (:func:`ppl_vae.diagnostics.classification.class_probabilities`, ``class_particles`` draws per
+      estimate), ``y_se`` their Monte Carlo standard errors, and ``q_y``, the guide's amortized
+      q(y | x), when the guide draws y.
+
+    Every latent site the guide draws per example is held at the guide's draw where the model is
+    replayed (a semi-supervised guide's y as well as z), so ``log_likelihood`` and
+    ``posterior_predictive`` are those of p(x | z, y). ``c``: ``(N,)`` per-example labels for programs
+    that take them (required by a conditional model; its prior draws are then p(z | c)).
     """
     check_number(num_samples, "num_samples")
     n = data.shape[0]
+    side = label_kwargs(model, guide, c, n, "the InferenceData")
     with seeded(seed, data.device):
-        posterior = Predictive(model, guide=guide, num_samples=num_samples, return_sites=[latent_site, observed_site])(
-            data
-        )
-        z = posterior[latent_site]  # (S, N, d)
-        # log p(x_n | z_s): replay the model's observed site at each posterior draw of z.
-        log_lik = _pointwise_log_likelihood(model, data, z, latent_site, observed_site)  # (S, N)
+        local = local_guide_sites(guide, data, **side)  # all of data: a guide may hold per-example parameters
+        draws = Predictive(guide, num_samples=num_samples, return_sites=local)(data, **side)
+        z = draws[latent_site]  # (S, N, d)
+        # log p(x_n | z_s): replay the model's observed site at each posterior draw of the guide's sites.
+        log_lik = _pointwise_log_likelihood(model, data, draws, observed_site, side)  # (S, N)
         prior = Predictive(model, num_samples=num_samples, return_sites=[latent_site, observed_site])(
-            None, num_samples=n
+            None, num_samples=n, **side
         )
-        predictive = Predictive(model, posterior_samples={latent_site: z}, return_sites=[observed_site])(
-            None, num_samples=n
+        predictive = Predictive(model, posterior_samples=draws, return_sites=[observed_site])(
+            None, num_samples=n, **side
         )
+        classes = _class_group(model, guide, data, class_site, class_particles, side)
 
     def arr(t):
         return t.detach().cpu().numpy()[None]  # add the chain dim
@@ -163,10 +220,13 @@ def to_inference_data(
     d = z.shape[-1]
     x_dims = [f"{observed_site}_dim_{i}" for i in range(data.dim() - 1)]
     dims = {latent_site: ["obs", "latent_dim"], observed_site: ["obs", *x_dims]}
+    for name, value in draws.items():  # the guide's other local sites, e.g. a semi-supervised class y
+        if name != latent_site:
+            dims[name] = ["obs", *(f"{name}_dim_{i}" for i in range(value.dim() - 2))]
     coords = {"obs": np.arange(n), "latent_dim": np.arange(d)}
     az = _arviz()
-    return az.from_dict(
-        posterior={latent_site: arr(z)},
+    idata = az.from_dict(
+        posterior={name: arr(value) for name, value in draws.items()},
         posterior_predictive={observed_site: arr(predictive[observed_site])},
         log_likelihood={observed_site: arr(log_lik)},
         prior={latent_site: arr(prior[latent_site])},
@@ -175,15 +235,45 @@ def to_inference_data(
         dims={**dims},
         coords=coords,
     )
+    if classes:
+        idata.add_groups({"class_posterior": _class_dataset(classes, class_site)})
+    return idata
 
 
-def _pointwise_log_likelihood(model, data, z, latent_site, observed_site) -> torch.Tensor:
+def _class_group(model, guide, data, class_site: str, num_particles: int, side: dict) -> dict:
+    """``{name: (N, K) array}`` of the ``class_posterior`` group: ``y`` and ``y_se`` (p(y | x) and its
+    s.e.), and ``q_y`` (the guide's q(y | x)) when the guide draws y; empty without an enumerated y."""
+    if class_site not in enumerated_sites(model, guide, data, **side):
+        return {}
+    estimate = class_probabilities(
+        model, guide, data, num_particles=num_particles, site=class_site, seed=None, c=side.get("c")
+    )
+    out = {class_site: estimate.probabilities.numpy(), f"{class_site}_se": estimate.standard_error.numpy()}
+    q = guide_class_probabilities(guide, data, site=class_site, c=side.get("c"))
+    if q is not None:
+        out[f"q_{class_site}"] = q.numpy()
+    return out
+
+
+def _class_dataset(classes: dict, class_site: str):
+    """The ``class_posterior`` group as a Dataset with dims (obs, <site>_class) and no chain or draw."""
+    first = next(iter(classes.values()))
+    class_dim = f"{class_site}_class"
+    return _arviz().dict_to_dataset(
+        classes,
+        coords={"obs": np.arange(first.shape[0]), class_dim: np.arange(first.shape[1])},
+        dims=dict.fromkeys(classes, ["obs", class_dim]),
+        default_dims=[],
+    )
+
+
+def _pointwise_log_likelihood(model, data, draws: dict, observed_site: str, side: dict) -> torch.Tensor:
     from pyro import poutine
 
     out = []
-    for s in range(z.shape[0]):
-        conditioned = poutine.condition(model, data={latent_site: z[s]})
-        trace = poutine.trace(conditioned).get_trace(data)
+    for s in range(next(iter(draws.values())).shape[0]):
+        conditioned = poutine.condition(model, data={name: value[s] for name, value in draws.items()})
+        trace = poutine.trace(conditioned).get_trace(data, **side)
         site = trace.nodes[observed_site]
         out.append(site["fn"].log_prob(site["value"]))
     return torch.stack(out)  # (S, N)
@@ -261,6 +351,7 @@ def nuts_reference(
     latent_site: str = "z",
     seed: int = 0,
     progress: bool = False,
+    c: torch.Tensor | None = None,
 ) -> NUTSResult:
     """A gold-standard posterior for chosen observations: NUTS on p(z | x) with the model's parameters
     (decoder, likelihood scale, learned prior) fixed at their current values, compared with the guide.
@@ -275,35 +366,67 @@ def nuts_reference(
 
     Global latents (a sample site the guide draws outside the data plate, such as the scale of a
     hierarchical prior) are held at one draw from their guide, so NUTS targets p(z | x, globals).
+
+    Discrete latent sites (a mixture's component y, a semi-supervised model's class) are summed out
+    exactly by Pyro's enumeration inside the potential energy, so NUTS targets the marginal p(z | x) =
+    sum_y p(y | x) p(z | x, y); each chain then starts from one joint prior draw of the model (y, then
+    z), so that z has its own shape rather than one per enumerated value. The guide's draws are of its
+    marginal q(z | x) as well (y drawn, not enumerated). ``c``: ``(N,)`` per-example labels for programs
+    that take them (required by a conditional model, whose posterior is then p(z | x, c)).
     """
     from pyro import poutine
     from pyro.infer import MCMC, NUTS
-    from pyro.infer.autoguide.initialization import init_to_sample
 
     check_number(num_chains, "num_chains (R-hat compares chains)", Bound(int, 2))
     check_number(num_samples, "num_samples", Bound(int, 10, BOUNDS["num_samples"].high))
     check_number(num_warmup, "num_warmup", Bound(int, 0, BOUNDS["num_samples"].high))
     check_number(guide_samples, "guide_samples", Bound(int, 2, BOUNDS["num_samples"].high))
+    side = label_kwargs(model, guide, c, x.shape[0], "NUTS")
     with seeded(seed, x.device):
-        globals_ = global_values(guide, x)
+        globals_ = global_values(guide, x, **side)
         # Parameters are read from the param store as constants; no gradient flows into them.
         target = poutine.condition(model, data=globals_) if globals_ else model
         chains, divergences = [], 0
-        nesting = max_plate_nesting(model, guide, x[:1])
+        nesting = max_plate_nesting(model, guide, x[:1], **rows(side, 0, 1))
+        discrete = has_discrete_sites(target, x, **side)
         for chain in range(num_chains):
             reseed(seed * 1000 + chain, x.device)
-            kernel = NUTS(target, init_strategy=init_to_sample, max_plate_nesting=nesting)
+            kernel = NUTS(target, init_strategy=_chain_start(target, x, side, discrete), max_plate_nesting=nesting)
             mcmc = MCMC(
                 kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1, disable_progbar=not progress
             )
-            mcmc.run(x)
+            mcmc.run(x, **side)
             chains.append(mcmc.get_samples()[latent_site].detach())
             divergences += int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values()))
         samples = torch.stack(chains).double().cpu()  # (C, S, N, d)
         with torch.no_grad():
-            draws = Predictive(guide, num_samples=guide_samples, return_sites=[latent_site])(x)[latent_site]
+            draws = Predictive(guide, num_samples=guide_samples, return_sites=[latent_site])(x, **side)[latent_site]
     draws = draws.double().cpu().reshape(guide_samples, *samples.shape[2:])  # (S, N, d)
     return _nuts_result(samples, draws, divergences, globals_, latent_site)
+
+
+def _chain_start(target, x: torch.Tensor, side: dict, discrete: bool):
+    """The initialization of a chain: a prior draw of every latent site. Without discrete sites that is
+    Pyro's ``init_to_sample``; with them, NUTS enumerates the discrete sites while it initializes, so a
+    continuous site drawn given an enumerated one would get one value per enumerated value: the start is
+    then one joint draw of the model run without enumeration (discrete and continuous sites sampled)."""
+    from pyro import poutine
+    from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
+    from pyro.poutine.util import site_is_subsample
+
+    if not discrete:
+        return init_to_sample
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(target).get_trace(x, **side)
+    values = {
+        name: site["value"].detach()
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["fn"].has_enumerate_support
+    }
+    return init_to_value(values=values)
 
 
 def _nuts_result(

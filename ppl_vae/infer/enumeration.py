@@ -191,20 +191,31 @@ def enumerated_log_weights(
 
 @torch.no_grad()
 def class_posterior(
-    model, guide, x: torch.Tensor, num_particles: int, *, site: str = "y", nesting: int = 1, **kwargs
+    model,
+    guide,
+    x: torch.Tensor,
+    num_particles: int,
+    *,
+    site: str = "y",
+    nesting: int = 1,
+    plate_name: str = "data",
+    **kwargs,
 ) -> torch.Tensor:
     """p(site | x_n) for every example: ``(N, K)`` probabilities of the enumerated discrete ``site``.
 
     The weight of value k for example n is sum over draws of p(x_n, y = k, z) / q(z | x_n, ...), with the
     other discrete sites summed exactly and the draws z from the guide (stratified by y when the guide
     enumerates it), normalized over k: self-normalized importance sampling, exact as the draws grow.
+    ``nesting``: the plates inside and including ``plate_name`` (1 for a ``ppl_vae.VAE``). Memory grows
+    with N x draws x values: call it on chunks of examples (``ppl_vae.diagnostics.class_probabilities``
+    does).
     """
     plate_dim = -(nesting + 1)
     model_trace, guide_trace = _enumerated_traces(model, guide, x, num_particles, plate_dim, kwargs)
     node = guide_trace.nodes.get(site) if site in guide_trace.nodes else model_trace.nodes.get(site)
     if node is None or node["infer"].get("_enumerate_dim") is None:
         raise ConfigError(f"site {site!r} is not an enumerated discrete site of this model")
-    t = _tables(model_trace, guide_trace, nesting, "data")
+    t = _tables(model_trace, guide_trace, nesting, plate_name)
     ndim = t["joint"].dim()
     axis = ndim + node["infer"]["_enumerate_dim"]
     log_w = t["joint"] - t["q_cont"]

@@ -24,7 +24,7 @@ from pyro.poutine.util import site_is_subsample
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.enumeration import enumerated_log_weights, enumerated_sites, site_log_prob
 from ppl_vae.infer.labels import accuracy
-from ppl_vae.results import NOT_IN_DICT, Result
+from ppl_vae.results import NOT_IN_DICT, OMIT_NONE, Result
 from ppl_vae.rng import seeded
 from ppl_vae.validation import check_number
 
@@ -280,19 +280,11 @@ class EvalResult(Result):
     elbo_kind: str = ELBO
     #: A semi-supervised model evaluated with the examples' labels: its classifier's accuracy and the
     #: standard error over examples (None otherwise, and then left out of :meth:`to_dict`).
-    accuracy: float | None = None
-    accuracy_se: float | None = None
+    accuracy: float | None = field(default=None, metadata=OMIT_NONE)
+    accuracy_se: float | None = field(default=None, metadata=OMIT_NONE)
     #: ``(N,)`` tensors ``elbo`` and ``log_likelihood``; not in :meth:`to_dict`, which gives the scalar
     #: fields (what ``eval.json`` holds), including ``elbo_kind`` (what ``elbo`` is).
     per_example: dict = field(default_factory=dict, repr=False, compare=False, metadata=NOT_IN_DICT)
-
-    def to_dict(self) -> dict:
-        """The scalar fields (what ``eval.json`` holds); ``accuracy`` and ``accuracy_se`` only when measured."""
-        values = super().to_dict()
-        if self.accuracy is None:
-            values.pop("accuracy")
-            values.pop("accuracy_se")
-        return values
 
 
 def _mean_and_se(values: torch.Tensor, mc_var: torch.Tensor) -> tuple[float, float, float]:

@@ -231,3 +231,106 @@ def test_report_of_a_real_run_agrees_with_its_collapse_numbers(diagnosed):
     assert ("**Warning: collapsed model.**" in report) == c["collapsed"]
     assert "to the model's own prior" in report
     assert len(results["sbc"]["shift"]) == len(results["sbc"]["width_ratio"]) == 3
+
+
+# -- structured models: what applies works, what does not is skipped with one line ----------------------
+
+TINY = [
+    "--num-samples",
+    "30",
+    "--nuts-observations",
+    "1",
+    "--nuts-chains",
+    "2",
+    "--nuts-warmup",
+    "10",
+    "--nuts-samples",
+    "10",
+    "--sbc-simulations",
+    "40",
+    "--sbc-draws",
+    "9",
+    "--gap-observations",
+    "5",
+    "--gap-steps",
+    "2",
+    "--class-particles",
+    "10",
+    "--quiet",
+]
+
+#: Training flags, and diagnose flags beyond TINY (NUTS on ten enumerated classes is slow: skipped for M2).
+STRUCTURED_RUNS = {
+    "mixture": (["--prior", "mixture:3"], []),
+    "semi": (["--labelled", "30"], ["--nuts-observations", "0"]),
+    "conditional": (["--condition-on", "label"], []),
+}
+
+
+@pytest.fixture(scope="module")
+def structured(tmp_path_factory):
+    """One tiny run per structured model, each diagnosed: ``{name: (run, printed output)}``."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("structured")
+    out = {}
+    for name, (flags, extra) in STRUCTURED_RUNS.items():
+        run = root / name
+        train = ["train", *flags, "--latent-dim", "2", "--hidden-dims", "16", "--epochs", "1", "--quiet"]
+        assert main([*train, "--out", str(run)]) == 0
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["diagnose", str(run), *TINY, *extra]) == 0
+        out[name] = (run, printed.getvalue())
+    return out
+
+
+def _diagnosis(structured, name):
+    run, printed = structured[name]
+    return json.loads((run / "diagnostics" / "diagnostics.json").read_text()), run / "diagnostics", printed
+
+
+def test_a_mixture_run_gets_every_part_and_the_calibration_of_its_components(structured):
+    results, out, printed = _diagnosis(structured, "mixture")
+    assert {"psis", "nuts", "sbc", "classification", "amortization_gap", "collapse"} <= set(results)
+    assert "skipped" not in results["collapse"] and "skipped" not in results["amortization_gap"]
+    sim = results["classification"]["simulated_posterior"]
+    assert sim["num_examples"] == 40 and sum(sim["counts"]) == 40 and 0 <= sim["ece"] <= 1
+    assert set(results["classification"]) == {"simulated_posterior"}  # q(z | x): no classifier to check
+    idata = _arviz().from_netcdf(str(out / "inference_data.nc"))
+    probs = idata.class_posterior["y"].values
+    assert probs.shape == (results["num_heldout"], 3) and np.allclose(probs.sum(1), 1)
+    assert (out / "figures" / "reliability.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "## Calibration of the class posterior" in report and "figures/reliability.png" in report
+    assert "classes, p(y | x), simulated data: ECE" in printed
+
+
+def test_a_semi_supervised_run_checks_its_classifier_against_the_heldout_labels(structured):
+    results, out, printed = _diagnosis(structured, "semi")
+    assert results["label_role"] == "semi"
+    classes = results["classification"]
+    assert set(classes) == {"simulated_posterior", "simulated_guide", "heldout_guide", "heldout_posterior"}
+    held = classes["heldout_guide"]
+    assert held["num_examples"] == results["num_heldout"] and held["num_classes"] == 10
+    assert "nuts" not in results  # --nuts-observations 0
+    for name in ("collapse", "amortization_gap"):
+        reason = results[name]["skipped"]
+        assert "q(z | x, label)" in reason and "\n" not in reason
+        assert f"{name.replace('_', ' ')}: skipped:" in printed
+    assert "Skipped:" in (out / "report.md").read_text()
+    idata = _arviz().from_netcdf(str(out / "inference_data.nc"))
+    assert {"y", "y_se", "q_y"} <= set(idata.class_posterior.data_vars)
+    assert idata.posterior["y"].shape == (1, 100, results["num_heldout"])  # the guide's draws of the class
+
+
+def test_a_conditional_run_is_diagnosed_given_its_labels(structured):
+    results, out, printed = _diagnosis(structured, "conditional")
+    assert results["label_role"] == "covariate" and "classification" not in results
+    assert np.isfinite(results["psis"]["log_likelihood"]) and results["nuts"]["max_rhat"] is not None
+    assert len(results["sbc"]["p_values"]) == 2
+    assert "label c" in results["amortization_gap"]["skipped"]
+    assert "collapse is measured on q(z | x), which this model does not have" in results["collapse"]["skipped"]
+    assert "log p(x | c)" in (out / "report.md").read_text()
+    assert not (out / "figures" / "reliability.png").exists()

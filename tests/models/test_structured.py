@@ -127,7 +127,7 @@ def test_conditional_samples_follow_the_requested_class_and_need_one():
         vae.sample(3)
     with pytest.raises(ConfigError, match="no distribution of z alone"):
         vae.prior_distribution()
-    with pytest.raises(ConfigError, match="q\\(z \\| x, y\\)"):
+    with pytest.raises(ConfigError, match="q\\(z \\| x, label\\)"):
         vae.posterior(_x(2))
 
 
