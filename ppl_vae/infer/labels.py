@@ -96,12 +96,15 @@ def check_fit_labels(vae, train, heldout, labels, heldout_labels, device, distri
 @torch.no_grad()
 def accuracy(vae, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """The classifier's accuracy on ``x`` with true ``labels`` (the argmax of q(y | x), a semi-supervised
-    model's ``prior.classify``) and its standard error over examples, sqrt(acc (1 - acc) / n)."""
+    model's ``prior.classify``) and its standard error over examples, sqrt(acc (1 - acc) / n), over the
+    n examples whose label is known (``-1`` marks a missing one)."""
     classify = getattr(getattr(vae, "prior", None), "classify", None)
     if classify is None:
         raise ConfigError("this model has no classifier q(y | x) to measure an accuracy with")
-    n = int(labels.shape[0])
+    labels = labels.to(x.device)
+    known = labels >= 0  # -1: no label, left out
+    n = int(known.sum())
     if n < 1:
         raise ConfigError("accuracy needs at least one labelled example")
-    correct = (classify(x).argmax(-1) == labels.to(x.device)).double().mean().item()
+    correct = (classify(x[known]).argmax(-1) == labels[known]).double().mean().item()
     return correct, math.sqrt(correct * (1 - correct) / n)

@@ -224,3 +224,18 @@ def test_a_semi_supervised_run_resumes_exactly():
     rest = fit(vae, x, heldout, epochs=3, resume=first.state, **kwargs)
     assert rest.losses == whole.losses
     assert rest.history[-1]["heldout_accuracy"] == whole.history[-1]["heldout_accuracy"]
+
+
+def test_accuracy_counts_known_labels_only():
+    from ppl_vae.infer.labels import accuracy
+
+    pyro.set_rng_seed(0)
+    vae = VAE(SHAPE, 2, (8,), prior=SemiSupervised(2, 3, data_shape=SHAPE, hidden_dims=(8,)))
+    x = _x(8)
+    predicted = vae.prior.classify(x).argmax(-1)
+    labels = torch.where(torch.arange(8) < 4, predicted, torch.full_like(predicted, -1))
+    labels[0] = (predicted[0] + 1) % 3  # one of the four known labels is wrong
+    acc, se = accuracy(vae, x, labels)
+    assert acc == pytest.approx(0.75) and se == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    with pytest.raises(ConfigError, match="at least one labelled"):
+        accuracy(vae, x, torch.full((8,), -1))
