@@ -17,7 +17,7 @@ from ppl_vae.validation import check_bool, check_hidden_dims, check_number, chec
 
 #: Fields added after run folders were first written, whose defaults switch their feature off: a
 #: ``config.json`` without them (an older run) means exactly the defaults.
-OFF_BY_DEFAULT = ("labelled", "alpha", "condition_on", "groups")
+OFF_BY_DEFAULT = ("labelled", "alpha", "condition_on", "groups")  # alpha: used only with labelled
 
 #: A config file holds a few dozen fields; anything larger is not one.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -41,7 +41,7 @@ class Config:
     guide: str = "auto"  # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
     # -- labels and groups (each sets the prior; see ppl_vae.app.structured)
     labelled: int | str | None = None  # semi-supervised (M2): N labelled examples (class-balanced) or a CSV FILE
-    alpha: float = 50.0  # weight of M2's classification term alpha * log q(y | x), per labelled example
+    alpha: float = 5.0  # weight of M2's classification term alpha * log q(y | x), per labelled example
     condition_on: str | None = None  # "label" (the data's classes) or COLUMN[,COLUMN] of a table: p(z | c) p(x | z, c)
     groups: str | None = None  # a table column holding each row's group: group effects z ~ N(mu_group, tau^2)
     # -- objective

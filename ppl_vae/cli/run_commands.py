@@ -135,7 +135,7 @@ def _add_structured_flags(p) -> None:
         "--alpha",
         type=arg("alpha"),
         help="with --labelled: weight of the classification term alpha * log q(y | x) per labelled example "
-        "(default: 50)",
+        "(default: 5; see benchmarks/STRUCTURED.md)",
     )
     p.add_argument(
         "--condition-on",

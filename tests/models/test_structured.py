@@ -239,3 +239,12 @@ def test_accuracy_counts_known_labels_only():
     assert acc == pytest.approx(0.75) and se == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
     with pytest.raises(ConfigError, match="at least one labelled"):
         accuracy(vae, x, torch.full((8,), -1))
+
+
+def test_mixture_with_an_amortized_component_posterior_from_its_name():
+    vae = _vae("mixture:3:amortized")
+    assert vae.prior.amortized_y and vae.prior.guide_extra == 3
+    assert check_compatible(vae, _x(2)) == {"y": ENUMERATED, "z": MONTE_CARLO}
+    assert vae.reconstruct(_x(2)).shape == (2, *SHAPE)  # decodes q(z | x, y) at the classifier's guess
+    with pytest.raises(ConfigError, match="must be 'amortized'"):
+        _vae("mixture:3:other")
