@@ -29,6 +29,7 @@ NOTEBOOKS = [
     "03_autoencoder_vs_vae.ipynb",
     "04_reparameterization_trick.ipynb",
     "05_posterior_diagnostics.ipynb",
+    "06_structured_models.ipynb",
 ]
 
 KERNEL_NAME = "ppl-vae-tests"
