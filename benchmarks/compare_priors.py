@@ -26,9 +26,10 @@ from ppl_vae.infer.fit import fixed_binarization
 from ppl_vae.infer.objectives import check_compatible
 from ppl_vae.models import PRIORS
 
-#: Priors that need the data set's labels (semi-supervised, conditional): they model y or condition on
-#: it, so their held-out numbers are not the unsupervised log p(x) this table compares.
-LABEL_MODELS = ("semi-supervised", "conditional")
+#: Priors that need per-example labels, covariates or groups: they model y or condition on it, so their
+#: held-out numbers are not the unsupervised log p(x) this table compares (and the digits have no
+#: covariate or group columns).
+LABEL_MODELS = ("semi-supervised", "conditional", "covariates", "groups")
 
 
 def run_one(data, heldout, prior, guide, args):
