@@ -69,15 +69,6 @@ def append_label(z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.expand(shape + z.shape[-1:]), label.expand(shape + label.shape[-1:])], -1)
 
 
-def check_labels(c: torch.Tensor | None, num_classes: int, what: str, *, missing_allowed: bool) -> None:
-    """Raise ``ValueError`` unless ``c`` holds class indices in ``0..K-1`` (or ``-1`` where allowed)."""
-    if c is None:
-        raise ValueError(f"{what} needs the class label of every example (c)")
-    low = -1 if missing_allowed else 0
-    if c.dtype.is_floating_point or c.numel() and (int(c.min()) < low or int(c.max()) >= num_classes):
-        raise ValueError(f"{what}: labels must be integers in {low}..{num_classes - 1}")
-
-
 class MixturePrior(nn.Module):
     """GMVAE-style mixture prior with an explicit component variable, summed out by enumeration.
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import pyro.distributions as dist
 import torch
 
-from ppl_vae.diagnostics.programs import REQUIRED_ROLES
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.evaluate import COLLAPSE_NATS
+from ppl_vae.infer.labels import OBSERVED_ROLES
 from ppl_vae.results import Result
 from ppl_vae.rng import seeded
 from ppl_vae.validation import BOUNDS, Bound, check_number
@@ -55,7 +55,7 @@ def _prior_draws(vae, num_global: int) -> list:
     if not callable(getattr(vae, "prior_distribution", None)):
         raise ConfigError(f"the KL to the prior needs vae.prior_distribution(); {type(vae).__name__} has none")
     role = getattr(vae, "label_role", "none")
-    if role in REQUIRED_ROLES:
+    if role in OBSERVED_ROLES:
         kind = "class" if role == "covariate" else "group"
         raise ConfigError(
             f"the KL to the prior needs p(z), and this model's prior is p(z | c): it depends on each example's {kind}"

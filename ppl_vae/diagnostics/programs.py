@@ -8,9 +8,7 @@ import torch
 from pyro import poutine
 
 from ppl_vae.errors import ConfigError
-
-#: Label roles whose programs cannot run without ``c`` (a conditional model's class, a group index).
-REQUIRED_ROLES = ("covariate", "group")
+from ppl_vae.infer.labels import OBSERVED_ROLES
 
 
 def label_role(*programs) -> str:
@@ -24,22 +22,28 @@ def label_role(*programs) -> str:
 
 
 def label_kwargs(model, guide, c, n: int, what: str) -> dict:
-    """``{"c": c}`` for the programs' keyword arguments after checking ``c`` (``(n,)`` integer labels), or
+    """``{"c": c}`` for the programs' keyword arguments after checking ``c`` (``(n,)`` integer labels or
+    ``(n, M)`` real covariates), or
     ``{}`` without labels; refuses, with one line, a model that needs labels (conditional, groups) when
     ``c`` is None."""
     if c is None:
         role = label_role(model, guide)
-        if role in REQUIRED_ROLES:
+        if role in OBSERVED_ROLES:  # the programs cannot run without c
             kind = "class" if role == "covariate" else "group"
             raise ConfigError(
                 f"{what} needs the {kind} of every example: this model's programs take c (a {kind} index per "
                 "example); pass c="
             )
         return {}
-    if not isinstance(c, torch.Tensor) or c.dtype.is_floating_point or c.dtype == torch.bool or c.shape != (n,):
+    is_tensor = isinstance(c, torch.Tensor) and c.dtype != torch.bool
+    labels = is_tensor and not c.dtype.is_floating_point and c.shape == (n,)
+    covariates = is_tensor and c.dtype.is_floating_point and c.dim() == 2 and c.shape[0] == n
+    if not (labels or covariates):
         shape = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
-        raise ConfigError(f"{what}: c must be a tensor of {n} integer labels (one per example), got {shape}")
-    return {"c": c.long()}
+        raise ConfigError(
+            f"{what}: c must be {n} integer labels (one per example) or {n} rows of covariates, got {shape}"
+        )
+    return {"c": c.long() if labels else c}
 
 
 def rows(kwargs: dict, start: int, stop: int) -> dict:

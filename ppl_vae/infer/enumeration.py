@@ -30,7 +30,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError
 
-__all__ = ["class_posterior", "enumerated_log_weights", "enumerated_sites", "site_log_prob"]
+__all__ = ["class_posterior", "enumerated_log_weights", "enumerated_sites", "is_enumerated", "site_log_prob"]
 
 
 def site_log_prob(site) -> torch.Tensor:
@@ -41,7 +41,8 @@ def site_log_prob(site) -> torch.Tensor:
     return log_prob
 
 
-def _is_enumerated(site) -> bool:
+def is_enumerated(site) -> bool:
+    """Whether a trace node is a latent sample site marked for parallel enumeration."""
     return site["type"] == "sample" and site["infer"].get("enumerate") == "parallel" and not site["is_observed"]
 
 
@@ -55,7 +56,7 @@ def enumerated_sites(model, guide, x: torch.Tensor, **kwargs) -> dict[str, tuple
     found = {}
     for where, trace in (("guide", guide_trace), ("model", model_trace)):
         for name, site in trace.nodes.items():
-            if _is_enumerated(site) and name not in found:
+            if is_enumerated(site) and name not in found:
                 found[name] = (where, int(site["fn"].enumerate_support(expand=False).shape[0]))
     return found
 

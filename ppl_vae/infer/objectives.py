@@ -13,6 +13,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.enumeration import is_enumerated
 from ppl_vae.models.priors import support_contains, support_name
 from ppl_vae.vae import GUIDE_FOR_SUPPORT
 
@@ -61,10 +62,6 @@ def _traces(vae, x, side: dict):
 ANALYTIC, MONTE_CARLO, IMPORTANCE, ENUMERATED = "analytic", "monte-carlo", "importance-weighted", "enumerated"
 
 
-def _is_enumerated(site) -> bool:
-    return site["type"] == "sample" and site["infer"].get("enumerate") == "parallel" and not site["is_observed"]
-
-
 def has_analytic_kl(guide_fn, prior_fn) -> bool:
     """True when ``torch.distributions.kl_divergence(guide_fn, prior_fn)`` has a registered closed form."""
     try:
@@ -95,7 +92,7 @@ def check_compatible(
     if not beta >= 0:  # NaN too
         raise ConfigError(f"beta must be a non-negative number, got {beta}")
     model_trace, guide_trace = _traces(vae, x, {} if c is None else {"c": c})
-    enumerated = [n for t in (guide_trace, model_trace) for n, site in t.nodes.items() if _is_enumerated(site)]
+    enumerated = [n for t in (guide_trace, model_trace) for n, site in t.nodes.items() if is_enumerated(site)]
     if enumerated:
         _check_enumerable(vae, elbo, beta, enumerated[0])
     terms: dict[str, str] = {name: ENUMERATED for name in dict.fromkeys(enumerated)}
