@@ -82,6 +82,11 @@ def prepare_structured(config: Config, data: DataSplit) -> tuple[Config, DataSpl
         labels = RunLabels("covariate", data.train_labels, data.heldout_labels, classes)
         return replace(config, prior=f"conditional:{classes}"), data, labels
     if isinstance(config.labelled, int):
+        if data.train_labels is None:
+            raise DataError(
+                f"--labelled {config.labelled} keeps labels of the data set, and {data.name} has none; give the "
+                "labels you have as --labelled FILE (a CSV of index,label rows)"
+            )
         train = select_labelled(data.train_labels, config.labelled, seed=config.seed)
     else:
         train = read_label_file(config.labelled, int(data.train.shape[0]), classes or None)

@@ -150,6 +150,17 @@ def test_impossible_combinations_are_refused_before_anything_is_written(tmp_path
     _refused(capsys, ["train", *TINY, *flags, "--out", str(out)], fragment, out)
 
 
+def test_labelled_n_on_images_without_labels_is_refused_but_a_label_file_works(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    images = {k: (rng.random((n, 6, 6)) * 255).astype(np.uint8) for k, n in (("x_train", 60), ("x_test", 10))}
+    np.savez(tmp_path / "d.npz", **images)
+    argv = ["train", *TINY, "--dataset", f"npz:{tmp_path / 'd.npz'}"]
+    _refused(capsys, [*argv, "--labelled", "10", "--out", str(tmp_path / "n")], "has none", tmp_path / "n")
+    (tmp_path / "l.csv").write_text("index,label\n0,0\n1,1\n2,2\n")
+    assert main([*argv, "--labelled", str(tmp_path / "l.csv"), "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["prior"] == "semi-supervised:3:5"
+
+
 def test_labels_on_a_table_without_labels_are_refused(tmp_path, capsys):
     table = _group_table(tmp_path / "t.csv")
     out = tmp_path / "run"
