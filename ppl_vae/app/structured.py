@@ -153,6 +153,8 @@ def _covariate_columns(spec: str, data: DataSplit) -> tuple[DataSplit, RunLabels
             "--condition-on label"
         )
     columns = [c.strip() for c in spec.split(",") if c.strip()]
+    if not columns:
+        raise ConfigError("--condition-on needs label or at least one column name (COLUMN[,COLUMN...])")
     indices = [_column_index(c, data, flag="--condition-on") for c in columns]
     if len(set(indices)) != len(indices):
         raise ConfigError(f"--condition-on {spec}: a column is named twice")
