@@ -50,6 +50,7 @@ from ppl_vae.infer.evaluate import EvalResult, evaluate
 from ppl_vae.infer.fit import FitResult, fit, fixed_binarization
 from ppl_vae.infer.objectives import resolve_binarize, to_likelihood_space
 from ppl_vae.limits import check_bytes, check_disk
+from ppl_vae.models.structured import STRUCTURED_PRIORS
 from ppl_vae.results import Result
 from ppl_vae.rng import seeded
 from ppl_vae.vae import VAE
@@ -729,9 +730,10 @@ def evaluate_run(
     return result
 
 
-def evaluation_lines(result: EvalResult, units: str) -> list[str]:
+def evaluation_lines(result: EvalResult, units: str, prior: str = "normal") -> list[str]:
     """``ppl-vae evaluate``'s table of a :func:`evaluate_run` result (per example, in nats, of ``units``),
-    with a warning line when the model ignores its latent code (posterior collapse)."""
+    with a warning line when the model ignores its latent code (posterior collapse). ``prior``: the run's
+    prior name; for a structured prior the KL row covers every latent site (y and z), and says so."""
     from ppl_vae.infer.evaluate import COLLAPSE_NATS, ELBO
 
     given_globals = result.elbo_kind != ELBO
@@ -749,7 +751,12 @@ def evaluation_lines(result: EvalResult, units: str) -> list[str]:
             result.log_likelihood_data_se,
         ),
         ("reconstruction E_q[log p(x|z)]", result.reconstruction, result.reconstruction_se, None),
-        ("KL(q(z|x) || p(z))", result.kl, result.kl_se, None),
+        (
+            "KL part, every latent site" if prior.partition(":")[0] in STRUCTURED_PRIORS else "KL(q(z|x) || p(z))",
+            result.kl,
+            result.kl_se,
+            None,
+        ),
     ]
     if given_globals:  # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
         rows.insert(1, ("joint ELBO (bound on log p(x_1..N)/N)", result.joint_elbo, result.joint_elbo_se, None))

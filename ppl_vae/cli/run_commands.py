@@ -236,7 +236,7 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from ppl_vae.app.run import evaluate_run, evaluation_lines, load_units
+    from ppl_vae.app.run import evaluate_run, evaluation_lines, load_units, read_config
 
     result = evaluate_run(
         args.run_dir,
@@ -246,7 +246,7 @@ def _evaluate(args) -> None:
         device=args.device,
         progress=not args.quiet,
     )
-    for line in evaluation_lines(result, load_units(args.run_dir)[1]):
+    for line in evaluation_lines(result, load_units(args.run_dir)[1], read_config(args.run_dir).prior):
         print(line)
     print(f"wrote {args.run_dir / 'eval.json'}")
 

@@ -34,12 +34,15 @@ def semi(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("semi"), "run", "--labelled", "30", "--alpha", "5")
 
 
-def test_semi_supervised_run_reports_accuracy_every_epoch_and_in_eval_json(semi):
+def test_semi_supervised_run_reports_accuracy_every_epoch_and_in_eval_json(semi, capsys):
     config = json.loads((semi / "config.json").read_text())
     assert config["prior"] == "semi-supervised:10:5" and config["labelled"] == 30 and config["alpha"] == 5
     history = json.loads((semi / "metrics.json").read_text())["history"]
     assert all(0 <= r["heldout_accuracy"] <= 1 and r["heldout_accuracy_se"] > 0 for r in history)
+    capsys.readouterr()
     assert main(["evaluate", str(semi), "-k", "4", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "KL part, every latent site" in table and "accuracy of q(y | x)" in table  # y's KL is in that row
     result = json.loads((semi / "eval.json").read_text())
     acc, se = result["accuracy"], result["accuracy_se"]
     assert 0 <= acc <= 1 and se == pytest.approx((acc * (1 - acc) / result["num_examples"]) ** 0.5)
