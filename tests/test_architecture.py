@@ -84,6 +84,18 @@ def test_models_and_guides_import_only_the_core():
                     assert not module.startswith("ppl_vae.guides"), f"{file.relative_to(ROOT)} imports {module}"
 
 
+#: The one package that may import ArviZ (a move to ArviZ 1.x touches it alone).
+ARVIZ_HOME = ROOT / "ppl_vae" / "diagnostics" / "arviz_bridge"
+
+
+def test_arviz_is_called_from_one_package_only():
+    for file in _python_files():
+        if ARVIZ_HOME in file.parents:
+            continue
+        for module, _ in _imports(ast.parse(file.read_text())):
+            assert module.split(".")[0] != "arviz", f"{file.relative_to(ROOT)} imports arviz outside {ARVIZ_HOME.name}/"
+
+
 def test_no_module_imports_a_private_name_from_another():
     for file in _python_files():
         for module, names in _imports(ast.parse(file.read_text())):

@@ -1,8 +1,7 @@
 """The guide against references for p(z | x): PSIS k-hat and importance-sampled log p(x), the posterior as
 ArviZ InferenceData, and NUTS on p(z | x) with the decoder fixed.
 
-Every ArviZ call of the project lives in this module, so that a move from ArviZ 0.x (InferenceData)
-to 1.x touches one file.
+Its ArviZ calls are in :mod:`ppl_vae.diagnostics.arviz_bridge.posterior`.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from pyro.infer import Predictive
 
+from ppl_vae.diagnostics.arviz_bridge import posterior as bridge
 from ppl_vae.diagnostics.classification import class_probabilities, guide_class_probabilities
 from ppl_vae.diagnostics.programs import has_discrete_sites, label_kwargs, local_guide_sites, rows
 from ppl_vae.infer.enumeration import enumerated_sites
@@ -28,16 +28,6 @@ from ppl_vae.infer.evaluate import (
 from ppl_vae.results import NOT_IN_DICT, Result
 from ppl_vae.rng import reseed, seeded
 from ppl_vae.validation import BOUNDS, Bound, check_number
-
-
-def _arviz():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.23 announces its 1.0 refactor on import
-        import arviz
-
-    return arviz
 
 
 @torch.no_grad()
@@ -132,9 +122,7 @@ def psis(
     proposal for p(z | x) with the discrete sites marginalized.
     """
     log_ratios = importance_log_ratios(model, guide, data, num_samples, batch_size=batch_size, seed=seed, c=c)
-    with np.errstate(invalid="ignore", divide="ignore"):  # degenerate fits: handled below
-        _, khat = _arviz().psislw(log_ratios.T.numpy().copy())  # (N, S) -> (N,)
-    khat = np.asarray(khat, dtype=float)
+    khat = bridge.pareto_khat(log_ratios.T.numpy())  # (N, S) -> (N,); degenerate fits handled below
     # Equal weights (the exact posterior as proposal) leave the Pareto fit undefined and ArviZ returns
     # inf or nan; the proposal is perfect there, so report -inf.
     spread = (log_ratios.max(0).values - log_ratios.min(0).values).numpy()
@@ -224,8 +212,7 @@ def to_inference_data(
         if name != latent_site:
             dims[name] = ["obs", *(f"{name}_dim_{i}" for i in range(value.dim() - 2))]
     coords = {"obs": np.arange(n), "latent_dim": np.arange(d)}
-    az = _arviz()
-    idata = az.from_dict(
+    idata = bridge.inference_data(
         posterior={name: arr(value) for name, value in draws.items()},
         posterior_predictive={observed_site: arr(predictive[observed_site])},
         log_likelihood={observed_site: arr(log_lik)},
@@ -259,11 +246,10 @@ def _class_dataset(classes: dict, class_site: str):
     """The ``class_posterior`` group as a Dataset with dims (obs, <site>_class) and no chain or draw."""
     first = next(iter(classes.values()))
     class_dim = f"{class_site}_class"
-    return _arviz().dict_to_dataset(
+    return bridge.dataset(
         classes,
         coords={"obs": np.arange(first.shape[0]), class_dim: np.arange(first.shape[1])},
         dims=dict.fromkeys(classes, ["obs", class_dim]),
-        default_dims=[],
     )
 
 
@@ -435,16 +421,7 @@ def _nuts_result(
     """NUTS draws ``(C, S, N, d)`` against guide draws ``(S', N, d)``, with ArviZ's R-hat and ESS."""
     nuts_mean, nuts_sd = samples.mean((0, 1)), samples.std((0, 1))
     guide_mean, guide_sd = draws.mean(0), draws.std(0)
-    az = _arviz()
-    n, d = samples.shape[2], samples.shape[3]
-    idata = az.from_dict(
-        posterior={latent_site: samples.numpy()},
-        dims={latent_site: ["obs", "latent_dim"]},
-        coords={"obs": np.arange(n), "latent_dim": np.arange(d)},
-    )
-    rhat = az.rhat(idata)[latent_site].values
-    ess_bulk = az.ess(idata, method="bulk")[latent_site].values
-    ess_tail = az.ess(idata, method="tail")[latent_site].values
+    rhat, ess_bulk, ess_tail, idata = bridge.rhat_ess(samples.numpy(), latent_site)
     return NUTSResult(
         samples=samples.numpy(),
         guide_samples=draws.numpy(),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ppl_vae.cli import main
-from ppl_vae.diagnostics.posterior import _arviz
+from ppl_vae.diagnostics.arviz_bridge import arviz as _arviz
 
 SMALL = [
     "--num-samples",

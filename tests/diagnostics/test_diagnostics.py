@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae.diagnostics.posterior import _arviz, psis, to_inference_data
+from ppl_vae.diagnostics.arviz_bridge import arviz as _arviz
+from ppl_vae.diagnostics.posterior import psis, to_inference_data
 from tests.common import assert_within_se, binary_data
 
 Z = 4.0

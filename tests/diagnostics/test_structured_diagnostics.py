@@ -13,7 +13,7 @@ from scipy import stats
 
 from ppl_vae import ConfigError
 from ppl_vae.diagnostics import amortization_gap, collapse_report, nuts_reference, psis, sbc, to_inference_data
-from ppl_vae.diagnostics.posterior import _arviz
+from ppl_vae.diagnostics.arviz_bridge import arviz as _arviz
 from tests.common import assert_within_se
 from tests.diagnostics.linear_structured import (
     K,
