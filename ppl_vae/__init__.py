@@ -25,6 +25,8 @@ _EXPORTS = {
     "train_run": "ppl_vae.app.run",
     "evaluate_run": "ppl_vae.app.run",
     "sample_run": "ppl_vae.app.run",
+    "compare_models": "ppl_vae.app.compare",
+    "compare_runs": "ppl_vae.app.compare",
     "Config": "ppl_vae.app.config",
     "load_dataset": "ppl_vae.data",
     "DataSplit": "ppl_vae.data",

@@ -49,9 +49,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +58,7 @@ import numpy as np
 from ppl_vae import diagnostics
 from ppl_vae.app import plots
 from ppl_vae.app.checkpoint import atomic_write, write_json
-from ppl_vae.app.folders import check_output_dir, locked, write_marker
+from ppl_vae.app.folders import check_output_dir, locked, publish_folder
 from ppl_vae.app.formatting import format_number
 from ppl_vae.errors import ConfigError
 from ppl_vae.limits import check_bytes
@@ -545,9 +542,8 @@ def _classification(vae, heldout, labels: _Labels, settings: DiagnoseSettings) -
 
 def _write_outputs(out: Path, result: DiagnoseResult, log_ratios, idata, nuts, figures: dict) -> None:
     """Write every file into a temporary sibling folder, then move it into place: no half-written output."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+
+    def write(staging: Path) -> None:
         write_json(staging / "diagnostics.json", result.to_dict())
         atomic_write(staging / "log_ratios.npy", lambda handle: np.save(handle, log_ratios.numpy()))
         idata.to_netcdf(str(staging / "inference_data.nc"))
@@ -556,17 +552,8 @@ def _write_outputs(out: Path, result: DiagnoseResult, log_ratios, idata, nuts, f
         for name, fig in figures.items():
             plots.save_figure(fig, staging / "figures" / name)
         atomic_write(staging / "report.md", lambda handle: handle.write(report(result).encode()))
-        write_marker(staging, "diagnostics")
-        aside = None
-        if out.exists():  # checked above: empty, or a diagnostics folder to replace
-            aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-            os.replace(out, aside)
-        staging.rename(out)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    publish_folder(out, "diagnostics", write)
 
 
 # -- report.md ---------------------------------------------------------------------------------------

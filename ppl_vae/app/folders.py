@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -188,6 +189,29 @@ def claimed_output_dir(path: Path, kind: str, *, replace: bool = False, action: 
         )  # the marker too: another process made it first
         write_marker(path, kind)
         yield path
+
+
+def publish_folder(out: Path, kind: str, write) -> None:
+    """Fill a folder all at once: ``write(staging)`` writes every file into a hidden sibling folder, which
+    gets the marker of ``kind`` and is then renamed to ``out`` (checked by :func:`check_output_dir`: empty,
+    missing, or a folder of ``kind`` to replace). Nothing is half-written: on any error the staging folder
+    is removed and ``out`` is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        write(staging)
+        write_marker(staging, kind)
+        aside = None
+        if out.exists():  # checked before: empty, or a folder of this kind to replace
+            aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            os.replace(out, aside)
+        staging.rename(out)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def check_output_file(path: str | Path, *, inputs=(), suffixes=None) -> Path:

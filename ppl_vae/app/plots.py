@@ -255,3 +255,26 @@ def pair_figure(nuts, guide, title: str, dims=None, max_dims: int = 4) -> Figure
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def comparison_figure(records: list) -> Figure:
+    """A forest of each model's difference to the best, per example in nats: the point, ±2 paired s.e.
+    (thin bar) and ±2 Monte Carlo s.e. (thick bar); the best model sits at 0."""
+    import numpy as np
+
+    n = max(1, len(records))
+    fig = Figure(figsize=(7.5, 0.9 + 0.45 * n))
+    ax = fig.add_subplot(1, 1, 1)
+    examples = records[0].get("num_examples") or 1
+    y = np.arange(n)[::-1]
+    for yi, r in zip(y, records):
+        diff = -r["elpd_diff_per_example"]  # below 0: worse than the best
+        ax.errorbar(diff, yi, xerr=2 * r["dse"] / examples, fmt="o", color="C0", ms=4, capsize=3, lw=1)
+        ax.errorbar(diff, yi, xerr=2 * r["dse_mc"] / examples, fmt="none", color="C1", lw=4, alpha=0.8)
+    ax.axvline(0, color="0.5", lw=1, ls="--")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r['name']}{' (collapsed)' if r.get('collapsed') else ''}" for r in records], fontsize=9)
+    ax.set_xlabel("elpd difference to the best model (nats per held-out example; higher is better)")
+    ax.set_title("paired differences: ±2 s.e. over examples (thin), ±2 Monte Carlo s.e. (thick)", fontsize=10)
+    fig.tight_layout()
+    return fig

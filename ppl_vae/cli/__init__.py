@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "ppl_vae.cli.compare_ae",
     "ppl_vae.cli.grad_variance",
     "ppl_vae.cli.diagnose",
+    "ppl_vae.cli.compare",
 )
 
 
