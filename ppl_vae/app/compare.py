@@ -302,7 +302,9 @@ def report_lines(comparison: RunComparison) -> list[str]:
         f"S = {comparison.num_samples} guide draws each. Units: {comparison.units}. Higher elpd is better; "
         "`elpd_diff` is the best model's elpd minus this one's, `dse` its paired standard error over examples "
         "(the uncertainty that matters), `MC part` the share of it due to the finite draws; weights are "
-        "az.compare's stacking and pseudo-BMA+ weights.",
+        "az.compare's stacking and pseudo-BMA+ weights. The errors are over held-out examples for these models "
+        "as trained: another training seed moves each row too, so a claim about a prior or guide in general "
+        "needs runs with several seeds.",
         "",
         "| " + " | ".join(rows[0]) + " |",
         "| --- | --- | " + " | ".join(["---:"] * (len(rows[0]) - 2)) + " |",

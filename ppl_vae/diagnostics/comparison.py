@@ -84,7 +84,8 @@ class Comparison(Result):
             ``khat_over_0.7`` (share of examples whose importance estimate is unreliable),
             ``warning`` (True when that share is above 0).
         num_examples: N. num_samples: S per example and model.
-        warnings: one line per model whose importance estimate is unreliable.
+        warnings: one line naming the models whose importance estimates are unreliable, with the share of
+            examples for each (empty when none is).
         scores: the :class:`ModelScore` of each model, by name (not in :meth:`to_dict`).
     """
 
@@ -125,6 +126,29 @@ def score_model(
     return ModelScore(name, estimate, np.nan_to_num(variance), np.asarray(p.khat, dtype=float), num_samples)
 
 
+def paired_difference(a: ModelScore, b: ModelScore) -> dict:
+    """How much better ``a`` predicts the examples than ``b``: ``diff`` = sum_n (log p_a(x_n) - log p_b(x_n))
+    and ``diff_per_example`` (nats), ``dse`` = sqrt(N Var_n(d_n)) (paired s.e. over examples), ``dse_mc``
+    (its Monte Carlo part, independent draws of the two models) and ``z = diff / dse`` (None where the
+    pointwise values are identical, e.g. a model with itself)."""
+    if a.log_likelihood.shape != b.log_likelihood.shape:
+        raise ConfigError(
+            f"models {a.name!r} and {b.name!r} were scored on different numbers of examples; score the same data"
+        )
+    d = a.log_likelihood - b.log_likelihood  # (N,)
+    n = d.shape[0]
+    diff = float(d.sum())
+    dse = math.sqrt(n * float(np.var(d)))
+    identical = a is b or dse <= 1e-9 * max(1.0, abs(diff))
+    return {
+        "diff": diff,
+        "diff_per_example": float(d.mean()),
+        "dse": 0.0 if a is b else dse,
+        "dse_mc": 0.0 if a is b else math.sqrt(float(np.sum(a.log_likelihood_var + b.log_likelihood_var))),
+        "z": None if identical else diff / dse,
+    }
+
+
 def compare_scores(scores: list[ModelScore], *, seed: int = 0, shift: float = 0.0) -> Comparison:
     """The comparison table of models scored on the same examples (see :class:`Comparison`).
 
@@ -145,10 +169,7 @@ def compare_scores(scores: list[ModelScore], *, seed: int = 0, shift: float = 0.
     n = best.log_likelihood.shape[0]
     records = []
     for rank, s in enumerate(order):
-        diff = pointwise[best.name] - pointwise[s.name]  # (N,), >= 0 on average
-        dse = math.sqrt(n * float(np.var(diff))) if rank else 0.0
-        resolved = dse > 1e-9 * max(1.0, abs(float(diff.sum())))  # identical pointwise values: no ratio
-        dse_mc = math.sqrt(float(np.sum(best.log_likelihood_var + s.log_likelihood_var))) if rank else 0.0
+        paired = paired_difference(best, s)
         records.append(
             {
                 "rank": rank,
@@ -157,24 +178,25 @@ def compare_scores(scores: list[ModelScore], *, seed: int = 0, shift: float = 0.
                 "elpd_per_example": float(pointwise[s.name].mean()),
                 "se": math.sqrt(n * float(np.var(pointwise[s.name]))),
                 "mcse": math.sqrt(float(np.sum(s.log_likelihood_var))),
-                "elpd_diff": float(diff.sum()),
-                "elpd_diff_per_example": float(diff.mean()),
-                "dse": dse,
-                "dse_mc": dse_mc,
-                "z": float(diff.sum()) / dse if rank and resolved else None,
+                "elpd_diff": paired["diff"],
+                "elpd_diff_per_example": paired["diff_per_example"],
+                "dse": paired["dse"],
+                "dse_mc": paired["dse_mc"],
+                "z": paired["z"],
                 "weight": weights["stacking"][s.name],
                 "pseudo_bma_weight": weights["pseudo-BMA+"][s.name],
                 "khat_over_0.7": s.khat_over,
                 "warning": s.khat_over > 0,
             }
         )
-    warnings = [
-        f"{s.name}: the importance estimate of log p(x) is unreliable for {s.khat_over:.1%} of examples "
-        f"(k-hat > {KHAT_UNRELIABLE}); its elpd may be too low and its errors optimistic (more draws, "
-        "or a better guide, would tell)"
-        for s in order
-        if s.khat_over > 0
-    ]
+    unreliable = [f"{s.name} {s.khat_over:.1%}" for s in order if s.khat_over > 0]
+    warnings = []
+    if unreliable:
+        warnings.append(
+            f"the importance estimate of log p(x) is unreliable (k-hat > {KHAT_UNRELIABLE}) for a share of the "
+            f"examples of {', '.join(unreliable)}: there the elpd may be too low and the Monte Carlo errors "
+            "optimistic (more draws, or a better guide, would tell)"
+        )
     return Comparison(records, n, best.num_samples, warnings, scores={s.name: s for s in scores})
 
 
