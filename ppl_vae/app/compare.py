@@ -202,7 +202,9 @@ def write_comparison(out: Path, comparison: RunComparison) -> None:
 
     def write(staging: Path) -> None:
         write_json(staging / "comparison.json", comparison.records)
-        plots.save_figure(plots.comparison_figure(comparison.records), staging / "figures" / "comparison.png")
+        plots.save_figure(
+            plots.comparison_figure(comparison.records, comparison.num_examples), staging / "figures" / "comparison.png"
+        )
         (staging / "inference_data").mkdir()
         for i, (name, score) in enumerate(comparison.comparison.scores.items()):
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(name).name) or "model"

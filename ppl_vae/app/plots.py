@@ -257,15 +257,17 @@ def pair_figure(nuts, guide, title: str, dims=None, max_dims: int = 4) -> Figure
     return fig
 
 
-def comparison_figure(records: list) -> Figure:
+def comparison_figure(records: list, num_examples: int) -> Figure:
     """A forest of each model's difference to the best, per example in nats: the point, ±2 paired s.e.
-    (thin bar) and ±2 Monte Carlo s.e. (thick bar); the best model sits at 0."""
+    (thin bar) and ±2 Monte Carlo s.e. (thick bar); the best model sits at 0. ``records``: those of a
+    comparison (:class:`ppl_vae.diagnostics.comparison.Comparison`), whose errors are totals over
+    ``num_examples`` examples."""
     import numpy as np
 
     n = max(1, len(records))
     fig = Figure(figsize=(7.5, 0.9 + 0.45 * n))
     ax = fig.add_subplot(1, 1, 1)
-    examples = records[0].get("num_examples") or 1
+    examples = num_examples
     y = np.arange(n)[::-1]
     for yi, r in zip(y, records):
         diff = -r["elpd_diff_per_example"]  # below 0: worse than the best
