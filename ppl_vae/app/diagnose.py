@@ -14,6 +14,9 @@ Files written (each atomically; the folder is filled only after every computatio
     ``sbc``: ``num_simulations``, ``num_draws``, ``num_bins``, ``p_value`` (Bonferroni over latent
     dimensions), ``p_values``, ``dispersion_z``, ``bias_z``, ``shift``, ``width_ratio``, ``flags``, ``verdict``
     (see :class:`ppl_vae.diagnostics.calibration.SBCResult`);
+    ``calibration``: central-interval coverage of q(z | x) against SBC's simulations (``simulations``) and
+    against the NUTS draws (``nuts``), the SBC rank ECDF against its simultaneous band (``ecdf``) and the
+    classifier two-sample test of guide vs NUTS draws (``c2st``); see :mod:`ppl_vae.app.calibration_checks`;
     ``classification`` (models with an enumerated class site ``y``: ``mixture:K``, ``semi-supervised:K``):
     per prediction, ``simulated_posterior`` (p(y | x) on data simulated from the model against the
     simulated y), ``simulated_guide`` (the guide's q(y | x) there, when the guide draws y),
@@ -40,7 +43,9 @@ cannot apply to the model says why in one line (``{"skipped": reason}``).
     The numbers above in words, with the figures.
 ``figures/``
     ``khat.png``, ``sbc_ranks.png``, ``nuts_pair_<index>.png`` (one per NUTS observation),
-    ``reliability.png`` (class predictions against frequencies, models with an enumerated y).
+    ``reliability.png`` (class predictions against frequencies, models with an enumerated y),
+    ``coverage.png`` (nominal vs actual coverage of q(z | x)'s central intervals), ``sbc_ecdf.png`` (the SBC
+    rank ECDF minus the uniform CDF, with simultaneous bands).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import numpy as np
 
 from ppl_vae import diagnostics
 from ppl_vae.app import plots
+from ppl_vae.app.calibration_checks import calibration_lines, calibration_section, calibration_summary
 from ppl_vae.app.checkpoint import atomic_write, write_json
 from ppl_vae.app.folders import check_output_dir, locked, publish_folder
 from ppl_vae.app.formatting import format_number
@@ -81,7 +87,18 @@ LIMITS = {
 }
 
 #: The steps of a diagnosis, in order (the progress bar counts them; ``seconds`` times each).
-STEPS = ("psis", "inference data", "nuts", "sbc", "classes", "amortization gap", "collapse", "figures")
+STEPS = (
+    "psis",
+    "inference data",
+    "nuts",
+    "sbc",
+    "calibration",
+    "classes",
+    "amortization gap",
+    "collapse",
+    "predictive checks",
+    "figures",
+)
 
 
 @dataclass(frozen=True)
@@ -121,16 +138,19 @@ class DiagnoseResult(Result):
     psis: dict
     nuts: dict | None = None
     sbc: dict
+    calibration: dict | None = None
     classification: dict | None = None
     amortization_gap: dict | None = None
     label_role: str = "none"
     collapse: dict
+    predictive_checks: dict | None = None
     units: str
     seconds: dict
     settings: dict
 
     def _names(self) -> tuple[str, ...]:
-        skipped = {name for name in ("nuts", "classification", "amortization_gap") if getattr(self, name) is None}
+        optional = ("nuts", "calibration", "classification", "amortization_gap", "predictive_checks")
+        skipped = {name for name in optional if getattr(self, name) is None}
         return tuple(f.name for f in dataclasses.fields(self) if f.name not in skipped)
 
     def to_dict(self) -> dict:
@@ -480,6 +500,8 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
                 c=labels.simulations,
             )
             results["sbc"] = plain(s.summary())
+        with steps.step("calibration"):
+            results["calibration"], extra_figures = calibration_section(s.ranks, s.num_draws, nuts, seed=seed)
         with steps.step("classes"):
             classes = _classification(vae, heldout, labels, settings)
             results["classification"] = {k: plain(v) for k, v in classes.items()} or None
@@ -490,7 +512,7 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
         results = {k: v for k, v in results.items() if v is not None}  # skipped steps leave no section
         _report_in_data_units(results, run.scaling)
         with steps.step("figures"):
-            figures = _figures(p, s, nuts, results.get("nuts"), settings.nuts_chains, classes)
+            figures = {**_figures(p, s, nuts, results.get("nuts"), settings.nuts_chains, classes), **extra_figures}
     finally:
         steps.close()
     result = DiagnoseResult(**_finite({**results, "seconds": steps.seconds, "settings": settings.to_dict()}))
@@ -820,6 +842,8 @@ def report(results) -> str:
     if "nuts" in results:
         lines += _nuts_lines(results["nuts"])
     lines += _sbc_lines(results["sbc"], collapsed)
+    if results.get("calibration"):
+        lines += calibration_lines(results["calibration"], collapsed)
     if results.get("classification"):
         lines += _classification_lines(results["classification"])
     if results.get("amortization_gap") is not None:
@@ -846,6 +870,8 @@ def summary_lines(results) -> list[str]:
             f"{_number(n['max_abs_standardized_mean_error'], 2)}"
         )
     lines.append(f"SBC: {results['sbc']['verdict']} (p = {results['sbc']['p_value']:.3g})")
+    if results.get("calibration"):
+        lines.append(calibration_summary(results["calibration"], _collapsed(results)))
     for name, r in (results.get("classification") or {}).items():
         lines.append(
             f"classes, {RELIABILITY_TITLES.get(name, name)}: ECE {_number(r['ece'], 4)} (calibrated "
