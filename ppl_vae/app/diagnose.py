@@ -26,6 +26,10 @@ Files written (each atomically; the folder is filled only after every computatio
     ``amortization_gap``: see :func:`ppl_vae.diagnostics.gaps.amortization_gap` (or ``{"skipped": reason}``);
     ``collapse``: see :func:`ppl_vae.diagnostics.collapse.collapse_report` (or ``{"skipped": reason}`` for a
     model without q(z | x));
+    ``predictive_checks``: ``posterior`` and ``prior`` predictive checks of the held-out data (test
+    statistics that fit the data kind with their replicated mean and sd, posterior predictive p-values,
+    which are extreme at the Bonferroni threshold, LOO-PIT where it applies); see
+    :mod:`ppl_vae.app.predictive_checks`;
     ``label_role``: what labels are to the run's model (``none``, ``semi``, ``covariate``, ``group``);
     ``seconds``: wall time of each step; ``settings``: the arguments.
 
@@ -45,7 +49,9 @@ cannot apply to the model says why in one line (``{"skipped": reason}``).
     ``khat.png``, ``sbc_ranks.png``, ``nuts_pair_<index>.png`` (one per NUTS observation),
     ``reliability.png`` (class predictions against frequencies, models with an enumerated y),
     ``coverage.png`` (nominal vs actual coverage of q(z | x)'s central intervals), ``sbc_ecdf.png`` (the SBC
-    rank ECDF minus the uniform CDF, with simultaneous bands).
+    rank ECDF minus the uniform CDF, with simultaneous bands), ``ppc.png`` (per-example statistics of the
+    held-out data against replicated data, ``az.plot_ppc`` and ``az.plot_bpv``), ``ppc_pvalues.png`` (each
+    test statistic's replicated distribution with the observed value), ``loo_pit.png`` (when LOO-PIT applies).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ from ppl_vae.app.calibration_checks import calibration_lines, calibration_sectio
 from ppl_vae.app.checkpoint import atomic_write, write_json
 from ppl_vae.app.folders import check_output_dir, locked, publish_folder
 from ppl_vae.app.formatting import format_number
+from ppl_vae.app.predictive_checks import predictive_lines, predictive_section, predictive_summary
+from ppl_vae.diagnostics.predictive import replicates_for
 from ppl_vae.errors import ConfigError
 from ppl_vae.limits import check_bytes
 from ppl_vae.results import Result, plain
@@ -84,6 +92,7 @@ LIMITS = {
     "gap_steps": Bound(int, 1, 1_000_000),
     "idata_samples": Bound(int, 1, 100_000),
     "class_particles": Bound(int, 1, 100_000),
+    "ppc_samples": Bound(int, 2, 100_000),
 }
 
 #: The steps of a diagnosis, in order (the progress bar counts them; ``seconds`` times each).
@@ -116,12 +125,14 @@ class DiagnoseSettings(Result):
     gap_steps: int = 300
     idata_samples: int = 100
     class_particles: int = 100
+    ppc_samples: int | None = None  # replicated data sets of the predictive checks; None: the fewest that can flag
     seed: int = 0
 
     def check(self) -> DiagnoseSettings:
         """Refuse a size outside :data:`LIMITS` with a one-line :class:`ConfigError`."""
         for name, bound in LIMITS.items():
-            check_number(getattr(self, name), name, bound)
+            if getattr(self, name) is not None or name != "ppc_samples":
+                check_number(getattr(self, name), name, bound)
         return self
 
 
@@ -201,6 +212,7 @@ def diagnose_run(
     gap_steps: int = 300,
     idata_samples: int = 100,
     class_particles: int = 100,
+    ppc_samples: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -227,6 +239,7 @@ def diagnose_run(
         gap_steps=gap_steps,
         idata_samples=idata_samples,
         class_particles=class_particles,
+        ppc_samples=ppc_samples,
         seed=seed,
     ).check()
     out = Path(out) if out is not None else default_diagnostics_dir(run_dir)
@@ -472,6 +485,7 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
     )
     labels = _run_labels(run, n, settings.sbc_simulations)
     c = labels.heldout
+    ppc_samples = replicates_for(vae, heldout, settings.ppc_samples, name="ppc_samples")  # refused before work
     results: dict = {"run_dir": str(run_dir), "dataset": run.data.name, "num_heldout": n, "label_role": vae.label_role}
     steps = _Steps(progress)
     try:
@@ -509,10 +523,18 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
             results["amortization_gap"] = _amortization_gap(vae, heldout, settings, needs_labels=c is not None)
         with steps.step("collapse"):
             results["collapse"] = _skipped(lambda: plain(diagnostics.collapse_report(vae, heldout, seed=seed)))
+        with steps.step("predictive checks"):
+            results["predictive_checks"], ppc_figures = predictive_section(
+                vae, heldout, num_samples=ppc_samples, seed=seed, c=c, log_ratios=p.log_ratios
+            )
         results = {k: v for k, v in results.items() if v is not None}  # skipped steps leave no section
         _report_in_data_units(results, run.scaling)
         with steps.step("figures"):
-            figures = {**_figures(p, s, nuts, results.get("nuts"), settings.nuts_chains, classes), **extra_figures}
+            figures = {
+                **_figures(p, s, nuts, results.get("nuts"), settings.nuts_chains, classes),
+                **extra_figures,
+                **ppc_figures,
+            }
     finally:
         steps.close()
     result = DiagnoseResult(**_finite({**results, "seconds": steps.seconds, "settings": settings.to_dict()}))
@@ -849,6 +871,8 @@ def report(results) -> str:
     if results.get("amortization_gap") is not None:
         lines += _gap_lines(results["amortization_gap"])
     lines += _collapse_lines(results["collapse"], collapsed)
+    if results.get("predictive_checks"):
+        lines += predictive_lines(results["predictive_checks"])
     lines += ["## Time", "", ", ".join(f"{k}: {v:.1f} s" for k, v in results["seconds"].items()) + ".", ""]
     return "\n".join(lines)
 
@@ -881,6 +905,8 @@ def summary_lines(results) -> list[str]:
     for name in ("amortization_gap", "collapse"):
         if "skipped" in (results.get(name) or {}):
             lines.append(f"{name.replace('_', ' ')}: skipped: {results[name]['skipped']}")
+    if results.get("predictive_checks"):
+        lines.append(predictive_summary(results["predictive_checks"]))
     g = results.get("amortization_gap") or {}
     if "amortization_gap" in g:
         lines.append(

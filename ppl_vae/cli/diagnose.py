@@ -10,7 +10,8 @@ from ppl_vae.validation import arg, count, path_arg
 def register(sub) -> dict:
     p = sub.add_parser(
         "diagnose",
-        help="PSIS k-hat, NUTS reference, SBC, class calibration, amortization gap and collapse of a run",
+        help="PSIS k-hat, NUTS reference, SBC and coverage, class calibration, amortization gap, collapse and "
+        "predictive checks of a run",
         description="Posterior diagnostics of a trained run on its held-out data: writes "
         "diagnostics.json, inference_data.nc, nuts.nc, log_ratios.npy, report.md and "
         "figures/ (default folder: RUN_DIR/diagnostics). Models with a class site (mixture, "
@@ -59,6 +60,13 @@ def register(sub) -> dict:
         default=100,
         help="draws per estimate of p(y | x) (models with an enumerated class y: mixture, semi-supervised)",
     )
+    p.add_argument(
+        "--ppc-samples",
+        type=count("--ppc-samples", 2, 100_000),
+        default=None,
+        help="replicated data sets of the posterior and prior predictive checks (default: the fewest that can "
+        "flag a statistic at family level 0.01, e.g. 800 for 8 statistics)",
+    )
     p.add_argument("--seed", type=arg("seed"), default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -84,6 +92,7 @@ def _diagnose(args) -> None:
         gap_observations=args.gap_observations,
         gap_steps=args.gap_steps,
         class_particles=args.class_particles,
+        ppc_samples=args.ppc_samples,
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,

@@ -739,20 +739,34 @@ def _verdict(kind: str, checks: dict, threshold: float, alpha: float) -> str:
     )
 
 
-def _resolve_samples(num_samples, stats: StatisticSet, alpha: float) -> int:
+def _resolve_samples(num_samples, stats: StatisticSet, alpha: float, name: str = "num_samples") -> int:
     """S: ``num_samples``, refused below :func:`min_num_samples`; None: that minimum rounded up to 100."""
     needed = min_num_samples(stats, alpha)
     if num_samples is None:
         return int(math.ceil((needed + 1) / 100) * 100)
-    check_number(num_samples, "num_samples")
+    check_number(num_samples, name, BOUNDS["num_samples"])
     if num_samples < needed:
         m = len(stats.statistics)
         raise ConfigError(
-            f"num_samples={num_samples} is too few for {m} test statistics at family level alpha={alpha:g}: the "
+            f"{name} {num_samples} is too few for {m} test statistics at family level alpha={alpha:g}: the "
             f"smallest p-value of S replicates is 2/(S+1), above the threshold alpha/{m} = {alpha / m:.3g}; use "
-            f"num_samples >= {needed} (or a larger alpha)"
+            f"{name} {needed} or more (or a larger alpha)"
         )
     return num_samples
+
+
+def replicates_for(
+    likelihood_or_vae,
+    data: torch.Tensor,
+    num_samples: int | None = None,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    name: str = "num_samples",
+) -> int:
+    """How many replicated data sets a check of ``data`` uses: ``num_samples``, refused with a one-line
+    :class:`ConfigError` (naming ``name``) when too few to flag any statistic, or, when None, the fewest
+    that can, rounded up to 100. Call it to validate a setting before any work."""
+    return _resolve_samples(num_samples, statistics_for(data_kind(likelihood_or_vae, data), data), alpha, name)
 
 
 @torch.no_grad()

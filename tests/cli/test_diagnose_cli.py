@@ -51,10 +51,28 @@ def test_writes_every_documented_file(diagnosed):
         "report.md",
         "figures/khat.png",
         "figures/sbc_ranks.png",
+        "figures/coverage.png",
+        "figures/sbc_ecdf.png",
+        "figures/ppc.png",
+        "figures/ppc_pvalues.png",
     ):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "diagnostics.json").read_text())
-    assert set(results) >= {"psis", "nuts", "sbc", "amortization_gap", "collapse", "seconds", "settings"}
+    assert set(results) >= {
+        "psis",
+        "nuts",
+        "sbc",
+        "calibration",
+        "amortization_gap",
+        "collapse",
+        "predictive_checks",
+        "seconds",
+        "settings",
+    }
+    assert set(results["calibration"]) == {"simulations", "ecdf", "nuts", "c2st"}
+    assert set(results["predictive_checks"]) == {"posterior", "prior"}
+    assert results["predictive_checks"]["posterior"]["data_kind"] == "image"
+    assert results["predictive_checks"]["posterior"]["num_samples"] == 800  # the fewest that can flag, rounded up
     for index in results["nuts"]["observations"]:
         assert (out / "figures" / f"nuts_pair_{index}.png").stat().st_size > 0
     assert len(results["nuts"]["observations"]) == 2
@@ -65,8 +83,21 @@ def test_writes_every_documented_file(diagnosed):
         "Simulation-based calibration",
         "Amortization gap",
         "Posterior collapse",
+        "Calibration of q(z | x)",
+        "predictive",
     ):
         assert heading in report
+    for figure in ("coverage.png", "sbc_ecdf.png", "ppc.png", "ppc_pvalues.png"):
+        assert f"figures/{figure}" in report
+
+
+def test_too_few_predictive_replicates_are_refused_before_any_work(diagnosed, tmp_path, capsys):
+    run, _ = diagnosed
+    out = tmp_path / "never"
+    assert main(["diagnose", str(run), *SMALL, "--ppc-samples", "50", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ppc_samples 50 is too few" in err and "799 or more" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_json_agrees_with_the_stored_arrays(diagnosed):

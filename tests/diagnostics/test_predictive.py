@@ -208,9 +208,12 @@ def test_too_few_replicates_for_the_threshold_are_refused():
     s = P.statistics_for("image", images)
     assert P.min_num_samples(s) == 799
     assert P.extreme_threshold(4) == pytest.approx(0.0025)
-    with pytest.raises(ConfigError, match="num_samples >= 799") as error:
+    with pytest.raises(ConfigError, match="num_samples 799 or more") as error:
         P.predictive_check(vae.model, vae.guide, images, num_samples=798)
     assert "\n" not in str(error.value)
+    assert P.replicates_for(vae, images) == 800 and P.replicates_for(vae, images, 799) == 799
+    with pytest.raises(ConfigError, match="--ppc-samples 799 or more"):
+        P.replicates_for(vae, images, 798, name="--ppc-samples")
     # tables: 8 profile statistics, one-sided: 1/(S+1) <= 0.01/8 -> S >= 799 as well; a family level of
     # 0.05 needs S >= 159 (8/0.05 - 1)
     table = torch.randn(20, 6)
