@@ -95,6 +95,9 @@ LIMITS = {
     "ppc_samples": Bound(int, 2, 100_000),
 }
 
+#: What the predictive checks' statistics of a standardized table are in.
+STANDARDIZED_UNITS = "the table's features as the model scores them, standardized with the training rows' mean and sd"
+
 #: The steps of a diagnosis, in order (the progress bar counts them; ``seconds`` times each).
 STEPS = (
     "psis",
@@ -527,6 +530,8 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
             results["predictive_checks"], ppc_figures = predictive_section(
                 vae, heldout, num_samples=ppc_samples, seed=seed, c=c, log_ratios=p.log_ratios
             )
+            if run.scaling is not None:
+                results["predictive_checks"]["units"] = STANDARDIZED_UNITS
         results = {k: v for k, v in results.items() if v is not None}  # skipped steps leave no section
         _report_in_data_units(results, run.scaling)
         with steps.step("figures"):

@@ -254,8 +254,9 @@ def _table(section: dict) -> list[str]:
     for name in section["posterior"]["statistics"]:
         for kind in ("posterior", "prior"):
             s = section[kind]["statistics"][name]
+            mark = " †" if s.get("sided") == "upper" else ""
             lines.append(
-                f"| {name} | {kind} | {_number(s['observed'])} | {_number(s['replicated_mean'])} ± "
+                f"| {name}{mark} | {kind} | {_number(s['observed'])} | {_number(s['replicated_mean'])} ± "
                 f"{_number(s['replicated_sd'])} | {_number(s['ppp'])} ± {_number(s['ppp_se'])} | "
                 f"{s['p_value']:.2g} | {'**yes**' if s['extreme'] else 'no'} |"
             )
@@ -304,6 +305,17 @@ def predictive_lines(section: dict) -> list[str]:
         "",
         *_table(section),
         "",
+        *(
+            [
+                "† A statistic per component (per column, pair or pixel): its held-out and replicated numbers are "
+                "the largest standardized discrepancy over the components (in sds of the replicates), and the "
+                "findings below name the worst component in the data's own units.",
+                "",
+            ]
+            if any(s.get("sided") == "upper" for s in post["statistics"].values())
+            else []
+        ),
+        *([f"Units of the statistics: {section['units']}.", ""] if section.get("units") else []),
         *_findings(post),
         *_findings(prior),
         f"How to read them: {post['note']} {prior['note']} A collapsed model (q(z | x) = p(z), see the "

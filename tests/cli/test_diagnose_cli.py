@@ -365,3 +365,24 @@ def test_a_conditional_run_is_diagnosed_given_its_labels(structured):
     assert "collapse is measured on q(z | x), which this model does not have" in results["collapse"]["skipped"]
     assert "log p(x | c)" in (out / "report.md").read_text()
     assert not (out / "figures" / "reliability.png").exists()
+
+
+def test_a_table_run_gets_table_statistics_loo_pit_and_its_units(tmp_path):
+    """Heavy-tailed columns (Student-t, 3 degrees of freedom) under a Gaussian likelihood: the predictive
+    checks use table statistics on the standardized features, say so, and LOO-PIT applies."""
+    rng = np.random.default_rng(0)
+    table = tmp_path / "t.csv"
+    np.savetxt(table, rng.standard_t(3, size=(300, 4)) * 2 + 5, delimiter=",", header="a,b,c,d", comments="")
+    run = tmp_path / "run"
+    train = ["train", "--dataset", f"table:{table}", "--likelihood", "gaussian", "--latent-dim", "2"]
+    assert main([*train, "--hidden-dims", "16", "--epochs", "5", "--quiet", "--out", str(run)]) == 0
+    assert main(["diagnose", str(run), *SMALL]) == 0
+    out = run / "diagnostics"
+    checks = json.loads((out / "diagnostics.json").read_text())["predictive_checks"]
+    assert checks["posterior"]["data_kind"] == "table" and "kurtosis" in checks["posterior"]["statistics"]
+    assert "standardized" in checks["units"]
+    pit = checks["posterior"]["loo_pit"]
+    assert pit.get("reason") is None and pit["num_values"] > 0
+    assert (out / "figures" / "loo_pit.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "Units of the statistics: the table's features" in report and "kurtosis †" in report
