@@ -1,5 +1,6 @@
 """Figures of the latent space (interpolations, traversals, the decoded manifold, 2-D scatter), built as
-matplotlib Figure objects without pyplot from the results of :mod:`ppl_vae.diagnostics.latent_space`."""
+matplotlib Figure objects without pyplot from the results of :mod:`ppl_vae.diagnostics.latent_space`.
+Decoded images with 3 channels are drawn in colour, with 1 in grey (:func:`ppl_vae.app.plots.show_grid`)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@ computes model quantities. Figures are built without pyplot, so no display or ba
 
 Conventions every figure keeps: every axis that shows a quantity has a label with its unit (ELBOs in
 nats per example), counts and epochs have integer ticks, image figures are sized to their grid, and
-:func:`save_figure` crops the saved file to its content (a thin even margin, no blank bands).
+:func:`save_figure` crops the saved file to its content (a thin even margin, no blank bands). Image
+figures take ``(N, 1, H, W)`` grey or ``(N, 3, H, W)`` colour images (see :func:`as_images`): colour is drawn
+as RGB, grey with ``gray_r`` (0 white, 1 black); in both, gaps are white and tiles have grey frames.
 """
 
 from __future__ import annotations

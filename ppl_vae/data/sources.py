@@ -30,29 +30,41 @@ Data sources (the ``spec`` argument of :func:`load_dataset`):
     255; ``bool`` becomes 0/1; float arrays must already be in [0, 1]. Labels must be whole numbers
     >= 0 (integer dtype, or floats holding whole numbers), shaped ``(N,)`` or ``(N, 1)``.
 ``"folder:PATH"``
-    A folder of image files (.png .jpg .jpeg .bmp .gif .tif .tiff, any case), read with Pillow and
-    converted to grey values in [0, 1] by the image's own depth: 8-bit, palette (through the palette)
-    and colour images become Pillow mode ``"L"`` (ITU-R 601-2 luma) / 255; 16-bit images are divided
-    by 65535; 32-bit integer images by the largest value of their bit depth (negative values are an
-    error); 32-bit float images must already lie in [0, 1]. Alpha is dropped and only the first frame
-    of animated files is used. Either all images lie directly in PATH (no labels) or PATH holds one subfolder
+    A folder of image files (.png .jpg .jpeg .bmp .gif .tif .tiff, any case), read with Pillow into
+    values in [0, 1] by the image's own depth, keeping colour. Colour images (RGB, RGBA, CMYK, YCbCr,
+    ..., and palette images, through their palette) become 3 channels R, G, B of 8 bits / 255; grey
+    images 1 channel: 8-bit / 255, 16-bit / 65535, 32-bit integers by the largest value of their bit
+    depth (negative values are an error), 32-bit floats must already lie in [0, 1]. Alpha is dropped
+    and only the first frame of animated files is used. A folder mixing grey and colour images loads
+    as colour: each grey image is repeated in R, G and B (exact, and its luma is the grey level again).
+    Either all images lie directly in PATH (no labels) or PATH holds one subfolder
     per class (labels = index of the class folder in the sorted list of subfolder names). Having
     both loose images and class subfolders is an error, as is a class subfolder without images;
     hidden entries (names starting with ".") and files with other extensions are ignored, and
     class folders are not searched recursively. Split like ``"digits"``.
+``"cifar10"``, ``"cifar10:PATH"``
+    CIFAR-10 in its binary format (:mod:`ppl_vae.data.cifar`), read without unpickling anything:
+    ``data_batch_1.bin`` ... ``data_batch_5.bin`` (training; at least one) and ``test_batch.bin``
+    (held out), from ``<root>/cifar-10-batches-bin`` (where ``cifar-10-binary.tar.gz`` extracts to) or
+    from the folder PATH. ``(N, 3, 32, 32)`` images k/255 with labels 0..9.
 ``"table:PATH"``
     A table of numbers, a CSV file or an npz archive of columns (:mod:`ppl_vae.data.tables`): one row per
     example, ``(N, D)`` values for the real-valued and count likelihoods. Split like ``"digits"``, unless an
     npz holds its own ``x_train`` and ``x_test``.
+
+``grey=True`` turns colour into one channel after loading, by ITU-R 601-2 luma with Pillow's mode "L"
+weights (:mod:`ppl_vae.data.colour`): 8-bit sources (images, uint8 arrays, CIFAR) are rounded as
+Pillow rounds, so their grey levels stay k/255; float arrays are weighted without rounding. Sources that
+are grey already are unchanged; it is an error for tables and flat vectors that are not square images.
 
 ``image_size`` resizes every image to ``image_size x image_size`` (bilinear, antialiased) after
 loading; it is an error for flat vector data.
 
 Reading is bounded (:mod:`ppl_vae.limits`): every size is checked against the memory budget from the
 file's own headers *before* anything is decoded or allocated -- the zip directory and the ``.npy``
-headers of an npz, the dimensions in an image header, the IDX header of MNIST files, and the size
-asked for by ``image_size``. A file that is damaged, of the wrong type or too big is refused with a
-one-line :class:`DataError` that names the file and the fix.
+headers of an npz, the dimensions in an image header, the IDX header of MNIST files, the size of every
+CIFAR batch, and the size asked for by ``image_size``. A file that is damaged, of the wrong type or too
+big is refused with a one-line :class:`DataError` that names the file and the fix.
 
 :func:`data_fingerprint` hashes the bytes a spec reads (recorded in run folders so that a resumed run
 can refuse changed data) and :func:`check_data_support` checks, in chunks over all rows, that data lie
@@ -73,21 +85,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ppl_vae.data.cifar import cifar10_files, cifar10_folder, load_cifar10
+from ppl_vae.data.colour import luma, luma_8bit
 from ppl_vae.data.npz import READ_CHUNK, one_line, read_npz, require_file
 from ppl_vae.data.split import MAX_SEED, DataSplit, describe_value, split_examples
 from ppl_vae.errors import DataError
 from ppl_vae.limits import check_bytes
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist", "cifar10")
 
 
 """Named data sets; ``load_dataset`` also accepts the prefixes in :data:`SPEC_PREFIXES`."""
 
 
-SPEC_PREFIXES = ("npz:", "folder:", "table:")
+SPEC_PREFIXES = ("npz:", "folder:", "table:", "cifar10:")
 
 
-"""Prefixes of data set specs that name a file (``npz:PATH``, ``table:PATH``) or a folder (``folder:PATH``)."""
+"""Prefixes of data set specs that name a file (``npz:PATH``, ``table:PATH``) or a folder (``folder:PATH``,
+``cifar10:PATH``)."""
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -126,15 +141,16 @@ def load_dataset(
     image_size: Optional[int] = None,
     heldout_fraction: float = 0.2,
     split_seed: int = 0,
+    grey: bool = False,
 ) -> DataSplit:
     """Load a data set as a :class:`DataSplit` (see the module docstring for the sources).
 
     Args:
-        spec: ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"`` (case-insensitive),
-            ``"npz:PATH"``, ``"folder:PATH"`` or ``"table:PATH"`` (a CSV or npz table, see
-            :mod:`ppl_vae.data.tables`).
-        root: folder holding the torchvision data sets (``<root>/MNIST/raw`` ...); defaults to
-            ``"./data"``. Ignored by the other sources.
+        spec: ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"``, ``"cifar10"``
+            (case-insensitive), ``"npz:PATH"``, ``"folder:PATH"``, ``"cifar10:PATH"`` or ``"table:PATH"``
+            (a CSV or npz table, see :mod:`ppl_vae.data.tables`).
+        root: folder holding the torchvision data sets (``<root>/MNIST/raw`` ...) and CIFAR-10
+            (``<root>/cifar-10-batches-bin``); defaults to ``"./data"``. Ignored by the other sources.
         download: let torchvision download missing MNIST-family files into ``root``. Never
             downloads anything when False. Ignored by the other sources.
         image_size: if given, resize every image to ``(image_size, image_size)``.
@@ -144,6 +160,8 @@ def load_dataset(
         split_seed: seed of that split (0 <= split_seed < 2**64). The same seed gives the same split
             on every call (for a given data set and torch version), independent of and without
             touching the global torch random state.
+        grey: convert colour images to one grey channel (ITU-R 601-2 luma, after loading, before any
+            resizing). By default colour is kept: RGB images are ``(N, 3, H, W)``, grey ones ``(N, 1, H, W)``.
 
     Returns:
         The split; ``train`` is ``(N_train, *data_shape)``, ``heldout`` is ``(N_heldout, *data_shape)``.
@@ -152,10 +170,12 @@ def load_dataset(
         DataError: for any problem with the arguments or the data, with a one-line message.
     """
     _check_arguments(spec, image_size, heldout_fraction, split_seed)
+    if not isinstance(grey, (bool, np.bool_)):
+        raise DataError(f"grey must be True or False, got {grey!r}; pass grey=True to convert colour to grey")
     image_size = None if image_size is None else int(image_size)
     heldout_fraction, split_seed = float(heldout_fraction), int(split_seed)
     try:
-        return _load(spec, root, download, image_size, heldout_fraction, split_seed)
+        return _load(spec, root, download, image_size, heldout_fraction, split_seed, bool(grey))
     except MemoryError:
         # The budget checks come first, so this is a machine with less free memory than its budget.
         raise DataError(
@@ -171,23 +191,28 @@ def _load(
     image_size: Optional[int],
     heldout_fraction: float,
     split_seed: int,
+    grey: bool = False,
 ) -> DataSplit:
     kind, _, path = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "npz" and path:
-        return _load_npz(spec, path, image_size)
+        return _load_npz(spec, path, image_size, grey)
     if kind == "folder" and path:
-        return _load_folder(spec, path, image_size, heldout_fraction, split_seed)
+        return _load_folder(spec, path, image_size, heldout_fraction, split_seed, grey)
     if kind == "table" and path:
-        if image_size is not None:
-            raise DataError(f"data set {spec!r} is a table; --image-size applies to images only, drop it")
+        for flag, given in (("--image-size", image_size is not None), ("--grey", grey)):
+            if given:
+                raise DataError(f"data set {spec!r} is a table; {flag} applies to images only, drop it")
         from ppl_vae.data.tables import load_table
 
         return load_table(spec, path, heldout_fraction, split_seed)
-    if kind == "digits" and not path:
+    if kind == "digits" and not path:  # grey already: grey=True changes nothing
         split = _load_digits(heldout_fraction, split_seed)
-    elif kind in _TORCHVISION_CLASSES and not path:
+    elif kind in _TORCHVISION_CLASSES and not path:  # grey already
         split = _load_torchvision(kind, root, download)
+    elif kind == "cifar10" and (path or ":" not in spec):  # "cifar10" or "cifar10:PATH", not "cifar10:"
+        folder = cifar10_folder(path or None, _root_folder(root))
+        split = load_cifar10(spec, folder, grey=grey)
     else:
         raise DataError(_unknown_spec_message(spec))
     return split if image_size is None else _resize_split(split, image_size)
@@ -222,13 +247,20 @@ def _is_int(value: object) -> bool:
 
 
 def _valid_specs() -> str:
-    return f"use one of: {', '.join(DATASETS)}, npz:PATH, folder:PATH, table:PATH"
+    return f"use one of: {', '.join(DATASETS)}, npz:PATH, folder:PATH, cifar10:PATH, table:PATH"
+
+
+def _root_folder(root: Optional[PathLike]) -> str:
+    """The absolute data root (``root``, or :data:`DEFAULT_ROOT` when None)."""
+    return os.path.abspath(os.path.expanduser(os.fspath(DEFAULT_ROOT if root is None else root)))
 
 
 def _unknown_spec_message(spec: str) -> str:
     """Error message for an unknown spec, with a hint when it names an existing file or folder."""
     hint = ""
-    if spec and os.path.isdir(spec):
+    if spec and os.path.isdir(spec) and os.path.lexists(os.path.join(spec, "test_batch.bin")):
+        hint = f" (to read the CIFAR-10 batches in that folder, write cifar10:{spec})"
+    elif spec and os.path.isdir(spec):
         hint = f" (to read images from that folder, write folder:{spec})"
     elif spec and os.path.isfile(spec):
         hint = f" (to read that file, write npz:{spec})"
@@ -299,7 +331,7 @@ def _load_torchvision(kind: str, root: Optional[PathLike], download: bool) -> Da
 
     Images become ``(N, 1, 28, 28)`` float32 (uint8 / 255), labels ``(N,)`` int64.
     """
-    root = os.path.abspath(os.path.expanduser(os.fspath(DEFAULT_ROOT if root is None else root)))
+    root = _root_folder(root)
     class_name = _TORCHVISION_CLASSES[kind]
     raw_folder = os.path.join(root, class_name, "raw")
     if not download:
@@ -413,13 +445,13 @@ def _torchvision_tensors(
     return data.unsqueeze(1).to(torch.float32) / 255.0, targets.to(torch.int64)
 
 
-def _load_npz(name: str, path: str, image_size: Optional[int]) -> DataSplit:
+def _load_npz(name: str, path: str, image_size: Optional[int], grey: bool = False) -> DataSplit:
     """A keras-style .npz file: ``x_train``/``x_test`` and optional ``y_train``/``y_test``."""
     path = os.path.expanduser(path)
     arrays = read_npz(path)
     where = f"npz file {path}"
-    x_train = _npz_images(where, "x_train", arrays.pop("x_train"), image_size)
-    x_test = _npz_images(where, "x_test", arrays.pop("x_test"), image_size)
+    x_train = _npz_images(where, "x_train", arrays.pop("x_train"), image_size, grey)
+    x_test = _npz_images(where, "x_test", arrays.pop("x_test"), image_size, grey)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
             f"{where}: x_train examples have shape {tuple(x_train.shape[1:])} but x_test examples "
@@ -436,10 +468,13 @@ def _load_npz(name: str, path: str, image_size: Optional[int]) -> DataSplit:
     return DataSplit(name, x_train, x_test, y_train, y_test)
 
 
-def _npz_images(where: str, key: str, array: np.ndarray, image_size: Optional[int]) -> torch.Tensor:
-    """An .npz image array to float32 ``(N, C, H, W)`` or ``(N, D)`` in [0, 1], resized if asked."""
-    values = _npz_values(where, key, array)
-    x = torch.from_numpy(np.ascontiguousarray(_npz_layout(where, key, values)))
+def _npz_images(where: str, key: str, array: np.ndarray, image_size: Optional[int], grey: bool) -> torch.Tensor:
+    """An .npz image array to float32 ``(N, C, H, W)`` or ``(N, D)`` in [0, 1], grey and resized if asked."""
+    _check_npz_values(where, key, array)
+    x = _npz_layout(where, key, array)
+    if grey:
+        x = _npz_grey(where, key, x)
+    x = torch.from_numpy(np.ascontiguousarray(_unit_float(x)))
     if image_size is not None:
         if x.dim() != 4:
             raise DataError(
@@ -450,13 +485,13 @@ def _npz_images(where: str, key: str, array: np.ndarray, image_size: Optional[in
     return x
 
 
-def _npz_values(where: str, key: str, array: np.ndarray) -> np.ndarray:
-    """Check the dtype and values of an image array; return it as float32 in [0, 1] (same shape)."""
+def _check_npz_values(where: str, key: str, array: np.ndarray) -> None:
+    """DataError unless an image array is non-empty with bools, integers in 0..255 or floats in [0, 1]."""
     if array.size == 0:
         raise DataError(f"{where}: {key!r} is empty (shape {array.shape}); save at least one non-empty example")
     kind = array.dtype.kind
     if kind == "b":
-        return array.astype(np.float32)
+        return
     if kind in "iu":
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > 255:
@@ -464,9 +499,7 @@ def _npz_values(where: str, key: str, array: np.ndarray) -> np.ndarray:
                 f"{where}: integer array {key!r} has values from {low} to {high}; integer images must lie in "
                 "0..255 (or save floats in [0, 1])"
             )
-        values = array.astype(np.float32)
-        values /= 255.0
-        return values
+        return
     if kind == "f":
         if not np.isfinite(array).all():
             raise DataError(f"{where}: {key!r} contains NaN or infinite values; replace them before saving")
@@ -477,10 +510,34 @@ def _npz_values(where: str, key: str, array: np.ndarray) -> np.ndarray:
                 f"{where}: float array {key!r} has values from {low:g} to {high:g} but must lie in [0, 1]; "
                 f"{fix} (or save uint8 0..255)"
             )
-        return array.astype(np.float32)
+        return
     raise DataError(
         f"{where}: {key!r} has dtype {array.dtype}, not numbers; save images as uint8 0..255 or floats in [0, 1]"
     )
+
+
+def _unit_float(x: np.ndarray) -> np.ndarray:
+    """Checked image values as float32 in [0, 1]: integers 0..255 divided by 255, bools 0/1, floats as
+    they are."""
+    values = x.astype(np.float32)
+    if x.dtype.kind in "iu":
+        values /= 255.0
+    return values
+
+
+def _npz_grey(where: str, key: str, x: np.ndarray) -> np.ndarray:
+    """``(N, 3, H, W)`` to one grey channel ``(N, 1, H, W)`` (ITU-R 601-2 luma; integer samples rounded as
+    Pillow rounds, so they stay integers 0..255); grey images unchanged; DataError for flat vectors."""
+    if x.ndim != 4:
+        raise DataError(
+            f"grey only applies to images, but {where} holds flat vectors of shape {tuple(x.shape[1:])} in "
+            f"{key!r}; drop grey (--grey) or save the data as images"
+        )
+    if x.shape[1] == 1:
+        return x
+    if x.dtype.kind in "iu":
+        return luma_8bit(x, axis=1)
+    return luma(x.astype(np.float32, copy=False), axis=1)
 
 
 def _npz_layout(where: str, key: str, x: np.ndarray) -> np.ndarray:
@@ -529,32 +586,36 @@ def _npz_labels(where: str, key: str, y: np.ndarray, n: int) -> torch.Tensor:
 
 
 def _load_folder(
-    name: str, path: str, image_size: Optional[int], heldout_fraction: float, split_seed: int
+    name: str, path: str, image_size: Optional[int], heldout_fraction: float, split_seed: int, grey: bool = False
 ) -> DataSplit:
-    """A folder of images (flat, or one subfolder per class) as grey ``(N, 1, H, W)``, split by seed.
+    """A folder of images (flat, or one subfolder per class) as ``(N, C, H, W)``, split by seed.
 
-    Every image's size is read from its header first (nothing decoded), so that too big images and
-    too many images are refused before any is decoded; then the images are decoded one at a time
-    into the result (resized one at a time when ``image_size`` is given).
+    ``C`` is 3 when any image is in colour (grey images are then repeated in R, G and B), 1 when all are
+    grey or ``grey`` is set (colour by ITU-R 601-2 luma). Every image's size and mode are read from its
+    header first (nothing decoded), so that too big images and too many images are refused before any
+    is decoded; then the images are decoded one at a time into the result (resized one at a time when
+    ``image_size`` is given).
     """
     path = os.path.expanduser(path)
     files, labels = _list_folder(path)
-    sizes = [_image_header(file) for file in files]
+    headers = [_image_header(file) for file in files]
+    sizes = [(width, height) for width, height, _ in headers]
+    channels = 1 if grey else max(image_channels for _, _, image_channels in headers)
     n = len(files)
     if image_size is None:
         _check_same_size(files, sizes)
         width, height = sizes[0]
         check_bytes(
-            n * width * height * 4,
-            f"{n} images of {width}x{height} pixels from image folder {path} (as float32)",
+            n * channels * width * height * 4,
+            f"{n} images of {width}x{height} pixels and {channels} channel(s) from image folder {path} (as float32)",
             error=DataError,
         )
     else:
         width = height = image_size
-        _check_resize(f"the {n} images of image folder {path}", n, 1, image_size)
-    x = torch.empty((n, 1, height, width), dtype=torch.float32)
+        _check_resize(f"the {n} images of image folder {path}", n, channels, image_size)
+    x = torch.empty((n, channels, height, width), dtype=torch.float32)
     for i, file in enumerate(files):
-        image = torch.from_numpy(_read_image(file))[None, None]
+        image = torch.from_numpy(_read_image(file, channels))[None]
         if image_size is not None:
             image = _resize_images(image, image_size, f"image {file}")
         elif tuple(image.shape[-2:]) != (height, width):
@@ -644,9 +705,9 @@ def _pillow_failure(file: str, error: BaseException) -> DataError:
     return DataError(f"cannot read image {file} ({one_line(error)}); replace or remove the file")
 
 
-def _image_header(file: str) -> tuple[int, int]:
-    """``(width, height)`` of an image from its header, checked against the memory budget; nothing is
-    decoded."""
+def _image_header(file: str) -> tuple[int, int, int]:
+    """``(width, height, channels)`` of an image from its header (channels: 1 grey, 3 colour, see
+    :func:`_mode_channels`), checked against the memory budget; nothing is decoded."""
     from PIL import Image
 
     try:
@@ -657,22 +718,34 @@ def _image_header(file: str) -> tuple[int, int]:
         raise _pillow_failure(file, error) from error
     if width < 1 or height < 1:
         raise DataError(f"image {file} has no pixels ({width}x{height}); replace or remove the file")
-    # Pillow holds up to 4 bytes per band and pixel while decoding, then the grey float32 copy.
+    channels = _mode_channels(mode)
+    # Pillow holds up to 4 bytes per band and pixel while decoding, then the float32 copy of each channel.
     check_bytes(
-        width * height * (4 * bands + 4),
+        width * height * (4 * bands + 4 * channels),
         f"decoding image {file} ({width}x{height} pixels, mode {mode})",
         error=DataError,
     )
-    return width, height
+    return width, height, channels
 
 
-def _read_image(file: str) -> np.ndarray:
-    """One image file as grey float32 ``(H, W)`` in [0, 1]; DataError naming the file if unreadable."""
+def _mode_channels(mode: str) -> int:
+    """1 for Pillow's grey modes (1, L, LA, La, I, I;16..., F), 3 for the others (RGB, RGBA, P, PA, CMYK,
+    YCbCr, LAB, HSV, ...): a palette image counts as colour, whatever its palette holds."""
+    return 1 if mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;") else 3
+
+
+def _read_image(file: str, channels: int) -> np.ndarray:
+    """One image file as float32 ``(channels, H, W)`` in [0, 1]; DataError naming the file if unreadable.
+
+    ``channels`` 1: grey (colour by ITU-R 601-2 luma); 3: RGB (a grey image repeated in R, G and B)."""
     from PIL import Image
 
     try:
         with _PillowBombsAreErrors(), Image.open(file) as image:
-            return _grey_values(file, image)
+            if channels == 1 or _mode_channels(image.mode) == 1:
+                grey = _grey_values(file, image)[None]
+                return grey if channels == 1 else np.repeat(grey, channels, axis=0)
+            return _colour_values(file, image)
     except DataError:
         raise
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
@@ -680,7 +753,8 @@ def _read_image(file: str) -> np.ndarray:
 
 
 def _grey_values(file: str, image: Any) -> np.ndarray:
-    """A Pillow image as grey float32 ``(H, W)`` in [0, 1], scaled by the image's own depth."""
+    """A Pillow image as grey float32 ``(H, W)`` in [0, 1], scaled by the image's own depth (colour by
+    ITU-R 601-2 luma, Pillow's mode "L")."""
     mode = image.mode
     if mode.startswith("I;16"):  # 16-bit grey, either byte order
         values = np.asarray(image).astype(np.float32)
@@ -725,6 +799,24 @@ def _grey_values(file: str, image: Any) -> np.ndarray:
     return values
 
 
+def _colour_values(file: str, image: Any) -> np.ndarray:
+    """A Pillow colour image as float32 ``(3, H, W)`` R, G, B in [0, 1]: through the palette for palette
+    images, alpha dropped, other colour spaces (CMYK, YCbCr, ...) converted by Pillow."""
+    mode = image.mode
+    if mode == "PA" or (mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")  # the palette's colours; alpha dropped below
+    try:
+        rgb = image.convert("RGB")
+    except ValueError as error:
+        raise DataError(
+            f"image {file} has Pillow mode {mode}, which cannot be converted to RGB ({one_line(error)}); "
+            "save it as an RGB or grey image"
+        ) from error
+    values = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+    values /= 255.0
+    return values
+
+
 def _integer_depth(image: Any) -> tuple[int, bool]:
     """``(bits, signed)`` of the samples of a Pillow mode-"I" image: from a TIFF's BitsPerSample and
     SampleFormat tags; 16 unsigned for PNG (its deepest grey); else Pillow's own 32-bit signed."""
@@ -764,6 +856,8 @@ def data_fingerprint(spec: str, root: Optional[PathLike] = None) -> dict:
       SHA-256 of its bytes; other files (notes, hidden files) do not count;
     * ``mnist``, ``fashion-mnist``, ``kmnist``: the same over the four IDX files in
       ``<root>/<Name>/raw``;
+    * ``cifar10``, ``cifar10:PATH``: the same over the batch files the loader reads (the training
+      batches present, then ``test_batch.bin``);
     * ``digits``: the SHA-256 of the loaded arrays (shape, dtype and bytes of images and labels);
       ``files`` is 0 and ``bytes`` their size.
 
@@ -788,9 +882,12 @@ def data_fingerprint(spec: str, root: Optional[PathLike] = None) -> dict:
         folder = os.path.expanduser(path)
         files, _ = _list_folder(folder)
         return _hash_files(spec, folder, files)
+    if kind == "cifar10" and (path or ":" not in spec):
+        folder = cifar10_folder(path or None, _root_folder(root))
+        train_files, test_file = cifar10_files(folder)
+        return _hash_files(spec, folder, [*train_files, test_file])
     if kind in _TORCHVISION_CLASSES and not path:
-        base = os.path.abspath(os.path.expanduser(os.fspath(DEFAULT_ROOT if root is None else root)))
-        raw_folder = os.path.join(base, _TORCHVISION_CLASSES[kind], "raw")
+        raw_folder = os.path.join(_root_folder(root), _TORCHVISION_CLASSES[kind], "raw")
         _check_idx_files(kind, raw_folder)
         return _hash_files(spec, raw_folder, [os.path.join(raw_folder, name) for name in _IDX_FILES])
     if kind == "digits" and not path:

@@ -607,7 +607,7 @@ def test_folder_with_class_subfolders_gives_labels(tmp_path):
     assert torch.equal(again.train, split.train) and torch.equal(again.heldout_labels, split.heldout_labels)
 
 
-def test_folder_flat_has_no_labels_and_converts_to_grey(tmp_path):
+def test_folder_flat_has_no_labels_and_grey_converts_colour(tmp_path):
     rng = np.random.default_rng(9)
     grey = [rng.integers(0, 256, size=(5, 4), dtype=np.uint8) for _ in range(3)]
     for i, image in enumerate(grey):
@@ -615,13 +615,19 @@ def test_folder_flat_has_no_labels_and_converts_to_grey(tmp_path):
     rgb = rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
     save_png(tmp_path / "rgb.png", rgb)
     Image.fromarray(grey[0]).save(tmp_path / "g0_copy.bmp")
-    split = load_dataset(f"folder:{tmp_path}", heldout_fraction=0.4)
+    split = load_dataset(f"folder:{tmp_path}", heldout_fraction=0.4, grey=True)
     assert split.train_labels is None and split.heldout_labels is None
     assert split.data_shape == (1, 5, 4)
     assert len(split.train) == 3 and len(split.heldout) == 2
     expected = [*grey, grey[0], np.array(Image.fromarray(rgb).convert("L"))]
     got = sorted(image.numpy().tobytes() for image in torch.cat([split.train, split.heldout]))
     assert got == sorted((torch.from_numpy(e).float()[None] / 255).numpy().tobytes() for e in expected)
+    # Without grey=True the colour image keeps its channels and the grey ones are repeated in R, G, B.
+    colour = load_dataset(f"folder:{tmp_path}", heldout_fraction=0.4)
+    assert colour.data_shape == (3, 5, 4)
+    as_rgb = [np.repeat(e[None], 3, axis=0) for e in expected[:-1]] + [rgb.transpose(2, 0, 1)]
+    got = sorted(image.numpy().tobytes() for image in torch.cat([colour.train, colour.heldout]))
+    assert got == sorted((torch.from_numpy(e).float() / 255).numpy().tobytes() for e in as_rgb)
 
 
 def test_folder_mixed_sizes_need_image_size(tmp_path):

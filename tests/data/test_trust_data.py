@@ -47,15 +47,15 @@ def folder_of(tmp_path: Path, image: Image.Image, suffix: str = ".png", copies: 
     return f"folder:{folder}"
 
 
-def loaded_pixels(spec: str) -> np.ndarray:
-    """The grey image (H, W) every example of a folder of copies loads as."""
-    x = all_images(load_dataset(spec))
+def loaded_pixels(spec: str, grey: bool = False) -> np.ndarray:
+    """The image every example of a folder of copies loads as: (H, W) when grey, (H, W, 3) in colour."""
+    x = all_images(load_dataset(spec, grey=grey))
     assert torch.equal(x, x[:1].expand_as(x))
-    return x[0, 0].numpy()
+    return x[0, 0].numpy() if x.shape[1] == 1 else x[0].permute(1, 2, 0).numpy()
 
 
 # --------------------------------------------------------------------------------------------------
-# 1. image modes are converted to grey values in [0, 1] correctly
+# 1. image modes are read into values in [0, 1] correctly (colour kept; grey by luma when asked)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -112,32 +112,37 @@ def test_negative_int_image_is_refused(tmp_path):
 PALETTE = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (10, 200, 90)]
 
 
-def palette_image() -> tuple[Image.Image, np.ndarray]:
-    """A palette image and the grey levels of its pixels (ITU-R 601-2 luma of the palette colours)."""
+def palette_image() -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """A palette image, the grey levels of its pixels (ITU-R 601-2 luma of the palette colours) and its
+    colours (H, W, 3) in [0, 1]."""
     index = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint8)
     image = Image.new("P", (3, 2))
     image.putpalette([c for rgb in PALETTE for c in rgb] + [0] * 3 * (256 - len(PALETTE)))
     image.putdata(index.ravel().tolist())
     rgb = np.array([PALETTE[i] for i in index.ravel()], dtype=np.uint8).reshape(2, 3, 3)
     grey = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32) / 255
-    return image, grey
+    return image, grey, rgb / 255
 
 
 def test_palette_png_goes_through_its_palette(tmp_path):
-    image, grey = palette_image()
-    pixels = loaded_pixels(folder_of(tmp_path, image))
+    image, grey, colours = palette_image()
+    spec = folder_of(tmp_path, image)
+    pixels = loaded_pixels(spec, grey=True)
     np.testing.assert_allclose(pixels, grey, atol=1e-7)
     assert len(set(pixels.ravel().tolist())) == len(PALETTE)  # not the palette indices
+    np.testing.assert_allclose(loaded_pixels(spec), colours, atol=1e-7)  # colour kept by default
 
 
 @pytest.mark.parametrize("transparency", [1, bytes([255, 0, 128, 255, 255, 0])])
 def test_palette_png_with_transparency_drops_alpha_quietly(tmp_path, transparency):
-    image, grey = palette_image()
+    image, grey, colours = palette_image()
     spec = folder_of(tmp_path, image, transparency=transparency)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # Pillow warns when P+transparency goes straight to L
-        pixels = loaded_pixels(spec)
+        warnings.simplefilter("error")  # Pillow warns when P+transparency goes straight to L or RGB
+        pixels = loaded_pixels(spec, grey=True)
+        in_colour = loaded_pixels(spec)
     np.testing.assert_allclose(pixels, grey, atol=1e-7)
+    np.testing.assert_allclose(in_colour, colours, atol=1e-7)
 
 
 def test_la_and_rgba_drop_alpha(tmp_path):
@@ -148,7 +153,9 @@ def test_la_and_rgba_drop_alpha(tmp_path):
     rgb = np.stack([grey, grey[::-1], np.full_like(grey, 30)], axis=-1)
     rgba = Image.fromarray(np.concatenate([rgb, alpha[..., None]], axis=-1), mode="RGBA")
     expected = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32) / 255
-    np.testing.assert_allclose(loaded_pixels(folder_of(tmp_path / "rgba", rgba)), expected, atol=1e-7)
+    spec = folder_of(tmp_path / "rgba", rgba)
+    np.testing.assert_allclose(loaded_pixels(spec, grey=True), expected, atol=1e-7)
+    np.testing.assert_allclose(loaded_pixels(spec), rgb / 255, atol=1e-7)
 
 
 def test_1bit_png_is_0_or_1(tmp_path):

@@ -110,6 +110,21 @@ def mnist_root(tmp_path: Path) -> Path:
     return raw
 
 
+# Three valid CIFAR-10 records: a label byte, then 3072 pixel bytes.
+CIFAR_RECORDS = b"".join(bytes([label]) + bytes([25 * label]) * 3072 for label in (0, 3, 9))
+
+
+def cifar_folder(tmp_path: Path, **files: bytes | None) -> Path:
+    """A CIFAR-10 binary folder with data_batch_1.bin and test_batch.bin; ``files`` replaces (bytes) or
+    leaves out (None) either of them. The message must name the folder, which holds every file."""
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    for name, content in {"data_batch_1": CIFAR_RECORDS, "test_batch": CIFAR_RECORDS, **files}.items():
+        if content is not None:
+            (folder / f"{name}.bin").write_bytes(content)
+    return folder
+
+
 def table(tmp_path: Path, content: bytes, name: str = "t.csv") -> Path:
     path = tmp_path / name
     path.write_bytes(content)
@@ -211,11 +226,12 @@ BROKEN = {
         image_folder(p, {"bad.png": png_header_only(2**31 - 1, 2**31 - 1)}),
         "bad.png",
     ),
-    "folder: LAB tiff": lambda p: (
-        "folder",
-        image_folder(p, {"bad.tif": tiff_bytes(Image.new("LAB", (4, 4)))}),
-        "bad.tif",
-    ),
+    # (a LAB TIFF was refused while folders were read as grey; it now loads in colour, through Pillow)
+    # CIFAR-10 binary batches (more in test_cifar.py)
+    "cifar10: truncated batch": lambda p: ("cifar10", cifar_folder(p, data_batch_1=CIFAR_RECORDS[:-100])),
+    "cifar10: a PNG named .bin": lambda p: ("cifar10", cifar_folder(p, test_batch=good_png())),
+    "cifar10: label 11": lambda p: ("cifar10", cifar_folder(p, data_batch_1=b"\x0b" + CIFAR_RECORDS[1:])),
+    "cifar10: no test batch": lambda p: ("cifar10", cifar_folder(p, test_batch=None)),
     # tables
     "table: empty csv": lambda p: ("table", table(p, b"")),
     "table: header only": lambda p: ("table", table(p, b"a,b\n")),
