@@ -8,20 +8,22 @@ z lives in (``constraints.real_vector``, ``constraints.sphere``, ``constraints.s
 """
 
 from ppl_vae.guides.delta import PointMass
-from ppl_vae.guides.encoders import MLPEncoder
+from ppl_vae.guides.encoders import ConvEncoder, MLPEncoder, encoder_network
 from ppl_vae.guides.flow import FlowPosterior, InverseAutoregressiveFlow
 from ppl_vae.guides.full_rank import FullRankNormal
 from ppl_vae.guides.manifold import DirichletGuide, PowerSphericalGuide
 from ppl_vae.guides.normal import DiagonalNormal
 
-#: Guide families by CLI name; each factory takes ``(data_shape, latent_dim, hidden_dims)``.
+#: Guide families by CLI name; each factory takes ``(data_shape, latent_dim, hidden_dims, *,
+#: network="mlp", extra_features=0)``: the encoder network by name (``"mlp"``, ``"conv"``, ``"resnet"``, see
+#: :func:`encoder_network`) and the length of a vector appended to each flattened example.
 GUIDES = {
-    "normal": DiagonalNormal.mlp,  # R^d: N(mu(x), diag sigma(x)^2)
-    "full-rank": FullRankNormal.mlp,  # R^d: N(mu(x), L(x) L(x)^T)
-    "iaf": InverseAutoregressiveFlow.mlp,  # R^d: diagonal Normal base + 2 IAF layers conditioned on x
-    "delta": PointMass.mlp,  # R^d: point mass at f(x) (deterministic encoder)
-    "power-spherical": PowerSphericalGuide.mlp,  # sphere S^(d-1), d >= 2
-    "dirichlet": DirichletGuide.mlp,  # simplex, d >= 2
+    "normal": DiagonalNormal.build,  # R^d: N(mu(x), diag sigma(x)^2)
+    "full-rank": FullRankNormal.build,  # R^d: N(mu(x), L(x) L(x)^T)
+    "iaf": InverseAutoregressiveFlow.build,  # R^d: diagonal Normal base + 2 IAF layers conditioned on x
+    "delta": PointMass.build,  # R^d: point mass at f(x) (deterministic encoder)
+    "power-spherical": PowerSphericalGuide.build,  # sphere S^(d-1), d >= 2
+    "dirichlet": DirichletGuide.build,  # simplex, d >= 2
 }
 
 __all__ = [
@@ -34,4 +36,6 @@ __all__ = [
     "PowerSphericalGuide",
     "DirichletGuide",
     "MLPEncoder",
+    "ConvEncoder",
+    "encoder_network",
 ]

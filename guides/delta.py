@@ -9,7 +9,7 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppl_vae.guides.encoders import MLPEncoder
+from ppl_vae.guides.encoders import encoder_network
 
 
 class PointMass(nn.Module):
@@ -31,9 +31,25 @@ class PointMass(nn.Module):
         self.latent_dim = int(latent_dim)
 
     @classmethod
+    def build(
+        cls,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        *,
+        network: str = "mlp",
+        extra_features: int = 0,
+    ) -> PointMass:
+        """The family on an encoder with ``latent_dim`` outputs (``network`` and ``extra_features`` as in
+        :func:`~ppl_vae.guides.encoders.encoder_network`)."""
+        return cls(
+            encoder_network(network, data_shape, hidden_dims, latent_dim, extra_features=extra_features), latent_dim
+        )
+
+    @classmethod
     def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> PointMass:
-        """The default: an :class:`MLPEncoder` with ``latent_dim`` outputs."""
-        return cls(MLPEncoder(data_shape, hidden_dims, latent_dim), latent_dim)
+        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with ``latent_dim`` outputs."""
+        return cls.build(data_shape, latent_dim, hidden_dims)
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         return dist.Delta(self.encoder(x), event_dim=1)

@@ -1,4 +1,9 @@
-"""Encoders: networks from an observation ``x`` to the parameters of q(z | x)."""
+"""Encoders: networks from an observation ``x`` to the parameters of q(z | x).
+
+:class:`MLPEncoder` flattens each example; :class:`~ppl_vae.networks.ConvEncoder` (also re-exported here)
+keeps images as images. :func:`encoder_network` builds either by name; every guide family calls it, so
+each family works on top of every network.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ppl_vae.networks import mlp
+from ppl_vae.networks import NETWORKS, ConvEncoder, mlp
 
 
 class MLPEncoder(nn.Module):
@@ -22,3 +27,30 @@ class MLPEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[: x.dim() - len(self.data_shape)] + (-1,))  # (..., *data_shape) -> (..., D)
         return self.net(flat)
+
+
+def encoder_network(
+    network: str,
+    data_shape: Sequence[int],
+    hidden_dims: Sequence[int],
+    out_features: int,
+    *,
+    extra_features: int = 0,
+) -> nn.Module:
+    """The encoder ``x -> (..., out_features)`` of a guide family, by network name.
+
+    ``network``: ``"mlp"`` (:class:`MLPEncoder`), ``"conv"`` or ``"resnet"``
+    (:class:`~ppl_vae.networks.ConvEncoder`, plain or with residual blocks; needs images ``(C, H, W)``).
+    ``extra_features``: each example arrives flattened with that many numbers appended,
+    ``(..., prod(data_shape) + extra_features)`` (a structured prior's q(z | x, label)); the MLP reads the
+    whole vector, the convolutional encoders read the image part as an image and join the rest after
+    their convolutions.
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
+    if network == "mlp":
+        shape = (math.prod(data_shape) + extra_features,) if extra_features else tuple(data_shape)
+        return MLPEncoder(shape, hidden_dims, out_features)
+    return ConvEncoder(
+        data_shape, hidden_dims, out_features, extra_features=extra_features, residual=network == "resnet"
+    )

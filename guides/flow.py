@@ -13,7 +13,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from ppl_vae.guides.encoders import MLPEncoder
+from ppl_vae.guides.encoders import encoder_network
 
 
 class FlowPosterior(dist.TransformedDistribution):
@@ -121,6 +121,37 @@ class InverseAutoregressiveFlow(nn.Module):
         return [max(16, 4 * latent_dim)]
 
     @classmethod
+    def build(
+        cls,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        *,
+        network: str = "mlp",
+        extra_features: int = 0,
+        num_flows: int = 2,
+        context_dim: int | None = None,
+        flow_hidden_dims: Sequence[int] | None = None,
+        identity_init: bool = True,
+    ) -> InverseAutoregressiveFlow:
+        """The family on an encoder with ``2 * latent_dim + context_dim`` outputs (``network`` and
+        ``extra_features`` as in :func:`~ppl_vae.guides.encoders.encoder_network`);
+        ``context_dim = max(8, 2 * latent_dim)`` and one hidden layer of ``max(16, 4 * latent_dim)`` units in
+        each autoregressive network unless given."""
+        if context_dim is None:
+            context_dim = cls.default_context_dim(latent_dim)
+        outputs = 2 * latent_dim + context_dim
+        encoder = encoder_network(network, data_shape, hidden_dims, outputs, extra_features=extra_features)
+        return cls(
+            encoder,
+            latent_dim,
+            context_dim,
+            num_flows=num_flows,
+            flow_hidden_dims=flow_hidden_dims,
+            identity_init=identity_init,
+        )
+
+    @classmethod
     def mlp(
         cls,
         data_shape: Sequence[int],
@@ -132,17 +163,13 @@ class InverseAutoregressiveFlow(nn.Module):
         flow_hidden_dims: Sequence[int] | None = None,
         identity_init: bool = True,
     ) -> InverseAutoregressiveFlow:
-        """The default: an :class:`MLPEncoder` with ``2 * latent_dim + context_dim`` outputs;
-        ``context_dim = max(8, 2 * latent_dim)`` and one hidden layer of ``max(16, 4 * latent_dim)`` units in
-        each autoregressive network unless given."""
-        if context_dim is None:
-            context_dim = cls.default_context_dim(latent_dim)
-        encoder = MLPEncoder(data_shape, hidden_dims, 2 * latent_dim + context_dim)
-        return cls(
-            encoder,
+        """The default: :meth:`build` on an :class:`~ppl_vae.guides.encoders.MLPEncoder`."""
+        return cls.build(
+            data_shape,
             latent_dim,
-            context_dim,
+            hidden_dims,
             num_flows=num_flows,
+            context_dim=context_dim,
             flow_hidden_dims=flow_hidden_dims,
             identity_init=identity_init,
         )

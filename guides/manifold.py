@@ -10,7 +10,7 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppl_vae.guides.encoders import MLPEncoder
+from ppl_vae.guides.encoders import encoder_network
 from ppl_vae.models.manifold import PowerSpherical
 
 
@@ -39,9 +39,26 @@ class PowerSphericalGuide(nn.Module):
         self.min_concentration = float(min_concentration)
 
     @classmethod
+    def build(
+        cls,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        *,
+        network: str = "mlp",
+        extra_features: int = 0,
+    ) -> PowerSphericalGuide:
+        """The family on an encoder with ``latent_dim + 1`` outputs (``network`` and ``extra_features`` as
+        in :func:`~ppl_vae.guides.encoders.encoder_network`)."""
+        outputs = latent_dim + 1
+        return cls(
+            encoder_network(network, data_shape, hidden_dims, outputs, extra_features=extra_features), latent_dim
+        )
+
+    @classmethod
     def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> PowerSphericalGuide:
-        """The default: an :class:`MLPEncoder` with ``latent_dim + 1`` outputs."""
-        return cls(MLPEncoder(data_shape, hidden_dims, latent_dim + 1), latent_dim)
+        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with ``latent_dim + 1`` outputs."""
+        return cls.build(data_shape, latent_dim, hidden_dims)
 
     def loc_concentration(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ(x) ``(N, d)`` with unit norm and κ(x) ``(N,)`` >= ``min_concentration``."""
@@ -77,9 +94,25 @@ class DirichletGuide(nn.Module):
         self.min_concentration = float(min_concentration)
 
     @classmethod
+    def build(
+        cls,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        *,
+        network: str = "mlp",
+        extra_features: int = 0,
+    ) -> DirichletGuide:
+        """The family on an encoder with ``latent_dim`` outputs (``network`` and ``extra_features`` as in
+        :func:`~ppl_vae.guides.encoders.encoder_network`)."""
+        return cls(
+            encoder_network(network, data_shape, hidden_dims, latent_dim, extra_features=extra_features), latent_dim
+        )
+
+    @classmethod
     def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> DirichletGuide:
-        """The default: an :class:`MLPEncoder` with ``latent_dim`` outputs."""
-        return cls(MLPEncoder(data_shape, hidden_dims, latent_dim), latent_dim)
+        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with ``latent_dim`` outputs."""
+        return cls.build(data_shape, latent_dim, hidden_dims)
 
     def concentration(self, x: torch.Tensor) -> torch.Tensor:
         """α(x) ``(N, d)``, each >= ``min_concentration``: exp(clamp(c + 2, -10, 10)) + floor. The shift

@@ -1,7 +1,7 @@
 """The generative side of the VAE, installed as ``ppl_vae.models``: priors p(z), decoders and
 likelihoods p(x | z). Nothing here imports from ``ppl_vae.guides``."""
 
-from ppl_vae.models.decoders import MLPDecoder
+from ppl_vae.models.decoders import ConvDecoder, MLPDecoder, decoder_network
 from ppl_vae.models.likelihoods import LIKELIHOODS, Bernoulli, Gaussian
 from ppl_vae.models.manifold import DirichletPrior, HypersphericalUniform, PowerSpherical, SphereUniform
 from ppl_vae.models.priors import (
@@ -26,6 +26,8 @@ __all__ = [
     "Bernoulli",
     "Gaussian",
     "MLPDecoder",
+    "ConvDecoder",
+    "decoder_network",
     "StandardNormal",
     "LearnedNormal",
     "StandardLaplace",

@@ -2,7 +2,8 @@
 
 Kept here, without importing torch, so that ``ppl-vae list`` answers at once. A test holds these
 names equal to the registries (``ppl_vae.models.PRIORS``, ``LIKELIHOODS``, ``ppl_vae.guides.GUIDES``,
-``ppl_vae.infer.objectives.OBJECTIVES``), so an entry cannot be added to one without the other.
+``ppl_vae.infer.objectives.OBJECTIVES``, ``ppl_vae.networks.NETWORK_CHOICES``), so an entry cannot be
+added to one without the other.
 """
 
 PRIORS = {
@@ -40,6 +41,7 @@ LIKELIHOODS = {
     "beta": "Beta grey levels in [0, 1], two parameters per feature",
     "laplace": "independent Laplace features around the decoder output, one shared learned scale (an L1 loss)",
     "discretized-logistic": "8-bit grey levels: a logistic discretized to the 256 levels k/255",
+    "logistic-mixture": "8-bit levels: a mixture of K = 5 discretized logistics per value (logistic-mixture:K)",
     "categorical-256": "8-bit grey levels: an unconstrained categorical over the 256 levels of every feature",
     "poisson": "independent Poisson counts with log rate from the decoder",
     "negative-binomial": "independent negative-binomial counts with log mean from the decoder, learned dispersion",
@@ -52,9 +54,18 @@ OBJECTIVES = {
     "iwae": "importance-weighted bound (RenyiELBO, alpha=0) with --particles K draws, vectorized",
 }
 
+#: Encoder and decoder architectures (``ppl_vae.networks.NETWORK_CHOICES``, in this order).
+NETWORKS = {
+    "auto": "conv for images of at least 16x16 pixels or in colour, mlp otherwise (default)",
+    "mlp": "fully connected layers (--hidden-dims) over the flattened example; tables and images",
+    "conv": "stride-2 convolutions (32, 64, 128.. channels) to a small map, then --hidden-dims; images",
+    "resnet": "the conv network with a residual block after every stride-2 convolution; images",
+}
+
 CATALOG = {
     "priors (--prior)": PRIORS,
     "guides (--guide)": GUIDES,
     "likelihoods (--likelihood)": LIKELIHOODS,
     "objectives (--elbo)": OBJECTIVES,
+    "networks (--network)": NETWORKS,
 }

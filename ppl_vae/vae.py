@@ -14,7 +14,6 @@ Nothing here computes a KL or a loss: ``pyro.infer.SVI`` with any ELBO does that
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 
 import pyro
@@ -25,16 +24,19 @@ from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.guides import GUIDES
-from ppl_vae.models import LIKELIHOODS, PRIORS, MLPDecoder
+from ppl_vae.models import LIKELIHOODS, PRIORS, decoder_network
 from ppl_vae.models.priors import support_name
 from ppl_vae.models.structured import OPTION_PRIORS, STRUCTURED_PRIORS, is_structured, join
+from ppl_vae.networks import resolve_network
 from ppl_vae.plugins import load_prior_factory, prior_plugins
 
 
 def _build(kind: str, registry: dict, spec, *args, **kwargs):
     """Resolve a component given by registry name, or pass through an object the user built.
 
-    A structured prior's name may carry an option after a colon (``mixture:10``), passed as ``option``."""
+    A structured prior's name may carry an option after a colon (``mixture:10``), passed as ``option``;
+    so may a component whose factory sets ``accepts_option`` (``logistic-mixture:10``), given ``option``
+    only when the spec has a colon."""
     if isinstance(spec, str):
         name, colon, option = spec.partition(":")
         factory = registry.get(name)
@@ -43,6 +45,8 @@ def _build(kind: str, registry: dict, spec, *args, **kwargs):
             kwargs["option"] = option if colon else None
         elif name in OPTION_PRIORS:
             kwargs["option"] = option if colon else None
+        elif colon and getattr(factory, "accepts_option", False):
+            kwargs["option"] = option
         elif colon:
             factory = None
         if factory is None:
@@ -95,7 +99,7 @@ class VAE(nn.Module):
     Args:
         data_shape: shape of one example, e.g. ``(1, 8, 8)`` for the digits.
         latent_dim: dimension of ``z``.
-        hidden_dims: widths of the encoder's hidden layers; the decoder uses them reversed.
+        hidden_dims: widths of the encoder's hidden (fully connected) layers; the decoder uses them reversed.
         prior: a registry name (``ppl_vae.models.PRIORS``), a Pyro distribution with event shape
             ``(latent_dim,)``, an ``nn.Module`` whose ``forward()`` returns one, or a structured prior
             (``mixture:K``, ``semi-supervised:K``, ``conditional:K``, or your own module with
@@ -104,8 +108,23 @@ class VAE(nn.Module):
             (``params -> distribution over x``, with a ``params_per_feature`` attribute).
         guide: a registry name (``ppl_vae.guides.GUIDES``), a module ``x -> q(z | x)``, or ``"auto"``:
             the family matching the prior's support (normal, power-spherical, dirichlet).
-        decoder: a module ``z (..., latent_dim) -> params (..., params_per_feature * D)``; by default an
-            MLP.
+        decoder: your own ``nn.Module`` ``z (..., code_dim) -> params (..., params_per_feature * D)``, with
+            ``D = prod(data_shape)``, ``code_dim = latent_dim`` (or the structured prior's ``code_dim``) and
+            the parameters in the likelihood's layout ``(..., params_per_feature, *data_shape)`` flattened
+            (e.g. ``decoder=nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64))`` for 8 x 8 images
+            and the Bernoulli likelihood). Any architecture works; it is trained with the rest. Default: the
+            ``network``'s decoder. A VAE with your own decoder saves its weights but is rebuilt in Python
+            (``ppl_vae.load`` refuses it), then ``vae.load_state_dict(...)``.
+        network: the encoder's and decoder's architecture: ``"mlp"`` (default; flattens each example),
+            ``"conv"`` or ``"resnet"`` (convolutional, with residual blocks for ``"resnet"``; images
+            ``(C, H, W)`` with ``H, W >= 4`` of any size and channels, see :mod:`ppl_vae.networks`), or
+            ``"auto"``: ``"conv"`` for images of at least 16 x 16 pixels or with colour, ``"mlp"``
+            otherwise. Stored, resolved, as :attr:`network`. ``hidden_dims`` are the fully connected layers
+            around the convolutions. Guide families given as registry names use it; a guide module you
+            pass keeps its own network. With a structured prior whose guide sees ``x`` with a label
+            appended (``guide_extra``: ``semi-supervised``, ``conditional``, ``covariates``,
+            ``mixture:K:amortized``) the convolutional encoder joins the label after its convolutions;
+            such a prior's own classifier q(y | x) stays an MLP.
         name: prefix of this VAE's parameters in Pyro's param store.
 
     Attributes ``prior``, ``likelihood``, ``decoder`` and ``encoder`` (the guide's network and family)
@@ -122,6 +141,7 @@ class VAE(nn.Module):
         likelihood="bernoulli",
         guide="auto",
         decoder: nn.Module | None = None,
+        network: str = "mlp",
         name: str = "vae",
     ):
         super().__init__()
@@ -133,8 +153,8 @@ class VAE(nn.Module):
         self.latent_dim = int(latent_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         self.name = name
+        self.network = resolve_network(network, self.data_shape)
         self.likelihood = _build("likelihood", LIKELIHOODS, likelihood, self.data_shape)
-        out_features = self.likelihood.params_per_feature * math.prod(self.data_shape)
         if guide == "auto":
             guide = default_guide(prior)
         structured = None
@@ -143,14 +163,28 @@ class VAE(nn.Module):
                 "prior", PRIORS, prior, self.latent_dim, data_shape=self.data_shape, hidden_dims=self.hidden_dims
             )
         extra = getattr(structured, "guide_extra", 0) if is_structured(structured) else 0
-        guide_shape = (math.prod(self.data_shape) + extra,) if extra else self.data_shape
-        self.encoder = _build("guide", GUIDES, guide, guide_shape, self.latent_dim, self.hidden_dims)
+        self.encoder = _build(
+            "guide",
+            GUIDES,
+            guide,
+            self.data_shape,
+            self.latent_dim,
+            self.hidden_dims,
+            network=self.network,
+            extra_features=extra,
+        )
         # Other priors come last: the VampPrior needs the guide.
         self.prior = structured or _build(
             "prior", PRIORS, prior, self.latent_dim, data_shape=self.data_shape, guide=self.encoder
         )
         code_dim = getattr(self.prior, "code_dim", self.latent_dim)
-        self.decoder = decoder if decoder is not None else MLPDecoder(code_dim, self.hidden_dims[::-1], out_features)
+        if decoder is None:
+            k = self.likelihood.params_per_feature
+            decoder = decoder_network(self.network, code_dim, self.hidden_dims[::-1], self.data_shape, k)
+            built = self.network
+        else:
+            built = None
+        self.decoder = decoder
         # What `ppl_vae.load` needs to rebuild this VAE; None where the user passed an object.
         self.spec = {
             "data_shape": list(self.data_shape),
@@ -159,7 +193,8 @@ class VAE(nn.Module):
             "prior": prior if isinstance(prior, str) else None,
             "likelihood": likelihood if isinstance(likelihood, str) else None,
             "guide": guide if isinstance(guide, str) else None,
-            "decoder": "mlp" if decoder is None else None,
+            "decoder": built,  # the network of the decoder built here; None for the user's own
+            "network": self.network,
         }
 
     # -- the two Pyro programs -------------------------------------------------------------------

@@ -12,12 +12,18 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ppl_vae.catalog import NETWORKS
 from ppl_vae.errors import ConfigError
 from ppl_vae.validation import check_bool, check_hidden_dims, check_number, check_string
 
 #: Fields added after run folders were first written, whose defaults switch their feature off: a
 #: ``config.json`` without them (an older run) means exactly the defaults.
-OFF_BY_DEFAULT = ("labelled", "alpha", "condition_on", "groups")  # alpha: used only with labelled
+OFF_BY_DEFAULT = ("labelled", "alpha", "condition_on", "groups", "grey")  # alpha: used only with labelled
+
+#: Fields added later whose absence from a run folder's ``config.json`` means the value every older run
+#: had (not the default of a new run): runs before ``network`` existed were all MLPs, whatever ``"auto"``
+#: would choose for their data today.
+OLDER_RUNS = {"network": "mlp"}
 
 #: A config file holds a few dozen fields; anything larger is not one.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -30,12 +36,14 @@ class Config:
     data_root: str = "data"  # folder holding MNIST-family files in torchvision's layout
     download: bool = False  # let torchvision download MNIST-family files into data_root
     image_size: int | None = None  # resize images to image_size x image_size (e.g. 28 for digits)
+    grey: bool = False  # convert colour images to one grey channel (luminance) when loading
     binarize: str = "auto"  # auto (dynamic for binary likelihoods, else none) | dynamic | threshold | none
     heldout_fraction: float = 0.2  # share held out where the data set has no official test split
     split_seed: int = 0  # fixes the train/held-out split and the held-out binarization
     # -- model and guide
     latent_dim: int = 8  # dimension of z
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; decoder reversed
+    network: str = "auto"  # mlp | conv | resnet | auto (conv for images >= 16x16 or colour, else mlp); saved resolved
     prior: str = "normal"  # name in ppl_vae.models.PRIORS
     likelihood: str = "bernoulli"  # name in ppl_vae.models.LIKELIHOODS
     guide: str = "auto"  # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
@@ -96,7 +104,9 @@ class Config:
             check_string(getattr(self, name), name)
         check_string(self.binarize, "binarize", choices=("auto", "dynamic", "threshold", "none"))
         check_string(self.on_divergence, "on_divergence", choices=("stop", "restore"))
+        check_string(self.network, "network", choices=tuple(NETWORKS))
         check_bool(self.download, "download")
+        check_bool(self.grey, "grey")
         check_bool(self.keep_best, "keep_best")
         from ppl_vae.infer.schedules import parse_schedule
 
@@ -121,13 +131,20 @@ class Config:
     def from_dict(cls, values: dict, *, source: str = "config", complete: bool = False) -> Config:
         """A Config from ``values``; unknown keys are refused. ``complete``: every field must be present
         (a run folder's ``config.json`` records all of them; a missing one would silently fall back to
-        its default, e.g. train on the digits)."""
+        its default, e.g. train on the digits), except those added later: :data:`OFF_BY_DEFAULT` take their
+        default and :data:`OLDER_RUNS` the value older runs had."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{source} has unknown keys {unknown}; valid keys are: {', '.join(sorted(known))}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.name not in OFF_BY_DEFAULT]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in values and f.name not in OFF_BY_DEFAULT and f.name not in OLDER_RUNS
+        ]
         missing = missing if complete else []
+        if complete:  # an older run folder: what it ran with
+            values = {**OLDER_RUNS, **values}
         if missing:
             raise ConfigError(
                 f"{source} lacks {', '.join(missing)}; a run folder's config.json records every field "

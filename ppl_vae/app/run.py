@@ -45,12 +45,16 @@ from ppl_vae.data.sources import load_dataset
 from ppl_vae.data.split import DataSplit
 from ppl_vae.data.tables import Scaling
 from ppl_vae.errors import CheckpointError, ConfigError
+from ppl_vae.guides.encoders import encoder_network
 from ppl_vae.infer.distributed import shutdown
 from ppl_vae.infer.evaluate import EvalResult, evaluate
 from ppl_vae.infer.fit import FitResult, fit, fixed_binarization
 from ppl_vae.infer.objectives import resolve_binarize, to_likelihood_space
 from ppl_vae.limits import check_bytes, check_disk
+from ppl_vae.models import LIKELIHOODS
+from ppl_vae.models.decoders import decoder_network
 from ppl_vae.models.structured import STRUCTURED_PRIORS
+from ppl_vae.networks import NETWORKS, ConvDecoder, ConvEncoder, measure, resolve_network
 from ppl_vae.results import Result
 from ppl_vae.rng import seeded
 from ppl_vae.vae import VAE
@@ -86,6 +90,7 @@ def load_data(config: Config) -> DataSplit:
         image_size=config.image_size,
         heldout_fraction=config.heldout_fraction,
         split_seed=config.split_seed,
+        grey=config.grey,
     )
 
 
@@ -98,6 +103,7 @@ def build_vae(config: Config, data_shape) -> VAE:
         prior=config.prior,
         likelihood=config.likelihood,
         guide=config.guide,
+        network=config.network,
     )
 
 
@@ -163,7 +169,10 @@ def train_run(
     vae = build_vae(config, data.data_shape).to(device)
     # Record what "auto" resolved to, so that config.json says exactly what ran.
     config = replace(
-        config, guide=vae.spec["guide"] or config.guide, binarize=resolve_binarize(config.binarize, vae.likelihood)
+        config,
+        guide=vae.spec["guide"] or config.guide,
+        binarize=resolve_binarize(config.binarize, vae.likelihood),
+        network=vae.network,
     )
     data, scaling = prepare_table(data, vae.likelihood)
     threads.adapt(step_work(vae, config.batch_size * config.particles))
@@ -574,10 +583,13 @@ def read_config(run_dir: Path) -> Config:
 def data_paths(config: Config) -> list[Path]:
     """The files or folders a config's data set is read from (what no output may replace)."""
     kind, _, rest = config.dataset.partition(":")
-    if kind in ("npz", "folder", "table") and rest:
+    kind = kind.lower()
+    if kind in ("npz", "folder", "table", "cifar10") and rest:
         return [Path(rest)]
     if kind in ("mnist", "fashion-mnist", "kmnist"):
         return [Path(config.data_root)]
+    if kind == "cifar10":
+        return [Path(config.data_root) / "cifar-10-batches-bin"]
     return []
 
 
@@ -609,26 +621,50 @@ _FIGURES_BYTES = 8 * 1024**2
 _TRAINING_BYTES_PER_PARAMETER = 16
 
 
+def _params_per_feature(likelihood: str) -> int:
+    """Numbers the decoder emits per feature for a likelihood name (2 where the name is not known here)."""
+    return int(getattr(LIKELIHOODS.get(likelihood.partition(":")[0]), "params_per_feature", 2))
+
+
 def _layer_sizes(config: Config, data_shape) -> tuple[list[int], list[int]]:
     features = 1
     for size in data_shape:
         features *= int(size)
     hidden = [int(h) for h in config.hidden_dims]
-    return [features, *hidden, 2 * config.latent_dim], [config.latent_dim, *reversed(hidden), 2 * features]
+    outputs = _params_per_feature(config.likelihood) * features
+    return [features, *hidden, 2 * config.latent_dim], [config.latent_dim, *reversed(hidden), outputs]
+
+
+def network_size(config: Config, data_shape) -> tuple[int, int]:
+    """``(parameters, activations per example)`` of the encoder and decoder a config builds for data of
+    ``data_shape``, before building them: counted from the layer widths for an MLP, measured on PyTorch's
+    meta device (shapes only, nothing allocated) for the convolutional networks. The guide's head is taken
+    as ``2 * latent_dim`` outputs (the normal family)."""
+    network = resolve_network(config.network, data_shape)
+    if network == "mlp":
+        encoder, decoder = _layer_sizes(config, data_shape)
+        params = sum(a * b + b for layers in (encoder, decoder) for a, b in zip(layers, layers[1:]))
+        return params, sum(encoder) + sum(decoder)
+    hidden = [int(h) for h in config.hidden_dims]
+    k = _params_per_feature(config.likelihood)
+    with torch.device("meta"):
+        encoder = encoder_network(network, data_shape, hidden, 2 * config.latent_dim)
+        decoder = decoder_network(network, config.latent_dim, hidden[::-1], data_shape, k)
+    work = [measure(encoder, data_shape), measure(decoder, (config.latent_dim,))]
+    return sum(w.parameters for w in work), sum(w.activations for w in work)
 
 
 def check_model_size(config: Config, data_shape) -> None:
     """Refuse, before building anything, a network or a batch that would not fit the memory budget
     (:mod:`ppl_vae.limits`): the parameters with their gradients and Adam moments, and one batch's
-    activations."""
-    encoder, decoder = _layer_sizes(config, data_shape)
-    params = sum(a * b + b for layers in (encoder, decoder) for a, b in zip(layers, layers[1:]))
+    activations (:func:`network_size`). A convolutional network asked for data that are not images is
+    refused here too (:func:`ppl_vae.networks.resolve_network`)."""
+    params, width = network_size(config, data_shape)
     check_bytes(
         params * _TRAINING_BYTES_PER_PARAMETER,
         f"a network of {params:,} parameters (latent_dim "
         f"{config.latent_dim}, hidden_dims {config.hidden_dims}, data of shape {tuple(data_shape)})",
     )
-    width = sum(encoder) + sum(decoder)
     rows = config.batch_size * config.particles
     check_bytes(
         rows * width * 4 * 3,
@@ -638,8 +674,14 @@ def check_model_size(config: Config, data_shape) -> None:
 
 
 def step_work(vae: VAE, rows: int) -> float:
-    """Multiply-adds of one training step, roughly: parameters x examples (for the thread choice)."""
-    return float(sum(p.numel() for p in vae.parameters())) * rows
+    """Multiply-adds of one training step, roughly, for the thread choice: examples x (the parameters of the
+    fully connected parts, each used once per example, + the multiply-adds of the convolutional networks,
+    whose weights are used at every position of the image)."""
+    convs = [m for m in vae.modules() if isinstance(m, (ConvEncoder, ConvDecoder))]
+    inside = {id(p) for m in convs for p in m.parameters()}
+    work = sum(p.numel() for p in vae.parameters() if id(p) not in inside)
+    work += sum(measure(m, m.input_shape).multiply_adds for m in convs)
+    return float(work) * rows
 
 
 def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
@@ -656,11 +698,13 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
                 f"checkpoint {run_dir / CHECKPOINT_NAME} does not match {run_dir / 'config.json'}: {name} is "
                 f"{spec.get(name)!r} in the checkpoint but {getattr(config, name)!r} in the config; restore the config"
             )
-    if spec.get("decoder") != "mlp" or not spec.get("data_shape"):
+    network = spec.get("network", "mlp")  # checkpoints from before the convolutional networks: MLPs
+    if spec.get("decoder") != network or network not in NETWORKS or not spec.get("data_shape"):
         raise CheckpointError(
             f"checkpoint {run_dir / CHECKPOINT_NAME} holds a VAE built from custom objects; "
             "rebuild it in Python and call vae.load_state_dict(...)"
         )
+    _check_network(config, spec, network, run_dir)
     vae = VAE(
         spec["data_shape"],
         spec["latent_dim"],
@@ -668,6 +712,7 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
         prior=spec["prior"],
         likelihood=spec["likelihood"],
         guide=spec["guide"],
+        network=network,
     )
     validate_state_dict(payload["state_dict"], vae.state_dict(), run_dir / CHECKPOINT_NAME)
     try:
@@ -679,6 +724,19 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> VAE:
         ) from None
     vae.eval()
     return vae.to(resolve_device(device))
+
+
+def _check_network(config: Config, spec: dict, network: str, run_dir: Path) -> None:
+    """Refuse a checkpoint whose network is not the one its config.json names."""
+    try:
+        named = resolve_network(config.network, spec["data_shape"])
+    except ConfigError:
+        named = config.network
+    if named != network:
+        raise CheckpointError(
+            f"checkpoint {run_dir / CHECKPOINT_NAME} does not match {run_dir / 'config.json'}: network is "
+            f"{network!r} in the checkpoint but {config.network!r} in the config; restore the config"
+        )
 
 
 def evaluate_run(

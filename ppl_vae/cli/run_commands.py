@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ppl_vae.catalog import NETWORKS
 from ppl_vae.validation import arg, count, path_arg
 
 #: Config fields a train flag may set (the flag is the field with - for _).
@@ -16,9 +17,11 @@ TRAIN_FIELDS = (
     "data_root",
     "download",
     "image_size",
+    "grey",
     "binarize",
     "latent_dim",
     "hidden_dims",
+    "network",
     "prior",
     "likelihood",
     "guide",
@@ -68,8 +71,10 @@ def _add_train(sub) -> None:
         "--hidden-dims",
         type=arg("hidden_dim"),
         nargs="*",
-        help="encoder hidden widths, decoder reversed (default: 256 128)",
+        help="encoder hidden widths, decoder reversed (default: 256 128); with --network conv or resnet, the "
+        "fully connected layers after the convolutions",
     )
+    _add_image_flags(p)
     p.add_argument("--prior", help="prior name (default: normal; see `ppl-vae list`)")
     p.add_argument("--likelihood", help="likelihood name (default: bernoulli)")
     p.add_argument("--guide", help="guide family name (default: auto, the family matching the prior's space)")
@@ -120,6 +125,19 @@ def _add_train(sub) -> None:
         help="on a NaN/inf gradient: stop (default) or skip the step and divide the learning rate by 10",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_image_flags(p) -> None:
+    """The flags for images: colour kept or not, and the network (:mod:`ppl_vae.networks`)."""
+    p.add_argument(
+        "--grey", action="store_true", default=None, help="convert colour images to one grey channel when loading"
+    )
+    p.add_argument(
+        "--network",
+        choices=list(NETWORKS),
+        help="encoder and decoder: mlp | conv | resnet (convolutional, with residual blocks) | auto (default: "
+        "conv for images of at least 16x16 pixels or in colour, mlp otherwise)",
+    )
 
 
 def _add_structured_flags(p) -> None:
