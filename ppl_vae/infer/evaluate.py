@@ -282,9 +282,51 @@ class EvalResult(Result):
     #: standard error over examples (None otherwise, and then left out of :meth:`to_dict`).
     accuracy: float | None = field(default=None, metadata=OMIT_NONE)
     accuracy_se: float | None = field(default=None, metadata=OMIT_NONE)
+    #: A likelihood of 8-bit data (``data_kind == "8bit"``): ``log_likelihood`` in bits per dimension,
+    #: ``-log_likelihood / (D ln 2)`` with D the number of values of one example (:func:`bits_per_dim`),
+    #: and its Monte Carlo standard error converted the same way (None otherwise, and then left out of
+    #: :meth:`to_dict`). Lower is better.
+    bits_per_dim: float | None = field(default=None, metadata=OMIT_NONE)
+    bits_per_dim_se: float | None = field(default=None, metadata=OMIT_NONE)
     #: ``(N,)`` tensors ``elbo`` and ``log_likelihood``; not in :meth:`to_dict`, which gives the scalar
     #: fields (what ``eval.json`` holds), including ``elbo_kind`` (what ``elbo`` is).
     per_example: dict = field(default_factory=dict, repr=False, compare=False, metadata=NOT_IN_DICT)
+
+
+def bits_per_dim(nats_per_example, num_dims: int):
+    """Convert nats per example to bits per dimension: ``nats_per_example / (num_dims * ln 2)``.
+
+    Args:
+        nats_per_example: a code length, ``-log p(x)`` of one example in nats (a positive number: pass
+            ``-result.log_likelihood``), or a standard error of one, which converts the same way. A
+            float or a tensor of any shape.
+        num_dims: D, the number of values in one example (every channel of every pixel:
+            ``C * H * W``).
+
+    Returns the same kind of value (float or tensor). A uniform mass function over the 256 levels of
+    every value gives ``-log p(x) = D ln 256`` and so exactly 8 bits per dimension.
+
+    For the 8-bit likelihoods (``data_kind == "8bit"``) the data are the floats k/255 but p(x | z) is a
+    probability *mass* function over the 256 levels, so ``-log p(x)`` in nats is already the code length
+    of the 8-bit integers and converts directly: there is no Jacobian of the division by 255. (A
+    *density* over rescaled or dequantized data would first need the log-Jacobian of that rescaling,
+    e.g. ``D ln 256`` nats for uniform dequantization to [0, 1].)
+    """
+    if isinstance(num_dims, bool) or int(num_dims) != num_dims or num_dims < 1:
+        raise ConfigError(f"num_dims must be a positive integer (the values in one example), got {num_dims!r}")
+    return nats_per_example / (int(num_dims) * math.log(2.0))
+
+
+def _with_bits_per_dim(result: EvalResult, vae, data: torch.Tensor) -> EvalResult:
+    """``result`` with ``bits_per_dim`` and its s.e. when ``vae``'s likelihood models 8-bit data."""
+    if getattr(getattr(vae, "likelihood", None), "data_kind", None) != "8bit":
+        return result
+    dims = max(1, data[0].numel())
+    return replace(
+        result,
+        bits_per_dim=bits_per_dim(-result.log_likelihood, dims),
+        bits_per_dim_se=bits_per_dim(result.log_likelihood_se, dims),
+    )
 
 
 def _mean_and_se(values: torch.Tensor, mc_var: torch.Tensor) -> tuple[float, float, float]:
@@ -354,6 +396,8 @@ def evaluate(
     Returns an :class:`EvalResult`; ``per_example`` holds ``(N,)`` tensors ``elbo`` and
     ``log_likelihood`` for further analysis. With global latents, ``elbo`` is the per-example ELBO
     given q(globals) and ``joint_elbo`` the bound on the data set's evidence (see :class:`EvalResult`).
+    When ``vae.likelihood`` models 8-bit data (``data_kind == "8bit"``) it also gives ``bits_per_dim``
+    and ``bits_per_dim_se``: :func:`bits_per_dim` of ``-log_likelihood`` and of its Monte Carlo error.
     """
     check_number(num_particles, "num_particles")
     if data.shape[0] < 1:
@@ -379,7 +423,7 @@ def evaluate(
     result = _eval_result(sums, chunks if has_globals else None, num_particles, int(data.shape[0]))
     if scored is not None:
         result = replace(result, accuracy=scored[0], accuracy_se=scored[1])
-    return result
+    return _with_bits_per_dim(result, vae, data)
 
 
 def _check_side(c, data: torch.Tensor) -> dict:
