@@ -11,7 +11,8 @@ Files written with ``--out DIR`` (all at once, after every model was scored):
     ``dse_mc`` (its Monte Carlo part), ``z`` (``elpd_diff / dse``), ``weight`` (stacking),
     ``pseudo_bma_weight``, ``khat_over_0.7``, ``warning``, ``collapsed`` (the model ignores z; None where
     not measurable), ``prior``, ``guide``, ``likelihood``, and the shared ``dataset``, ``num_examples``,
-    ``num_samples``, ``units``.
+    ``num_samples``, ``units``; for 8-bit likelihoods also ``bits_per_dim`` (-elpd per example / (D ln 2))
+    and ``bits_per_dim_diff`` (to the best model).
 ``comparison.md``
     The table, what it says (which differences exceed 2 paired s.e.), warnings, the figure.
 ``figures/comparison.png``
@@ -167,13 +168,15 @@ def compare_runs(
     units = f"held-out log predictive density in nats ({label}); elpd in total over examples, *_per_example per example"
     common = {"dataset": runs[0].data.name, "num_examples": result.num_examples, "num_samples": num_samples}
     records = [
-        {
-            "run": str(by_name[r["name"]][0]),
-            **r,
-            **_model_fields(by_name[r["name"]][1], heldout),
-            **common,
-            "units": units,
-        }
+        _with_bits(
+            {
+                "run": str(by_name[r["name"]][0]),
+                **r,
+                **_model_fields(by_name[r["name"]][1], heldout),
+                **common,
+                "units": units,
+            }
+        )
         for r in result.records
     ]
     comparison = RunComparison(
@@ -184,9 +187,25 @@ def compare_runs(
     return comparison
 
 
+def _with_bits(record: dict) -> dict:
+    """An 8-bit run's record gains ``bits_per_dim`` (-elpd per example / (D ln 2)) and its difference to the
+    best model in bits/dim, ``bits_per_dim_diff``."""
+    dims = record.pop("dims", None)
+    if dims:
+        from ppl_vae.infer.evaluate import bits_per_dim
+
+        record["bits_per_dim"] = float(bits_per_dim(-record["elpd_per_example"], dims))
+        record["bits_per_dim_diff"] = float(bits_per_dim(record["elpd_diff_per_example"], dims))
+    return record
+
+
 def _model_fields(run, heldout) -> dict:
     spec = run.vae.spec
+    extra = {}
+    if getattr(run.vae.likelihood, "data_kind", None) == "8bit":  # 8-bit images: bits/dim as well
+        extra["dims"] = int(heldout[0].numel())
     return {
+        **extra,
         "prior": spec.get("prior"),
         "guide": spec.get("guide"),
         "likelihood": spec.get("likelihood"),
@@ -284,6 +303,12 @@ def verdict_lines(comparison: RunComparison) -> list[str]:
             lines.append(f"{r['name']} ties with {best}: their pointwise log-densities are identical.")
             continue
         lines.append(_difference_line(best, r))
+    if records[0].get("bits_per_dim") is not None:
+        lines.append(
+            "In bits per dimension (8-bit data, lower is better): "
+            + ", ".join(f"{r['name']} {_number(r['bits_per_dim'], 4)}" for r in records)
+            + "."
+        )
     collapsed = [r["name"] for r in records if r.get("collapsed")]
     if collapsed:
         lines.append(

@@ -818,6 +818,12 @@ def evaluation_lines(result: EvalResult, units: str, prior: str = "normal") -> l
     ]
     if given_globals:  # the bound on the data set's evidence includes KL(q(globals) || p(globals)) / N
         rows.insert(1, ("joint ELBO (bound on log p(x_1..N)/N)", result.joint_elbo, result.joint_elbo_se, None))
+    if result.bits_per_dim is not None:  # 8-bit data: the field's unit, -log2 p(x) per value
+        per_nat = result.bits_per_dim / -result.log_likelihood if result.log_likelihood else 0.0
+        data_se = result.log_likelihood_data_se * per_nat
+        rows.insert(
+            2, ("-log p(x) in bits/dim (lower is better)", result.bits_per_dim, result.bits_per_dim_se, data_se)
+        )
     lines = [
         f"{result.num_examples} held-out examples, per example in nats, {units}",
         f"{'quantity':<40}{'mean':>12}{'MC s.e.':>10}{'s.e. over examples':>20}",
