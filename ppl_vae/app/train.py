@@ -35,6 +35,7 @@ class TrainSummary(Result):
     is_main: bool
     heldout_accuracy: float | None = None  # semi-supervised runs: the classifier's, last epoch
     heldout_accuracy_se: float | None = None
+    heldout_bits_per_dim: float | None = None  # 8-bit likelihoods: -heldout_elbo / (D ln 2), >= bits/dim
 
 
 def check_resume_options(
@@ -130,4 +131,20 @@ def _summary(run, epochs: int, context) -> TrainSummary:
         is_main=context is None or context.is_main,
         heldout_accuracy=final.get("heldout_accuracy"),
         heldout_accuracy_se=final.get("heldout_accuracy_se"),
+        heldout_bits_per_dim=_elbo_bits(run, final.get("heldout_elbo")),
     )
+
+
+def _elbo_bits(run, heldout_elbo: float | None) -> float | None:
+    """The held-out ELBO in bits per dimension for a run whose likelihood models 8-bit data (None otherwise):
+    an upper bound on the bits/dim that ``ppl-vae evaluate`` estimates."""
+    import math
+
+    from ppl_vae.app.run import read_config
+    from ppl_vae.infer.evaluate import bits_per_dim
+    from ppl_vae.models import LIKELIHOODS
+
+    likelihood = LIKELIHOODS.get(read_config(run.run_dir).likelihood.partition(":")[0])
+    if heldout_elbo is None or getattr(likelihood, "data_kind", None) != "8bit":
+        return None
+    return float(bits_per_dim(-heldout_elbo, math.prod(run.data.data_shape)))

@@ -248,6 +248,8 @@ def _train(args) -> None:
         f"{done.data_shape}, {done.epochs} epochs{processes}"
     )
     print(f"held-out ELBO {done.heldout_elbo:.2f} nats per example, {done.units} (train {done.train_elbo:.2f})")
+    if done.heldout_bits_per_dim is not None:
+        print(f"held-out ELBO in bits/dim: {done.heldout_bits_per_dim:.3f} (an upper bound on -log2 p(x) per value)")
     if done.heldout_accuracy is not None:
         print(f"held-out accuracy of q(y | x) {done.heldout_accuracy:.3f} (s.e. {done.heldout_accuracy_se:.3f})")
     print(f"run folder: {done.run_dir}  (next: ppl-vae evaluate {done.run_dir})")

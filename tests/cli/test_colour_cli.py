@@ -64,8 +64,11 @@ def test_cifar_binary_trains_and_evaluates_with_bits_per_dim(tmp_path, likelihoo
     (batches / "test_batch.bin").write_bytes(_cifar_records(rng, 10))
     run = tmp_path / "run"
     args = ["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--likelihood", likelihood]
-    code, _, err = _run([*args, *TINY, "--out", str(run)])
+    code, trained, err = _run([*args, *TINY, "--out", str(run)])
     assert code == 0, err
+    elbo = float(trained.split("held-out ELBO ")[1].split()[0])
+    bound = float(trained.split("held-out ELBO in bits/dim: ")[1].split()[0])
+    assert bound == pytest.approx(-elbo / (3072 * math.log(2)), abs=2e-3)  # printed to 2 and 3 decimals
     code, printed, err = _run(["evaluate", str(run), "--num-particles", "8"])
     assert code == 0, err
     result = json.loads((run / "eval.json").read_text())
