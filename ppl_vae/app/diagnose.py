@@ -293,8 +293,19 @@ class _Steps:
             self.bar.close()
 
 
-def _psis_section(p, num_samples: int, num_observations: int) -> dict:
-    quantiles = np.quantile(p.khat, [0, 0.05, 0.25, 0.5, 0.75, 0.95, 1]).tolist()
+def _psis_section(p, num_samples: int, num_observations: int, eight_bit_dims: int | None = None) -> dict:
+    """The ``psis`` section; ``eight_bit_dims``: D for a likelihood of 8-bit data, which adds
+    ``bits_per_dim`` and ``bits_per_dim_se`` (-log p(x) / (D ln 2))."""
+    from ppl_vae.infer.evaluate import bits_per_dim
+
+    bits = {}
+    if eight_bit_dims:
+        bits = {
+            "bits_per_dim": float(bits_per_dim(-p.log_likelihood, eight_bit_dims)),
+            "bits_per_dim_se": float(bits_per_dim(p.log_likelihood_se, eight_bit_dims)),
+        }
+    with np.errstate(invalid="ignore"):  # -inf k-hat (equal weights) between two -inf: nan, shown as n/a
+        quantiles = np.quantile(p.khat, [0, 0.05, 0.25, 0.5, 0.75, 0.95, 1]).tolist()
     return plain(
         {
             "num_samples": num_samples,
@@ -305,6 +316,7 @@ def _psis_section(p, num_samples: int, num_observations: int) -> dict:
             "fraction_above": p.fraction_above,
             "sample_size_threshold": p.sample_size_threshold,
             "worst": p.worst,
+            **bits,
         }
     )
 
@@ -494,7 +506,8 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
     try:
         with steps.step("psis"):
             p = diagnostics.psis(vae.model, vae.guide, heldout, num_samples=settings.num_samples, seed=seed, c=c)
-            results["psis"] = _psis_section(p, settings.num_samples, n)
+            eight_bit = heldout[0].numel() if getattr(vae.likelihood, "data_kind", None) == "8bit" else None
+            results["psis"] = _psis_section(p, settings.num_samples, n, eight_bit)
         with steps.step("inference data"):
             idata = diagnostics.to_inference_data(
                 vae.model,
@@ -672,7 +685,13 @@ def _psis_lines(results) -> list[str]:
         "",
         f"With S = {p['num_samples']} draws from q(z | x) per example, the importance-sampled log p(x) is "
         f"**{_number(p['log_likelihood'])} ± {_number(p['log_likelihood_se'])}** (Monte Carlo s.e.; optimistic "
-        "where k-hat is high).",
+        "where k-hat is high)"
+        + (
+            f", **{_number(p['bits_per_dim'], 4)} ± {_number(p['bits_per_dim_se'], 4)} bits per dimension**"
+            if p.get("bits_per_dim") is not None
+            else ""
+        )
+        + ".",
         "",
         "| k-hat | min | 5% | 25% | median | 75% | 95% | max |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -887,7 +906,9 @@ def summary_lines(results) -> list[str]:
     does not exist, e.g. an infinite k-hat)."""
     p = results["psis"]
     lines = [
-        f"PSIS: log p(x) {_number(p['log_likelihood'])} ± {_number(p['log_likelihood_se'])} nats per example; "
+        f"PSIS: log p(x) {_number(p['log_likelihood'])} ± {_number(p['log_likelihood_se'])} nats per example"
+        + (f" ({_number(p['bits_per_dim'], 4)} bits/dim)" if p.get("bits_per_dim") is not None else "")
+        + "; "
         f"k-hat median {_number(p['khat_quantiles']['50%'], 2)}, {p['fraction_above']['0.7']:.1%} of examples "
         "above 0.7"
     ]

@@ -106,3 +106,21 @@ def test_compare_of_8bit_runs_reports_bits_per_dim(tmp_path):
         assert r["bits_per_dim"] == pytest.approx(-r["elpd_per_example"] / (3072 * math.log(2)))
         assert r["bits_per_dim_diff"] == pytest.approx(r["elpd_diff_per_example"] / (3072 * math.log(2)))
     assert "bits per dimension" in printed
+
+
+def test_diagnose_of_an_8bit_run_reports_bits_per_dim(tmp_path):
+    rng = np.random.default_rng(3)
+    batches = tmp_path / "data" / "cifar-10-batches-bin"
+    batches.mkdir(parents=True)
+    (batches / "data_batch_1.bin").write_bytes(_cifar_records(rng, 32))
+    (batches / "test_batch.bin").write_bytes(_cifar_records(rng, 6))
+    run = tmp_path / "run"
+    data = ["--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--likelihood", "discretized-logistic"]
+    assert main(["train", *data, *TINY, "--out", str(run)]) == 0
+    small = ["--num-samples", "20", "--nuts-observations", "0", "--sbc-simulations", "20", "--sbc-draws", "9"]
+    code, printed, err = _run(["diagnose", str(run), *small, "--gap-observations", "0", "--quiet"])
+    assert code == 0, err
+    psis = json.loads((run / "diagnostics" / "diagnostics.json").read_text())["psis"]
+    assert psis["bits_per_dim"] == pytest.approx(-psis["log_likelihood"] / (3072 * math.log(2)))
+    assert "bits/dim" in printed
+    assert "bits per dimension" in (run / "diagnostics" / "report.md").read_text()

@@ -20,13 +20,18 @@ from ppl_vae.diagnostics.arviz_bridge import arviz
 def _quiet():
     """A plotting call contained: NumPy's global random state is restored afterwards (``az.plot_ppc``
     reseeds it with ``np.random.seed``), and ArviZ 0.23's warnings about its own use of matplotlib
-    (deprecated ``normalize_kwargs``) and, for PIT values, that it assumes a continuous variable (which
-    they are) are silenced: nothing for our users."""
+    (deprecated ``normalize_kwargs``), for PIT values that it assumes a continuous variable (which they
+    are), and about a statistic without spread (its density cannot be drawn) are silenced: nothing for
+    our users."""
     state = np.random.get_state()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*normalize_kwargs.*")
             warnings.filterwarnings("ignore", message="Assuming variable is continuous.*")
+            # a statistic that takes one value in every replicate (e.g. one stroke per image) has no
+            # density to draw: the figure shows a flat line, which is what it is
+            warnings.filterwarnings("ignore", message="Your data appears to have a single value.*")
+            warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
             yield
     finally:
         np.random.set_state(state)
