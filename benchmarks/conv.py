@@ -32,6 +32,7 @@ import torch
 
 import ppl_vae
 from benchmarks.reference_conv_vae import ConvReferenceVAE, copy_conv_weights
+from benchmarks.reference_vae import reference_log_likelihood
 from benchmarks.run import OursStep, RefStep, Variant, interleaved, random_binary, ratio_stats
 from ppl_vae.diagnostics import comparison
 from ppl_vae.infer.fit import fixed_binarization
@@ -39,8 +40,26 @@ from ppl_vae.infer.fit import fixed_binarization
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 LATENT, HIDDEN, BATCH, NUM_DATA = 16, (256,), 128, 50000
-FULL = {"rounds": 8, "steps": 20, "quality_epochs": 30, "seeds": [0, 1, 2], "eval_n": 200, "eval_k": 1000}
-SMOKE = {"rounds": 2, "steps": 2, "quality_epochs": 1, "seeds": [0], "eval_n": 8, "eval_k": 16}
+FULL = {
+    "rounds": 8,
+    "steps": 20,
+    "quality_epochs": 30,
+    "seeds": [0, 1, 2],
+    "eval_n": 200,
+    "eval_k": 1000,
+    "speed_n": 20,
+    "speed_rounds": 3,
+}
+SMOKE = {
+    "rounds": 2,
+    "steps": 2,
+    "quality_epochs": 1,
+    "seeds": [0],
+    "eval_n": 8,
+    "eval_k": 16,
+    "speed_n": 4,
+    "speed_rounds": 1,
+}
 
 
 def weighted_layers(vae) -> list:
@@ -101,6 +120,45 @@ def bench_train(cfg, log) -> list[dict]:
                     f"[{st['q1']:.2f}, {st['q3']:.2f}]"
                 )
     torch.set_num_threads(1)
+    return rows
+
+
+def bench_eval_speed(cfg, log) -> list[dict]:
+    """Importance-sampled log p(x) with K draws: ``ppl_vae.evaluate`` against the reference's vectorized
+    estimate (:func:`benchmarks.reference_vae.reference_log_likelihood`), same weights, alternating order."""
+    rows = []
+    n, k = cfg["speed_n"], cfg["eval_k"]
+    for shape in SHAPES:
+        pyro.clear_param_store()
+        vae, ref = build_pair(shape, f"eval_{'x'.join(map(str, shape))}")
+        x = random_binary(n, shape, 123)
+        calls = {
+            "ours": lambda: ppl_vae.evaluate(vae, x, num_particles=k).log_likelihood,
+            "ref": lambda: reference_log_likelihood(ref, x, num_particles=k)["log_likelihood"],
+        }
+        times, values = {"ours": [], "ref": []}, {"ours": [], "ref": []}
+        for r in range(cfg["speed_rounds"] + 1):  # round 0 warms up
+            for name in ("ours", "ref") if r % 2 else ("ref", "ours"):
+                start = time.perf_counter()
+                values[name].append(calls[name]())
+                if r:
+                    times[name].append(time.perf_counter() - start)
+        st = ratio_stats(times["ours"], times["ref"])
+        row = {
+            "shape": "x".join(map(str, shape)),
+            "n": n,
+            "k": k,
+            "ours_s": statistics.median(times["ours"]),
+            "ref_s": statistics.median(times["ref"]),
+            "ours_ll": statistics.fmean(values["ours"]),
+            "ref_ll": statistics.fmean(values["ref"]),
+            **st,
+        }
+        rows.append(row)
+        log(
+            f"eval {row['shape']} N={n} K={k}: ours {row['ours_s']:.2f} s, ref {row['ref_s']:.2f} s, "
+            f"ratio {st['median']:.2f}"
+        )
     return rows
 
 
@@ -193,12 +251,26 @@ def render(args, argv, res, wall) -> str:
     m = res["memory"]
     lines += [
         "",
-        "## 2. Evaluation memory",
+        "## 2. Evaluation: speed and memory",
         "",
-        f"`ppl_vae.evaluate` of the conv VAE on {m['n']} images 3x32x32 with K = {m['k']}: peak RSS "
-        f"{m['peak_mb']:.0f} MB; the process's high-water mark before evaluating (imports, data) was "
-        f"{m['before_mb']:.0f} MB"
-        + (", so the chunked evaluation stayed below it." if m["peak_mb"] <= m["before_mb"] else "."),
+        "| image | N | K | ppl_vae s | reference s | ratio ours/ref | log p(x) ours / ref (nats per example) |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['shape']} | {r['n']} | {r['k']} | {r['ours_s']:.2f} | {r['ref_s']:.2f} | {r['median']:.2f}× | "
+            f"{r['ours_ll']:.2f} / {r['ref_ll']:.2f} |"
+            for r in res.get("eval", [])
+        ),
+        "",
+        *(
+            [
+                f"`ppl_vae.evaluate` of the conv VAE on {m['n']} images 3x32x32 with K = {m['k']}: peak RSS "
+                f"{m['peak_mb']:.0f} MB; the process's high-water mark before evaluating (imports, data) was "
+                f"{m['before_mb']:.0f} MB"
+                + (", so the chunked evaluation stayed below it." if m["peak_mb"] <= m["before_mb"] else "."),
+            ]
+            if m["n"]
+            else []
+        ),
         "",
         f"## 3. Quality: conv vs MLP on the digits at 28x28, {args.quality_epochs} epochs, "
         "held-out log p(x) per example (nats, K = 1000)",
@@ -220,7 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "CONV.md"))
     p.add_argument("--quality-epochs", type=int, default=None)
-    p.add_argument("--sections", nargs="*", default=["train", "memory", "quality"])
+    p.add_argument("--sections", nargs="*", default=["train", "eval", "memory", "quality"])
     args = p.parse_args(argv)
     cfg = dict(SMOKE if args.smoke else FULL)
     if args.quality_epochs is not None:
@@ -235,6 +307,7 @@ def main(argv=None) -> int:
     res = {"parity": {"x".join(map(str, s)): parity(s) for s in SHAPES}, "train": [], "memory": None, "quality": []}
     if "train" in args.sections:
         res["train"] = bench_train(cfg, log)
+    res["eval"] = bench_eval_speed(cfg, log) if "eval" in args.sections else []
     res["memory"] = (
         bench_memory(cfg, log) if "memory" in args.sections else {"n": 0, "k": 0, "before_mb": 0, "peak_mb": 0}
     )
