@@ -42,6 +42,19 @@ def plain(value: Any) -> Any:
     return value
 
 
+def json_ready(value: Any) -> Any:
+    """Plain data (see :func:`plain`) with every non-finite float (NaN, infinities) as None, recursively:
+    JSON has neither, and a number that does not exist reads as ``null``."""
+    value = plain(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value
+
+
 class Result:
     """Base of the frozen dataclasses that public computations return."""
 

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from ppl_vae.app.formatting import format_number
 from ppl_vae.diagnostics import coverage
 from ppl_vae.diagnostics.arviz_bridge import calibration as bridge
-from ppl_vae.results import plain
+from ppl_vae.results import json_ready
 
 #: At most this many latent dimensions get an ECDF panel (the ones that deviate most).
 MAX_ECDF_PANELS = 8
@@ -73,18 +73,7 @@ def calibration_section(ranks, num_draws: int, nuts=None, *, seed: int = 0, alph
         "coverage.png": coverage_figure(simulations, reference),
         "sbc_ecdf.png": ecdf_figure(np.asarray(ranks), ecdf),
     }
-    return _json_ready(plain(section)), figures
-
-
-def _json_ready(value):
-    """Non-finite floats to None, recursively (JSON has no NaN or infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    return value
+    return json_ready(section), figures
 
 
 # -- figures -----------------------------------------------------------------------------------------

@@ -59,7 +59,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,7 @@ from ppl_vae.app.predictive_checks import predictive_lines, predictive_section, 
 from ppl_vae.diagnostics.predictive import replicates_for
 from ppl_vae.errors import ConfigError
 from ppl_vae.limits import check_bytes
-from ppl_vae.results import Result, plain
+from ppl_vae.results import Result, json_ready, plain
 from ppl_vae.validation import Bound, check_number
 
 #: Accepted ranges of diagnose_run's sizes (the lower ends are what each method needs to mean anything).
@@ -180,19 +179,6 @@ def _choose_observations(khat: np.ndarray, count: int, seed: int) -> list[int]:
     rng = np.random.default_rng(seed)
     chosen = worst + [int(i) for i in rng.choice(rest, size=min(count // 2, len(rest)), replace=False)]
     return chosen
-
-
-def _finite(value):
-    """JSON has no infinities: non-finite floats become None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
 
 
 def default_diagnostics_dir(run_dir: str | Path) -> Path:
@@ -555,7 +541,7 @@ def _diagnose_locked(run_dir: Path, out: Path, settings: DiagnoseSettings, *, de
             }
     finally:
         steps.close()
-    result = DiagnoseResult(**_finite({**results, "seconds": steps.seconds, "settings": settings.to_dict()}))
+    result = DiagnoseResult(**json_ready({**results, "seconds": steps.seconds, "settings": settings.to_dict()}))
     _write_outputs(out, result, p.log_ratios, idata, nuts, figures)
     return result
 

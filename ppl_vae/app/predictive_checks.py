@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from ppl_vae.app.formatting import format_number
 from ppl_vae.diagnostics import predictive
 from ppl_vae.diagnostics.arviz_bridge import predictive as az_bridge
+from ppl_vae.results import json_ready
 
 _number = functools.partial(format_number, fixed=True, missing="n/a")
 
@@ -120,7 +121,7 @@ def predictive_section(
         **common,
     )
     prior = predictive.predictive_check(vae.model, vae.guide, heldout, kind="prior", **common)
-    section = _json_ready({"posterior": post.to_dict(), "prior": prior.to_dict()})
+    section = json_ready({"posterior": post.to_dict(), "prior": prior.to_dict()})
     figures = {
         "ppc.png": ppc_figure(post, prior, seed=seed),
         "ppc_pvalues.png": pvalues_figure(post, prior),
@@ -128,19 +129,6 @@ def predictive_section(
     if post.loo_pit is not None and post.loo_pit.values is not None and post.loo_pit.num_values:
         figures["loo_pit.png"] = loo_pit_figure(post.loo_pit, seed=seed)
     return section, figures
-
-
-def _json_ready(value):
-    """Plain data for JSON: non-finite floats become None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_ready(value.item())
-    return value
 
 
 # -- figures ---------------------------------------------------------------------------------------------
