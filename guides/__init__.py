@@ -8,7 +8,7 @@ z lives in (``constraints.real_vector``, ``constraints.sphere``, ``constraints.s
 """
 
 from ppl_vae.guides.delta import PointMass
-from ppl_vae.guides.encoders import ConvEncoder, MLPEncoder, encoder_network
+from ppl_vae.guides.encoders import ConvEncoder, EncodedFamily, MLPEncoder, encoder_network
 from ppl_vae.guides.flow import FlowPosterior, InverseAutoregressiveFlow
 from ppl_vae.guides.full_rank import FullRankNormal
 from ppl_vae.guides.manifold import DirichletGuide, PowerSphericalGuide
@@ -35,6 +35,7 @@ __all__ = [
     "PointMass",
     "PowerSphericalGuide",
     "DirichletGuide",
+    "EncodedFamily",
     "MLPEncoder",
     "ConvEncoder",
     "encoder_network",

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppl_vae.guides.encoders import encoder_network
+from ppl_vae.guides.encoders import EncodedFamily
 
 
-class PointMass(nn.Module):
+class PointMass(EncodedFamily, nn.Module):
     """Amortized point mass: ``forward(x)`` returns ``Delta(f(x), event_dim=1)`` with batch shape ``(N,)`` and
     event shape ``(latent_dim,)``, where the encoder f maps ``x (N, *data_shape)`` to ``(N, latent_dim)``.
 
@@ -30,26 +28,10 @@ class PointMass(nn.Module):
         self.encoder = encoder
         self.latent_dim = int(latent_dim)
 
-    @classmethod
-    def build(
-        cls,
-        data_shape: Sequence[int],
-        latent_dim: int,
-        hidden_dims: Sequence[int],
-        *,
-        network: str = "mlp",
-        extra_features: int = 0,
-    ) -> PointMass:
-        """The family on an encoder with ``latent_dim`` outputs (``network`` and ``extra_features`` as in
-        :func:`~ppl_vae.guides.encoders.encoder_network`)."""
-        return cls(
-            encoder_network(network, data_shape, hidden_dims, latent_dim, extra_features=extra_features), latent_dim
-        )
-
-    @classmethod
-    def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> PointMass:
-        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with ``latent_dim`` outputs."""
-        return cls.build(data_shape, latent_dim, hidden_dims)
+    @staticmethod
+    def num_outputs(latent_dim: int) -> int:
+        """Encoder outputs: ``d``."""
+        return latent_dim
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         return dist.Delta(self.encoder(x), event_dim=1)

@@ -54,3 +54,37 @@ def encoder_network(
     return ConvEncoder(
         data_shape, hidden_dims, out_features, extra_features=extra_features, residual=network == "resnet"
     )
+
+
+class EncodedFamily:
+    """What every variational family built on one encoder shares: :meth:`build` makes the encoder with
+    :meth:`num_outputs` outputs (:func:`encoder_network`, any network) and calls ``cls(encoder, latent_dim)``.
+    A family subclasses it next to ``nn.Module`` and defines ``num_outputs``."""
+
+    @staticmethod
+    def num_outputs(latent_dim: int) -> int:
+        """Encoder outputs the family reads for a latent of ``latent_dim`` dimensions."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(
+        cls,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        *,
+        network: str = "mlp",
+        extra_features: int = 0,
+    ):
+        """The family on an encoder with :meth:`num_outputs` outputs: ``network`` is ``"mlp"``, ``"conv"`` or
+        ``"resnet"``; ``extra_features`` numbers are appended to each flattened example (a structured
+        prior's q(z | x, label)); see :func:`encoder_network`."""
+        outputs = cls.num_outputs(latent_dim)
+        return cls(
+            encoder_network(network, data_shape, hidden_dims, outputs, extra_features=extra_features), latent_dim
+        )
+
+    @classmethod
+    def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]):
+        """The family on an :class:`MLPEncoder` (:meth:`build` with ``network="mlp"``)."""
+        return cls.build(data_shape, latent_dim, hidden_dims)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppl_vae.guides.encoders import encoder_network
+from ppl_vae.guides.encoders import EncodedFamily
 
 
-class FullRankNormal(nn.Module):
+class FullRankNormal(EncodedFamily, nn.Module):
     """Amortized multivariate Normal posterior with a full covariance.
 
     The encoder maps ``x (N, *data_shape)`` to ``2 * d + d (d - 1) / 2`` numbers (``d = latent_dim``), in
@@ -39,28 +37,6 @@ class FullRankNormal(nn.Module):
     def num_outputs(latent_dim: int) -> int:
         """Encoder outputs needed: ``2 d + d (d - 1) / 2``."""
         return 2 * latent_dim + latent_dim * (latent_dim - 1) // 2
-
-    @classmethod
-    def build(
-        cls,
-        data_shape: Sequence[int],
-        latent_dim: int,
-        hidden_dims: Sequence[int],
-        *,
-        network: str = "mlp",
-        extra_features: int = 0,
-    ) -> FullRankNormal:
-        """The family on an encoder with :meth:`num_outputs` outputs (``network`` and ``extra_features`` as
-        in :func:`~ppl_vae.guides.encoders.encoder_network`)."""
-        outputs = cls.num_outputs(latent_dim)
-        return cls(
-            encoder_network(network, data_shape, hidden_dims, outputs, extra_features=extra_features), latent_dim
-        )
-
-    @classmethod
-    def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> FullRankNormal:
-        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with :meth:`num_outputs` outputs."""
-        return cls.build(data_shape, latent_dim, hidden_dims)
 
     def loc_scale_tril(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ(x) ``(N, d)`` and the lower-triangular L(x) ``(N, d, d)`` with positive diagonal."""

@@ -3,18 +3,16 @@ Dirichlet distribution on the probability simplex."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppl_vae.guides.encoders import encoder_network
+from ppl_vae.guides.encoders import EncodedFamily
 from ppl_vae.models.manifold import PowerSpherical
 
 
-class PowerSphericalGuide(nn.Module):
+class PowerSphericalGuide(EncodedFamily, nn.Module):
     """Amortized power spherical posterior on the unit sphere ``S^(latent_dim-1)`` (De Cao & Aziz 2020).
 
     The encoder maps ``x (N, *data_shape)`` to ``latent_dim + 1`` numbers: a raw direction ``r (N, d)``,
@@ -38,27 +36,10 @@ class PowerSphericalGuide(nn.Module):
         self.latent_dim = int(latent_dim)
         self.min_concentration = float(min_concentration)
 
-    @classmethod
-    def build(
-        cls,
-        data_shape: Sequence[int],
-        latent_dim: int,
-        hidden_dims: Sequence[int],
-        *,
-        network: str = "mlp",
-        extra_features: int = 0,
-    ) -> PowerSphericalGuide:
-        """The family on an encoder with ``latent_dim + 1`` outputs (``network`` and ``extra_features`` as
-        in :func:`~ppl_vae.guides.encoders.encoder_network`)."""
-        outputs = latent_dim + 1
-        return cls(
-            encoder_network(network, data_shape, hidden_dims, outputs, extra_features=extra_features), latent_dim
-        )
-
-    @classmethod
-    def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> PowerSphericalGuide:
-        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with ``latent_dim + 1`` outputs."""
-        return cls.build(data_shape, latent_dim, hidden_dims)
+    @staticmethod
+    def num_outputs(latent_dim: int) -> int:
+        """Encoder outputs: ``d + 1``."""
+        return latent_dim + 1
 
     def loc_concentration(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ(x) ``(N, d)`` with unit norm and κ(x) ``(N,)`` >= ``min_concentration``."""
@@ -71,7 +52,7 @@ class PowerSphericalGuide(nn.Module):
         return PowerSpherical(*self.loc_concentration(x))
 
 
-class DirichletGuide(nn.Module):
+class DirichletGuide(EncodedFamily, nn.Module):
     """Amortized Dirichlet posterior on the probability simplex in ``R^latent_dim``.
 
     The encoder maps ``x (N, *data_shape)`` to ``latent_dim`` numbers, the concentrations
@@ -93,26 +74,10 @@ class DirichletGuide(nn.Module):
         self.latent_dim = int(latent_dim)
         self.min_concentration = float(min_concentration)
 
-    @classmethod
-    def build(
-        cls,
-        data_shape: Sequence[int],
-        latent_dim: int,
-        hidden_dims: Sequence[int],
-        *,
-        network: str = "mlp",
-        extra_features: int = 0,
-    ) -> DirichletGuide:
-        """The family on an encoder with ``latent_dim`` outputs (``network`` and ``extra_features`` as in
-        :func:`~ppl_vae.guides.encoders.encoder_network`)."""
-        return cls(
-            encoder_network(network, data_shape, hidden_dims, latent_dim, extra_features=extra_features), latent_dim
-        )
-
-    @classmethod
-    def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> DirichletGuide:
-        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with ``latent_dim`` outputs."""
-        return cls.build(data_shape, latent_dim, hidden_dims)
+    @staticmethod
+    def num_outputs(latent_dim: int) -> int:
+        """Encoder outputs: ``d``."""
+        return latent_dim
 
     def concentration(self, x: torch.Tensor) -> torch.Tensor:
         """α(x) ``(N, d)``, each >= ``min_concentration``: exp(clamp(c + 2, -10, 10)) + floor. The shift

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppl_vae.guides.encoders import encoder_network
+from ppl_vae.guides.encoders import EncodedFamily
 
 
-class DiagonalNormal(nn.Module):
+class DiagonalNormal(EncodedFamily, nn.Module):
     """Amortized diagonal Normal posterior.
 
     The encoder network maps ``x (N, *data_shape)`` to ``2 * latent_dim`` numbers: the loc μ(x) and
@@ -27,26 +25,10 @@ class DiagonalNormal(nn.Module):
         self.encoder = encoder
         self.latent_dim = latent_dim
 
-    @classmethod
-    def build(
-        cls,
-        data_shape: Sequence[int],
-        latent_dim: int,
-        hidden_dims: Sequence[int],
-        *,
-        network: str = "mlp",
-        extra_features: int = 0,
-    ) -> DiagonalNormal:
-        """The family on an encoder with ``2 * latent_dim`` outputs (:func:`~ppl_vae.guides.encoders.encoder_network`:
-        ``network`` is ``"mlp"``, ``"conv"`` or ``"resnet"``; ``extra_features`` numbers appended to each
-        flattened example, for a structured prior's q(z | x, label))."""
-        encoder = encoder_network(network, data_shape, hidden_dims, 2 * latent_dim, extra_features=extra_features)
-        return cls(encoder, latent_dim)
-
-    @classmethod
-    def mlp(cls, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int]) -> DiagonalNormal:
-        """The default: an :class:`~ppl_vae.guides.encoders.MLPEncoder` with ``2 * latent_dim`` outputs."""
-        return cls.build(data_shape, latent_dim, hidden_dims)
+    @staticmethod
+    def num_outputs(latent_dim: int) -> int:
+        """Encoder outputs: ``2 * d``."""
+        return 2 * latent_dim
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ(x) and σ(x), each ``(N, latent_dim)``."""
