@@ -22,7 +22,8 @@ OFF_BY_DEFAULT = ("labelled", "alpha", "condition_on", "groups", "grey")  # alph
 
 #: Fields added later whose absence from a run folder's ``config.json`` means the value every older run
 #: had (not the default of a new run): runs before ``network`` existed were all MLPs, whatever ``"auto"``
-#: would choose for their data today.
+#: would choose for their data today. Likewise ``grey``: an older run on an image folder (``folder:PATH``)
+#: read it as grey, whatever its colours (npz and other sources kept their channels: ``grey`` False).
 OLDER_RUNS = {"network": "mlp"}
 
 #: A config file holds a few dozen fields; anything larger is not one.
@@ -145,6 +146,8 @@ class Config:
         missing = missing if complete else []
         if complete:  # an older run folder: what it ran with
             values = {**OLDER_RUNS, **values}
+            if "grey" not in values and str(values.get("dataset", "")).startswith("folder:"):
+                values["grey"] = True  # image folders were read as grey before colour was kept
         if missing:
             raise ConfigError(
                 f"{source} lacks {', '.join(missing)}; a run folder's config.json records every field "

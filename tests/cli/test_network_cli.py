@@ -104,6 +104,15 @@ def test_a_missing_network_means_mlp_in_a_run_folder_and_auto_in_a_config_file()
     assert Config.from_dict(values).network == "auto"
 
 
+@pytest.mark.parametrize("dataset, grey", [("folder:imgs", True), ("npz:x.npz", False), ("digits", False)])
+def test_an_older_run_on_an_image_folder_was_grey(dataset, grey):
+    """Image folders were read as grey before colour was kept: an older run folder on one must read its
+    data as it was trained (npz kept its channels then too); a new config file means colour."""
+    values = {k: v for k, v in Config(dataset=dataset).to_dict().items() if k != "grey"}
+    assert Config.from_dict(values, complete=True).grey is grey
+    assert Config.from_dict(values).grey is False
+
+
 @pytest.mark.parametrize("field, value", [("network", "cnn"), ("grey", "yes"), ("network", 3)])
 def test_config_refuses_bad_network_and_grey(field, value):
     with pytest.raises(ConfigError, match=field):
