@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-3
 
 # Targets (ratio = ppl_vae time / reference time for the same work).
-TRAIN_TARGET = 1.0  # training step at batch 128 and 256
+TRAIN_TARGET = 0.85  # the default training step (compile="auto") at 784-400-50, batch 128 and 256 (issue 18)
 EVAL_TARGET = 1.2  # importance-sampled log p(x), K = 1000
 MEMORY_TARGET_MB = 2048  # peak RSS of ppl_vae.evaluate at K = 5000 on 10,000 784-dim examples
 MEMORY_TARGET_N = 10000
@@ -78,11 +78,19 @@ class Arch:
 
 MNIST = Arch("mnist", (1, 28, 28), 50, (400,), 60000)
 DIGITS = Arch("digits", (1, 8, 8), 8, (256, 128), 1438)
-TRAIN_CONFIGS = [(MNIST, 128), (MNIST, 256), (DIGITS, 128)]
+CONV = Arch("conv", (1, 28, 28), 16, (256,), 50000)  # benchmarks/conv.py's 28x28 conv VAE
+TRAIN_CONFIGS = [(MNIST, 128), (MNIST, 256), (DIGITS, 128), (CONV, 128)]
+#: The run length for which the "default" row shows what compile="auto" runs (the rule of
+#: ppl_vae.infer.compiled: a batch shape with >= 1,000 steps planned is recorded, >= 20,000 compiled):
+#: the README's default run for the digits, 50 epochs elsewhere.
+AUTO_EPOCHS = {"mnist": 50, "digits": 200, "conv": 50}
 
 FULL = {
     "rounds": 10,
     "steps": 50,
+    "train_modes": ("off", "trace", "on"),
+    "train_configs": TRAIN_CONFIGS,
+    "peers": True,
     "eval_n": {"mnist": 100, "digits": 359},
     "eval_k": 1000,
     "eval_rounds": 5,
@@ -97,6 +105,9 @@ FULL = {
 SMOKE = {
     "rounds": 3,
     "steps": 3,
+    "train_modes": ("off", "trace"),  # no Inductor compile (tens of seconds) in a smoke run
+    "train_configs": [(MNIST, 128), (MNIST, 256), (DIGITS, 128)],
+    "peers": False,
     "eval_n": {"mnist": 4, "digits": 8},
     "eval_k": 50,
     "eval_rounds": 2,
@@ -158,13 +169,14 @@ def random_binary(n, shape, seed):
 
 class OursStep:
     """One ppl_vae training step as ppl_vae.fit runs it with elbo="trace": ``ppl_vae.infer.step.TrainStep`` (Pyro's
-    Trace_ELBO on the VAE's model and guide, GuardedAdam; Pyro validation on the first step only)."""
+    Trace_ELBO on the VAE's model and guide, GuardedAdam; Pyro validation on the first step only), eager
+    (``compile="off"``), recorded (``"trace"``) or compiled (``"on"``)."""
 
-    def __init__(self, vae, num_data):
+    def __init__(self, vae, num_data, compile="off", elbo="trace"):
         for name in vae.param_store_names():  # as fit: this VAE's own tensors in the param store
             if name in pyro.get_param_store():
                 del pyro.get_param_store()[name]
-        self.step = TrainStep(vae, LR, "trace")  # the reference computes the Monte Carlo KL too
+        self.step = TrainStep(vae, LR, elbo, compile=compile)  # trace: the reference's Monte Carlo KL too
         self.num_data = num_data
 
     def __call__(self, x):
@@ -230,7 +242,39 @@ class Variant:
     validate: bool | None = None  # set pyro validation to this before the block; None: leave as is
 
 
+class PeerStep:
+    """NumPyro's jitted SVI step in its own environment (``benchmarks/peers/numpyro_step.py``), a long-lived
+    process that runs a block of steps when asked, so that its blocks interleave with ours."""
+
+    def __init__(self, arch: Arch, batch: int):
+        from benchmarks import peers
+
+        python = peers.python_for("numpyro")
+        if python is None:
+            raise RuntimeError("the NumPyro peer is not installed (python -m benchmarks.peers setup numpyro)")
+        hidden = [a for h in arch.hidden for a in ("--hidden", str(h))]
+        cmd = [str(python), str(peers.HERE / "numpyro_step.py"), "--data-dim", str(arch.data_dim)]
+        cmd += ["--latent", str(arch.latent), *hidden, "--batch", str(batch), "--num-data", str(arch.num_data)]
+        env = {**os.environ, **peers.SINGLE_THREAD_ENV}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        ready = json.loads(self.proc.stdout.readline())
+        self.compile_seconds, self.versions = ready["compile_seconds"], ready["versions"]
+
+    def block(self, steps: int) -> float:
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["seconds"] / steps
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
 def run_block(variant, batches, steps):
+    if hasattr(variant.step, "block"):  # a peer process times its own block
+        return variant.step.block(steps)
     if variant.validate is not None:
         pyro.enable_validation(variant.validate)
     start = time.perf_counter()
@@ -265,43 +309,98 @@ def ratio_stats(num, den):
 # -- 1. training step -------------------------------------------------------------------------------
 
 
+def _auto_mode(arch: Arch, batch: int) -> str:
+    """What compile="auto" runs for ``arch`` over a run of AUTO_EPOCHS epochs (full batches only)."""
+    from ppl_vae.infer import compiled
+
+    planned = AUTO_EPOCHS[arch.name] * (arch.num_data // batch)
+    if planned >= compiled.AUTO_COMPILE_STEPS:
+        return "on"
+    return "trace" if planned >= compiled.AUTO_RECORD_STEPS else "off"
+
+
+def _train_variants(arch: Arch, batch: int, cfg, log):
+    """The variants of one configuration: ours (eager, recorded, compiled, the default, plain SVI), the
+    reference, and NumPyro when its environment is installed (MLPs only)."""
+    pair = _conv_pair if arch.name == "conv" else build_pair
+    vae_default, ref = pair(arch, name="vae_default")
+    default = _auto_mode(arch, batch)
+    variants = [
+        Variant(f"default ({default})", OursStep(vae_default, arch.num_data, default, elbo="auto")),
+        *(
+            Variant(mode, OursStep(pair(arch, name=f"vae_{mode}")[0], arch.num_data, mode))
+            for mode in cfg["train_modes"]
+        ),
+        Variant("svi", PlainSVIStep(pair(arch, name="vae_svi")[0], arch.num_data)),
+        Variant("ref", RefStep(ref, arch.num_data)),
+    ]
+    if arch.name != "conv" and cfg["peers"]:
+        try:
+            variants.append(Variant("numpyro", PeerStep(arch, batch)))
+        except (RuntimeError, OSError, ValueError) as error:
+            log(f"  numpyro: not measured ({error})")
+    return variants
+
+
+def _conv_pair(arch: Arch, name: str):
+    from benchmarks import conv
+
+    return conv.build_pair(arch.data_shape, name)
+
+
 def bench_train(cfg, log):
     fit_validation = is_validation_enabled()  # the global state; TrainStep validates only its first step
-    rows = []
-    for arch, batch in TRAIN_CONFIGS:
+    rows, setup = [], []
+    for arch, batch in cfg["train_configs"]:
         pyro.clear_param_store()
-        vae, ref = build_pair(arch)
-        vae_svi, _ = build_pair(arch, name="vae_svi")  # its own copy and param-store names, own Adam state
         batches = [random_binary(batch, arch.data_shape, seed) for seed in range(8)]
-        variants = [
-            Variant("fit", OursStep(vae, arch.num_data), fit_validation),
-            Variant("svi", PlainSVIStep(vae_svi, arch.num_data), fit_validation),
-            Variant("ref", RefStep(ref, arch.num_data)),
-        ]
-        times = interleaved(variants, batches, cfg["steps"], cfg["rounds"])
+        variants = _train_variants(arch, batch, cfg, log)
+        steps = cfg["steps"] if arch.name != "conv" else max(2, cfg["steps"] // 5)  # a conv step is ~10x longer
+        times = interleaved(variants, batches, steps, cfg["rounds"])
         pyro.enable_validation(fit_validation)
         ref_ms = statistics.median(times["ref"]) * 1e3
-        for key, label in (
-            ("fit", "as fit runs it (TrainStep)"),
-            ("svi", f"plain SVI + pyro.optim.Adam (validation {'on' if fit_validation else 'off'})"),
-        ):
-            st = ratio_stats(times[key], times["ref"])
+        peer = {v.name: v.step for v in variants if isinstance(v.step, PeerStep)}
+        for v in variants:
+            if v.name == "ref":
+                continue
+            st = ratio_stats(times[v.name], times["ref"])
+            vs_peer = ratio_stats(times[v.name], times["numpyro"]) if peer and v.name != "numpyro" else None
             rows.append(
                 {
-                    "arch": arch.label,
+                    "arch": arch.label + (" conv" if arch.name == "conv" else ""),
+                    "mnist": arch is MNIST,
                     "batch": batch,
-                    "variant": label,
-                    "key": key,
-                    "ours_ms": statistics.median(times[key]) * 1e3,
+                    "variant": v.name,
+                    "key": v.name.split(" ")[0],
+                    "ours_ms": statistics.median(times[v.name]) * 1e3,
                     "ref_ms": ref_ms,
+                    "vs_numpyro": None if vs_peer is None else vs_peer["median"],
                     **st,
                 }
             )
             log(
-                f"train {arch.label} b{batch} {label}: ours {rows[-1]['ours_ms']:.2f} ms, ref {ref_ms:.2f} ms, "
+                f"train {rows[-1]['arch']} b{batch} {v.name}: {rows[-1]['ours_ms']:.2f} ms, ref {ref_ms:.2f} ms, "
                 f"ratio {st['median']:.2f} [{st['q1']:.2f}, {st['q3']:.2f}]"
             )
-    return {"rows": rows, "fit_validation": fit_validation}
+        setup.append(_setup_seconds(arch, batch, variants))
+        for step in peer.values():
+            step.close()
+    return {"rows": rows, "fit_validation": fit_validation, "setup": setup}
+
+
+def _setup_seconds(arch: Arch, batch: int, variants) -> dict:
+    """Record and compile seconds of our recorded and compiled steps, NumPyro's jit compile."""
+    out = {"arch": arch.label + (" conv" if arch.name == "conv" else ""), "batch": batch}
+    for v in variants:
+        if isinstance(v.step, PeerStep):
+            out["numpyro_compile"] = v.step.compile_seconds
+            out["numpyro_versions"] = v.step.versions
+        elif isinstance(v.step, OursStep):
+            graphs = v.step.step.describe()["graphs"]
+            if graphs:
+                out[f"{v.name}_record"] = graphs[0]["record_seconds"]
+                out[f"{v.name}_compile"] = graphs[0]["compile_seconds"]
+    return out
 
 
 # -- 2. evaluation ----------------------------------------------------------------------------------------
@@ -461,6 +560,84 @@ def ratio_text(st):
     return f"{st['median']:.2f}×", f"{st['q1']:.2f}–{st['q3']:.2f}"
 
 
+VARIANT_TEXT = {
+    "default": "the default step (elbo='auto', compile='auto' for the run length of AUTO_EPOCHS)",
+    "off": "eager (compile='off'): Pyro's programs and autograd every step",
+    "trace": "recorded (compile='trace'): the step's operations replayed",
+    "on": "compiled (compile='on'): the recording through torch.compile (Inductor)",
+    "svi": "plain SVI + pyro.optim.Adam, validation as set globally",
+    "numpyro": "NumPyro SVI + Trace_ELBO, jax.jit update (own environment)",
+}
+
+
+def _num(value, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def render_train(t, cfg):
+    """The training-step section and its target rows."""
+    out = [
+        "## 1. Training step",
+        "",
+        "Every variant trains its own copy of the same initial weights on the same random binary batches. ppl_vae: "
+        "`ppl_vae.infer.step.TrainStep`, the step of `ppl_vae.fit`: Pyro's ELBO on `vae.model` / `vae.guide`, "
+        "one guarded Adam, Pyro validation on the first step only (it is "
+        f"**{'on' if t['fit_validation'] else 'off'}** globally in this process); `Trace_ELBO` (the Monte "
+        "Carlo KL, the reference's math) except the default row, which runs fit's defaults, elbo='auto' "
+        "(TraceMeanField_ELBO: the analytic KL) and compile='auto' as it decides for a run of "
+        f"{AUTO_EPOCHS['mnist']} epochs ({AUTO_EPOCHS['digits']} for the digits, the README's run). Reference: "
+        "the hand-written `ReferenceVAE.loss` + `zero_grad` + `backward` + `torch.optim.Adam.step` + "
+        "`loss.item()` (`benchmarks/reference_conv_vae.py` for the conv VAE). NumPyro: "
+        "`benchmarks/peers/numpyro_step.py` in its own environment, a process that runs a block when asked, "
+        f"so its blocks interleave with ours. N = {MNIST.num_data} for 784-dim, {DIGITS.num_data} for the "
+        f"digits, {CONV.num_data} for the conv VAE. {cfg['rounds']} rounds; each runs a block of "
+        f"{cfg['steps']} steps ({max(2, cfg['steps'] // 5)} for the conv VAE) of every variant in a rotating "
+        "order, after one discarded warm-up block each (where the recorded and compiled steps record and "
+        "compile). ms/step = median over rounds; "
+        "ratio = median over rounds of the per-round ratio, with its interquartile range (IQR).",
+        "",
+        "| model | batch | variant | ms/step | reference ms/step | ratio to reference | IQR | ratio to NumPyro |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    targets = []
+    for r in t["rows"]:
+        med, iqr = ratio_text(r)
+        peer = "—" if r["vs_numpyro"] is None else f"{r['vs_numpyro']:.2f}×"
+        label = VARIANT_TEXT[r["key"]] + (f" → {r['variant'].split(' ')[1][1:-1]}" if r["key"] == "default" else "")
+        ms = f"{r['ours_ms']:.2f} | {r['ref_ms']:.2f}"
+        out.append(f"| {r['arch']} | {r['batch']} | {label} | {ms} | {med} | {iqr} | {peer} |")
+        if r["key"] == "default" and r["mnist"]:
+            targets.append(
+                (
+                    f"default training step {r['arch']}, batch {r['batch']}",
+                    med,
+                    f"≤ {TRAIN_TARGET:.2f}×",
+                    status(r["median"], TRAIN_TARGET),
+                )
+            )
+            if r["vs_numpyro"] is not None:
+                targets.append(
+                    (
+                        f"default training step {r['arch']}, batch {r['batch']}, vs NumPyro's jitted step",
+                        f"{r['vs_numpyro']:.2f}×",
+                        "≤ 1.00×",
+                        status(r["vs_numpyro"], 1.0),
+                    )
+                )
+    out += ["", "Set-up, once per run and batch shape (seconds; not in the step times above):", ""]
+    out += ["| model | batch | record (trace) | record + compile (on): first compiled step | NumPyro jit compile |"]
+    out += ["|---|---|---|---|---|"]
+    for s in t["setup"]:
+        compiled = "—" if s.get("on_record") is None else f"{s['on_record']:.2f} + {_num(s.get('on_compile'), 1)}"
+        peer = _num(s.get("numpyro_compile"), 2)
+        out.append(f"| {s['arch']} | {s['batch']} | {_num(s.get('trace_record'), 2)} | {compiled} | {peer} |")
+    versions = next((s["numpyro_versions"] for s in t["setup"] if "numpyro_versions" in s), None)
+    if versions:
+        out += ["", f"NumPyro {versions['numpyro']}, jax {versions['jax']} (one thread)."]
+    out.append("")
+    return out, targets
+
+
 def render(args, argv, cfg, res, info, wall, load):
     cmd = "python -m benchmarks.run" + ("" if not argv else " " + shlex.join(argv))
     smoke = " (SMOKE RUN: numbers not meaningful)" if args.smoke else ""
@@ -483,49 +660,9 @@ def render(args, argv, cfg, res, info, wall, load):
     machine_end = len(out)
     targets = []
     if "train" in res:
-        t = res["train"]
-        out += [
-            "## 1. Training step",
-            "",
-            "ppl_vae: `SVI(vae.model, vae.guide, pyro.optim.Adam({'lr': 1e-3}), Trace_ELBO()).step(x, "
-            "num_data=N, beta=1.0)` on `ppl_vae.VAE(..., likelihood='bernoulli', prior='normal')` (the work of "
-            "one step of `ppl_vae.fit`). Reference: `ReferenceVAE.loss` + `zero_grad` + `backward` + "
-            "`torch.optim.Adam.step` + `loss.item()` (the work of one step of `train_reference`), with the "
-            "same layer widths and weights copied from ppl_vae's initial weights "
-            "(`DeepReferenceVAE` in benchmarks/run.py for several hidden layers). Random binary images; "
-            f"N = {MNIST.num_data} for 784-dim, {DIGITS.num_data} for the digits. "
-            f"{cfg['rounds']} rounds; each round runs a block of {cfg['steps']} steps of every variant "
-            "(ppl_vae as fit runs it, a plain Pyro SVI step, reference) in a rotating order, after one "
-            "discarded warm-up block each. ms/step = median over rounds; ratio = median over rounds of the "
-            "per-round ratio ours/reference, with its interquartile range (IQR).",
-            "",
-            f"`ppl_vae.fit` runs `ppl_vae.infer.step.TrainStep`: Pyro's `Trace_ELBO` on the model and guide, one "
-            f"guarded `torch.optim.Adam`, Pyro validation on the first step only (it is "
-            f"**{'on' if t['fit_validation'] else 'off'}** globally in this process; pyro {pyro.__version__} "
-            "turns it on by default). 'plain SVI' is the textbook `SVI(...).step` with `pyro.optim.Adam` and "
-            "validation as set globally, for comparison.",
-            "",
-            "| model | batch | ppl_vae variant | ppl_vae ms/step | reference ms/step | ratio ours/ref | "
-            "IQR of ratio | target | status |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in t["rows"]:
-            med, iqr = ratio_text(r)
-            st = status(r["median"], TRAIN_TARGET)
-            out.append(
-                f"| {r['arch']} | {r['batch']} | {r['variant']} | {r['ours_ms']:.2f} | {r['ref_ms']:.2f} | "
-                f"{med} | {iqr} | ≤ {TRAIN_TARGET:.2f}× | {st} |"
-            )
-            if r["key"] == "fit" and r["arch"] == MNIST.label:
-                targets.append(
-                    (
-                        f"training step {r['arch']}, batch {r['batch']} (as fit runs it)",
-                        med,
-                        f"≤ {TRAIN_TARGET:.2f}×",
-                        st,
-                    )
-                )
-        out.append("")
+        part, train_targets = render_train(res["train"], cfg)
+        out += part
+        targets += train_targets
     if "eval" in res:
         out += [
             "## 2. Evaluation (importance-sampled log p(x))",

@@ -2,7 +2,8 @@
 
 Kept here, without importing torch, so that ``ppl-vae list`` answers at once. A test holds these
 names equal to the registries (``ppl_vae.models.PRIORS``, ``LIKELIHOODS``, ``ppl_vae.guides.GUIDES``,
-``ppl_vae.infer.objectives.OBJECTIVES``, ``ppl_vae.networks.NETWORK_CHOICES``), so an entry cannot be
+``ppl_vae.infer.objectives.OBJECTIVES``, ``ppl_vae.networks.NETWORK_CHOICES``,
+``ppl_vae.infer.compiled.COMPILE_CHOICES``), so an entry cannot be
 added to one without the other.
 """
 
@@ -62,10 +63,19 @@ NETWORKS = {
     "resnet": "the conv network with a residual block after every stride-2 convolution; images",
 }
 
+#: How training steps run (``ppl_vae.infer.compiled.COMPILE_CHOICES``, in this order).
+COMPILE = {
+    "auto": "trace for a batch shape the run plans >= 1,000 steps of, on for >= 20,000 (default)",
+    "on": "the recorded step compiled by torch.compile (Inductor; a CUDA graph on a GPU), cached on disk",
+    "trace": "the step's tensor operations (loss and backward) recorded once per batch shape and replayed",
+    "off": "Pyro's programs and autograd run eagerly at every step (the reference)",
+}
+
 CATALOG = {
     "priors (--prior)": PRIORS,
     "guides (--guide)": GUIDES,
     "likelihoods (--likelihood)": LIKELIHOODS,
     "objectives (--elbo)": OBJECTIVES,
     "networks (--network)": NETWORKS,
+    "training steps (--compile)": COMPILE,
 }

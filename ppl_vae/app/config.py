@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ppl_vae.catalog import NETWORKS
+from ppl_vae.catalog import COMPILE, NETWORKS
 from ppl_vae.errors import ConfigError
 from ppl_vae.validation import check_bool, check_hidden_dims, check_number, check_string
 
@@ -24,7 +24,8 @@ OFF_BY_DEFAULT = ("labelled", "alpha", "condition_on", "groups", "grey")  # alph
 #: had (not the default of a new run): runs before ``network`` existed were all MLPs, whatever ``"auto"``
 #: would choose for their data today. Likewise ``grey``: an older run on an image folder (``folder:PATH``)
 #: read it as grey, whatever its colours (npz and other sources kept their channels: ``grey`` False).
-OLDER_RUNS = {"network": "mlp"}
+#: ``compile``: older runs took eager steps (with unfused Adam), and a resumed older run continues so.
+OLDER_RUNS = {"network": "mlp", "compile": "off"}
 
 #: A config file holds a few dozen fields; anything larger is not one.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -32,43 +33,49 @@ MAX_CONFIG_BYTES = 1024 * 1024
 
 @dataclass
 class Config:
+    """The configuration of a run. A JSON or TOML file given to ``ppl-vae train --config`` may set any
+    field, and the command's flags override it (``--latent-dim`` for ``latent_dim``); the run folder's
+    ``config.json`` holds it, resolved. The defaults are the README's default run; :meth:`tiny` is a preset
+    for smoke runs."""
+
     # -- data
-    dataset: str = "digits"  # digits | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | table:PATH
-    data_root: str = "data"  # folder holding MNIST-family files in torchvision's layout
-    download: bool = False  # let torchvision download MNIST-family files into data_root
-    image_size: int | None = None  # resize images to image_size x image_size (e.g. 28 for digits)
-    grey: bool = False  # convert colour images to one grey channel (luminance) when loading
-    binarize: str = "auto"  # auto (dynamic for binary likelihoods, else none) | dynamic | threshold | none
-    heldout_fraction: float = 0.2  # share held out where the data set has no official test split
-    split_seed: int = 0  # fixes the train/held-out split and the held-out binarization
+    dataset: str = "digits"  #: digits | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | table:PATH
+    data_root: str = "data"  #: folder holding MNIST-family files in torchvision's layout
+    download: bool = False  #: let torchvision download MNIST-family files into data_root
+    image_size: int | None = None  #: resize images to image_size x image_size (e.g. 28 for digits)
+    grey: bool = False  #: convert colour images to one grey channel (luminance) when loading
+    binarize: str = "auto"  #: auto (dynamic for binary likelihoods, else none) | dynamic | threshold | none
+    heldout_fraction: float = 0.2  #: share held out where the data set has no official test split
+    split_seed: int = 0  #: fixes the train/held-out split and the held-out binarization
     # -- model and guide
-    latent_dim: int = 8  # dimension of z
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; decoder reversed
-    network: str = "auto"  # mlp | conv | resnet | auto (conv for images >= 16x16 or colour, else mlp); saved resolved
-    prior: str = "normal"  # name in ppl_vae.models.PRIORS
-    likelihood: str = "bernoulli"  # name in ppl_vae.models.LIKELIHOODS
-    guide: str = "auto"  # name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
+    latent_dim: int = 8  #: dimension of z
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  #: encoder widths; decoder reversed
+    network: str = "auto"  #: mlp | conv | resnet | auto (conv for images >= 16x16 or colour, else mlp); saved resolved
+    prior: str = "normal"  #: name in ppl_vae.models.PRIORS
+    likelihood: str = "bernoulli"  #: name in ppl_vae.models.LIKELIHOODS
+    guide: str = "auto"  #: name in ppl_vae.guides.GUIDES; auto: the family matching the prior's space
     # -- labels and groups (each sets the prior; see ppl_vae.app.structured)
-    labelled: int | str | None = None  # semi-supervised (M2): N labelled examples (class-balanced) or a CSV FILE
-    alpha: float = 5.0  # weight of M2's classification term alpha * log q(y | x), per labelled example
-    condition_on: str | None = None  # "label" (the data's classes) or COLUMN[,COLUMN] of a table: p(z | c) p(x | z, c)
-    groups: str | None = None  # a table column holding each row's group: group effects z ~ N(mu_group, tau^2)
+    labelled: int | str | None = None  #: semi-supervised (M2): N labelled examples (class-balanced) or a CSV FILE
+    alpha: float = 5.0  #: weight of M2's classification term alpha * log q(y | x), per labelled example
+    condition_on: str | None = None  #: "label" (the data's classes) or COLUMN[,COLUMN] of a table: p(z | c) p(x | z, c)
+    groups: str | None = None  #: a table column holding each row's group: group effects z ~ N(mu_group, tau^2)
     # -- objective
-    elbo: str = "auto"  # auto | trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO)
-    particles: int = 1  # draws of z per example and SVI step (the iwae bound's K)
-    beta: float = 1.0  # weight of the KL part (poutine.scale on "z"); 1 is the ELBO
-    kl_schedule: str = "constant"  # constant | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; schedules rise to beta
+    elbo: str = "auto"  #: auto | trace (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO)
+    particles: int = 1  #: draws of z per example and SVI step (the iwae bound's K)
+    beta: float = 1.0  #: weight of the KL part (poutine.scale on "z"); 1 is the ELBO
+    kl_schedule: str = "constant"  #: constant | warmup:EPOCHS | cyclical:PERIOD[:RATIO]; schedules rise to beta
     # -- training
-    epochs: int = 200  # passes over the training set
-    batch_size: int = 128  # examples per SVI step
-    lr: float = 1e-3  # Adam learning rate
-    seed: int = 0  # seeds parameter initialisation, batching, binarization and SVI
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    checkpoint_every: int = 10  # write a resumable checkpoint every N epochs (and on SIGINT/SIGTERM, at the end)
-    keep_best: bool = False  # also keep best.pt, the weights with the best held-out ELBO so far
-    on_divergence: str = "stop"  # stop | restore (skip the step, learning rate / 10, at most 3 times)
+    epochs: int = 200  #: passes over the training set
+    batch_size: int = 128  #: examples per SVI step
+    lr: float = 1e-3  #: Adam learning rate
+    seed: int = 0  #: seeds parameter initialisation, batching, binarization and SVI
+    device: str = "cpu"  #: cpu | cuda | cuda:N
+    compile: str = "auto"  #: auto | on | trace | off: how training steps run (see ppl_vae.infer.compiled)
+    checkpoint_every: int = 10  #: write a resumable checkpoint every N epochs (and on SIGINT/SIGTERM, at the end)
+    keep_best: bool = False  #: also keep best.pt, the weights with the best held-out ELBO so far
+    on_divergence: str = "stop"  #: stop | restore (skip the step, learning rate / 10, at most 3 times)
     # -- evaluation
-    num_particles: int = 1000  # K, importance samples per example for log p(x)
+    num_particles: int = 1000  #: K, importance samples per example for log p(x)
 
     @classmethod
     def tiny(cls, **overrides) -> Config:
@@ -106,6 +113,7 @@ class Config:
         check_string(self.binarize, "binarize", choices=("auto", "dynamic", "threshold", "none"))
         check_string(self.on_divergence, "on_divergence", choices=("stop", "restore"))
         check_string(self.network, "network", choices=tuple(NETWORKS))
+        check_string(self.compile, "compile", choices=tuple(COMPILE))
         check_bool(self.download, "download")
         check_bool(self.grey, "grey")
         check_bool(self.keep_best, "keep_best")

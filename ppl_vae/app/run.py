@@ -83,6 +83,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(config: Config) -> DataSplit:
+    """The train/held-out split a config names (:func:`ppl_vae.data.load_dataset` with its fields)."""
     return load_dataset(
         config.dataset,
         root=config.data_root,
@@ -108,6 +109,7 @@ def build_vae(config: Config, data_shape) -> VAE:
 
 
 def default_run_dir(config: Config) -> Path:
+    """``runs/<dataset>-<date>-<time>``: the run folder ``ppl-vae train`` makes when no ``--out`` is given."""
     name = config.dataset.split(":", 1)[0]
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -284,6 +286,7 @@ class _RunWriter:
         self.history: list[dict] = list(resume["history"]) if resume is not None else []
         self.saved_epoch = resume["epoch"] if resume is not None else 0  # epoch of the checkpoint on disk
         self.objective = None  # the objective fit used per latent site, from its training state
+        self.step_path = None  # how the steps ran (TrainStep.describe), once training has run
 
     def train(self, *, progress, handle_signals, on_start=None) -> TrainRun:
         from ppl_vae.errors import TrainingDiverged, TrainingInterrupted
@@ -313,6 +316,7 @@ class _RunWriter:
                 on_start=on_start,
                 labels=self.labels.train,
                 heldout_labels=self.labels.heldout,
+                compile=config.compile,
             )
         except TrainingInterrupted as stopped:
             self.save(stopped.state, status="interrupted")
@@ -329,6 +333,7 @@ class _RunWriter:
                     f"{error}; the last good checkpoint is {self.run_dir / CHECKPOINT_NAME} (epoch {self.saved_epoch})"
                 ) from None
             raise
+        self.step_path = result.step
         self.save(result.state, status="complete")
         # Training needs no more collectives: leave the process group now, so that no process waits on a
         # barrier (and its timeout) while the main one draws the figures.
@@ -437,6 +442,7 @@ class _RunWriter:
                 "device": str(self.vae.device),
                 "threads": threads.record(),
                 **({"objective": self.objective} if self.objective is not None else {}),
+                **({"step": self.step_path} if self.step_path is not None else {}),
                 "data": {
                     "name": self.data.name,
                     "data_shape": list(self.data.data_shape),

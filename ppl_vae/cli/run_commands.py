@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ppl_vae.catalog import NETWORKS
+from ppl_vae.catalog import COMPILE, NETWORKS
 from ppl_vae.validation import arg, count, path_arg
 
 #: Config fields a train flag may set (the flag is the field with - for _).
@@ -38,6 +38,7 @@ TRAIN_FIELDS = (
     "lr",
     "seed",
     "device",
+    "compile",
     "checkpoint_every",
     "keep_best",
     "on_divergence",
@@ -95,7 +96,7 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=arg("batch_size"), help="examples per SVI step (default: 128)")
     p.add_argument("--lr", type=arg("lr"), help="Adam learning rate (default: 1e-3)")
     p.add_argument("--seed", type=arg("seed"), help="random seed (default: 0)")
-    p.add_argument("--device", help="cpu (default) | cuda | cuda:N")
+    _add_step_flags(p)
     p.add_argument("--config", type=path_arg, help="JSON or TOML file of config fields; flags override it")
     p.add_argument("--out", type=path_arg, help="run folder to create (default: runs/<dataset>-<time>)")
     p.add_argument(
@@ -125,6 +126,19 @@ def _add_train(sub) -> None:
         help="on a NaN/inf gradient: stop (default) or skip the step and divide the learning rate by 10",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_step_flags(p) -> None:
+    """Where and how the training steps run."""
+    p.add_argument("--device", help="cpu (default) | cuda | cuda:N")
+    p.add_argument(
+        "--compile",
+        choices=list(COMPILE),
+        help="how training steps run: off = Pyro's programs eagerly every step; trace = the step's tensor "
+        "operations recorded once per batch shape and replayed (the eager numbers, bit for bit); on = the "
+        "recording compiled by torch.compile (seconds to minutes once, cached on disk); auto (default) = "
+        "trace for a batch shape with >= 1,000 steps planned, on for >= 20,000",
+    )
 
 
 def _add_image_flags(p) -> None:
@@ -301,6 +315,7 @@ def _list(args) -> None:
 
 
 def register(sub) -> dict:
+    """Add ``train``, ``evaluate``, ``sample`` and ``list``; return their handlers by command name."""
     _add_train(sub)
     _add_evaluate(sub)
     _add_sample(sub)

@@ -71,6 +71,9 @@ class FitResult:
         objective: the objective actually used: ``{"elbo": name, "sites": {site: term}}`` where each
             latent site's KL part is ``"analytic"``, ``"monte-carlo"`` or ``"importance-weighted"``
             (see :func:`ppl_vae.infer.objectives.check_compatible`).
+        step: how the steps ran (:meth:`ppl_vae.infer.step.TrainStep.describe`): ``compile`` as asked,
+            ``path`` (``"eager"``, ``"recorded"``, ``"compiled"`` or ``"mixed"``), ``eager_reason`` and per
+            recorded batch shape its record and compile seconds and steps.
     """
 
     vae: torch.nn.Module
@@ -79,6 +82,7 @@ class FitResult:
     optimizer_state: dict = field(repr=False)
     state: dict = field(repr=False, default_factory=dict)
     objective: dict = field(default_factory=dict)
+    step: dict = field(default_factory=dict)
 
 
 def fit(
@@ -107,6 +111,7 @@ def fit(
     on_start: Callable[[], None] | None = None,
     labels: torch.Tensor | None = None,
     heldout_labels: torch.Tensor | None = None,
+    compile: str = "auto",
 ) -> FitResult:
     """Train ``vae`` by stochastic variational inference with a Pyro ELBO and Adam.
 
@@ -155,6 +160,14 @@ def fit(
             the held-out labels give ``heldout_accuracy`` and ``heldout_accuracy_se`` every epoch, the
             classifier's accuracy) or ``"covariate"`` (conditional: every label given, held-out ones too).
             Refused for a model without a label site.
+        compile: how each step runs (:mod:`ppl_vae.infer.compiled`): ``"off"`` runs the Pyro programs and
+            autograd eagerly at every step (the reference); ``"trace"`` records the step's tensor operations
+            (loss and backward) once per batch shape and replays them, bit for bit the eager numbers;
+            ``"on"`` also compiles the recording with ``torch.compile`` (same draws, float rounding
+            differs); ``"auto"`` records a batch shape the run plans at least 1,000 steps of and compiles
+            one it plans at least 20,000 steps of. Configurations the recording does not accept (iwae,
+            KL schedules, data-parallel, programs that read ``pyro.param`` or branch on tensor values) take
+            eager steps, with one line saying why. ``FitResult.step`` records the path taken.
     """
     strategy = make_strategy(distributed)
     settings = FitSettings.from_arguments(
@@ -173,6 +186,7 @@ def fit(
         heldout_seed=heldout_seed,
         on_divergence=on_divergence,
         world_size=strategy.world_size,
+        compile=compile,
     )
     device = vae.device if hasattr(vae, "device") else train.device
     labels, heldout_labels = check_fit_labels(vae, train, heldout, labels, heldout_labels, device, distributed)
@@ -180,7 +194,7 @@ def fit(
     train, heldout, objective = _prepare(vae, train, heldout, settings, device, labels)
     release_param_store_names(vae)
     enumerated = objective.pop("nesting", 0)
-    stepper = strategy.train_step(vae, lr, elbo, num_particles, enumerated)
+    stepper = _stepper(strategy, vae, settings, enumerated)
     loop = TrainingLoop(
         vae,
         stepper,
@@ -203,6 +217,8 @@ def fit(
             StartHook(on_start) if on_start is not None else None,
         ]
     )  # every input accepted: outputs may be made
+    stepper.log = callbacks.warn
+    stepper.announce()
     state = loop.run(callbacks, DivergencePolicy(on_divergence, stepper.optimizer, callbacks.warn))
     return FitResult(
         vae=vae,
@@ -211,6 +227,21 @@ def fit(
         optimizer_state=stepper.optimizer.get_state(),
         state=state,
         objective=objective,
+        step=stepper.describe(),
+    )
+
+
+def _stepper(strategy, vae, settings: FitSettings, enumerated: int):
+    """The step of every batch (:class:`ppl_vae.infer.step.TrainStep`), with what ``compile`` decides from."""
+    return strategy.train_step(
+        vae,
+        settings.lr,
+        settings.elbo,
+        settings.num_particles,
+        enumerated,
+        compile=settings.compile,
+        planned=settings.planned_steps(),
+        varies=settings.varies,
     )
 
 

@@ -27,11 +27,18 @@ class GuardedAdam(PyroOptim):
 
     Args:
         lr, betas, eps: Adam's settings.
+        fused: use torch's fused Adam kernel (one pass over each parameter for the whole update; 2 ms of
+            a 10 ms step at 784-400-50, batch 128, on one CPU thread), where torch has one for the
+            parameters' device and dtype. The same update up to float rounding; the compiled step
+            (:mod:`ppl_vae.infer.compiled`) uses it, the eager reference (``compile="off"``) does not.
     """
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, fused: bool = False
+    ):
         super().__init__(torch.optim.Adam, {"lr": lr, "betas": betas, "eps": eps})
         self.lr = lr
+        self.fused = fused
         self._optimizer: torch.optim.Adam | None = None
         self._names: list[str] = []
         self._waiting: dict | None = None
@@ -43,20 +50,25 @@ class GuardedAdam(PyroOptim):
         store = pyro.get_param_store()
         self.step(sorted(((store.param_name(p), p) for p in params), key=lambda item: item[0]))
 
-    def step(self, named: list[tuple[str, torch.Tensor]]) -> None:
+    def step(self, named: list[tuple[str, torch.Tensor]], finite: bool | None = None) -> None:
         """One Adam step of ``(name, parameter)`` pairs (always in the same order), unless a gradient
-        is NaN/inf: then nothing changes and :attr:`nonfinite` names the culprits."""
+        is NaN/inf: then nothing changes and :attr:`nonfinite` names the culprits. ``finite``: the result
+        of that check when the caller made it already (the compiled step does, inside its graph)."""
         grads = [p.grad for _, p in named if p.grad is not None]
         # The sum of a tensor is NaN/inf when any element is (or when the finite sum overflows float32,
         # which is divergence too): one reduction per tensor, no boolean copies.
-        if grads and not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
+        if finite is None:
+            finite = not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
+        if not finite:
             self.nonfinite = [
                 name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())
             ]
             return
         self.nonfinite = []
         if self._optimizer is None:
-            self._optimizer = torch.optim.Adam([p for _, p in named], **self.pt_optim_args)
+            params = [p for _, p in named]
+            fused = self.fused and _fused_kernel_for(params)
+            self._optimizer = torch.optim.Adam(params, **self.pt_optim_args, **({"fused": True} if fused else {}))
             self._names = [name for name, _ in named]
             if self._waiting is not None:
                 self._load(self._waiting)
@@ -100,3 +112,8 @@ class GuardedAdam(PyroOptim):
         self._optimizer.load_state_dict(state["adam"])
         for group in self._optimizer.param_groups:  # the current learning rate wins
             group["lr"] = self.lr
+
+
+def _fused_kernel_for(params: list[torch.Tensor]) -> bool:
+    """Does torch have a fused Adam kernel for all of ``params`` (floating point, on the CPU or a GPU)?"""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)

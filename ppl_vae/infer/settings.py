@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.compiled import COMPILE_CHOICES
 from ppl_vae.infer.objectives import resolve_binarize
 from ppl_vae.infer.schedules import Constant, parse_schedule
 
@@ -35,6 +36,7 @@ class FitSettings:
         on_divergence: ``"stop"`` or ``"restore"``.
         num_data: training examples N.
         world_size: processes training together (1 unless data-parallel).
+        compile: how steps run: ``"auto"``, ``"on"``, ``"trace"`` or ``"off"`` (:mod:`ppl_vae.infer.compiled`).
     """
 
     epochs: int
@@ -52,6 +54,7 @@ class FitSettings:
     on_divergence: str
     num_data: int
     world_size: int = 1
+    compile: str = "auto"
 
     @classmethod
     def from_arguments(
@@ -72,6 +75,7 @@ class FitSettings:
         heldout_seed: int,
         on_divergence: str,
         world_size: int = 1,
+        compile: str = "auto",
     ) -> FitSettings:
         """Check fit's arguments (ConfigError naming the first bad one) and resolve ``binarize`` for
         ``likelihood`` (``None`` counts as binary) and ``kl_schedule`` (None, a spec or a callable)."""
@@ -80,6 +84,8 @@ class FitSettings:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ConfigError(f"lr must be a positive number, got {lr!r}")
+        if compile not in COMPILE_CHOICES:
+            raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {compile!r}")
         if on_divergence not in ("stop", "restore"):
             raise ConfigError(f"on_divergence must be 'stop' or 'restore', got {on_divergence!r}")
         num_data = train.shape[0]
@@ -106,6 +112,7 @@ class FitSettings:
             on_divergence=on_divergence,
             num_data=num_data,
             world_size=world_size,
+            compile=compile,
         )
 
     @property
@@ -121,6 +128,15 @@ class FitSettings:
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.num_data / self.global_batch)
+
+    def planned_steps(self) -> dict[int, int]:
+        """``{examples in a batch: steps of the whole run}`` in this process (full batches, and the last,
+        smaller batch of each epoch when the data do not divide), for ``compile="auto"``."""
+        full, last = divmod(self.num_data, self.process_batch) if self.world_size == 1 else (0, 0)
+        planned = {self.process_batch: self.epochs * full} if full else {}
+        if last:
+            planned[last] = self.epochs
+        return planned
 
     @property
     def varies(self) -> bool:

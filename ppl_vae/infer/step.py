@@ -7,6 +7,7 @@ with it. :func:`ppl_vae.infer.fit.fit` calls one :class:`TrainStep` per mini-bat
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pyro
 import torch
@@ -14,7 +15,10 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanFiel
 from pyro.infer.util import is_validation_enabled
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.compiled import COMPILE_CHOICES, CapturedLoss, refusal
 from ppl_vae.infer.optim import GuardedAdam
+
+_log = logging.getLogger("ppl_vae.compile")
 
 
 def make_elbo(name: str, num_particles: int = 1, enumerated: bool = False, max_plate_nesting: int = 1):
@@ -78,6 +82,13 @@ class TrainStep:
     :class:`ppl_vae.infer.distributed.Context`) wraps the loss in ``DistributedDataParallel``.
     ``enumerated``: 0, or the programs' plate nesting when they have discrete sites to enumerate
     (``TraceEnum_ELBO``).
+
+    ``compile`` (``"auto"``, ``"on"``, ``"trace"`` or ``"off"``, see :mod:`ppl_vae.infer.compiled`): after the
+    validated first step, take the loss and gradients from a graph recorded once per batch shape (and
+    compiled with ``torch.compile`` for ``"on"``); :attr:`captured` is that recorder, None when the
+    steps are eager, and then :attr:`eager_reason` says why. ``planned`` (``{batch rows: steps}``) is
+    what ``"auto"`` decides from; ``varies``: beta changes during the run (a KL schedule). Set
+    :attr:`log` to show the one line that says why a step falls back.
     """
 
     def __init__(
@@ -89,14 +100,26 @@ class TrainStep:
         validate_steps: int = 1,
         distributed=None,
         enumerated: int = 0,
+        compile: str = "off",
+        planned: dict[int, int] | None = None,
+        varies: bool = False,
     ):
+        if compile not in COMPILE_CHOICES:
+            raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {compile!r}")
         self.vae = vae
         self.loss = make_elbo(elbo, num_particles, bool(enumerated), max(1, enumerated))
-        self.optimizer = GuardedAdam(lr)
         self.validate_steps = validate_steps
         self.steps = 0
+        self.compile = compile
+        self.log = None
         named = getattr(vae, "named_trainable_parameters", None)
         self.named = named() if named is not None else None
+        self.eager_reason = "compile='off'" if compile == "off" else refusal(vae, elbo, distributed, varies)
+        self.captured = None
+        if self.eager_reason is None:
+            self.captured = CapturedLoss(vae, self.loss, self.named, compile, log=self._say)
+            self.captured.planned = planned
+        self.optimizer = GuardedAdam(lr, fused=self.captured is not None)
         # RenyiELBO has no differentiable_loss: it runs backward itself and needs the param sites.
         self.direct = self.named is not None and elbo != "iwae"
         self.svi = None if self.direct else SVI(vae.model, vae.guide, self.optimizer, loss=self.loss)
@@ -117,11 +140,40 @@ class TrainStep:
             self.ddp = dist_module.wrap(vae, self.loss, distributed)
             self._exchange = dist_module.exchanging
 
+    def _say(self, message: str) -> None:
+        """The one line on the step's path: shown when compiling was asked for, logged under ``auto``."""
+        if self.compile != "auto" and self.log is not None:
+            self.log(message)
+        else:
+            _log.info(message)
+
+    def announce(self) -> None:
+        """Say why the steps are eager (once, before training), unless nobody asked for a compiled step."""
+        if self.compile != "off" and self.eager_reason is not None:
+            self._say(f"compile: eager steps, because {self.eager_reason}")
+
+    def describe(self) -> dict:
+        """The path the steps took, for the run's record: ``{"compile": requested, "path": "eager" |
+        "recorded" | "compiled" | "mixed", "eager_reason": ..., "graphs": [...]}``."""
+        graphs = self.captured.describe()["graphs"] if self.captured is not None else []
+        reason = self.eager_reason or (self.captured.refused if self.captured is not None else None)
+        kinds = {"compiled" if g["compiled"] else "recorded" for g in graphs}
+        path = "eager" if not graphs else kinds.pop() if len(kinds) == 1 else "mixed"
+        return {"compile": self.compile, "path": path, "eager_reason": reason, "graphs": graphs}
+
     def __call__(self, x: torch.Tensor, weight: float = 1.0, **kwargs) -> float:
         """One step on ``x``; ``weight`` multiplies this process's loss (distributed shards)."""
         validate = self.steps < self.validate_steps or not is_validation_enabled()
+        checking = self.steps < self.validate_steps and is_validation_enabled()
+        recorded = None if self.captured is None or checking else self.captured(x, kwargs)
         with contextlib.nullcontext() if validate else pyro.validation_enabled(False):
-            if self.svi is not None:
+            if recorded is not None:
+                loss_value, grads, finite = recorded
+                for (_, p), grad in zip(self.named, grads):
+                    p.grad = grad
+                loss = loss_value.item()
+                self.optimizer.step(self.named, finite=bool(finite))
+            elif self.svi is not None:
                 loss = self.svi.step(x, **kwargs)
             else:
                 # Drop the last step's gradients now rather than right after that step: freeing them just

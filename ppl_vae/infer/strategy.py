@@ -26,8 +26,9 @@ class SingleProcess:
     rank = 0
     world_size = 1
 
-    def train_step(self, vae, lr: float, elbo: str, num_particles: int, enumerated: int = 0) -> TrainStep:
-        return TrainStep(vae, lr, elbo, num_particles, enumerated=enumerated)
+    def train_step(self, vae, lr: float, elbo: str, num_particles: int, enumerated: int = 0, **compiling) -> TrainStep:
+        """The step; ``compiling``: TrainStep's ``compile``, ``planned`` and ``varies``."""
+        return TrainStep(vae, lr, elbo, num_particles, enumerated=enumerated, **compiling)
 
     def share(self, data: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The examples ``data[indices]`` of a global batch this process trains on, and its loss's weight."""
@@ -64,9 +65,10 @@ class DataParallel:
         self.rank = context.rank
         self.world_size = context.world_size
 
-    def train_step(self, vae, lr: float, elbo: str, num_particles: int, enumerated: int = 0) -> TrainStep:
-        """A step whose loss is wrapped in ``DistributedDataParallel`` (gradients averaged in backward)."""
-        return TrainStep(vae, lr, elbo, num_particles, distributed=self.context, enumerated=enumerated)
+    def train_step(self, vae, lr: float, elbo: str, num_particles: int, enumerated: int = 0, **compiling) -> TrainStep:
+        """A step whose loss is wrapped in ``DistributedDataParallel`` (gradients averaged in backward;
+        always eager: ``compiling`` only says whether the reason is to be shown)."""
+        return TrainStep(vae, lr, elbo, num_particles, distributed=self.context, enumerated=enumerated, **compiling)
 
     def share(self, data: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, float]:
         """This process's contiguous share of the global batch ``data[indices]`` and the weight of its loss.
