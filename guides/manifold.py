@@ -16,7 +16,7 @@ class PowerSphericalGuide(EncodedFamily, nn.Module):
     """Amortized power spherical posterior on the unit sphere ``S^(latent_dim-1)`` (De Cao & Aziz 2020).
 
     The encoder maps ``x (N, *data_shape)`` to ``latent_dim + 1`` numbers: a raw direction ``r (N, d)``,
-    normalized to the mean direction μ = r / |r|, and a raw concentration ``c (N,)``, mapped to
+    normalized to the mean direction μ = ``r / |r|``, and a raw concentration ``c (N,)``, mapped to
     κ = exp(clamp(c, -10, 10)) + ``min_concentration`` (default 1). With κ = softplus(c) + 0.01 the
     digits VAE collapsed within five epochs (κ at its floor, c near -8 where softplus passes almost
     no gradient; held-out ELBO stuck at -27.0, KL 0.00); with the log-scale map and a floor of 1 it

@@ -126,11 +126,11 @@ class VampPrior(nn.Module):
 
 
 class Hierarchical(nn.Module):
-    """A prior with a hyperprior whose scale is inferred, not point-estimated.
+    """A prior with a hyperprior whose scale is inferred, not point-estimated::
 
-    Model:  tau_j ~ HalfCauchy(1) (or LogNormal(0, 1)), j = 1..d   — one global latent site ``"tau"``
-            z_n | tau ~ N(0, diag(tau^2))                          — inside the data plate
-    Guide:  q(tau) = LogNormal(m, s), non-amortized, learnable m and s (``global_guide``).
+        Model:  tau_j ~ HalfCauchy(1) (or LogNormal(0, 1)), j = 1..d   — one global latent site "tau"
+                z_n | tau ~ N(0, diag(tau^2))                          — inside the data plate
+        Guide:  q(tau) = LogNormal(m, s), non-amortized, learnable m and s (global_guide).
 
     Sampling the VAE after training draws tau from q(tau): generation from the posterior predictive.
     """

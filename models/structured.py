@@ -72,10 +72,11 @@ def append_label(z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 class MixturePrior(nn.Module):
     """GMVAE-style mixture prior with an explicit component variable, summed out by enumeration.
 
-    Model:  y ~ Categorical(pi), z | y ~ N(loc_y, diag scale_y^2), learnable pi (logits), locs, scales.
-    Guide:  q(z | x) from the VAE's guide family (y enumerated in the model: its exact posterior given z
-            is pi_y N(z; loc_y, scale_y) / p(z)); or, with ``amortized_y=True``, an amortized classifier
-            q(y | x) enumerated in the guide and q(z | x, y).
+    Model: y ~ Categorical(pi), z | y ~ N(loc_y, diag scale_y^2), learnable pi (logits), locs, scales.
+
+    Guide: q(z | x) from the VAE's guide family (y enumerated in the model: its exact posterior given z
+    is pi_y N(z; loc_y, scale_y) / p(z)); or, with ``amortized_y=True``, an amortized classifier
+    q(y | x) enumerated in the guide and q(z | x, y).
 
     Unlike ``mog`` (a ``MixtureSameFamily`` density for ``"z"``), the component is a site ``"y"`` of the
     program: its posterior responsibilities are read off the enumerated trace
@@ -147,9 +148,10 @@ class MixturePrior(nn.Module):
 class SemiSupervised(nn.Module):
     """Kingma et al. (2014)'s M2: a class label y behind every example, observed for some of them.
 
-    Model:  y ~ Categorical(1/K), z ~ N(0, I), x | y, z ~ p(x | decoder([z, onehot(y)])).
-    Guide:  q(y | x) = Categorical(classifier(x)), enumerated where the label is missing (``c = -1``),
-            fixed to the label where it is known; q(z | x, y) from the VAE's guide family on [x, onehot(y)].
+    Model: y ~ Categorical(1/K), z ~ N(0, I), x | y, z ~ p(x | decoder([z, onehot(y)])).
+
+    Guide: q(y | x) = Categorical(classifier(x)), enumerated where the label is missing (``c = -1``),
+    fixed to the label where it is known; q(z | x, y) from the VAE's guide family on [x, onehot(y)].
 
     ``alpha`` weights the auxiliary classification term: every labelled example adds
     ``alpha * log q(y | x)`` to the objective (:meth:`auxiliary`), so that the classifier also learns from

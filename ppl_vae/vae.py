@@ -119,7 +119,7 @@ class VAE(nn.Module):
             ``"conv"`` or ``"resnet"`` (convolutional, with residual blocks for ``"resnet"``; images
             ``(C, H, W)`` with ``H, W >= 4`` of any size and channels, see :mod:`ppl_vae.networks`), or
             ``"auto"``: ``"conv"`` for images of at least 16 x 16 pixels or with colour, ``"mlp"``
-            otherwise. Stored, resolved, as :attr:`network`. ``hidden_dims`` are the fully connected layers
+            otherwise. Stored, resolved, as ``vae.network``. ``hidden_dims`` are the fully connected layers
             around the convolutions. Guide families given as registry names use it; a guide module you
             pass keeps its own network. With a structured prior whose guide sees ``x`` with a label
             appended (``guide_extra``: ``semi-supervised``, ``conditional``, ``covariates``,

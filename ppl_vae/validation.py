@@ -1,7 +1,8 @@
 """One validation layer for every entry point: CLI flags, config files and run-folder files.
 
 Every number a user can give has one entry in :data:`BOUNDS` (its type, its range and why), and the
-same checks serve argparse (:func:`arg`) and :class:`ppl_vae.app.config.Config` (:func:`check_field`).
+same checks serve argparse (:func:`arg`) and :class:`ppl_vae.app.config.Config`
+(:meth:`Config.validate <ppl_vae.app.config.Config.validate>`).
 Sizes that allocate memory are bounded twice: by a range that no real use reaches, and by the memory
 budget of :mod:`ppl_vae.limits` where the allocation depends on several values at once (for example
 ``num_samples`` times the size of one example). A value out of range is a one-line
@@ -88,6 +89,8 @@ def check_number(value, name: str, bound: Bound | None = None):
 
 
 def check_string(value, name: str, *, choices=None, max_length: int = 4096) -> str:
+    """``value`` if it is one line of text (at most ``max_length`` characters, no NUL), one of ``choices``
+    when given; else a one-line :class:`~ppl_vae.errors.ConfigError` naming ``name``."""
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {value!r}")
     if len(value) > max_length or "\x00" in value or "\n" in value:
@@ -98,12 +101,15 @@ def check_string(value, name: str, *, choices=None, max_length: int = 4096) -> s
 
 
 def check_bool(value, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False`` (not 0/1 or a string); else a :class:`~ppl_vae.errors.ConfigError`."""
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     return value
 
 
 def check_hidden_dims(value, name: str = "hidden_dims") -> list[int]:
+    """``value`` as a list of layer widths, each within ``BOUNDS["hidden_dim"]``, at most ``MAX_HIDDEN_LAYERS``
+    of them; else a :class:`~ppl_vae.errors.ConfigError`."""
     if not isinstance(value, (list, tuple)) or len(value) > MAX_HIDDEN_LAYERS:
         raise ConfigError(f"{name} must be a list of at most {MAX_HIDDEN_LAYERS} positive integers, got {value!r}")
     for width in value:
@@ -151,6 +157,7 @@ def count(flag: str, low: int = 1, high: int = 1_000_000):
 
 
 def positive_real(flag: str, high: float = 1e6):
+    """An argparse ``type=`` for a float in ``(0, high]``, named after ``flag`` in its error message."""
     return arg(flag.lstrip("-").replace("-", "_"), Bound(float, 0, high, open_low=True))
 
 
@@ -164,4 +171,5 @@ def path_arg(text: str) -> Path:
 
 
 def max_threads() -> int:
+    """The largest ``--threads`` accepted: four per CPU of this machine."""
     return max(1, (os.cpu_count() or 1) * 4)

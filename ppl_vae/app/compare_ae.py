@@ -608,6 +608,7 @@ def _comparison(ae: dict, vae: dict) -> str:
 
 
 def report_markdown(result: dict) -> str:
+    """``comparison.md``: the settings, the table, the verdict and the notes of a ``compare-ae`` result."""
     s = result["settings"]
     return "\n".join(
         [
@@ -634,6 +635,7 @@ def report_markdown(result: dict) -> str:
 
 
 def collapse_paragraph(result: dict) -> list[str]:
+    """Markdown lines naming the collapsed models of a ``compare-ae`` result (none when no model collapsed)."""
     collapsed = collapsed_models(result)
     if not collapsed:
         return []

@@ -36,6 +36,7 @@ Files written (each atomically; the folder is filled only after every computatio
 Structured models: the held-out labels are passed to the programs of a model that needs them
 (``conditional``, ``groups``), SBC conditions its simulations on every class in turn, and a step that
 cannot apply to the model says why in one line (``{"skipped": reason}``).
+
 ``log_ratios.npy``
     ``(S, N)`` float64 log p(x_n, z_s) - log q(z_s | x_n) of the PSIS step: recompute k-hat from these.
 ``inference_data.nc``

@@ -77,6 +77,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) turned into one space."""
     return " ".join(str(text).split())
 
 
@@ -98,6 +99,7 @@ def _os_error_message(error: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ppl-vae`` with ``argv`` (default: the process's arguments) and return its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     command = next((a for a in argv if not a.startswith("-")), "")
@@ -152,9 +154,9 @@ def _run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     if args.max_memory is not None:
-        from ppl_vae.limits import ENV_VAR, parse_size
+        from ppl_vae.limits import set_memory_limit
 
-        os.environ[ENV_VAR] = str(parse_size(args.max_memory, "--max-memory"))
+        set_memory_limit(args.max_memory)  # remembered as the flag's, so that refusals name it
     if args.command != "list":
         from ppl_vae import threads
 

@@ -8,6 +8,7 @@ from ppl_vae.validation import arg, count, path_arg
 
 
 def register(sub) -> dict:
+    """Add ``compare``; return ``{"compare": handler}``."""
     p = sub.add_parser(
         "compare",
         help="which run predicts held-out data best: elpd, paired differences with s.e., stacking weights",

@@ -8,6 +8,7 @@ from ppl_vae.validation import arg, count, path_arg
 
 
 def register(sub) -> dict:
+    """Add ``diagnose``; return ``{"diagnose": handler}``."""
     p = sub.add_parser(
         "diagnose",
         help="PSIS k-hat, NUTS reference, SBC and coverage, class calibration, amortization gap, collapse and "

@@ -208,4 +208,5 @@ def _unreadable_member(path: str, key: str, error: BaseException) -> str:
 
 
 def one_line(error: BaseException) -> str:
+    """An error's message on one line, or its class name when the message is empty."""
     return " ".join(str(error).split()) or type(error).__name__

@@ -105,6 +105,7 @@ SPEC_PREFIXES = ("npz:", "folder:", "table:", "cifar10:")
 ``cifar10:PATH``)."""
 
 
+#: File name endings read from an image folder (``folder:PATH``), compared case-insensitively.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -125,6 +126,7 @@ _IDX_FILES = (
 )
 
 
+#: A path argument: a string or any ``os.PathLike`` (e.g. ``pathlib.Path``).
 PathLike = Union[str, "os.PathLike[str]"]
 
 

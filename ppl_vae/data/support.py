@@ -10,6 +10,7 @@ import torch
 from ppl_vae.data.npz import one_line
 from ppl_vae.errors import DataError, PplVaeError
 
+#: How grey images become binary (``binarize``, ``--binarize``; ``auto`` is resolved before this).
 BINARIZE_MODES = ("dynamic", "threshold", "none")
 
 

@@ -283,7 +283,7 @@ class Scaling:
 
     @property
     def log_abs_det(self) -> float:
-        """log |d x_scaled / d x| per example: add it to a log-density of scaled data to get the
+        """log ``|d x_scaled / d x|`` per example: add it to a log-density of scaled data to get the
         log-density of the original data."""
         return -sum(math.log(s) for s in self.scale)
 

@@ -280,7 +280,7 @@ def sbc(
     which the guide's marginal is the posterior's moved by ``delta`` posterior sds and scaled by ``s``
     (exact when both are Normal, a two-parameter summary otherwise): the rank is then
     Binomial(L, Phi(w)) with w = (eps - delta) / s, eps ~ N(0, 1), whose distribution
-    :class:`_RankModel` computes by quadrature (uniform at delta = 0, s = 1). ``dispersion_z`` is the
+    ``_RankModel`` computes by quadrature (uniform at delta = 0, s = 1). ``dispersion_z`` is the
     signed root of the likelihood-ratio statistic of s = 1 with delta free in both fits, ``bias_z`` that
     of delta = 0 with s free; each is N(0, 1) under calibration (Wilks), and a pure shift leaves the
     width test at N(0, 1) whatever its size. ``shift`` and ``width_ratio`` are the fitted delta and s.

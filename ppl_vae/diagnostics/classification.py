@@ -54,7 +54,7 @@ class Reliability(Result):
         calibrated_spread: per bin, the standard deviation of the observed frequency if the predictions
             were calibrated, sqrt(sum p (1 - p)) / n_bin: the width of the band a calibrated diagram
             stays in (None for an empty bin).
-        ece: sum over bins of (n_bin / total) |observed_frequency - mean_predicted|.
+        ece: sum over bins of (n_bin / total) ``|observed_frequency - mean_predicted|``.
         ece_calibrated_mean, ece_calibrated_sd: mean and standard deviation of the ECE of calibrated
             predictions (these very predictions, labels drawn from them), over ``num_resamples`` draws.
         ece_z: (ece - ece_calibrated_mean) / ece_calibrated_sd.

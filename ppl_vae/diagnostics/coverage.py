@@ -84,7 +84,7 @@ def _quoted(levels: np.ndarray) -> int:
 
 def _direction_verdict(z: np.ndarray, critical: float, unit: str, where: list[str], quote: str) -> str:
     """``z``: ``(K, units)`` z-scores (actual - expected). The verdict: nominal, under-covers, over-covers
-    or mixed, naming the ``units`` (``where[i]``) flagged by their largest |z|."""
+    or mixed, naming the ``units`` (``where[i]``) flagged by their largest ``|z|``."""
     flagged = np.abs(z) > critical
     if not flagged.any():
         return f"nominal: coverage within its error at every level and {unit} ({quote})"
@@ -280,7 +280,7 @@ class ReferenceCoverage(Result):
         ess_method: how ``ess`` was obtained.
         alpha, critical: as in :class:`SimulationCoverage`, Bonferroni over levels, observations and
             dimensions.
-        flagged_observations: ``(obs,)`` indices with a |z| beyond ``critical``.
+        flagged_observations: ``(obs,)`` indices with a ``|z|`` beyond ``critical``.
         verdict: as in :class:`SimulationCoverage`, naming observations.
     """
 
@@ -304,7 +304,7 @@ class ReferenceCoverage(Result):
     verdict: str
 
     def summary(self) -> dict:
-        """JSON-ready numbers; per observation the coverage pooled over dimensions and its worst |z|."""
+        """JSON-ready numbers; per observation the coverage pooled over dimensions and its worst ``|z|``."""
         return {
             "num_reference": self.num_reference,
             "num_guide": self.num_guide,
@@ -464,6 +464,7 @@ class C2STResult(Result):
     verdict: str
 
     def summary(self) -> dict:
+        """JSON-ready numbers (lists, one entry per observation)."""
         return {
             "accuracy": self.accuracy.tolist(),
             "num_per_class": self.num_per_class.tolist(),
@@ -667,6 +668,7 @@ class ECDFBand(Result):
     verdict: str
 
     def summary(self) -> dict:
+        """JSON-ready numbers (lists; ``outside``: the dimensions whose curve leaves the band)."""
         return {
             "num_simulations": self.num_simulations,
             "num_draws": self.num_draws,

@@ -18,6 +18,7 @@ from ppl_vae.validation import BOUNDS, Bound, check_number
 
 
 def is_point_mass(q) -> bool:
+    """Whether a guide distribution is a point mass (``Delta``, possibly ``Independent``): no KL exists."""
     base = q.base_dist if isinstance(q, dist.Independent) else q
     return isinstance(base, dist.Delta)
 

@@ -277,7 +277,7 @@ class NUTSResult(Result):
         samples: ``(chains, draws, obs, latent_dim)`` NUTS draws of z.
         guide_samples: ``(draws, obs, latent_dim)`` draws of z from the guide.
         nuts_mean, nuts_sd, guide_mean, guide_sd: ``(obs, latent_dim)``.
-        standardized_mean_error: ``(guide_mean - nuts_mean) / nuts_sd``; |values| above ~0.5 mean the
+        standardized_mean_error: ``(guide_mean - nuts_mean) / nuts_sd``; absolute values above ~0.5 mean the
             guide is off-centre by a sizeable fraction of the posterior's width.
         sd_ratio: ``guide_sd / nuts_sd``: below 1 an under-dispersed (over-confident) guide.
         rhat, ess_bulk, ess_tail: ``(obs, latent_dim)`` from ArviZ (rank-normalized R-hat, ESS).

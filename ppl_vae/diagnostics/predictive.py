@@ -495,7 +495,7 @@ def min_num_samples(statistics: StatisticSet, alpha: float = DEFAULT_ALPHA) -> i
 def profile_discrepancy(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One number per data set for a profile statistic: ``values (1 + S, K)`` are the profile of the
     observed data set (row 0) and of S replicates. For each data set i, every component k is standardized
-    by the mean and sd of the *other* S data sets, and the discrepancy is the largest |z| over k:
+    by the mean and sd of the *other* S data sets, and the discrepancy is the largest ``|z|`` over k:
     ``T_i = max_k |v_ik - mean_{-i}(v_k)| / sd_{-i}(v_k)``. Treating every data set alike keeps the S + 1
     values exchangeable when the model is right. Returns ``(T (1 + S,), z (1 + S, K))``; a component
     that is constant in the others has z = 0 where the value agrees and inf where it does not."""
@@ -567,13 +567,13 @@ class LooPit(Result):
         khat: ``(N, D)`` Pareto k-hat of each leave-feature-out importance estimate.
         num_samples: draws from the guide per example.
         num_values: values kept; ``share_khat_over_0_7``: share of (n, j) left out because k-hat > 0.7;
-        ``share_left_out``: share left out for any reason (also an example's own PSIS k-hat > 0.7 when
-        the PSIS log ratios were given).
+            ``share_left_out``: share left out for any reason (also an example's own PSIS k-hat > 0.7 when
+            the PSIS log ratios were given).
         mean, sd: of the kept values (uniform: 0.5 and 0.289).
         ks_distance: the largest Kolmogorov-Smirnov distance to U(0, 1) over columns (``ks_column``);
-        ``ks_threshold``: that column's critical distance at the family level ``alpha``, Bonferroni over
-        columns (exact finite-sample KS distribution, independent examples); ``uniform``: no column
-        above its critical distance.
+            ``ks_threshold``: that column's critical distance at the family level ``alpha``, Bonferroni over
+            columns (exact finite-sample KS distribution, independent examples); ``uniform``: no column
+            above its critical distance.
         verdict: one sentence; ``reason``: why LOO-PIT was not computed (None when it was).
     """
 

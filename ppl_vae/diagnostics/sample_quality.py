@@ -22,6 +22,7 @@ CLASSIFIER_NOTE = (
 
 
 def as_numpy(x) -> np.ndarray:
+    """``x`` (a tensor on any device, or array-like) as a float64 numpy array."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
