@@ -23,6 +23,8 @@ import os
 #: Multiply-adds per step (parameters x examples x particles) above which a second thread paid off in
 #: the measurements above: the digits default does ~1.3e7, 784-400-50 at batch 128 ~9e7.
 WORK_PER_THREAD = 5e7
+#: Why ``auto`` runs one thread for small work, as ``run.json`` records it.
+AUTO_ONE = "auto: one thread (small models are fastest on one)"
 
 _state = {"mode": "torch", "threads": None, "reason": "torch's default (the Python API does not change it)"}
 
@@ -43,29 +45,35 @@ def apply(threads: int | None) -> int:
     import torch
 
     if threads is None:
-        _state.update(mode="auto", threads=1, reason="auto: one thread (small models are fastest on one)")
+        _state.update(mode="auto", threads=1, reason=AUTO_ONE)
     else:
         _state.update(mode="fixed", threads=threads, reason="--threads")
     torch.set_num_threads(_state["threads"])
     return _state["threads"]
 
 
+def choose(work: float, idle: int) -> tuple[int, str]:
+    """The ``auto`` rule: the intra-op threads for a step of ``work`` multiply-adds with ``idle`` idle cores,
+    and why. One thread below :data:`WORK_PER_THREAD` (the digits default, ~1.3e7, gets one whatever the
+    machine) or without a second idle core; else one per :data:`WORK_PER_THREAD` of work, at most ``idle``."""
+    if work < WORK_PER_THREAD:
+        return 1, AUTO_ONE
+    if idle <= 1:
+        return 1, f"auto: one thread ({work:.2g} multiply-adds per step, but no idle core)"
+    count = min(idle, int(work // WORK_PER_THREAD) + 1)
+    return count, f"auto: {count} threads for {work:.2g} multiply-adds per step with {idle} idle cores"
+
+
 def adapt(work: float) -> int:
-    """In ``auto`` mode, raise the thread count for large work (multiply-adds per step) when idle cores
-    exist; otherwise leave it. Returns the current count."""
+    """In ``auto`` mode, set the thread count :func:`choose` picks for ``work`` (multiply-adds per step) and
+    the idle cores of the moment; a count fixed with ``--threads`` (or torch's own, from the Python API) is
+    left alone. Returns the current count."""
     import torch
 
-    if _state["mode"] == "auto" and work >= WORK_PER_THREAD:
-        idle = idle_cores()
-        if idle > 1:
-            count = min(idle, int(work // WORK_PER_THREAD) + 1)
-            _state.update(
-                threads=count,
-                reason=f"auto: {count} threads for {work:.2g} multiply-adds per step with {idle} idle cores",
-            )
-            torch.set_num_threads(count)
-        else:
-            _state["reason"] = f"auto: one thread ({work:.2g} multiply-adds per step, but no idle core)"
+    if _state["mode"] == "auto" and work >= WORK_PER_THREAD:  # small work keeps apply's one thread
+        count, reason = choose(work, idle_cores())
+        _state.update(threads=count, reason=reason)
+        torch.set_num_threads(count)
     return torch.get_num_threads()
 
 

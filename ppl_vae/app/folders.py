@@ -9,8 +9,12 @@ symlink, a file, a parent of an input, or a folder the user made.
 Output paths are checked before any work starts (:func:`check_output_dir`, :func:`check_output_file`):
 an output never equals or contains an input, its parent must be writable, and only regular files are
 replaced. A run folder is locked (:func:`locked`, ``fcntl.flock`` on ``RUN/.lock``) by every command
-that writes into it, so two processes never write the same folder: the second is refused at once.
-The kernel drops the lock when its process dies, so a killed run never leaves a stale lock.
+that writes into it, so two processes never write the same folder: the second is refused at once, in
+one line. ``train`` holds it for the whole training, ``train --resume`` and ``diagnose`` for their work;
+``evaluate``, ``sample``, ``interpolate``, ``traverse`` and ``latent-map`` hold it from loading the run
+to their last write when they write into the run folder (:func:`writing_into`), and take no lock when
+they only read it (outputs elsewhere). The kernel drops the lock when its process dies, so a killed run
+never leaves a stale lock.
 """
 
 from __future__ import annotations
@@ -53,9 +57,35 @@ def _resolved(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+def _real(path: Path) -> Path:
+    """Where ``path`` really is: absolute, with every symbolic link on the way followed."""
+    return Path(os.path.realpath(path))
+
+
 def _contains(outer: Path, inner: Path) -> bool:
-    outer, inner = _resolved(outer), _resolved(inner)
-    return inner == outer or outer in inner.parents
+    """Whether ``inner`` is ``outer`` or lies inside it, as spelled or through symbolic links."""
+    for resolve in (_resolved, _real):
+        a, b = resolve(outer), resolve(inner)
+        if b == a or a in b.parents:
+            return True
+    return False
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same folder, as spelled or through symbolic links."""
+    return _resolved(a) == _resolved(b) or _real(a) == _real(b)
+
+
+def _check_not_special(path: Path, what: str) -> None:
+    """Refuse the current directory, the home directory and the root directory, however they are spelled
+    (``//``, ``/tmp/..``, ``~/.``, a path through a symbolic link); even empty, they are never an output."""
+    if str(path) in ("", ".") or _same_place(path, Path.cwd()):
+        raise FolderError(f"the {what} cannot be the current directory; pass --out NEW_FOLDER")
+    resolved = _resolved(path)
+    if _same_place(path, Path.home()):
+        raise FolderError(f"the {what} cannot be {resolved}, the home directory; pass --out NEW_FOLDER")
+    if resolved == resolved.parent or _real(path) == _real(path).parent:
+        raise FolderError(f"the {what} cannot be {resolved.anchor or '/'}, the root directory; pass --out NEW_FOLDER")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -118,6 +148,7 @@ def owned_kind(folder: Path) -> str | None:
 
 
 def write_marker(folder: Path, kind: str) -> None:
+    """Write the marker (``.ppl_vae.json``: kind, creation time, version) that makes ``folder`` ours."""
     from ppl_vae.app.checkpoint import write_json
     from ppl_vae.version import __version__
 
@@ -133,11 +164,7 @@ def check_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, in
     or contain. Returns the path."""
     path = Path(path)
     what = f"{kind} folder"
-    resolved = _resolved(path)
-    if str(path) in ("", ".") or resolved == _resolved(Path.cwd()):
-        raise FolderError(f"the {what} cannot be the current directory; pass --out NEW_FOLDER")
-    if resolved == _resolved(Path.home()) or resolved == resolved.parent:
-        raise FolderError(f"the {what} cannot be {resolved}; pass --out NEW_FOLDER")
+    _check_not_special(path, what)
     for source in inputs:
         if source is not None and _contains(path, Path(source)):
             raise FolderError(f"the {what} {path} would hold or replace the input {source}; choose an --out outside it")
@@ -255,6 +282,22 @@ def check_figure_dir(path: str | Path, *, inputs=()) -> Path:
     else:
         _check_parent_writable(path, "output folder")
     return path
+
+
+@contextlib.contextmanager
+def writing_into(run_dir: str | Path, outputs, action: str):
+    """Hold the lock of the run folder ``run_dir`` (:func:`locked`: the lock that train, ``train --resume``
+    and diagnose hold) for ``action`` while the block loads the run and writes ``outputs``, when any of
+    them lies inside the folder; a block that writes elsewhere (or nothing: ``None`` entries) only reads the
+    run and takes no lock. While another process holds the lock, refuses at once with one line. A
+    ``run_dir`` that is not a folder is left to the loader to refuse (with its own message)."""
+    run_dir = Path(run_dir)
+    inside = run_dir.is_dir() and any(out is not None and _contains(run_dir, Path(out)) for out in outputs)
+    if not inside:
+        yield
+        return
+    with locked(run_dir, action):
+        yield
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """Latent-space figures of a trained run folder (``ppl-vae interpolate | traverse | latent-map``).
 
-Each function loads the run, checks its outputs before any work (by default PNG files in
-``RUN_DIR/figures/``), writes its figures and returns what it drew as a :class:`~ppl_vae.results.Result`.
+Each function checks its outputs before any work (by default PNG files in ``RUN_DIR/figures/``), loads
+the run, writes its figures and returns what it drew as a :class:`~ppl_vae.results.Result`. Writing into
+the run folder, it holds the folder's lock from loading to the last write
+(:func:`ppl_vae.app.folders.writing_into`), so it never runs beside ``train --resume`` or ``diagnose``.
 Bad input raises :class:`ppl_vae.errors.ConfigError` with a one-line message; runs trained on tables are
 refused (their examples are not images).
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ppl_vae.app import latent_figures, plots
-from ppl_vae.app.folders import check_figure_dir, check_output_file
+from ppl_vae.app.folders import check_figure_dir, check_output_file, writing_into
 from ppl_vae.diagnostics import latent_space as latent
 from ppl_vae.errors import ConfigError
 from ppl_vae.results import Result
@@ -103,19 +105,21 @@ def interpolate_run(
     ``RUN_DIR/figures/interpolate-<method>-<seed>.png``)."""
     out = Path(out) if out is not None else Path(run_dir) / "figures" / f"interpolate-{method}-{seed}.png"
     check_output_file(out, inputs=run_inputs(run_dir), suffixes=(".png",))
-    vae, heldout, _ = load_image_run(run_dir)
-    n = heldout.shape[0]
-    if 2 * pairs > n:
-        raise ConfigError(
-            f"--pairs {pairs} needs {2 * pairs} held-out examples but the run has {n}; use --pairs {n // 2} or fewer"
+    with writing_into(run_dir, [out], "interpolate"):
+        vae, heldout, _ = load_image_run(run_dir)
+        n = heldout.shape[0]
+        if 2 * pairs > n:
+            raise ConfigError(
+                f"--pairs {pairs} needs {2 * pairs} held-out examples but the run has {n}; "
+                f"use --pairs {n // 2} or fewer"
+            )
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
+        chosen = order.reshape(pairs, 2)
+        paths = torch.stack(
+            [latent.interpolate_inputs(vae, heldout[i], heldout[j], steps, method) for i, j in chosen.tolist()]
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
-    chosen = order.reshape(pairs, 2)
-    paths = torch.stack(
-        [latent.interpolate_inputs(vae, heldout[i], heldout[j], steps, method) for i, j in chosen.tolist()]
-    )
-    inputs = heldout[chosen]  # (P, 2, *data_shape)
-    plots.save_figure(latent_figures.interpolation_figure(paths.cpu(), inputs.cpu(), method), out)
+        inputs = heldout[chosen]  # (P, 2, *data_shape)
+        plots.save_figure(latent_figures.interpolation_figure(paths.cpu(), inputs.cpu(), method), out)
     return Interpolation(path=out, pairs=pairs, steps=steps, method=method)
 
 
@@ -141,21 +145,22 @@ def traverse_run(
     example ``index``; written to ``out`` (default: ``RUN_DIR/figures/traverse.png``)."""
     out = Path(out) if out is not None else Path(run_dir) / "figures" / "traverse.png"
     check_output_file(out, inputs=run_inputs(run_dir), suffixes=(".png",))
-    vae, heldout, _ = load_image_run(run_dir)
-    d = vae.latent_dim
-    dims = list(dims) if dims is not None else list(range(min(d, 16)))
-    _check_dims(dims, d)
-    if index is None:
-        base = torch.zeros(d)
-    else:
-        if not 0 <= index < heldout.shape[0]:
-            raise ConfigError(
-                f"--index {index} is out of range; the run has held-out examples 0 to {heldout.shape[0] - 1}"
-            )
-        base = vae.encode(heldout[index : index + 1])[0][0].cpu()
-    values = latent.symmetric_values(extent, steps)
-    images = torch.stack([latent.traverse(vae, base, dim, values) for dim in dims]).cpu()
-    plots.save_figure(latent_figures.traversal_figure(images, dims, values), out)
+    with writing_into(run_dir, [out], "traverse"):
+        vae, heldout, _ = load_image_run(run_dir)
+        d = vae.latent_dim
+        dims = list(dims) if dims is not None else list(range(min(d, 16)))
+        _check_dims(dims, d)
+        if index is None:
+            base = torch.zeros(d)
+        else:
+            if not 0 <= index < heldout.shape[0]:
+                raise ConfigError(
+                    f"--index {index} is out of range; the run has held-out examples 0 to {heldout.shape[0] - 1}"
+                )
+            base = vae.encode(heldout[index : index + 1])[0][0].cpu()
+        values = latent.symmetric_values(extent, steps)
+        images = torch.stack([latent.traverse(vae, base, dim, values) for dim in dims]).cpu()
+        plots.save_figure(latent_figures.traversal_figure(images, dims, values), out)
     return Traversal(path=out, dims=dims, extent=extent)
 
 
@@ -208,6 +213,12 @@ def latent_map_run(
     checked before anything is computed."""
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "figures"
     check_figure_dir(out_dir, inputs=run_inputs(run_dir))
+    with writing_into(run_dir, [out_dir], "latent-map"):
+        return _draw_latent_map(run_dir, out_dir, method=method, grid=grid, extent=extent, dims=dims)
+
+
+def _draw_latent_map(run_dir, out_dir: Path, *, method: str, grid: int, extent: float, dims) -> LatentMap:
+    """:func:`latent_map_run` once its output folder is checked (and the run folder locked, if written)."""
     vae, heldout, labels = load_image_run(run_dir)
     d = vae.latent_dim
     if dims is not None:

@@ -39,6 +39,7 @@ from ppl_vae.app.folders import (
     check_output_file,
     claimed_output_dir,
     locked,
+    writing_into,
 )
 from ppl_vae.app.structured import RunLabels, check_condition, per_class_rows, prepare_structured
 from ppl_vae.data.sources import load_dataset
@@ -754,8 +755,15 @@ def evaluate_run(
     device: str = "cpu",
     progress: bool = False,
 ) -> EvalResult:
-    """Evaluate a run folder on its held-out data and write ``eval.json`` (``ppl-vae evaluate``)."""
+    """Evaluate a run folder on its held-out data and write ``eval.json`` (``ppl-vae evaluate``), holding the
+    run folder's lock from loading to writing (refused at once while train --resume or diagnose hold it)."""
     run_dir = Path(run_dir)
+    with writing_into(run_dir, [run_dir / "eval.json"], "evaluate"):
+        return _evaluate_and_write(run_dir, num_particles, batch_size, seed, device, progress)
+
+
+def _evaluate_and_write(run_dir: Path, num_particles, batch_size, seed, device, progress) -> EvalResult:
+    """:func:`evaluate_run` once the run folder is locked."""
     run = load_run(run_dir, device=device)
     vae, config, data, scaling = run.vae, run.config, run.data, run.scaling
     heldout = model_input(data.heldout, vae, config)
@@ -886,6 +894,12 @@ def sample_run(
             inputs=[run_dir / CHECKPOINT_NAME, run_dir / "config.json", *data_paths(read_config(run_dir))],
             suffixes=(".png", ".csv"),
         )
+    with writing_into(run_dir, [out], "sample"):  # no lock when nothing is written into the run folder
+        return _draw_samples(run_dir, num_samples, out, seed=seed, device=device, mean=mean, condition=condition)
+
+
+def _draw_samples(run_dir: Path, num_samples: int, out, *, seed, device, mean, condition) -> torch.Tensor:
+    """:func:`sample_run` once its output is checked (and the run folder locked, if written)."""
     run = load_run(run_dir, device=device)
     vae = run.vae
     given = check_condition(run.labels, condition)

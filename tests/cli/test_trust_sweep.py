@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from ppl_vae.app import folders
-from ppl_vae.cli import main
+from ppl_vae.cli import build_parser, main
+from ppl_vae.limits import format_bytes, parse_size
 
 TINY = ["--epochs", "1", "--latent-dim", "2", "--hidden-dims", "8", "--quiet"]
 BUDGET = "256M"
@@ -239,10 +240,24 @@ def _damage(path_in_run: str, content):
         if content is None:
             target.unlink()
         else:
-            target.write_bytes(content if isinstance(content, bytes) else content(target.read_bytes()))
+            before = target.read_bytes()
+            after = content if isinstance(content, bytes) else content(before)
+            assert after != before, f"the case does not change {path_in_run}: its damage no longer matches the file"
+            target.write_bytes(after)
         return ["evaluate", str(root / "run"), "-k", "4", "--quiet"]
 
     return make
+
+
+def _edit_config(**fields):
+    """A damage of config.json that sets ``fields`` whatever the file's layout (it is pretty-printed)."""
+
+    def edit(raw: bytes) -> bytes:
+        config = json.loads(raw)
+        config.update(fields)
+        return json.dumps(config, indent=2).encode()
+
+    return edit
 
 
 CASES["run: no checkpoint"] = _damage("checkpoint.pt", None)
@@ -256,9 +271,7 @@ CASES["run: config with NaN"] = _damage("config.json", lambda b: b.replace(b'"lr
 CASES["run: config latent_dim changed"] = _damage(
     "config.json", lambda b: b.replace(b'"latent_dim": 2', b'"latent_dim": 3')
 )
-CASES["run: config hidden_dims huge"] = _damage(
-    "config.json", lambda b: b.replace(b'"hidden_dims": [8]', b'"hidden_dims": [100000000]')
-)
+CASES["run: config hidden_dims huge"] = _damage("config.json", _edit_config(hidden_dims=[100_000_000]))
 
 
 @case("run: checkpoint with a zero-stride billion-element tensor")
@@ -537,7 +550,19 @@ CASES["sample: a table as CSV (valid)"] = lambda root: [
     "--out",
     "out/t.csv",
 ]
-CASES["sample: n over the budget"] = lambda root: ["sample", str(root / "run"), "-n", "100000", "--out", "out/s.png"]
+#: The most samples ``sample -n`` accepts, and a budget they exceed: 8x8 digits at the 16 bytes per value that
+#: ``sample_run`` counts need 97.7 MiB (the sweep's 256M would let them through). See the test below.
+OVER_BUDGET, SAMPLE_BUDGET = 100_000, "64M"
+CASES["sample: n over the budget"] = lambda root: [
+    "sample",
+    str(root / "run"),
+    "-n",
+    str(OVER_BUDGET),
+    "--max-memory",
+    SAMPLE_BUDGET,
+    "--out",
+    "out/s.png",
+]
 
 
 # F. the other commands
@@ -631,12 +656,25 @@ def _snapshot(root: Path) -> dict:
     return out
 
 
+#: Cases that must be refused, with a word their one line must hold: they cannot degrade into a valid run.
+MUST_REFUSE = {
+    "run: config hidden_dims huge": "each of hidden_dims must be an integer",
+    "sample: n over the budget": f"more than the limit of {format_bytes(parse_size(SAMPLE_BUDGET))}",
+}
+
 #: Files a successful command may add or rewrite in the sandbox outside out/ (its documented outputs).
 ALLOWED = ("eval.json", "figures/", "samples/", "diagnostics/", "run.json", "grad_variance.json")
 
 
 def test_the_sweep_has_at_least_a_hundred_cases():
     assert len(CASES) >= 100, len(CASES)
+
+
+def test_the_over_budget_case_is_over_its_budget_and_accepted_by_the_parser():
+    """So that the budget refuses the case, not the parser's bound on -n (which once made it a valid run)."""
+    assert OVER_BUDGET * 8 * 8 * 16 > parse_size(SAMPLE_BUDGET), "the case must exceed its budget"
+    args = build_parser()[0].parse_args(["sample", "run", "-n", str(OVER_BUDGET), "--max-memory", SAMPLE_BUDGET])
+    assert args.num_samples == OVER_BUDGET
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -652,6 +690,8 @@ def test_contract(name, sandbox, capsys):
             CLEANUP.pop()()
     err = capsys.readouterr().err
     assert result in (0, 2), f"exit {result}: {err}"
+    if name in MUST_REFUSE:
+        assert result == 2 and MUST_REFUSE[name] in err, f"exit {result}: {err}"
     assert "Traceback" not in err, err
     if result == 2:
         assert err.count("\n") == 1 and err.startswith("ppl-vae"), err
