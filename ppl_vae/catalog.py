@@ -65,7 +65,7 @@ NETWORKS = {
 
 #: How training steps run (``ppl_vae.infer.compiled.COMPILE_CHOICES``, in this order).
 COMPILE = {
-    "auto": "trace for a batch shape the run plans >= 1,000 steps of, on for >= 20,000 (default)",
+    "auto": "trace for a batch shape with >= 1,000 steps planned; on for an MLP with >= 2 million examples (default)",
     "on": "the recorded step compiled by torch.compile (Inductor; a CUDA graph on a GPU), cached on disk",
     "trace": "the step's tensor operations (loss and backward) recorded once per batch shape and replayed",
     "off": "Pyro's programs and autograd run eagerly at every step (the reference)",

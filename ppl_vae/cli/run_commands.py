@@ -55,8 +55,8 @@ def _add_train(sub) -> None:
     # Defaults are None so that a --config file's values survive unless a flag overrides them.
     p.add_argument(
         "--dataset",
-        help="digits (default) | mnist | fashion-mnist | kmnist | npz:PATH | folder:PATH | "
-        "table:PATH (.csv or .npz of real or count features)",
+        help="digits (default) | mnist | fashion-mnist | kmnist | cifar10 | cifar10:PATH | npz:PATH | "
+        "folder:PATH | table:PATH (.csv or .npz of real or count features)",
     )
     p.add_argument("--data-root", help="folder with MNIST-family files in torchvision's layout (default: data)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST-family files if missing")
@@ -137,7 +137,7 @@ def _add_step_flags(p) -> None:
         help="how training steps run: off = Pyro's programs eagerly every step; trace = the step's tensor "
         "operations recorded once per batch shape and replayed (the eager numbers, bit for bit); on = the "
         "recording compiled by torch.compile (seconds to minutes once, cached on disk); auto (default) = "
-        "trace for a batch shape with >= 1,000 steps planned, on for >= 20,000",
+        "trace for a batch shape with >= 1,000 steps planned, on for an MLP with >= 2 million examples",
     )
 
 

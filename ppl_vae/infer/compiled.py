@@ -22,12 +22,14 @@ Three ways to run it (``fit(compile=...)``, ``--compile``):
   the eager draws; the arithmetic differs from eager by float rounding. Compiling takes seconds to tens
   of seconds; Inductor caches compiled graphs on disk across runs.
 * ``"auto"`` (the default): a batch shape is recorded when the run plans at least
-  :data:`AUTO_RECORD_STEPS` steps of it, and compiled when it plans at least :data:`AUTO_COMPILE_STEPS`.
-  The rule looks only at the run's settings, never at timings or at what is cached, so the same run
-  takes the same path every time (and on resume).
+  :data:`AUTO_RECORD_STEPS` steps of it, and compiled when the run plans at least
+  :data:`AUTO_COMPILE_EXAMPLES` examples in batches of that shape and the networks are fully connected
+  (a convolutional step is the convolutions' own kernels either way: compiling measured no faster). The
+  rule looks only at the run's settings, never at timings or at what is cached, so the same run takes
+  the same path every time (and on resume).
 
-Accepted: a :class:`ppl_vae.VAE` trained with ``auto``, ``trace`` or ``meanfield`` (also enumerated
-models), in one process, with a constant beta. Anything else runs eager steps, and :func:`refusal`
+Accepted: a :class:`ppl_vae.VAE` trained with ``auto``, ``trace`` or ``meanfield``, in one process,
+with a constant beta. Anything else runs eager steps, and :func:`refusal`
 says why in one line. Recording itself refuses programs whose operations depend on the *values* of
 tensors (fake tensors have none) and programs that read ``pyro.param`` sites (their updates would not
 reach the graph); those fall back to eager steps too, with the reason.
@@ -43,6 +45,7 @@ in ``TraceMeanField_ELBO``); the upstream fix is to take the same branch under
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -58,12 +61,13 @@ MAX_GRAPHS = 4
 #: about a second and saves 1-4 ms a step (benchmarks/BENCHMARKS.md), so a one-off shape (the last,
 #: smaller batch of each epoch in a short run) is cheaper eager.
 AUTO_RECORD_STEPS = 1000
-#: ``auto`` compiles a recorded shape with Inductor when the run plans at least this many steps of it:
-#: a first compile (nothing cached) took 7 s for the digits model and 24 s for 784-400-50 on a 2-core
-#: machine, and saved 0.7 and 1.45 ms a step over the recorded graph (benchmarks/BENCHMARKS.md), so
-#: 20,000 steps repay a first compile of the larger model (a 50-epoch MNIST run at batch 128 has 23,400)
-#: and a cached one of either; a shorter run keeps the recorded graph.
-AUTO_COMPILE_STEPS = 20000
+#: ``auto`` compiles a recorded shape with Inductor (fully connected networks) when the run plans at least
+#: this many examples in batches of that shape: a first compile (nothing cached) took 13 s for the digits
+#: model and 24 s for 784-400-50 in a fresh process on a 2-core machine (3-7 s for a later graph in the
+#: same process, about 2 s from Inductor's on-disk cache) and saved 5-20 microseconds per example over the
+#: recorded graph (benchmarks/BENCHMARKS.md), so two million examples (a 50-epoch MNIST run, at any
+#: batch size) repay a first compile; the README's digits run (0.28 million) keeps the recorded graph.
+AUTO_COMPILE_EXAMPLES = 2_000_000
 
 # The Pyro modules whose value-reading helpers are swapped while recording.
 _PYRO_ELBO_MODULES = ("pyro.infer.trace_elbo", "pyro.infer.trace_mean_field_elbo", "pyro.infer.traceenum_elbo")
@@ -170,7 +174,7 @@ class CapturedLoss:
             return None
         key = _key(x, kwargs, self.vae.training)
         if key not in self.graphs:
-            if self.mode == "auto" and not self._wants(x.shape[0], AUTO_RECORD_STEPS):
+            if self.mode == "auto" and not self._record_wanted(x.shape[0]):
                 self.graphs[key] = None  # too few steps of this shape to repay recording it
             elif len([g for g in self.graphs.values() if g is not None]) >= MAX_GRAPHS:
                 self.graphs[key] = None
@@ -234,7 +238,7 @@ class CapturedLoss:
             self._refuse(problem)
             return None
         graph = Graph(run=gm, record_seconds=time.perf_counter() - start)
-        if self.mode == "on" or (self.mode == "auto" and self._wants(x.shape[0], AUTO_COMPILE_STEPS)):
+        if self.mode == "on" or (self.mode == "auto" and self._compile_wanted(x.shape[0])):
             self._compile(graph)
         return graph
 
@@ -244,11 +248,17 @@ class CapturedLoss:
 
     # -- compiling ------------------------------------------------------------------------------------
 
-    def _wants(self, rows: int, threshold: int) -> bool:
-        """``auto``: does the run plan at least ``threshold`` steps of batches of ``rows`` examples?"""
-        if self.planned is None:
-            return threshold == AUTO_RECORD_STEPS  # steps unknown: record, do not compile
-        return self.planned.get(rows, 0) >= threshold
+    def _record_wanted(self, rows: int) -> bool:
+        """``auto``: does the run plan at least :data:`AUTO_RECORD_STEPS` steps of ``rows`` examples?
+        (Steps unknown: yes.)"""
+        return self.planned is None or self.planned.get(rows, 0) >= AUTO_RECORD_STEPS
+
+    def _compile_wanted(self, rows: int) -> bool:
+        """``auto``: fully connected networks, and at least :data:`AUTO_COMPILE_EXAMPLES` examples planned
+        in batches of ``rows``? (Steps unknown: no.)"""
+        if self.planned is None or getattr(self.vae, "network", "mlp") != "mlp":
+            return False
+        return self.planned.get(rows, 0) * rows >= AUTO_COMPILE_EXAMPLES
 
     def _compile(self, graph: Graph) -> None:
         """Hand ``graph`` to ``torch.compile``; the compile itself happens at its first call."""
@@ -266,12 +276,18 @@ class CapturedLoss:
 
     def _first_compiled_call(self, graph: Graph, inputs: tuple):
         start = time.perf_counter()
+        # Inductor imports torch's C++-extension helper, which warns that a CPU-only machine has no CUDA.
+        quiet = logging.getLogger("torch.utils.cpp_extension")
+        level = quiet.level
+        quiet.setLevel(max(level, logging.ERROR))
         try:
             out = graph.run(*inputs)
         except Exception as error:  # e.g. no C++ compiler: the recorded graph still runs
             self.log(f"compile: torch.compile failed ({type(error).__name__}: {_first_line(error)}); recorded steps")
             graph.run, graph.compiled = graph.eager, False
             return graph.run(*inputs)
+        finally:
+            quiet.setLevel(level)
         graph.compile_seconds = time.perf_counter() - start
         return out
 

@@ -164,10 +164,11 @@ def fit(
             autograd eagerly at every step (the reference); ``"trace"`` records the step's tensor operations
             (loss and backward) once per batch shape and replays them, bit for bit the eager numbers;
             ``"on"`` also compiles the recording with ``torch.compile`` (same draws, float rounding
-            differs); ``"auto"`` records a batch shape the run plans at least 1,000 steps of and compiles
-            one it plans at least 20,000 steps of. Configurations the recording does not accept (iwae,
-            KL schedules, data-parallel, programs that read ``pyro.param`` or branch on tensor values) take
-            eager steps, with one line saying why. ``FitResult.step`` records the path taken.
+            differs); ``"auto"`` records a batch shape the run plans at least 1,000 steps of and, for fully
+            connected networks, compiles one it plans at least two million examples of. Configurations the
+            recording does not accept (iwae, KL schedules, data-parallel, enumerated models, programs that
+            read ``pyro.param`` or branch on tensor values) take eager steps, with one line saying why.
+            ``FitResult.step`` records the path taken.
     """
     strategy = make_strategy(distributed)
     settings = FitSettings.from_arguments(

@@ -161,3 +161,12 @@ def test_ratio_stats_and_status():
     assert st["ratios"] == [2.0, 2.0, 3.0, 4.0, 5.0]
     assert st["median"] == 3.0 and st["q1"] == 2.0 and st["q3"] == 4.0
     assert render_status(0.99, 1.0) == "PASS" and render_status(1.01, 1.0) == "MISS"
+
+
+def test_the_step_profile_groups_operators():
+    from benchmarks.profile_steps import group
+
+    assert group("aten::mm") == group("aten::addmm") == "matrix products"
+    assert group("aten::_fused_adam_") == "Adam"
+    assert group("aten::add_") == group("cpp_fused_add_mul_0") == "other tensor ops"
+    assert group("Optimizer.step#Adam.step") is None and group("Torch-Compiled Region: 0/0") is None

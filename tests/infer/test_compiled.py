@@ -194,11 +194,13 @@ def test_auto_decides_from_the_planned_steps_only():
     assert short.step["path"] == "eager" and short.step["graphs"] == []
     vae = VAE(SHAPE, latent_dim=2, hidden_dims=(8,))
     step = TrainStep(vae, 1e-2, compile="auto", planned={8: compiled.AUTO_RECORD_STEPS, 4: 999})
-    assert step.captured._wants(8, compiled.AUTO_RECORD_STEPS)
-    assert not step.captured._wants(4, compiled.AUTO_RECORD_STEPS)
-    assert not step.captured._wants(8, compiled.AUTO_COMPILE_STEPS)
-    step.captured.planned = {8: compiled.AUTO_COMPILE_STEPS}
-    assert step.captured._wants(8, compiled.AUTO_COMPILE_STEPS)
+    assert step.captured._record_wanted(8) and not step.captured._record_wanted(4)
+    assert not step.captured._compile_wanted(8)
+    step.captured.planned = {8: compiled.AUTO_COMPILE_EXAMPLES // 8, 4: compiled.AUTO_COMPILE_EXAMPLES // 4 - 1}
+    assert step.captured._compile_wanted(8) and not step.captured._compile_wanted(4)
+    conv = VAE((1, 16, 16), latent_dim=2, hidden_dims=(8,), network="conv")
+    step = TrainStep(conv, 1e-2, compile="auto", planned={8: compiled.AUTO_COMPILE_EXAMPLES})
+    assert step.captured._record_wanted(8) and not step.captured._compile_wanted(8)  # convolutions: no gain
 
 
 @pytest.mark.parametrize(
@@ -292,3 +294,25 @@ def test_a_non_finite_gradient_from_the_graph_is_refused_and_named():
     assert step.describe()["graphs"][0]["steps"] == 2  # the recorded graph ran
     assert step.optimizer.nonfinite and set(step.optimizer.nonfinite) <= {n for n, _ in step.named}
     assert all(torch.equal(a.nan_to_num(), p.nan_to_num()) for a, (_, p) in zip(before, step.named))  # not stepped
+
+
+def test_a_failing_compile_falls_back_to_the_recorded_graph_with_one_line(monkeypatch):
+    """No C++ compiler, or anything else torch.compile trips on: the recorded graph takes the step."""
+
+    def broken(fn, **options):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    pyro.set_rng_seed(0)
+    vae = VAE(SHAPE, latent_dim=2, hidden_dims=(8,))
+    step = TrainStep(vae, 1e-2, compile="on")
+    said = []
+    step.log = said.append
+    x = _data("binary", 8)
+    losses = [step(x, num_data=8, beta=1.0) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert step.describe()["path"] == "recorded" and step.describe()["graphs"][0]["steps"] == 2
+    assert said == ["compile: torch.compile failed (RuntimeError: no C++ compiler found); recorded steps"]
