@@ -135,6 +135,7 @@ class Graph:
     compile_seconds: float | None = None
     calls: int = 0
     eager: object = None  # the recorded graph before torch.compile
+    unused: tuple[int, ...] = ()  # trainable parameters without a gradient (None, as eagerly)
 
 
 class CapturedLoss:
@@ -167,7 +168,8 @@ class CapturedLoss:
     # -- the step -------------------------------------------------------------------------------------
 
     def __call__(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None:
-        """``(loss, gradients of trainable, finite)`` from the recorded graph, or None: take an eager step.
+        """``(loss, gradients of trainable (None where the loss does not reach one), finite)`` from the
+        recorded graph, or None: take an eager step.
         ``finite``: a boolean tensor, whether every gradient is finite (the check of
         :meth:`ppl_vae.infer.optim.GuardedAdam.step`, inside the graph)."""
         if self.refused is not None:
@@ -192,7 +194,10 @@ class CapturedLoss:
             else:
                 loss, grads = graph.run(*inputs)
         graph.calls += 1
-        return loss, list(grads[:-1]), grads[-1]
+        finite, grads = grads[-1], list(grads[:-1])
+        for k in graph.unused:
+            grads[k] = None  # eagerly such a parameter has no gradient, and Adam leaves it alone
+        return loss, grads, finite
 
     # -- recording ------------------------------------------------------------------------------------
 
@@ -207,16 +212,19 @@ class CapturedLoss:
         order = {id(p): i for i, p in enumerate(self.params)}
         out_order = [grad_index.index(order[id(p)]) for p in self.trainable]
 
+        unused: list[int] = []  # trainable parameters the loss does not reach: no gradient, as eagerly
+
         def joint(params, buffers, x, tensors):
             leaves = [params[i].requires_grad_(True) for i in grad_index]
             state = dict(zip(self.param_names, params)) | dict(zip(self.buffer_names, buffers))
             with torch.enable_grad():
                 loss = torch.func.functional_call(wrapper, state, (x, static | tensors))
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            grads = [torch.zeros_like(leaves[j]) if grads[j] is None else grads[j] for j in range(len(leaves))]
-            # Eagerly the loss is a float32 tensor (a double sum plus a float32 zero): the same rounding here.
             grads = [grads[j] for j in out_order]
+            unused[:] = [k for k, g in enumerate(grads) if g is None]
+            grads = [torch.zeros_like(leaves[out_order[k]]) if g is None else g for k, g in enumerate(grads)]
             finite = torch.isfinite(torch.stack([g.sum() for g in grads])).all()  # GuardedAdam's check
+            # Eagerly the loss is a float32 tensor (a double sum plus a float32 zero): the same rounding here.
             return loss.detach().to(params[0].dtype), [*grads, finite]
 
         start = time.perf_counter()
@@ -237,7 +245,7 @@ class CapturedLoss:
         if problem is not None:
             self._refuse(problem)
             return None
-        graph = Graph(run=gm, record_seconds=time.perf_counter() - start)
+        graph = Graph(run=gm, record_seconds=time.perf_counter() - start, unused=tuple(unused))
         if self.mode == "on" or (self.mode == "auto" and self._compile_wanted(x.shape[0])):
             self._compile(graph)
         return graph

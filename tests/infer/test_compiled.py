@@ -316,3 +316,26 @@ def test_a_failing_compile_falls_back_to_the_recorded_graph_with_one_line(monkey
     assert all(torch.isfinite(torch.tensor(losses)))
     assert step.describe()["path"] == "recorded" and step.describe()["graphs"][0]["steps"] == 2
     assert said == ["compile: torch.compile failed (RuntimeError: no C++ compiler found); recorded steps"]
+
+
+def test_a_parameter_the_loss_does_not_reach_keeps_no_gradient_as_eagerly():
+    """Eagerly an unused parameter has no gradient and Adam leaves it (and its state) alone; the
+    recorded step must not turn that into a zero gradient that Adam would count as a step."""
+
+    def run(mode):
+        pyro.set_rng_seed(0)
+        vae = VAE(SHAPE, latent_dim=2, hidden_dims=(8,))
+        vae.decoder.register_parameter("spare", torch.nn.Parameter(torch.ones(3)))
+        step = TrainStep(vae, 1e-2, compile=mode)
+        step.optimizer.fused = True
+        x = _data("binary", 8)
+        pyro.set_rng_seed(1)
+        losses = [step(x, num_data=8, beta=1.0) for _ in range(3)]
+        spare = vae.decoder.spare
+        return losses, spare, step.optimizer._optimizer.state.get(spare, {}), step
+
+    eager, spare_e, state_e, _ = run("off")
+    losses, spare, state, step = run("trace")
+    assert step.describe()["path"] == "recorded" and losses == eager
+    assert spare.grad is None and spare_e.grad is None
+    assert torch.equal(spare, torch.ones(3)) and state == state_e == {}
