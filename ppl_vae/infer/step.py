@@ -15,7 +15,7 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanFiel
 from pyro.infer.util import is_validation_enabled
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.infer.compiled import COMPILE_CHOICES, CapturedLoss, refusal
+from ppl_vae.infer.compiled import AUTO_RECORD_STEPS, COMPILE_CHOICES, CapturedLoss, refusal
 from ppl_vae.infer.optim import GuardedAdam
 
 _log = logging.getLogger("ppl_vae.compile")
@@ -159,6 +159,8 @@ class TrainStep:
         reason = self.eager_reason or (self.captured.refused if self.captured is not None else None)
         kinds = {"compiled" if g["compiled"] else "recorded" for g in graphs}
         path = "eager" if not graphs else kinds.pop() if len(kinds) == 1 else "mixed"
+        if path == "eager" and reason is None and self.compile == "auto":
+            reason = f"auto: no batch shape had {AUTO_RECORD_STEPS:,} steps planned, too few to repay recording"
         return {"compile": self.compile, "path": path, "eager_reason": reason, "graphs": graphs}
 
     def __call__(self, x: torch.Tensor, weight: float = 1.0, **kwargs) -> float:

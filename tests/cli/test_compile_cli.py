@@ -27,6 +27,7 @@ def test_auto_keeps_a_short_run_eager(tmp_path):
     assert main(["train", "--out", str(out), *TINY]) == 0  # 12 steps: nothing worth recording
     step = json.loads((out / "run.json").read_text())["step"]
     assert (step["compile"], step["path"], step["graphs"]) == ("auto", "eager", [])
+    assert "1,000 steps planned" in step["eager_reason"]
 
 
 @pytest.mark.parametrize("value", ["fast", "ON", ""])
