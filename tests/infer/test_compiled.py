@@ -133,7 +133,6 @@ def test_the_compiled_step_draws_the_eager_draws_and_agrees_to_float_rounding():
     """torch.compile (Inductor) of the recording: same loss at the same draws, the same gradients and
     Adam update to float rounding (the update compared where the gradient is clearly non-zero: Adam's
     first step is lr * sign(g), which rounding may flip for a gradient at the level of rounding)."""
-    case = _case()
     pyro.set_rng_seed(0)
     vae = VAE(SHAPE, latent_dim=2, hidden_dims=(8,))
     x = _data("binary", 8)
@@ -155,7 +154,6 @@ def test_the_compiled_step_draws_the_eager_draws_and_agrees_to_float_rounding():
     assert built.describe()["graphs"][0]["compile_seconds"] > 0
     for p, s in zip([p for _, p in eager.named], start):
         assert torch.equal(p, s)  # nothing above stepped the optimizer
-    del case
 
 
 def _fit(mode, data, **kwargs):
